@@ -1,0 +1,196 @@
+"""Pre-processing shared by training and inference, so the network always sees the same kind of input.
+
+Given contrasts are resampled onto the reference grid, the brain's bounding box is resampled to an isotropic
+low-resolution grid (2 mm by default, after Gaussian anti-aliasing), and each contrast is z-scored inside the
+brain. `to_reference` maps network outputs back onto the reference grid and affine.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..constants import CONTRASTS
+from ..errors import InputError
+
+#: Brain bounding-box margin, in mm, so that the network sees some background around the brain.
+MARGIN_MM = 6.0
+#: z-scores are clipped to this range: a few very bright voxels (vessels, artefacts) must not dominate.
+CLIP_Z = 6.0
+
+
+@dataclass
+class Prepared:
+    """One case ready for the network, with what is needed to map outputs back."""
+
+    array: np.ndarray  # float32 (4, Z, Y, X), z-scored, zeros for missing contrasts and outside the brain
+    present: np.ndarray  # float32 (4,), 1 where the contrast was given
+    reference: sitk.Image  # the grid every output is returned on
+    grid: sitk.Image  # the low-resolution isotropic grid (geometry only)
+    foreground: np.ndarray  # uint8 (Z, Y, X) on the low-resolution grid
+    foreground_reference: sitk.Image  # uint8 on the reference grid
+    mean: np.ndarray = field(default_factory=lambda: np.zeros(4, np.float32))  # per-contrast, input units
+    std: np.ndarray = field(default_factory=lambda: np.ones(4, np.float32))
+    reference_name: str = "t1"
+    resampled: Dict[str, sitk.Image] = field(default_factory=dict)  # given contrasts on the reference grid
+
+
+def reference_contrast(images: Dict[str, Optional[sitk.Image]]) -> str:
+    """The reference is T1 when given, else the first given of T1ce, T2, FLAIR."""
+    for name in CONTRASTS:
+        if images.get(name) is not None:
+            return name
+    raise InputError("No input contrast was given: give at least one of T1, T1ce, T2 or FLAIR.")
+
+
+def _background_value(array: np.ndarray) -> float:
+    """The value of the volume's faces (0 for skull-stripped BraTS-style images, whatever the offset)."""
+    faces = np.concatenate([array[[0, -1]].ravel(), array[:, [0, -1]].ravel(), array[:, :, [0, -1]].ravel()])
+    return float(np.median(faces))
+
+
+def _foreground(array: np.ndarray) -> np.ndarray:
+    background = _background_value(array)
+    spread = float(np.percentile(array, 99.5) - np.percentile(array, 0.5))
+    return np.abs(array - background) > max(spread, 1e-6) * 1e-3
+
+
+def _low_resolution_grid(reference: sitk.Image, mask: np.ndarray, spacing_mm: float) -> sitk.Image:
+    """An isotropic grid in the reference's orientation covering the mask's bounding box plus a margin."""
+    index = np.argwhere(mask)
+    if index.size == 0:
+        raise InputError("The input images are empty: every voxel has the background value.")
+    lo_zyx, hi_zyx = index.min(0), index.max(0)
+    spacing = np.array(reference.GetSpacing())
+    lo = lo_zyx[::-1] - 0.5  # continuous index (x, y, z) of the box's outer faces
+    hi = hi_zyx[::-1] + 0.5
+    margin = MARGIN_MM / spacing
+    lo, hi = lo - margin, hi + margin
+    extent_mm = (hi - lo) * spacing
+    size = np.maximum(np.ceil(extent_mm / spacing_mm).astype(int), 1)
+    direction = np.array(reference.GetDirection()).reshape(3, 3)
+    # Centre of the new grid's first voxel, in physical space.
+    corner = np.array(reference.TransformContinuousIndexToPhysicalPoint(lo.tolist()))
+    origin = corner + direction @ (np.full(3, spacing_mm) / 2.0)
+    grid = sitk.Image([int(s) for s in size], sitk.sitkUInt8)
+    grid.SetSpacing([spacing_mm] * 3)
+    grid.SetDirection(reference.GetDirection())
+    grid.SetOrigin(origin.tolist())
+    return grid
+
+
+def _anti_alias(image: sitk.Image, spacing_mm: float) -> sitk.Image:
+    """Gaussian smoothing so that down-sampling to spacing_mm does not alias (sigma per axis, in mm)."""
+    sigma = [float(np.sqrt(max(spacing_mm**2 - s**2, 0.0)) / 2.355) for s in image.GetSpacing()]
+    if max(sigma) <= 0.0:
+        return image
+    # Discrete rather than recursive Gaussian: it accepts a zero sigma on axes already coarser than spacing_mm.
+    return sitk.DiscreteGaussian(image, [v * v for v in sigma], 16, 0.01, True)
+
+
+def _resample(image: sitk.Image, like: sitk.Image, interpolator=sitk.sitkLinear, default: float = 0.0) -> sitk.Image:
+    return sitk.Resample(image, like, sitk.Transform(), interpolator, default, sitk.sitkFloat32)
+
+
+def prepare(images: Dict[str, Optional[sitk.Image]], spacing_mm: float = 2.0) -> Prepared:
+    """Resample, crop, down-sample and normalise the given contrasts (see the module docstring)."""
+    unknown = set(images) - set(CONTRASTS)
+    if unknown:
+        raise InputError(f"Unknown contrast name(s) {sorted(unknown)}; expected some of {list(CONTRASTS)}.")
+    reference_name = reference_contrast(images)
+    reference = sitk.Cast(images[reference_name], sitk.sitkFloat32)
+
+    resampled: Dict[str, sitk.Image] = {}
+    mask = None
+    for name in CONTRASTS:
+        image = images.get(name)
+        if image is None:
+            continue
+        on_reference = reference if name == reference_name else _resample(sitk.Cast(image, sitk.sitkFloat32), reference)
+        resampled[name] = on_reference
+        fg = _foreground(sitk.GetArrayViewFromImage(on_reference))
+        mask = fg if mask is None else (mask | fg)
+
+    foreground_reference = sitk.GetImageFromArray(mask.astype(np.uint8))
+    foreground_reference.CopyInformation(reference)
+    grid = _low_resolution_grid(reference, mask, spacing_mm)
+    foreground = sitk.GetArrayFromImage(
+        sitk.Resample(foreground_reference, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    )
+    inside = foreground.astype(bool)
+    if not inside.any():
+        raise InputError("The brain region is too small to analyse at the network's resolution.")
+
+    array = np.zeros((len(CONTRASTS),) + foreground.shape, np.float32)
+    present = np.zeros(len(CONTRASTS), np.float32)
+    mean = np.zeros(len(CONTRASTS), np.float32)
+    std = np.ones(len(CONTRASTS), np.float32)
+    for channel, name in enumerate(CONTRASTS):
+        if name not in resampled:
+            continue
+        low = sitk.GetArrayFromImage(_resample(_anti_alias(resampled[name], spacing_mm), grid))
+        values = low[inside]
+        # z-score inside the brain mask, not over non-zero voxels (MONAI's NormalizeIntensity(nonzero=True)):
+        # scanner offsets make background non-zero and brain voxels can be zero.
+        mean[channel] = float(values.mean())
+        std[channel] = float(values.std()) or 1.0
+        array[channel] = np.where(inside, np.clip((low - mean[channel]) / std[channel], -CLIP_Z, CLIP_Z), 0.0)
+        present[channel] = 1.0
+
+    return Prepared(
+        array=array,
+        present=present,
+        reference=reference,
+        grid=grid,
+        foreground=foreground,
+        foreground_reference=foreground_reference,
+        mean=mean,
+        std=std,
+        reference_name=reference_name,
+        resampled=resampled,
+    )
+
+
+def _image_on_grid(array: np.ndarray, grid: sitk.Image) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
+    image.CopyInformation(grid)
+    return image
+
+
+def resample_label_to_grid(label: sitk.Image, prep: Prepared, n_labels: int = 4) -> np.ndarray:
+    """A label image (any grid) on the low-resolution grid: one-hot, linear resampling, arg-max (uint8)."""
+    label_array = sitk.GetArrayFromImage(label)
+    scores = []
+    for value in range(n_labels):
+        one_hot = sitk.GetImageFromArray((label_array == value).astype(np.float32))
+        one_hot.CopyInformation(label)
+        default = 1.0 if value == 0 else 0.0
+        scores.append(sitk.GetArrayFromImage(_resample(one_hot, prep.grid, sitk.sitkLinear, default)))
+    return np.argmax(np.stack(scores), axis=0).astype(np.uint8)
+
+
+def to_reference(array_low: np.ndarray, prep: Prepared, interpolation: str = "linear"):
+    """Map an output on the low-resolution grid back onto the reference grid (zero outside the box).
+
+    (Z, Y, X) gives a float32 sitk.Image; (C, Z, Y, X) gives a float32 array (C, z, y, x) on the reference grid.
+    """
+    interpolator = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}[interpolation]
+    if array_low.ndim == 3:
+        return _resample(_image_on_grid(array_low, prep.grid), prep.reference, interpolator)
+    return np.stack(
+        [sitk.GetArrayFromImage(_resample(_image_on_grid(c, prep.grid), prep.reference, interpolator)) for c in array_low]
+    )
+
+
+def to_input_units(array_low: np.ndarray, prep: Prepared, contrast: str) -> sitk.Image:
+    """A normalised single-contrast output (e.g. the tumour-free reconstruction) in the input's units on the
+    reference grid; outside the brain it keeps the input's own values."""
+    channel = CONTRASTS.index(contrast)
+    restored = sitk.GetArrayFromImage(to_reference(array_low, prep)) * prep.std[channel] + prep.mean[channel]
+    original = sitk.GetArrayFromImage(prep.resampled[contrast])
+    inside = sitk.GetArrayViewFromImage(prep.foreground_reference).astype(bool)
+    image = sitk.GetImageFromArray(np.where(inside, restored, original).astype(np.float32))
+    image.CopyInformation(prep.reference)
+    return image
