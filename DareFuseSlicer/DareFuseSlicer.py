@@ -1,0 +1,416 @@
+"""DareFuseSlicer: brain-tumour MRI segmentation, uncertainty, lesion-removal prior and Grad-CAM++ in 3D Slicer.
+
+This file is thin: the work is in DareFuseSlicerLib (logic.py, scene/, pipeline/, network/). In the Slicer
+application it defines the module, its widget, logic and self-test. Under the headless slicer-core package
+(no application, no Qt) it imports too, and then offers the logic and the self-test only; the self-test then
+works on a new scene of its own (pytest runs it: Testing/Python/test_module_selftest.py).
+"""
+import logging
+import os
+import unittest
+
+import slicer
+
+from DareFuseSlicerLib import parameters
+from DareFuseSlicerLib.errors import Cancelled, InputError
+from DareFuseSlicerLib.logic import (
+    BackgroundRun,
+    DareFuseLogic,
+    auto_assign_inputs,
+    load_sample_case,
+    missing_requirements,
+    protected_constraints,
+    report_of,
+    report_rows,
+)
+
+try:  # the Slicer application; slicer-core has neither Qt nor ScriptedLoadableModule
+    import qt
+    import vtk
+    from slicer.ScriptedLoadableModule import (
+        ScriptedLoadableModule,
+        ScriptedLoadableModuleLogic,
+        ScriptedLoadableModuleTest,
+        ScriptedLoadableModuleWidget,
+    )
+    from slicer.util import VTKObservationMixin
+
+    IN_SLICER_APP = hasattr(slicer, "app")
+except ImportError:
+    IN_SLICER_APP = False
+
+MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
+TERMINOLOGY_FILE = os.path.join(MODULE_DIR, "Resources", "Terminology", "DareFuseSlicer.term.json")
+REQUIREMENTS_FILE = os.path.join(MODULE_DIR, "Resources", "requirements.txt")
+#: Minimum whole-tumour Dice of the bundled model on the bundled sample case (the self-test's pass mark).
+#: The lead sets it from the measured figure of the released model (`darefuse demo` prints it), minus a margin.
+SAMPLE_WT_DICE_MINIMUM = 0.5
+
+
+if IN_SLICER_APP:
+
+    class DareFuseSlicer(ScriptedLoadableModule):
+        def __init__(self, parent):
+            ScriptedLoadableModule.__init__(self, parent)
+            self.parent.title = "DareFuse Brain Tumour"
+            self.parent.categories = ["Segmentation"]
+            self.parent.dependencies = []
+            self.parent.contributors = ["DareFuseSlicer contributors"]
+            self.parent.helpText = (
+                "Segments brain tumours (BraTS parts NETC, SNFH, ET) on any subset of T1, T1ce, T2 and FLAIR, "
+                "with an uncertainty map, a lesion-removal difference prior, Grad-CAM++ evidence and a tumour "
+                "class. Research software, not for clinical use. "
+                '<a href="https://github.com/darefuse/DareFuseSlicer">Documentation</a>.'
+            )
+            self.parent.acknowledgementText = (
+                "Built on 3D Slicer, MONAI, PyTorch, SimpleITK and pytorch-grad-cam. The bundled sample case is "
+                "synthetic, drawn on the MNI ICBM152 2009a template."
+            )
+            slicer.app.connect("startupCompleted()", registerTerminology)
+            slicer.app.connect("startupCompleted()", registerSampleData)
+
+    def registerTerminology():
+        """Make the BraTS parts' SNOMED codes available to the Segment Editor's terminology selector."""
+        slicer.modules.terminologies.logic().LoadTerminologyFromFile(TERMINOLOGY_FILE)
+
+    def registerSampleData():
+        """The bundled sample case in the Sample Data module, read from the extension folder, SHA256-checked."""
+        import json
+
+        import SampleData
+        from DareFuseSlicerLib.constants import BRATS_SUFFIX, CONTRASTS
+        from DareFuseSlicerLib.phantoms import sample_case_paths
+        from DareFuseSlicerLib.phantoms.io import SAMPLE_DIR
+
+        try:
+            paths = sample_case_paths(verify=False)  # Sample Data checks each file's SHA256 when it loads it
+        except InputError as error:
+            logging.warning(f"DareFuseSlicer: sample data not registered: {error}")
+            return
+        recorded = json.loads((SAMPLE_DIR / "sample_data.json").read_text())  # file name -> SHA256
+        images = [paths[BRATS_SUFFIX[contrast]] for contrast in CONTRASTS]
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category="DareFuseSlicer",
+            sampleName="DareFuseSample-glioma",
+            thumbnailFileName=os.path.join(MODULE_DIR, "Resources", "Icons", "DareFuseSlicer.png"),
+            uris=[path.as_uri() for path in images],
+            fileNames=[path.name for path in images],
+            nodeNames=[path.name[: -len(".nii.gz")] for path in images],
+            checksums=[f"SHA256:{recorded[path.name]}" for path in images],
+        )
+
+    class DareFuseSlicerLogic(ScriptedLoadableModuleLogic, DareFuseLogic):
+        """DareFuseLogic with the module's typed parameter node."""
+
+        def __init__(self):
+            ScriptedLoadableModuleLogic.__init__(self)
+            DareFuseLogic.__init__(self)
+
+        def getParameterNode(self):
+            return parameters.parameter_node_class()(super().getParameterNode())
+
+    class DareFuseSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+        """The panel: a small state machine (idle, running, cancel requested); Apply turns into Cancel.
+
+        The run itself is a logic.BackgroundRun; the widget only starts it, polls it and shows what it says.
+        """
+
+        IDLE, RUNNING, CANCELLING = "idle", "running", "cancel requested"
+        POLL_MS = 200
+
+        def __init__(self, parent=None):
+            ScriptedLoadableModuleWidget.__init__(self, parent)
+            VTKObservationMixin.__init__(self)
+            self.logic = None
+            self._parameterNode = None
+            self._parameterNodeGuiTag = None
+            self._run = None
+            self._state = self.IDLE
+
+        def setup(self):
+            ScriptedLoadableModuleWidget.setup(self)
+            uiWidget = slicer.util.loadUI(self.resourcePath("UI/DareFuseSlicer.ui"))
+            self.layout.addWidget(uiWidget)
+            self.ui = slicer.util.childWidgetVariables(uiWidget)
+            uiWidget.setMRMLScene(slicer.mrmlScene)
+            self.logic = DareFuseSlicerLogic()
+            for table in (self.ui.classTable, self.ui.volumeTable):
+                table.horizontalHeader().setStretchLastSection(True)
+                table.verticalHeader().hide()
+            self.ui.progressBar.hide()
+            self._timer = qt.QTimer()
+            self._timer.setInterval(self.POLL_MS)
+            self._timer.connect("timeout()", self._poll)
+
+            self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+            self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+            self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+            self.ui.autoAssignButton.connect("clicked(bool)", self.onAutoAssign)
+            self.ui.loadSampleButton.connect("clicked(bool)", self.onLoadSample)
+            self.initializeParameterNode()
+
+        def cleanup(self):
+            if self._run is not None:
+                self._run.request_cancel()
+            self.removeObservers()
+
+        def enter(self):
+            self.initializeParameterNode()
+
+        def exit(self):
+            if self._parameterNode:
+                self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+                self._parameterNodeGuiTag = None
+                self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+
+        def onSceneStartClose(self, caller, event):
+            if self._run is not None:
+                self._run.request_cancel()
+            self.setParameterNode(None)
+
+        def onSceneEndClose(self, caller, event):
+            if self.parent.isEntered:
+                self.initializeParameterNode()
+
+        def initializeParameterNode(self):
+            self.setParameterNode(self.logic.getParameterNode())
+            if not any(getattr(self._parameterNode, name) for name in ("t1", "t1ce", "t2", "flair")):
+                self.onAutoAssign()
+
+        def setParameterNode(self, inputParameterNode):
+            if self._parameterNode:
+                self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+                self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self._parameterNode = inputParameterNode
+            if self._parameterNode:
+                self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+                self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self._updateButtons()
+
+        # -- state ----------------------------------------------------------------------------------------
+        def _setState(self, state):
+            self._state = state
+            self._updateButtons()
+
+        def _updateButtons(self, caller=None, event=None):
+            idle = self._state == self.IDLE
+            for widget in (self.ui.inputsCollapsibleButton, self.ui.outputsCollapsibleButton,
+                           self.ui.advancedCollapsibleButton):
+                widget.enabled = idle
+            self.ui.progressBar.visible = not idle
+            if self._state == self.RUNNING:
+                self.ui.applyButton.text, self.ui.applyButton.enabled = "Cancel", True
+                self.ui.applyButton.toolTip = "Stop the run; nothing is added to the scene."
+                return
+            if self._state == self.CANCELLING:
+                self.ui.applyButton.text, self.ui.applyButton.enabled = "Cancelling...", False
+                return
+            values = parameters.values_of(self._parameterNode) if self._parameterNode else {}
+            arguments = parameters.process_arguments(values)
+            has_input = any(arguments.get(name) for name in ("t1", "t1ce", "t2", "flair"))
+            self.ui.applyButton.text = "Apply"
+            self.ui.applyButton.enabled = bool(has_input and arguments["outputs"])
+            self.ui.applyButton.toolTip = ("Run DARE-FUSE on the selected inputs." if self.ui.applyButton.enabled
+                                           else "Select at least one input volume and one output.")
+
+        # -- actions --------------------------------------------------------------------------------------
+        def onAutoAssign(self):
+            if not self._parameterNode:
+                return
+            assigned = auto_assign_inputs(slicer.mrmlScene)
+            if assigned:
+                wasModifying = self._parameterNode.StartModify()  # one GUI update for the four selectors
+                for name in ("t1", "t1ce", "t2", "flair"):
+                    setattr(self._parameterNode, name, assigned.get(name))
+                self._parameterNode.EndModify(wasModifying)
+
+        def onLoadSample(self):
+            with slicer.util.tryWithErrorDisplay("Failed to load the sample case.", waitCursor=True):
+                loaded = load_sample_case(slicer.mrmlScene)
+                slicer.util.setSliceViewerLayers(background=loaded.get("flair") or next(iter(loaded.values())),
+                                                 fit=True)
+                self.onAutoAssign()
+
+        def onApplyButton(self):
+            if self._state == self.RUNNING:
+                self._run.request_cancel()
+                self._setState(self.CANCELLING)
+                self.ui.statusLabel.text = "Cancelling after the current step..."
+                return
+            if self._state != self.IDLE or not self._ensurePythonPackages():
+                return
+            arguments = parameters.process_arguments(parameters.values_of(self._parameterNode))
+            try:
+                inputs = {name: arguments.pop(name) for name in ("t1", "t1ce", "t2", "flair")}
+                self._run = BackgroundRun(self.logic, inputs, **arguments).start()
+            except InputError as error:
+                slicer.util.errorDisplay(str(error))
+                return
+            self.ui.progressBar.setRange(0, 1000)
+            self.ui.progressBar.value = 0
+            self.ui.statusLabel.text = "Starting..."
+            self._setState(self.RUNNING)
+            self._timer.start()
+
+        def _poll(self):
+            run = self._run
+            if run is None:
+                self._timer.stop()
+                return
+            self.ui.progressBar.value = int(1000 * run.fraction)
+            left = run.time_left()
+            self.ui.statusLabel.text = run.message + (f" - {left}" if left else "")
+            if not run.done:
+                return
+            self._timer.stop()
+            self._run = None
+            try:
+                outputs = run.finish()
+            except Cancelled as error:
+                self.ui.statusLabel.text = str(error)
+            except InputError as error:
+                self.ui.statusLabel.text = "Stopped: the input could not be used."
+                slicer.util.errorDisplay(str(error))
+            except Exception as error:  # a bug: show it with its traceback, keep Slicer running
+                import traceback
+
+                self.ui.statusLabel.text = "Failed; nothing was added to the scene."
+                slicer.util.errorDisplay(f"DareFuse failed: {error}", detailedText=traceback.format_exc())
+            else:
+                self.ui.statusLabel.text = "Done. " + " ".join(outputs.report.get("warnings") or [])
+                self._showReport(outputs.report)
+                slicer.util.resetSliceViews()
+            finally:
+                self._setState(self.IDLE)
+
+        def _showReport(self, report):
+            rows = report_rows(report)
+            predicted = (report.get("predicted_class") or "").replace("_", " ")
+            caution = " (low confidence: see the warnings)" if report.get("low_confidence") else ""
+            self.ui.predictionLabel.text = f"Predicted class: {predicted}{caution}"
+            for table, key in ((self.ui.classTable, "classes"), (self.ui.volumeTable, "volumes")):
+                table.setRowCount(len(rows[key]))
+                for row, (name, value) in enumerate(rows[key]):
+                    table.setItem(row, 0, qt.QTableWidgetItem(name))
+                    table.setItem(row, 1, qt.QTableWidgetItem(value))
+
+        def _ensurePythonPackages(self):
+            """torch from the PyTorch extension, the rest by pip after asking; never at import, never
+            replacing Slicer's own SimpleITK, numpy or VTK (pinned with a pip constraints file)."""
+            import importlib.util
+
+            if importlib.util.find_spec("torch") is None:
+                try:
+                    import PyTorchUtils
+                except ImportError:
+                    slicer.util.errorDisplay("DareFuseSlicer needs the PyTorch extension: install it from the "
+                                             "Extensions Manager, restart Slicer and press Apply again.")
+                    return False
+                if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
+                    return False
+            missing = missing_requirements(REQUIREMENTS_FILE)
+            if not missing:
+                return True
+            if not slicer.util.confirmOkCancelDisplay(
+                    "DareFuseSlicer needs these Python packages, installed once into Slicer's Python:\n\n"
+                    + "\n".join(missing) + "\n\nSlicer's own SimpleITK, numpy, VTK and PyTorch are kept. Install now?",
+                    "DareFuseSlicer: install Python packages"):
+                return False
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as folder:
+                constraints = os.path.join(folder, "constraints.txt")
+                with open(constraints, "w") as handle:
+                    handle.write("\n".join(protected_constraints()) + "\n")
+                with slicer.util.tryWithErrorDisplay("Installing the Python packages failed.", waitCursor=True):
+                    # A list of arguments: Slicer 5.6's pip_install and later ones pass it to pip as it is.
+                    slicer.util.pip_install(["-c", constraints] + missing)
+            return not missing_requirements(REQUIREMENTS_FILE)
+
+else:
+    DareFuseSlicerLogic = DareFuseLogic
+
+
+_TestBase = ScriptedLoadableModuleTest if IN_SLICER_APP else unittest.TestCase
+
+
+class DareFuseSlicerTest(_TestBase):
+    """Self-test on the bundled sample case: in Slicer (Reload and Test, CI under xvfb) and headless (pytest)."""
+
+    def setUp(self):
+        if IN_SLICER_APP:
+            slicer.mrmlScene.Clear()
+            self.scene = slicer.mrmlScene
+        else:
+            from DareFuseSlicerLib.scene import files
+
+            self.scene = files.new_scene()
+
+    def runTest(self):
+        self.setUp()
+        self.test_sample_case()
+
+    def _say(self, message):
+        if IN_SLICER_APP:
+            self.delayDisplay(message)
+        else:
+            logging.info(message)
+
+    def test_sample_case(self):
+        import numpy as np
+        import SimpleITK as sitk
+        from DareFuseSlicerLib.phantoms import sample_case_paths
+        from DareFuseSlicerLib.scene import display, nodes, segmentation, volumes
+
+        self._say("Loading the sample case")
+        paths = sample_case_paths()  # raises if a file does not match its SHA256
+        loaded = load_sample_case(self.scene, paths)
+        inputs = auto_assign_inputs(self.scene)
+        self.assertEqual(inputs, loaded)
+
+        self._say("Running DARE-FUSE on the CPU")
+        fractions = []
+        outputs = DareFuseSlicerLogic().process(**inputs, device="cpu",
+                                                progress=lambda fraction, message: fractions.append(fraction))
+        self.assertAlmostEqual(fractions[-1], 1.0)
+
+        seg = outputs.segmentation
+        names = [seg.GetSegmentation().GetNthSegment(i).GetName()
+                 for i in range(seg.GetSegmentation().GetNumberOfSegments())]
+        self.assertEqual(names, ["NETC", "SNFH", "ET"])
+        self.assertIs(seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole()), inputs["t1"])
+
+        truth = sitk.ReadImage(str(paths["seg"]))
+        predicted = segmentation.labels_array(seg, truth)
+        expected = sitk.GetArrayFromImage(truth)
+        overlap = np.count_nonzero((predicted > 0) & (expected > 0))
+        dice = 2.0 * overlap / max(np.count_nonzero(predicted > 0) + np.count_nonzero(expected > 0), 1)
+        self._say(f"Whole-tumour Dice on the sample case: {dice:.3f}")
+        self.assertGreaterEqual(dice, SAMPLE_WT_DICE_MINIMUM)
+
+        uncertainty = volumes.volume_array(outputs.nodes["uncertainty"])
+        self.assertGreaterEqual(float(uncertainty.min()), 0.0)
+        self.assertLessEqual(float(uncertainty.max()), 1.0)
+        for kind in ("difference_prior", "gradcam", "tumour_free_t1"):
+            self.assertIn(kind, outputs.nodes)
+
+        report = report_of(seg)
+        self.assertEqual(set(report["volumes_ml"]), {"NETC", "SNFH", "ET", "WT", "TC"})
+        self.assertAlmostEqual(sum(report["class_probabilities"].values()), 1.0, places=3)
+
+        self._say("Checking the display")
+        self.assertEqual(outputs.nodes["uncertainty"].GetDisplayNode().GetColorNodeID(),
+                         display.COLOUR_IDS["uncertainty"])
+        self.assertTrue(seg.GetDisplayNode().GetVisibility2DOutline())
+        composite = self.scene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
+        self.assertIsNotNone(composite)
+        self.assertEqual(composite.GetBackgroundVolumeID(), inputs["flair"].GetID())
+        self.assertEqual(composite.GetForegroundVolumeID(), outputs.nodes["uncertainty"].GetID())
+
+        self._say("Running again: the earlier outputs are replaced")
+        count = self.scene.GetNumberOfNodes()
+        again = DareFuseSlicerLogic().process(**inputs, outputs=("segmentation", "uncertainty", "prior", "gradcam"))
+        self.assertEqual(self.scene.GetNumberOfNodes(), count)
+        self.assertIsNone(seg.GetScene())
+        self.assertTrue(all(nodes.is_output(node) for node in again.nodes.values()))
+        self._say("Test passed")

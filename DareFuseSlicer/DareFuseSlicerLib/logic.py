@@ -1,0 +1,620 @@
+"""DareFuseLogic: the module's work without a GUI, on the input nodes' own MRML scene.
+
+A run has three steps, so the widget can run the middle one in a worker thread while the scene is touched only
+from the main thread:
+
+1. prepare(...)  validate the input nodes, copy them to SimpleITK images (scene read only);
+2. compute(...)  the pipeline: no scene access, progress and cooperative cancel;
+3. commit(...)   build every output node outside the scene, then add them all, replace this module's earlier
+                 unedited outputs for the same reference input, set up the display; roll back on any failure.
+
+process(...) does all three. A cancelled or failed run leaves the scene exactly as it was.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+import vtk
+
+import slicer
+
+from .constants import BRATS_SUFFIX, CONTRASTS
+from .errors import Cancelled, InputError
+from .pipeline import validate
+from .scene import display, nodes, segmentation, volumes
+
+ProgressFn = Callable[[float, str], None]
+CancelFn = Callable[[], bool]
+
+MODULE_DIR = Path(__file__).resolve().parents[1]
+MODELS_DIR = MODULE_DIR / "Resources" / "Models"
+#: The bundled model's file name in Resources/Models (its card is <stem>.card.json beside it).
+BUNDLED_MODEL_NAME = "darefuse.safetensors"
+
+#: The optional layers a run can produce (the class and the volumes are always computed).
+OUTPUTS = ("segmentation", "uncertainty", "prior", "gradcam")
+#: How each input is named in messages, as its selector is labelled in the module panel.
+CONTRAST_LABELS = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
+#: Share of the progress bar for the pipeline; the rest is building and adding the nodes.
+PIPELINE_SHARE = 0.95
+
+
+@dataclass
+class PreparedInputs:
+    """Validated inputs of one run: nodes and their SimpleITK copies (LPS, own pixel type)."""
+
+    scene: slicer.vtkMRMLScene
+    nodes: Dict[str, slicer.vtkMRMLScalarVolumeNode]  # contrast -> node, given contrasts only
+    images: Dict[str, sitk.Image]  # contrast -> image
+    reference: str  # t1 when given, else the first given of t1ce, t2, flair (as the pipeline decides)
+
+    @property
+    def reference_node(self) -> slicer.vtkMRMLScalarVolumeNode:
+        return self.nodes[self.reference]
+
+
+@dataclass
+class ProcessOutputs:
+    """What a run added to the scene, and its report (JSON-ready)."""
+
+    nodes: Dict[str, slicer.vtkMRMLNode]  # "segmentation", "uncertainty", "difference_prior", "gradcam",
+    #                                      "tumour_free_<contrast>"
+    report: Dict[str, Any]
+    result: Any = None  # the pipeline's PipelineResult (images on the reference grid), e.g. to write files
+    replaced: List[str] = field(default_factory=list)  # names of earlier outputs this run replaced
+    kept: List[str] = field(default_factory=list)  # names of earlier outputs kept because a user edited them
+
+    @property
+    def segmentation(self) -> Optional[slicer.vtkMRMLSegmentationNode]:
+        return self.nodes.get("segmentation")
+
+
+def bundled_model_path() -> Path:
+    return MODELS_DIR / BUNDLED_MODEL_NAME
+
+
+class DareFuseLogic:
+    """Runs DARE-FUSE on volume nodes and adds the results to the nodes' scene.
+
+    pipeline_run and model_loader default to DareFuseSlicerLib.pipeline.run.run and
+    DareFuseSlicerLib.network.store.load_model (imported on first use: torch is not needed to validate or to
+    assign inputs). They can be replaced, e.g. by a pipeline on another device or a pre-loaded model.
+    """
+
+    def __init__(self, pipeline_run: Optional[Callable] = None, model_loader: Optional[Callable] = None):
+        self._pipeline_run = pipeline_run
+        self._model_loader = model_loader
+        self._models: Dict[str, Any] = {}
+
+    # ----------------------------------------------------------------------------------------------------------
+    def process(self, t1=None, t1ce=None, t2=None, flair=None, outputs: Iterable[str] = OUTPUTS,
+                device: str = "cpu", progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
+                model_path=None) -> ProcessOutputs:
+        """Segment, measure and explain the case given by up to four scalar volume nodes of one scene.
+
+        t1, t1ce, t2, flair: vtkMRMLScalarVolumeNode or None; any non-empty subset. Outputs are on the grid of
+            the reference input (T1 when given, else the first given of T1ce, T2, FLAIR).
+        outputs: which layers to add, among OUTPUTS ("prior" adds the difference prior and one tumour-free
+            reconstruction per given contrast). The class prediction and volumes are always in the report.
+        device: "cpu" or "cuda" (a CUDA device index such as "cuda:1" also works).
+        progress(fraction, message) and cancel() -> bool: called during the run; a cancel raises
+            errors.Cancelled and nothing is added.
+        model_path: a .safetensors model with its card; the bundled model when None.
+        Returns ProcessOutputs (the new nodes and the report). Raises errors.InputError naming the input at fault.
+        """
+        prepared = self.prepare(t1=t1, t1ce=t1ce, t2=t2, flair=flair)
+        wanted = check_outputs(outputs)
+        result, model_info = self.compute(prepared, wanted, device=device, progress=_scaled(progress, 0.0,
+                                          PIPELINE_SHARE), cancel=cancel, model_path=model_path)
+        return self.commit(prepared, result, wanted, model_info=model_info, device=device,
+                           progress=_scaled(progress, PIPELINE_SHARE, 1.0), cancel=cancel)
+
+    # ----------------------------------------------------------------------------------------------------------
+    def prepare(self, t1=None, t1ce=None, t2=None, flair=None) -> PreparedInputs:
+        """Validate the input nodes and copy them to SimpleITK images. Reads the scene, changes nothing."""
+        given = {name: node for name, node in zip(CONTRASTS, (t1, t1ce, t2, flair)) if node is not None}
+        if not given:
+            raise InputError("No input volume: select at least one of T1, T1ce, T2 or FLAIR.")
+        scene = None
+        first_label = ""
+        seen: Dict[str, str] = {}
+        for name, node in given.items():
+            label = CONTRAST_LABELS[name]
+            check_input_node(node, label)
+            if scene is None:
+                scene, first_label = node.GetScene(), label
+            elif node.GetScene() is not scene:
+                raise InputError(f"{label}: volume '{node.GetName()}' is in a different scene from the "
+                                 f"{first_label} volume; all inputs must be in one scene.")
+            if node.GetID() in seen:
+                raise InputError(f"{label}: volume '{node.GetName()}' is already the {seen[node.GetID()]} input; "
+                                 "give each contrast its own volume.")
+            seen[node.GetID()] = label
+        reference = next(name for name in CONTRASTS if name in given)
+        # The memory guard before any voxel is copied.
+        validate.check_memory({name: node_geometry(node) for name, node in given.items()}, reference,
+                              {name: f"{CONTRAST_LABELS[name]} ('{node.GetName()}')" for name, node in given.items()})
+        images = {name: volumes.volume_node_to_image(node, CONTRAST_LABELS[name]) for name, node in given.items()}
+        return PreparedInputs(scene=scene, nodes=given, images=images, reference=reference)
+
+    # ----------------------------------------------------------------------------------------------------------
+    def model(self, model_path=None):
+        """The model at `model_path` (the bundled one when None), loaded once per logic (on the CPU: the
+        pipeline moves it to the run's device)."""
+        path = Path(model_path) if model_path else bundled_model_path()
+        key = str(path)
+        if key not in self._models:
+            loader = self._model_loader
+            if loader is None:
+                if model_path is None and not path.is_file():
+                    raise InputError(f"The bundled model '{path}' is missing; reinstall the extension or give a "
+                                     "model file.")
+                from .network.store import load_model as loader
+            self._models[key] = loader(path, device="cpu")
+        return self._models[key]
+
+    def compute(self, prepared: PreparedInputs, outputs: Iterable[str] = OUTPUTS, device: str = "cpu",
+                progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
+                model_path=None) -> Tuple[Any, dict]:
+        """Run the pipeline on the prepared images. Touches no node: safe in a worker thread.
+
+        Returns (the pipeline's result, a description of the model: name, version, sha256, ...).
+        """
+        wanted = check_outputs(outputs)
+        _check_cancel(cancel)
+        if progress is not None:
+            progress(0.0, "loading the model")
+        model = self.model(model_path)
+        run = self._pipeline_run
+        if run is None:
+            from .pipeline.run import run
+        from .pipeline.outputs import describe_model
+        labels = {name: f"{CONTRAST_LABELS[name]} ('{node.GetName()}')" for name, node in prepared.nodes.items()}
+        result = run(dict(prepared.images), model, outputs=set(wanted), device=device, progress=progress,
+                     cancel=cancel, labels=labels)
+        _check_cancel(cancel)
+        return result, describe_model(model)
+
+    # ----------------------------------------------------------------------------------------------------------
+    def commit(self, prepared: PreparedInputs, result: Any, outputs: Iterable[str] = OUTPUTS,
+               model_info: Optional[dict] = None, device: str = "cpu", progress: Optional[ProgressFn] = None,
+               cancel: Optional[CancelFn] = None) -> ProcessOutputs:
+        """Add the result to the scene as nodes; all or nothing. Main thread only."""
+        wanted = check_outputs(outputs)
+        scene = prepared.scene
+        reference_node = prepared.reference_node
+        for name, node in prepared.nodes.items():  # the GUI stays usable during a run: inputs may be gone
+            if node.GetScene() is not scene:
+                raise InputError(f"{CONTRAST_LABELS[name]}: volume '{node.GetName()}' was removed from the scene "
+                                 "during the run; nothing was added.")
+        reference_image = prepared.images[prepared.reference]
+        run_id = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        warnings = list(getattr(result, "warnings", None) or [])
+
+        # 1. Every node is built before the scene is touched: a failure here changes nothing.
+        if progress is not None:
+            progress(0.0, "building the output layers")
+        built = self._build_nodes(prepared, result, wanted, warnings)
+        for kind, node in built.items():
+            image_data = node.GetImageData() if node.IsA("vtkMRMLVolumeNode") else None
+            if image_data is not None and tuple(image_data.GetDimensions()) != tuple(reference_image.GetSize()):
+                raise RuntimeError(f"pipeline output {kind} is not on the reference grid")
+        _check_cancel(cancel)  # last point where a cancel is honoured: from here the commit is short
+
+        report = build_report(result, prepared, model_info, device, warnings, run_id)
+
+        # 2. Earlier outputs for this reference: replace those nobody has edited, keep the rest.
+        inputs = {node.GetID() for node in prepared.nodes.values()}
+        replaceable, kept = [], []
+        for old in nodes.outputs_of(scene, reference_node):
+            if old.GetID() in inputs:
+                continue  # an output used as an input is the user's now
+            (replaceable if nodes.is_unchanged_output(old) else kept).append(old)
+        taken = {old.GetName() for old in kept}
+        taken |= {scene.GetNthNode(i).GetName() for i in range(scene.GetNumberOfNodes())
+                  if not nodes.is_output(scene.GetNthNode(i))}
+
+        # 3. Add everything, then remove what is replaced; undo the additions if anything fails.
+        added: List[slicer.vtkMRMLNode] = []
+        views = display.views_state(scene)
+        scene.StartState(scene.BatchProcessState)
+        try:
+            for kind, node in built.items():
+                if node.GetName() in taken:
+                    node.SetName(scene.GenerateUniqueName(node.GetName()))
+                scene.AddNode(node)
+                added.append(node)
+                nodes.tag_output(node, kind, reference_node, run_id)
+                nodes.place_in_study(node, reference_node)
+                if kind == "segmentation":
+                    node.CreateDefaultDisplayNodes()
+                    segmentation.set_reference_geometry(node, reference_node)
+                    display.style_segmentation(node)
+                else:
+                    style_kind = "tumour_free" if kind.startswith("tumour_free") else kind
+                    like = prepared.nodes.get(kind[len("tumour_free_"):]) if style_kind == "tumour_free" else None
+                    display.style_volume(node, style_kind, like=like)
+            report["outputs"] = {kind: node.GetName() for kind, node in built.items()}
+            report_holder = built.get("segmentation") or next(iter(built.values()), None)
+            if report_holder is not None:
+                report_holder.SetAttribute(nodes.REPORT_ATTRIBUTE, json.dumps(report, default=str))
+            for old in replaceable:
+                nodes.remove_node(old)
+            self._set_up_views(prepared, result, built)
+        except BaseException:
+            display.restore_views(scene, views)
+            for node in reversed(added):
+                nodes.remove_node(node)
+            raise
+        finally:
+            scene.EndState(scene.BatchProcessState)
+        if progress is not None:
+            progress(1.0, "done")
+        return ProcessOutputs(nodes=dict(built), report=report, result=result,
+                              replaced=[old.GetName() for old in replaceable], kept=[old.GetName() for old in kept])
+
+    def _build_nodes(self, prepared: PreparedInputs, result: Any, wanted: frozenset,
+                     warnings: List[str]) -> Dict[str, slicer.vtkMRMLNode]:
+        base = prepared.reference_node.GetName()
+        built: Dict[str, slicer.vtkMRMLNode] = {}
+
+        def missing(what: str) -> None:
+            warnings.append(f"The pipeline returned no {what}; that layer was not added.")
+
+        if "segmentation" in wanted:
+            if getattr(result, "label", None) is None:
+                missing("segmentation")
+            else:
+                built["segmentation"] = segmentation.label_to_segmentation_node(
+                    result.label, f"{base} DareFuse segmentation", prepared.reference_node)
+        if "uncertainty" in wanted:
+            if getattr(result, "uncertainty", None) is None:
+                missing("uncertainty map")
+            else:
+                built["uncertainty"] = volumes.image_to_volume_node(result.uncertainty, f"{base} uncertainty")
+        if "prior" in wanted:
+            if getattr(result, "difference_prior", None) is None:
+                missing("difference prior")
+            else:
+                built["difference_prior"] = volumes.image_to_volume_node(result.difference_prior,
+                                                                         f"{base} difference prior")
+            for contrast, image in (getattr(result, "tumour_free", None) or {}).items():
+                built[f"tumour_free_{contrast}"] = volumes.image_to_volume_node(
+                    image, f"{base} tumour-free {CONTRAST_LABELS.get(contrast, contrast)}")
+        if "gradcam" in wanted:
+            if getattr(result, "gradcam", None) is None:
+                missing("Grad-CAM++ map")
+            else:
+                predicted = getattr(result, "predicted_class", "") or ""
+                built["gradcam"] = volumes.image_to_volume_node(
+                    result.gradcam, f"{base} Grad-CAM++ {predicted}".rstrip())
+        return built
+
+    @staticmethod
+    def _set_up_views(prepared: PreparedInputs, result: Any, built: Mapping[str, slicer.vtkMRMLNode]) -> None:
+        seg = built.get("segmentation")
+        centre = None
+        if seg is not None:
+            centre = display.label_centre_ras(sitk.GetArrayViewFromImage(result.label), prepared.reference_node)
+        display.setup_slice_views(prepared.scene, background=display_background(prepared),
+                                  foreground=display.choose_foreground(built), segmentation=seg,
+                                  centre_ras=centre)
+
+
+class BackgroundRun:
+    """One run whose pipeline step works in a worker thread, so that Slicer stays responsive.
+
+    The widget calls start() (main thread: checks and copies the inputs), polls `fraction`, `message`,
+    time_left() and `done` from a timer, calls request_cancel() for Cancel, and once `done` calls finish() in the
+    main thread, which adds the nodes (or raises the run's error: InputError, Cancelled, ...).
+    """
+
+    def __init__(self, logic: DareFuseLogic, inputs: Mapping[str, Any], outputs: Iterable[str] = OUTPUTS,
+                 device: str = "cpu", model_path=None):
+        self.logic = logic
+        self.outputs = check_outputs(outputs)
+        self.device = device
+        self.model_path = model_path
+        self.prepared = logic.prepare(**{name: inputs.get(name) for name in CONTRASTS})
+        self.fraction, self.message = 0.0, "starting"
+        self.started = time.monotonic()
+        self._cancel = threading.Event()
+        self._result: Any = None
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._work, name="DareFuse pipeline", daemon=True)
+
+    def start(self) -> "BackgroundRun":
+        self.started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def _progress(self, fraction: float, message: str) -> None:
+        self.fraction, self.message = PIPELINE_SHARE * fraction, message
+
+    def _work(self) -> None:
+        try:
+            self._result = self.logic.compute(self.prepared, self.outputs, device=self.device,
+                                              progress=self._progress, cancel=self._cancel.is_set,
+                                              model_path=self.model_path)
+        except BaseException as error:  # handed to the main thread by finish()
+            self._error = error
+
+    @property
+    def done(self) -> bool:
+        return self._thread.ident is not None and not self._thread.is_alive()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    def request_cancel(self) -> None:
+        self._cancel.set()
+
+    def time_left(self) -> str:
+        return format_time_left(time.monotonic() - self.started, self.fraction)
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        self._thread.join(timeout)
+        return self.done
+
+    def finish(self) -> ProcessOutputs:
+        """Main thread, once done: add the outputs to the scene (all or nothing), or raise the run's error."""
+        if not self.done:
+            raise RuntimeError("the run has not finished")
+        if self._error is not None:
+            raise self._error
+        result, model_info = self._result
+        return self.logic.commit(self.prepared, result, self.outputs, model_info=model_info, device=self.device,
+                                 cancel=self._cancel.is_set)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Input checks
+def check_outputs(outputs: Iterable[str]) -> frozenset:
+    wanted = frozenset(outputs)
+    unknown = sorted(wanted - set(OUTPUTS))
+    if unknown:
+        raise InputError(f"Unknown output(s) {unknown}; choose among {list(OUTPUTS)}.")
+    return wanted
+
+
+def check_input_node(node: Any, label: str) -> None:
+    """Raise InputError naming `label` unless `node` is a usable 3-D single-component scalar volume in a scene."""
+    if not hasattr(node, "IsA") or not node.IsA("vtkMRMLScalarVolumeNode"):
+        kind = node.GetClassName() if hasattr(node, "GetClassName") else type(node).__name__
+        raise InputError(f"{label}: '{_name(node)}' is a {kind}, not a scalar volume.")
+    if node.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise InputError(f"{label}: volume '{node.GetName()}' is a label map, not an MR image; select the image "
+                         "(or convert it to a scalar volume in the Volumes module if it really is one).")
+    if node.GetScene() is None:
+        raise InputError(f"{label}: volume '{node.GetName()}' is not in a scene.")
+    if nodes.is_output(node):
+        raise InputError(f"{label}: volume '{node.GetName()}' is a DareFuse output, not an input image.")
+    image_data = node.GetImageData()
+    if image_data is None or image_data.GetPointData().GetScalars() is None \
+            or image_data.GetNumberOfPoints() == 0:
+        raise InputError(f"{label}: volume '{node.GetName()}' is empty (it has no image data).")
+    # The pipeline's own shape rules (2-D, thin slab, colour voxels), with the same messages as the command line.
+    validate.check_geometry(f"{label} ('{node.GetName()}')", node_geometry(node))
+
+
+def node_geometry(node: slicer.vtkMRMLScalarVolumeNode) -> "validate.Geometry":
+    """What pipeline.validate needs to know about a volume, read from the node without copying voxels."""
+    image_data = node.GetImageData()
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    spacing = tuple(float(np.linalg.norm(volumes.numpy_matrix(matrix)[:3, axis])) for axis in range(3))
+    return validate.Geometry(tuple(image_data.GetDimensions()), spacing, image_data.GetNumberOfScalarComponents(),
+                             image_data.GetScalarTypeAsString())
+
+
+def _name(node: Any) -> str:
+    return node.GetName() if hasattr(node, "GetName") else repr(node)
+
+
+def _check_cancel(cancel: Optional[CancelFn]) -> None:
+    if cancel is not None and cancel():
+        raise Cancelled()
+
+
+def _scaled(progress: Optional[ProgressFn], start: float, stop: float) -> Optional[ProgressFn]:
+    if progress is None:
+        return None
+    return lambda fraction, message: progress(start + (stop - start) * min(max(fraction, 0.0), 1.0), message)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Report
+def build_report(result: Any, prepared: PreparedInputs, model_info: Optional[dict], device: str,
+                 warnings: Sequence[str], run_id: str) -> Dict[str, Any]:
+    """The command line's report (pipeline.outputs.build_report) plus what the scene adds: input node names,
+    the device, the run's time; "outputs" (kind -> node name) is added once the nodes are named."""
+    from .pipeline.outputs import build_report as pipeline_report
+
+    report = pipeline_report(result, model_info, files=[])
+    report.pop("files", None)
+    report["warnings"] = list(warnings)
+    report["input_nodes"] = {name: node.GetName() for name, node in prepared.nodes.items()}
+    report["device"] = device
+    report["run"] = run_id
+    return report
+
+
+def report_of(node: slicer.vtkMRMLNode) -> Optional[dict]:
+    """The report a run stored on its segmentation (or first output), e.g. to show it after a scene is loaded."""
+    text = node.GetAttribute(nodes.REPORT_ATTRIBUTE) if node is not None else None
+    return json.loads(text) if text else None
+
+
+def display_background(prepared: PreparedInputs) -> slicer.vtkMRMLScalarVolumeNode:
+    """The image shown beneath the overlays: where tumours show best (FLAIR, then T1ce, T2, T1)."""
+    for name in ("flair", "t1ce", "t2", "t1"):
+        if name in prepared.nodes:
+            return prepared.nodes[name]
+    return prepared.reference_node
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Inputs from a scene
+#: Name tokens for each contrast, checked in this order (FLAIR before T2 so "t2_flair" is FLAIR; T1ce before T1).
+NAME_TOKENS = (
+    ("flair", ("flair", "t2f", "t2flair")),
+    ("t1ce", ("t1ce", "t1c", "t1gd", "t1post")),
+    ("t2", ("t2", "t2w")),
+    ("t1", ("t1", "t1n", "t1w")),
+)
+_EXTENSIONS = re.compile(r"\.(nii\.gz|nii|nrrd|nhdr|mha|mhd|seg\.nrrd)$", re.IGNORECASE)
+
+
+def contrast_of_name(name: str) -> Tuple[Optional[str], str]:
+    """(contrast, case stem) for a volume name such as 'BraTS-GLI-00001-000-t1c.nii.gz' or 'T2 FLAIR'.
+
+    The stem is the name without the contrast's token, to group volumes of one case. (None, name) if no token.
+    """
+    plain = _EXTENSIONS.sub("", name.strip())
+    tokens = [token for token in re.split(r"[^0-9a-zA-Z]+", plain.lower()) if token]
+    for contrast, words in NAME_TOKENS:
+        for index, token in enumerate(tokens):
+            if token in words:
+                stem = "-".join(tokens[:index] + tokens[index + 1:])
+                return contrast, stem
+        # "T2 FLAIR" splits into two tokens: also try neighbouring pairs
+        for index in range(len(tokens) - 1):
+            if tokens[index] + tokens[index + 1] in words:
+                return contrast, "-".join(tokens[:index] + tokens[index + 2:])
+    return None, plain.lower()
+
+
+def auto_assign_inputs(scene: slicer.vtkMRMLScene) -> Dict[str, slicer.vtkMRMLScalarVolumeNode]:
+    """Guess T1, T1ce, T2 and FLAIR from the names of the scene's scalar volumes.
+
+    Names match t1/t1n/t1w, t1ce/t1c/t1gd, t2/t2w, flair/t2f (any case, BraTS file names such as CASE-t1c.nii.gz
+    too). Label maps and this module's outputs are skipped. When several cases are loaded, the case (volumes
+    sharing a name stem) with the most contrasts wins, the most recently added on a tie.
+    Returns contrast -> node for the contrasts found.
+    """
+    cases: Dict[str, Dict[str, Tuple[int, slicer.vtkMRMLScalarVolumeNode]]] = {}
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
+        if node.IsA("vtkMRMLLabelMapVolumeNode") or nodes.is_output(node) or node.GetHideFromEditors():
+            continue
+        contrast, stem = contrast_of_name(node.GetName() or "")
+        if contrast is None:
+            continue
+        cases.setdefault(stem, {}).setdefault(contrast, (index, node))
+    if not cases:
+        return {}
+    best = max(cases.values(), key=lambda case: (len(case), max(order for order, _ in case.values())))
+    return {contrast: best[contrast][1] for contrast in CONTRASTS if contrast in best}
+
+
+def load_sample_case(scene: slicer.vtkMRMLScene, paths: Optional[Mapping[str, Any]] = None,
+                     with_labels: bool = False) -> Dict[str, slicer.vtkMRMLScalarVolumeNode]:
+    """Load the bundled sample case (SHA256-checked) into `scene` through storage nodes.
+
+    paths: manifest key (t1n, t1c, t2w, t2f, seg) -> file; phantoms.sample_case_paths() when None.
+    Returns contrast -> volume node, plus "labels" -> label map node when with_labels.
+    """
+    if paths is None:
+        from .phantoms import sample_case_paths
+
+        paths = sample_case_paths()
+    from .scene import files
+
+    loaded: Dict[str, slicer.vtkMRMLScalarVolumeNode] = {}
+    for contrast in CONTRASTS:
+        path = paths.get(BRATS_SUFFIX[contrast]) or paths.get(contrast)
+        if path is not None:
+            loaded[contrast] = files.load_volume(scene, path)
+    if not loaded:
+        raise InputError("The sample case has no image files.")
+    if with_labels and paths.get("seg") is not None:
+        loaded["labels"] = files.load_volume(scene, paths["seg"], label_map=True)
+    return loaded
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Presentation helpers for the widget (kept here so they are tested without Qt)
+def format_time_left(elapsed_s: float, fraction: float) -> str:
+    """'about 1 min 20 s left' from the time so far and the fraction done; '' until an estimate is sensible."""
+    if fraction <= 0.02 or elapsed_s < 1.0 or fraction >= 1.0:
+        return ""
+    left = int(round(elapsed_s * (1.0 - fraction) / fraction))
+    if left >= 60:
+        return f"about {left // 60} min {left % 60:02d} s left"
+    return f"about {max(left, 1)} s left"
+
+
+def report_rows(report: Mapping[str, Any]) -> Dict[str, List[Tuple[str, str]]]:
+    """The report as display rows: class probabilities (predicted first) and volumes NETC, SNFH, ET, WT, TC."""
+    probabilities = report.get("class_probabilities") or {}
+    predicted = report.get("predicted_class")
+    order = sorted(probabilities, key=lambda name: (name != predicted, -probabilities[name]))
+    classes = [(name.replace("_", " "), f"{100.0 * probabilities[name]:.1f} %") for name in order]
+    volumes_ml = report.get("volumes_ml") or {}
+    regions = [(name, f"{volumes_ml[name]:.1f} mL") for name in ("NETC", "SNFH", "ET", "WT", "TC")
+               if name in volumes_ml]
+    return {"classes": classes, "volumes": regions}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Python packages in Slicer
+#: Packages Slicer provides itself, which an install must never replace (pinned to the installed version).
+PROTECTED_PACKAGES = ("SimpleITK", "numpy", "vtk", "torch", "torchvision")
+
+
+def _distribution_version(name: str) -> Optional[str]:
+    import importlib.metadata as metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def read_requirements(path) -> List[str]:
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
+
+
+def missing_requirements(path) -> List[str]:
+    """The requirement lines of `path` that the running Python does not satisfy (absent or too old)."""
+    missing = []
+    for requirement in read_requirements(path):
+        name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0]
+        installed = _distribution_version(name)
+        if installed is None or not _satisfies(installed, requirement[len(name):]):
+            missing.append(requirement)
+    return missing
+
+
+def _satisfies(version: str, specifier: str) -> bool:
+    specifier = specifier.split(";", 1)[0].strip()
+    if not specifier:
+        return True
+    try:
+        from packaging.specifiers import SpecifierSet
+        from packaging.version import Version
+    except ImportError:  # pip's vendored copy is always there where pip is
+        from pip._vendor.packaging.specifiers import SpecifierSet
+        from pip._vendor.packaging.version import Version
+    return Version(version) in SpecifierSet(specifier)
+
+
+def protected_constraints() -> List[str]:
+    """pip constraint lines pinning Slicer's own packages at their installed versions."""
+    pins = []
+    for name in PROTECTED_PACKAGES:
+        version = _distribution_version(name)
+        if version is not None:
+            pins.append(f"{name}=={version}")
+    return pins
