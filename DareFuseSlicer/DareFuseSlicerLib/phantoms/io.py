@@ -1,0 +1,154 @@
+"""Files: BraTS 2023 names, a manifest per data set, and the bundled sample case (SHA256-checked)."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from ..constants import BRATS_SUFFIX, CLASSES, CONTRASTS
+from ..errors import InputError
+from .acquisition import grid_by_name
+from .engine import make_case
+
+# Default grid mix of a generated data set, cycled per block of four cases (one of each class), so
+# every class sees every grid: 70 % BraTS grid, then a 1 mm RAS-stored matrix, 3 mm and 5 mm slices.
+GRID_MIX = ("brats",) * 7 + ("iso_ras", "ax_3mm", "ax_thick")
+
+MANIFEST_COLUMNS = ("case_id", "tumour_class", "seed", "grid", "size", "spacing", "lesion_count",
+                    "netc_ml", "snfh_ml", "et_ml",
+                    "t1n", "t1c", "t2w", "t2f", "seg", "t1n_free", "t1c_free", "t2w_free", "t2f_free",
+                    "subtype")
+
+SAMPLE_DIR = Path(__file__).resolve().parents[2] / "Resources" / "SampleData"
+SAMPLE_PREFIX = "DareFuseSample-glioma"
+
+
+def file_names(case_id: str) -> dict:
+    """Manifest key -> file name: <id>-t1n.nii.gz ... <id>-seg.nii.gz, <id>-t1n-tumourfree.nii.gz ..."""
+    names = {}
+    for contrast in CONTRASTS:
+        suffix = BRATS_SUFFIX[contrast]
+        names[suffix] = f"{case_id}-{suffix}.nii.gz"
+        names[f"{suffix}_free"] = f"{case_id}-{suffix}-tumourfree.nii.gz"
+    names["seg"] = f"{case_id}-seg.nii.gz"
+    return names
+
+
+def _write(image: sitk.Image, path: Path) -> None:
+    # ITK's NIfTI writer goes through zlib's gzopen, whose header has mtime 0: same voxels, same bytes.
+    sitk.WriteImage(image, str(path), True)
+
+
+def write_case(case, out_dir, tumour_free: bool = True) -> dict:
+    """Write the case with BraTS 2023 names; returns manifest key (t1n, ..., seg, t1n_free, ...) -> path.
+
+    Images are stored as int16 like scanner data (the engine already rounds them to whole units).
+    tumour_free=False leaves out the tumour-free twins (the bundled sample case).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = file_names(case.case_id)
+    paths = {}
+    for contrast in CONTRASTS:
+        suffix = BRATS_SUFFIX[contrast]
+        pairs = [(suffix, case.images[contrast])]
+        if tumour_free:
+            pairs.append((f"{suffix}_free", case.tumour_free[contrast]))
+        for key, image in pairs:
+            paths[key] = out / names[key]
+            _write(sitk.Cast(image, sitk.sitkInt16), paths[key])
+    paths["seg"] = out / names["seg"]
+    _write(sitk.Cast(case.label, sitk.sitkUInt8), paths["seg"])
+    return paths
+
+
+def _manifest_row(case, paths) -> dict:
+    v = case.meta["volumes_ml"]
+    row = {
+        "case_id": case.case_id, "tumour_class": case.tumour_class, "seed": case.meta["seed"],
+        "grid": case.meta["grid"], "size": "x".join(str(s) for s in case.meta["size"]),
+        "spacing": "x".join(f"{s:g}" for s in case.meta["spacing"]), "lesion_count": case.meta["lesion_count"],
+        "netc_ml": f"{v['NETC']:.3f}", "snfh_ml": f"{v['SNFH']:.3f}", "et_ml": f"{v['ET']:.3f}",
+        "subtype": case.meta["subtype"],
+    }
+    row.update({key: Path(p).name for key, p in paths.items()})
+    return row
+
+
+def generate(out_dir, n: int, seed: int, progress=True, grids=None, overwrite: bool = False) -> Path:
+    """Write n cases (classes balanced: case i has class CLASSES[i % 4], seed seed + i) and manifest.csv.
+
+    progress: True for a tqdm bar, False for none, or a callable progress(fraction, message).
+    grids: grid names cycled per block of four cases (default GRID_MIX).
+    """
+    if int(n) < 1:
+        raise InputError(f"n: the number of cases must be at least 1, got {n}")
+    if int(seed) < 0:
+        raise InputError(f"seed: must be >= 0, got {seed}")
+    grids = tuple(grids) if grids else GRID_MIX
+    for g in grids:
+        grid_by_name(g)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"out: {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"out: {out} is not empty; choose an empty folder or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    bar = None
+    if progress is True:
+        from tqdm import tqdm
+        bar = tqdm(total=int(n), desc="phantoms", unit="case")
+    manifest = out / "manifest.csv"
+    with open(manifest, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
+        writer.writeheader()
+        for i in range(int(n)):
+            case = make_case(int(seed) + i, CLASSES[i % len(CLASSES)], grids[(i // len(CLASSES)) % len(grids)])
+            writer.writerow(_manifest_row(case, write_case(case, out)))
+            fh.flush()  # a partial set is usable (and inspectable) while the rest is generated
+            if bar is not None:
+                bar.update(1)
+            elif callable(progress):
+                progress((i + 1) / int(n), case.case_id)
+    if bar is not None:
+        bar.close()
+    return manifest
+
+
+def read_manifest(path) -> list:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sample_case_paths(verify: bool = True, directory=None) -> dict:
+    """The bundled sample glioma: manifest key (t1n, ..., seg, ...) -> path, checked against sample_data.json."""
+    folder = Path(directory) if directory else SAMPLE_DIR
+    index = folder / "sample_data.json"
+    if not index.is_file():
+        raise InputError(f"sample data: {index} is missing; reinstall the extension or run docs/make_sample_case.py")
+    recorded = json.loads(index.read_text())  # {file name: sha256}
+    paths = {}
+    required = [BRATS_SUFFIX[c] for c in CONTRASTS] + ["seg"]
+    for key, name in file_names(SAMPLE_PREFIX).items():
+        if name not in recorded:
+            if key in required:
+                raise InputError(f"sample data: {index.name} does not list {name}")
+            continue
+        path = folder / name
+        if not path.is_file():
+            raise InputError(f"sample data: {path} is missing")
+        if verify and sha256(path) != recorded[name]:
+            raise InputError(f"sample data: {path} does not match its SHA256 in {index.name}; the file is damaged")
+        paths[key] = path
+    return paths
