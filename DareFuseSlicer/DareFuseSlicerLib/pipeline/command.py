@@ -1,0 +1,328 @@
+"""`darefuse segment`, `darefuse demo` and `darefuse batch`: the module's logic on a headless MRML scene.
+
+The files are read into volume nodes through Slicer's storage nodes on a fresh scene (slicer-core), the same
+DareFuseLogic as in the module panel processes them, and the result is written, all or nothing, as NIfTI
+layers, report.json, overview.png, the .seg.nrrd and the scene bundle (pipeline/outputs.py).
+
+Every check that needs only the file headers (missing or unreadable files, truncated NIfTI, 2-D or 4-D
+volumes, the memory guard, an output folder that already holds results) runs before torch or Slicer is
+imported, so a bad call fails within a second. Heavy imports happen in the handlers.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional
+
+from ..constants import BRATS_SUFFIX, CONTRASTS
+from ..errors import Cancelled, DareFuseError, InputError
+from . import validate
+from .outputs import check_output_dir
+
+#: run.OUTPUTS, repeated rather than imported: run.py imports torch, which the header checks must not wait for.
+OUTPUTS = ("segmentation", "uncertainty", "prior", "gradcam")
+BATCH_COLUMNS = ("case_id", "t1", "t1ce", "t2", "flair", "output_dir")
+DEMO_OUTPUT_DIR = "darefuse-demo"
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+def resident_mb() -> float:
+    """Current resident memory of this process in MB (peak where the current value is not available)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
+        return peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6
+
+
+class ConsoleProgress:
+    """progress(fraction, message) printing one line per new message on stderr (the report is on stdout)."""
+
+    def __init__(self, prefix: str = "", stream=None, quiet: bool = False):
+        self.prefix, self.stream, self.quiet = prefix, stream or sys.stderr, quiet
+        self.last = None
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.quiet or message == self.last:
+            return
+        self.last = message
+        print(f"{self.prefix}[{100 * fraction:3.0f}%] {message}", file=self.stream, flush=True)
+
+
+def _set_threads(threads: Optional[int]) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+@contextmanager
+def _vtk_messages_kept_off_stderr() -> Iterator[None]:
+    """VTK prints reader problems on stderr itself (its output window and its logger); the command line
+    reports them once, as an InputError. The previous settings are restored afterwards (this may run inside
+    a larger program). vtkLogger has no getter for the stderr level; with no log file open, the current
+    cut-off is that level."""
+    import vtk
+
+    verbosity = vtk.vtkLogger.GetCurrentVerbosityCutoff()
+    window = vtk.vtkOutputWindow.GetInstance()
+    window.Register(None)  # keep the previous instance alive while another one is installed
+    vtk.vtkOutputWindow.SetInstance(vtk.vtkStringOutputWindow())
+    vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_OFF)
+    try:
+        yield
+    finally:
+        vtk.vtkLogger.SetStderrVerbosity(verbosity)
+        vtk.vtkOutputWindow.SetInstance(window)
+        window.UnRegister(None)
+
+
+def check_inputs(paths: Dict[str, Optional[str]]) -> Dict[str, str]:
+    """The given input files, checked from their headers (existence, format, shape, completeness, memory).
+    Returns contrast -> path for the given contrasts."""
+    given = {c: str(paths[c]) for c in CONTRASTS if paths.get(c)}
+    if not given:
+        raise InputError("No input image: give at least one of --t1, --t1ce, --t2, --flair.")
+    labels = {c: f"--{c} {p}" for c, p in given.items()}
+    geometries = {}
+    for contrast, path in given.items():
+        geometries[contrast] = validate.read_header(labels[contrast], path)
+        validate.check_geometry(labels[contrast], geometries[contrast])
+    validate.check_memory(geometries, next(iter(given)), labels)
+    for contrast, path in given.items():
+        validate.check_nifti_complete(labels[contrast], path)
+    return given
+
+
+# -- one case --------------------------------------------------------------------------------------------------
+def segment_case(paths: Dict[str, Optional[str]], output_dir, overwrite: bool = False, device: str = "cpu",
+                 model_path=None, outputs=OUTPUTS, progress: Optional[Callable[[float, str], None]] = None,
+                 cancel: Optional[Callable[[], bool]] = None, logic=None) -> dict:
+    """Segment one case from files into `output_dir`; returns the report written as report.json.
+
+    `logic` is a DareFuseLogic to reuse (its model stays loaded between cases); a new one when None.
+    Raises InputError for bad inputs, Cancelled when cancelled; either way nothing is written.
+    """
+    given = check_inputs(paths)
+    target = check_output_dir(output_dir, overwrite)
+
+    from ..logic import DareFuseLogic
+    from ..scene import files
+    from .inference import resolve_device
+    from .outputs import write_outputs
+
+    resolve_device(device)  # before minutes of work
+    scene = files.new_scene()
+    loading = time.perf_counter()
+    try:
+        nodes = {}
+        with _vtk_messages_kept_off_stderr():
+            for contrast, path in given.items():
+                try:
+                    nodes[contrast] = files.load_volume(scene, path)
+                except InputError:
+                    raise InputError(f"--{contrast} {path} could not be read as a volume (damaged or "
+                                     "unsupported file).") from None
+        load_seconds = round(time.perf_counter() - loading, 3)
+        logic = logic or DareFuseLogic()
+        processed = logic.process(**nodes, outputs=outputs, device=device, progress=progress, cancel=cancel,
+                                  model_path=model_path)
+        result = processed.result
+        result.timings["load"] = load_seconds
+        for contrast, path in given.items():
+            result.inputs[contrast]["path"] = str(Path(path).absolute())
+
+        writers = []
+        if processed.segmentation is not None:
+            writers.append(lambda staging: [files.save_segmentation(
+                processed.segmentation, staging / "segmentation.seg.nrrd").name])
+        writers.append(lambda staging: [files.save_scene_bundle(scene, staging / "scene.mrb").name])
+        if progress is not None:
+            progress(1.0, "writing the results")
+        write_outputs(result, target, overwrite=overwrite, model_info=processed.report.get("model"),
+                      extra_writers=writers, cancel=cancel)
+        return json.loads((target / "report.json").read_text())
+    finally:
+        scene.Clear(0)  # the nodes hold the images: free them now, not at the next garbage collection
+
+
+def _summary(report: dict, output_dir) -> str:
+    probability = report["class_probabilities"][report["predicted_class"]]
+    volumes = report["volumes_ml"]
+    text = (f"{report['predicted_class']} ({100 * probability:.0f} %), WT {volumes['WT']:.1f} mL, "
+            f"TC {volumes['TC']:.1f} mL, ET {volumes['ET']:.1f} mL -> {output_dir}")
+    return text + (" [LOW CONFIDENCE]" if report.get("low_confidence") else "")
+
+
+# -- handlers --------------------------------------------------------------------------------------------------
+def _segment(args) -> int:
+    paths = {c: getattr(args, c) for c in CONTRASTS}
+    _set_threads(args.threads)
+    report = segment_case(paths, args.output_dir, overwrite=args.overwrite, device=args.device,
+                          model_path=args.model, outputs=_outputs(args), progress=ConsoleProgress(quiet=args.quiet))
+    for warning in report["warnings"]:
+        print(f"darefuse: warning: {warning}", file=sys.stderr)
+    print(_summary(report, Path(args.output_dir)))
+    return 0
+
+
+def _demo(args) -> int:
+    from ..phantoms import sample_case_paths
+
+    sample = sample_case_paths()
+    paths = {c: str(sample[BRATS_SUFFIX[c]]) for c in CONTRASTS if BRATS_SUFFIX[c] in sample}
+    args.t1, args.t1ce, args.t2, args.flair = (paths.get(c) for c in CONTRASTS)
+    return _segment(args)
+
+
+def read_batch(csv_path) -> List[Dict[str, str]]:
+    """The cases of a batch CSV; relative paths are relative to the CSV's folder."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise InputError(f"Batch file {csv_path} does not exist.")
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise InputError(f"Batch file {csv_path} is not a readable CSV file: {error}") from None
+    missing = [c for c in BATCH_COLUMNS if c not in columns]
+    if missing:
+        raise InputError(f"Batch file {csv_path} lacks the column(s) {', '.join(missing)}; expected the columns "
+                         f"{','.join(BATCH_COLUMNS)}.")
+    if not rows:
+        raise InputError(f"Batch file {csv_path} holds no case.")
+    base = csv_path.absolute().parent
+    cases = []
+    for number, row in enumerate(rows, start=1):
+        case = {"case_id": row["case_id"] or f"row{number}"}
+        for column in BATCH_COLUMNS[1:]:
+            value = row[column]
+            case[column] = str(base / value) if value and not os.path.isabs(value) else value
+        cases.append(case)
+    return cases
+
+
+def run_batch(cases: List[Dict[str, str]], overwrite: bool = False, device: str = "cpu", model_path=None,
+              outputs=OUTPUTS, quiet: bool = False, stream=None) -> List[dict]:
+    """Run every case, continuing past failures. Returns one row per case: case_id, status ("ok", "failed",
+    "error"), message, seconds, predicted_class, WT/TC/ET mL, resident memory after the case (MB)."""
+    from ..logic import DareFuseLogic
+
+    stream = stream or sys.stdout
+    logic = DareFuseLogic()  # one model load for the whole batch
+    rows = []
+    for number, case in enumerate(cases, start=1):
+        prefix = f"[{number}/{len(cases)}] {case['case_id']}"
+        started = time.perf_counter()
+        row = {"case_id": case["case_id"], "status": "ok", "message": "", "predicted_class": "",
+               "wt_ml": "", "tc_ml": "", "et_ml": ""}
+        try:
+            if not case["output_dir"]:
+                raise InputError("no output_dir given for this case.")
+            report = segment_case({c: case[c] for c in CONTRASTS}, case["output_dir"], overwrite=overwrite,
+                                  device=device, model_path=model_path, outputs=outputs, logic=logic,
+                                  progress=ConsoleProgress(prefix + " ", quiet=quiet))
+            row.update(predicted_class=report["predicted_class"], wt_ml=report["volumes_ml"]["WT"],
+                       tc_ml=report["volumes_ml"]["TC"], et_ml=report["volumes_ml"]["ET"])
+            row["message"] = _summary(report, case["output_dir"])
+        except Cancelled:
+            raise
+        except DareFuseError as error:
+            row.update(status="failed", message=str(error))
+        except Exception as error:  # noqa: BLE001 - a bug in one case must not stop the others
+            row.update(status="error", message=f"internal error ({type(error).__name__}: {error})")
+        gc.collect()
+        row["seconds"] = round(time.perf_counter() - started, 2)
+        row["resident_mb"] = round(resident_mb(), 1)
+        rows.append(row)
+        print(f"{prefix}: {row['status']}: {row['message']}", file=stream, flush=True)
+    return rows
+
+
+def write_batch_report(rows: List[dict], path) -> None:
+    """The per-case table as CSV, written to a temporary name and renamed (never half-written)."""
+    path = Path(path)
+    columns = ["case_id", "status", "message", "seconds", "predicted_class", "wt_ml", "tc_ml", "et_ml",
+               "resident_mb"]
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(partial, path)
+
+
+def _batch(args) -> int:
+    cases = read_batch(args.csv)
+    if args.report:
+        report_dir = Path(args.report).absolute().parent
+        if not report_dir.is_dir():
+            raise InputError(f"--report {args.report}: folder {report_dir} does not exist.")
+    _set_threads(args.threads)
+    rows = run_batch(cases, overwrite=args.overwrite, device=args.device, model_path=args.model,
+                     outputs=_outputs(args), quiet=args.quiet)
+    if args.report:
+        write_batch_report(rows, args.report)
+    failed = [r for r in rows if r["status"] != "ok"]
+    print(f"darefuse batch: {len(rows) - len(failed)} of {len(rows)} cases done"
+          + (f"; failed: {', '.join(r['case_id'] for r in failed)}" if failed else "."))
+    return 1 if failed else 0
+
+
+# -- argument parsing ------------------------------------------------------------------------------------------
+def _outputs(args) -> tuple:
+    return tuple(o for o in OUTPUTS if o not in (args.skip or []))
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace results already in the output folder (never done without it)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
+    parser.add_argument("--model", default=None,
+                        help="a .safetensors model with its .card.json beside it (default: the bundled model)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for the network (default: torch's)")
+    parser.add_argument("--skip", action="append", choices=[o for o in OUTPUTS if o != "segmentation"],
+                        help="leave out an optional layer (repeatable); the class and volumes are always reported")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def register(subparsers) -> None:
+    segment = subparsers.add_parser(
+        "segment", help="segment one case (any non-empty subset of T1, T1ce, T2, FLAIR)",
+        description="Segment, measure and explain one case. Writes, on the reference grid (T1 when given, else "
+                    "the first given of T1ce, T2, FLAIR): segmentation.nii.gz / .seg.nrrd, uncertainty.nii.gz, "
+                    "difference_prior.nii.gz, tumour_free.nii.gz, gradcam.nii.gz, report.json, scene.mrb, "
+                    "overview.png. All files appear together when complete, or none.")
+    for contrast in CONTRASTS:
+        segment.add_argument(f"--{contrast}", metavar="FILE", help=f"{validate.display_name(contrast)} volume")
+    segment.add_argument("--output-dir", required=True, help="folder for the results")
+    _common(segment)
+    segment.set_defaults(handler=_segment)
+
+    demo = subparsers.add_parser("demo", help="run `segment` on the bundled sample case",
+                                 description="Segment the bundled sample case (SHA256-checked).")
+    demo.add_argument("--output-dir", default=DEMO_OUTPUT_DIR, help=f"default ./{DEMO_OUTPUT_DIR}")
+    _common(demo)
+    demo.set_defaults(handler=_demo)
+
+    batch = subparsers.add_parser(
+        "batch", help="segment the cases of a CSV file, continuing past failures",
+        description="Segment every case of a CSV file with the columns case_id,t1,t1ce,t2,flair,output_dir "
+                    "(empty cells for missing contrasts; relative paths are relative to the CSV file). A case "
+                    "that fails is reported and the others go on; the exit status is 1 if any case failed.")
+    batch.add_argument("csv", help="the cases")
+    batch.add_argument("--report", default=None, help="also write the per-case results to this CSV file")
+    _common(batch)
+    batch.set_defaults(handler=_batch)

@@ -1,0 +1,72 @@
+"""BraTS-style post-processing of a label map (0 background, 1 NETC, 2 SNFH, 3 ET) on the reference grid.
+
+Per nested region, connected components smaller than a volume are removed, from the outside in, so that the
+nesting WT > TC > ET is kept: a small WT component becomes background, a small TC component becomes SNFH
+(it stays in WT), a small ET component becomes NETC (it stays in TC). Then, when the total ET is tiny, all ET is
+relabelled as NETC, as nnU-Net does for BraTS: a few false-positive ET voxels cost a whole case's ET Dice.
+
+Thresholds are in mL, so that they mean the same on any voxel size. Defaults from the literature
+(shared/notes/anchors.md): the BraTS 2023 winner drops components under WT 250 / TC 150 / ET 100 voxels of
+1 mm^3; nnU-Net (BraTS 2020) chose its ET-to-NETC threshold by cross-validation, of the order of 500 voxels.
+These are starting points; `darefuse evaluate` tunes them on validation data.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Dict
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..constants import LABELS, REGIONS
+
+NETC, SNFH, ET = 1, 2, 3
+
+
+@dataclass
+class PostprocessConfig:
+    wt_min_ml: float = 0.25  # 250 voxels of 1 mm^3
+    tc_min_ml: float = 0.15  # 150 voxels
+    et_min_ml: float = 0.10  # 100 voxels
+    et_to_netc_ml: float = 0.5  # total ET below this is relabelled NETC
+    fully_connected: bool = True  # 26-connectivity: voxels touching at a corner are one component
+
+    def as_dict(self) -> Dict[str, float]:
+        return asdict(self)
+
+
+def _small_components(mask: np.ndarray, min_voxels: int, fully_connected: bool) -> np.ndarray:
+    """Voxels of `mask` in connected components of fewer than `min_voxels` voxels."""
+    if min_voxels <= 1 or not mask.any():
+        return np.zeros_like(mask, dtype=bool)
+    components = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), fully_connected)
+    kept = sitk.RelabelComponent(components, minimumObjectSize=int(min_voxels), sortByObjectSize=False)
+    return mask & (sitk.GetArrayViewFromImage(kept) == 0)
+
+
+def _voxels(ml: float, voxel_ml: float) -> int:
+    return int(math.ceil(ml / voxel_ml - 1e-9)) if ml > 0 else 0
+
+
+def postprocess(label: np.ndarray, voxel_ml: float, config: PostprocessConfig = PostprocessConfig()) -> np.ndarray:
+    """The post-processed copy of `label` (uint8, any shape, voxels of `voxel_ml` mL each)."""
+    if voxel_ml <= 0:
+        raise ValueError("voxel_ml must be positive")
+    out = np.array(label, dtype=np.uint8, copy=True)
+    c = config
+    out[_small_components(out > 0, _voxels(c.wt_min_ml, voxel_ml), c.fully_connected)] = 0
+    out[_small_components((out == NETC) | (out == ET), _voxels(c.tc_min_ml, voxel_ml), c.fully_connected)] = SNFH
+    out[_small_components(out == ET, _voxels(c.et_min_ml, voxel_ml), c.fully_connected)] = NETC
+    if np.count_nonzero(out == ET) * voxel_ml < c.et_to_netc_ml:
+        out[out == ET] = NETC
+    return out
+
+
+def volumes_ml(label: np.ndarray, voxel_ml: float) -> Dict[str, float]:
+    """Volumes of NETC, SNFH, ET and of the regions WT and TC, in mL."""
+    counts = np.bincount(np.asarray(label, dtype=np.uint8).ravel(), minlength=4)
+    volumes = {name: float(counts[value] * voxel_ml) for value, name in LABELS.items()}
+    for region in ("WT", "TC"):
+        volumes[region] = float(sum(counts[v] for v in REGIONS[region]) * voxel_ml)
+    return volumes

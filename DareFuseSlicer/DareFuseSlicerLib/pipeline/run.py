@@ -1,0 +1,277 @@
+"""The whole pipeline on SimpleITK images: check, pre-process, one network pass, outputs on the reference grid.
+
+One forward pass (sliding windows) gives the segmentation, the uncertainty, the class and the lesion-removal
+prior; when the brain fits one window (any adult head at 2 mm) it gives Grad-CAM++ too, which then costs one
+backward pass through the class head only (see inference.py). Every output is mapped back onto the
+reference grid and affine with preprocess.to_reference.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, Iterator, List, Optional
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ..constants import CLASSES, CONTRASTS
+from ..errors import Cancelled, InputError
+from . import preprocess
+from .inference import WindowPlan, infer, resolve_device
+from .postprocess import PostprocessConfig, postprocess, volumes_ml
+from .validate import brain_plausibility, check_images
+
+ProgressFn = Callable[[float, str], None]
+CancelFn = Callable[[], bool]
+
+#: The optional layers; the class and the volumes are always computed (they cost nothing extra).
+OUTPUTS = ("segmentation", "uncertainty", "prior", "gradcam")
+#: Share of the run's progress bar per stage: measured stage times of `darefuse demo` (BraTS-size sample
+#: case, one window, 2 CPU threads), rounded.
+STAGE_WEIGHTS = {
+    "validate": 0.01, "preprocess": 0.38, "network": 0.22, "segmentation": 0.12, "uncertainty": 0.02,
+    "prior": 0.10, "gradcam": 0.15,
+}
+#: Which contrast is shown beneath the overlays in overview figures: the one where tumours show best.
+DISPLAY_ORDER = ("flair", "t1ce", "t2", "t1")
+
+
+@dataclass
+class PipelineResult:
+    """Everything a run produces; images are on the reference grid and affine (sitk, LPS)."""
+
+    label: Optional[sitk.Image]  # uint8: 0 background, 1 NETC, 2 SNFH, 3 ET
+    uncertainty: Optional[sitk.Image]  # float32 in [0, 1], 0 outside the brain
+    difference_prior: Optional[sitk.Image]  # float32 >= 0: RMS over given contrasts of image - reconstruction
+    tumour_free: Dict[str, sitk.Image]  # contrast -> float32 reconstruction in the input's units
+    gradcam: Optional[sitk.Image]  # float32 in [0, 1], for the predicted class, 0 outside the head
+    predicted_class: str
+    class_probabilities: Dict[str, float]
+    volumes_ml: Dict[str, float]  # NETC, SNFH, ET, WT, TC
+    warnings: List[str]
+    timings: Dict[str, float]  # seconds per stage, plus "total"
+    inputs: Dict[str, dict]  # contrast -> what was given (geometry, type, resampled or not); "reference"
+    low_confidence: bool = False  # the input does not look like a brain MR image (reasons in warnings)
+    display_image: Optional[sitk.Image] = None  # the contrast shown beneath overlays, on the reference grid
+    settings: dict = field(default_factory=dict)  # spacing, windows, device, post-processing thresholds
+
+    @property
+    def reference(self) -> str:
+        return self.inputs["reference"]
+
+
+class _Stages:
+    """Times the stages, maps each stage's own 0..1 progress onto the run's, checks cancel between stages."""
+
+    def __init__(self, names: Iterable[str], progress: Optional[ProgressFn], cancel: Optional[CancelFn]):
+        names = list(names)
+        total = sum(STAGE_WEIGHTS[n] for n in names)
+        self.share = {n: STAGE_WEIGHTS[n] / total for n in names}
+        self.progress, self.cancel = progress, cancel
+        self.timings: Dict[str, float] = {}
+        self.done = 0.0
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel():
+            raise Cancelled()
+
+    def report(self, name: str) -> Optional[ProgressFn]:
+        if self.progress is None:
+            return None
+        start, share = self.done, self.share[name]
+        return lambda fraction, message: self.progress(min(start + share * fraction, 1.0), message)
+
+    @contextmanager
+    def stage(self, name: str, message: str) -> Iterator[Optional[ProgressFn]]:
+        self.check_cancel()
+        if self.progress is not None:
+            self.progress(self.done, message)
+        start = time.perf_counter()
+        yield self.report(name)
+        self.timings[name] = round(time.perf_counter() - start, 3)
+        self.done += self.share[name]
+
+
+def _describe_inputs(images: Dict[str, sitk.Image], reference: str) -> Dict[str, dict]:
+    ref = images[reference]
+    described: Dict[str, dict] = {"reference": reference}
+    for name in CONTRASTS:
+        image = images.get(name)
+        if image is None:
+            described[name] = {"given": False}
+            continue
+        same_grid = (image.GetSize() == ref.GetSize()
+                     and np.allclose(image.GetSpacing(), ref.GetSpacing(), atol=1e-4)
+                     and np.allclose(image.GetOrigin(), ref.GetOrigin(), atol=1e-3)
+                     and np.allclose(image.GetDirection(), ref.GetDirection(), atol=1e-4))
+        described[name] = {
+            "given": True,
+            "size": list(image.GetSize()),
+            "spacing_mm": [round(s, 5) for s in image.GetSpacing()],
+            "pixel_type": image.GetPixelIDTypeAsString(),
+            "orientation": sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection()),
+            "resampled_to_reference": not same_grid,
+        }
+    return described
+
+
+def _image_like(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(reference)
+    return image
+
+
+def _argmax(probabilities: List[np.ndarray]) -> np.ndarray:
+    """Index of the largest of the given same-shape arrays, as uint8, channel by channel: 4x faster than
+    np.argmax(axis=0) on a (4, Z, Y, X) stack, whose reduction runs across the slowest axis."""
+    label = np.zeros(probabilities[0].shape, np.uint8)
+    best = probabilities[0].copy()
+    for channel in range(1, len(probabilities)):
+        better = probabilities[channel] > best
+        label[better] = channel
+        np.copyto(best, probabilities[channel], where=better)
+    return label
+
+
+def _check_outputs(outputs: Iterable[str]) -> frozenset:
+    outputs = frozenset(outputs)
+    unknown = sorted(outputs - set(OUTPUTS))
+    if unknown:
+        raise InputError(f"Unknown output(s) {unknown}; choose among {list(OUTPUTS)}.")
+    return outputs
+
+
+def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs: Iterable[str] = OUTPUTS,
+        device: str = "cpu", progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
+        spacing_mm: float = 2.0, postprocess_config: PostprocessConfig = PostprocessConfig(),
+        plan: Optional[WindowPlan] = None, labels: Optional[Dict[str, str]] = None) -> PipelineResult:
+    """Segment, measure and explain one case.
+
+    images: contrast name -> image or None (any non-empty subset of constants.CONTRASTS, any grids).
+    model: a DareFuseNet (or any module honouring its output dict and helpers).
+    outputs: which optional layers to compute, among OUTPUTS. The class and volumes are always computed.
+    progress(fraction, message), cancel() -> bool: cancel raises errors.Cancelled between stages and between
+    sliding windows. labels: how to name each input in messages (e.g. "--t1 path"); defaults to "T1", ...
+    Raises InputError for unusable inputs (validate.py lists them), Cancelled when cancelled.
+    """
+    wanted = _check_outputs(outputs)
+    torch_device = resolve_device(device)
+    stage_names = ["validate", "preprocess", "network", "segmentation"]
+    stage_names += [n for n in ("uncertainty", "prior", "gradcam") if n in wanted]
+    stages = _Stages(stage_names, progress, cancel)
+    started = time.perf_counter()
+
+    with stages.stage("validate", "checking the inputs"):
+        checked, warnings = check_images(images, labels)
+    with stages.stage("preprocess", "resampling and normalising"):
+        prep = preprocess.prepare(checked, spacing_mm=spacing_mm)
+        inputs = _describe_inputs(checked, prep.reference_name)
+        del checked  # prep.resampled holds what is needed from here on
+    model = model.to(torch_device).eval()
+    with stages.stage("network", "network") as report:
+        out, plan, predictor = infer(model, prep.array, prep.present, device, plan=plan,
+                                     gradcam="gradcam" in wanted, progress=report, cancel=cancel)
+        class_probabilities = model.class_probabilities(out)[0].double().numpy()
+    # Grad-CAM++ computed within the network's pass is booked as Grad-CAM++, not as network time.
+    stages.timings["network"] = round(stages.timings["network"] - predictor.gradcam_seconds, 3)
+    shared_gradcam = out.pop("gradcam", None)
+
+    predicted_index = int(np.argmax(class_probabilities))
+    inside_low = prep.foreground.astype(bool)
+    inside = sitk.GetArrayViewFromImage(prep.foreground_reference).astype(bool)
+    voxel_ml = float(np.prod(prep.reference.GetSpacing())) / 1000.0
+
+    with stages.stage("segmentation", "segmentation and post-processing"):
+        # Label probabilities are interpolated onto the reference grid before the arg-max, so that the
+        # segmentation follows the reference's finer grid rather than the 2 mm blocks. Linear interpolation
+        # keeps their sum at 1, so the background is 1 - the rest: three resamplings instead of four.
+        tumour = preprocess.to_reference(model.probabilities(out)[0, 1:].numpy(), prep)
+        label = _argmax([1.0 - tumour.sum(0)] + list(tumour))
+        del tumour
+        label[~inside] = 0
+        label = postprocess(label, voxel_ml, postprocess_config)
+        volumes = volumes_ml(label, voxel_ml)
+        label_image = _image_like(label, prep.reference) if "segmentation" in wanted else None
+        del label
+
+    uncertainty_low = model.uncertainty(out)[0, 0].numpy()
+    mean_uncertainty = float(uncertainty_low[inside_low].mean())
+    uncertainty_image = None
+    if "uncertainty" in wanted:
+        with stages.stage("uncertainty", "uncertainty"):
+            values = sitk.GetArrayFromImage(preprocess.to_reference(uncertainty_low, prep))
+            uncertainty_image = _image_like(np.where(inside, np.clip(values, 0.0, 1.0), 0.0).astype(np.float32),
+                                            prep.reference)
+
+    prior_image, tumour_free = None, {}
+    if "prior" in wanted:
+        with stages.stage("prior", "difference prior and tumour-free reconstruction"):
+            difference = out["difference"][0].numpy()
+            n_given = max(float(prep.present.sum()), 1.0)
+            rms = np.sqrt((difference ** 2 * prep.present[:, None, None, None]).sum(0) / n_given)
+            values = sitk.GetArrayFromImage(preprocess.to_reference(np.where(inside_low, rms, 0.0), prep))
+            prior_image = _image_like(np.where(inside, np.maximum(values, 0.0), 0.0).astype(np.float32),
+                                      prep.reference)
+            reconstruction = out["tumour_free"][0].numpy()
+            for channel, name in enumerate(CONTRASTS):
+                if prep.present[channel]:
+                    tumour_free[name] = preprocess.to_input_units(reconstruction[channel], prep, name)
+    del out
+
+    gradcam_image = None
+    if "gradcam" in wanted:
+        with stages.stage("gradcam", f"Grad-CAM++ for {CLASSES[predicted_index]}"):
+            if shared_gradcam is not None:
+                heat = shared_gradcam[0, 0].numpy()
+            else:  # several windows: a pass over the whole array for the case's predicted class
+                from ..network.gradcam import gradcam_pp  # imports pytorch-grad-cam: only when asked for
+
+                heat = gradcam_pp(model, torch.from_numpy(prep.array), torch.from_numpy(prep.present),
+                                  predicted_index)
+            values = sitk.GetArrayFromImage(preprocess.to_reference(heat, prep))
+            # Evidence inside the head only: outside it the map is noise that would cover the slice views.
+            gradcam_image = _image_like(np.where(inside, np.clip(values, 0.0, 1.0), 0.0).astype(np.float32),
+                                        prep.reference)
+        stages.timings["gradcam"] = round(stages.timings["gradcam"] + predictor.gradcam_seconds, 3)
+    stages.check_cancel()
+
+    foreground_ml = float(np.count_nonzero(inside)) * voxel_ml
+    box = np.argwhere(inside)
+    extent_mm = (box.max(0) - box.min(0) + 1)[::-1] * np.array(prep.reference.GetSpacing())
+    doubts = brain_plausibility(foreground_ml, extent_mm.tolist(), mean_uncertainty)
+    if doubts:
+        warnings.append("Low confidence: this may not be a brain MR image (" + "; ".join(doubts) + ").")
+
+    display_name_ = next(n for n in DISPLAY_ORDER if n in prep.resampled)
+    stages.timings["total"] = round(time.perf_counter() - started, 3)
+    if progress is not None:
+        progress(1.0, "done")
+    return PipelineResult(
+        label=label_image,
+        uncertainty=uncertainty_image,
+        difference_prior=prior_image,
+        tumour_free=tumour_free,
+        gradcam=gradcam_image,
+        predicted_class=CLASSES[predicted_index],
+        class_probabilities={c: round(float(p), 6) for c, p in zip(CLASSES, class_probabilities)},
+        volumes_ml={k: round(v, 4) for k, v in volumes.items()},
+        warnings=warnings,
+        timings=stages.timings,
+        inputs=inputs,
+        low_confidence=bool(doubts),
+        display_image=prep.resampled[display_name_],
+        settings={
+            "spacing_mm": spacing_mm,
+            "window_roi": list(plan.roi),
+            "windows": plan.n_windows,
+            "overlap": plan.overlap,
+            "network_seconds_per_window": round(float(np.mean(predictor.seconds_per_window)), 3),
+            "device": str(torch_device),
+            "outputs": sorted(wanted),
+            "display_contrast": display_name_,
+            "mean_uncertainty_in_brain": round(mean_uncertainty, 4),
+            "postprocess": postprocess_config.as_dict(),
+        },
+    )

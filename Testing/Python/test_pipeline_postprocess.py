@@ -1,0 +1,83 @@
+"""BraTS-style post-processing on constructed label maps: thresholds in mL, nesting kept, ET -> NETC."""
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from DareFuseSlicerLib.pipeline.postprocess import PostprocessConfig, postprocess, volumes_ml
+
+NO_ET_RULE = PostprocessConfig(et_to_netc_ml=0.0)
+
+
+def cube(label, corner, size, value):
+    z, y, x = corner
+    label[z:z + size, y:y + size, x:x + size] = value
+
+
+def test_small_whole_tumour_components_are_removed_by_volume_in_ml():
+    label = np.zeros((40, 40, 40), np.uint8)
+    cube(label, (2, 2, 2), 10, 2)  # 1000 voxels
+    cube(label, (30, 30, 30), 5, 2)  # 125 voxels
+    # 1 mm^3 voxels: 0.25 mL = 250 voxels, so the 125-voxel blob goes and the 1000-voxel one stays.
+    out = postprocess(label, voxel_ml=0.001, config=NO_ET_RULE)
+    assert (out[30:35, 30:35, 30:35] == 0).all() and (out[2:12, 2:12, 2:12] == 2).all()
+    # 2 mm voxels (0.008 mL): the same blob is 1 mL and is kept.
+    assert (postprocess(label, voxel_ml=0.008, config=NO_ET_RULE) == label).all()
+
+
+def test_small_core_becomes_oedema_and_small_enhancing_becomes_necrosis():
+    label = np.zeros((40, 40, 40), np.uint8)
+    cube(label, (0, 0, 0), 30, 2)  # large oedema (SNFH)
+    cube(label, (2, 2, 2), 4, 1)  # 64-voxel NETC core: below TC 150 voxels -> SNFH
+    cube(label, (15, 15, 15), 10, 1)  # large NETC core with ...
+    cube(label, (16, 16, 16), 4, 3)  # ... a 64-voxel ET inside: below ET 100 voxels -> NETC
+    cube(label, (2, 18, 2), 8, 3)  # 512-voxel ET on its own: kept
+    out = postprocess(label, voxel_ml=0.001, config=NO_ET_RULE)
+    assert (out[2:6, 2:6, 2:6] == 2).all()
+    assert (out[16:20, 16:20, 16:20] == 1).all()
+    assert (out[2:10, 18:26, 2:10] == 3).all()
+    # The whole tumour is unchanged: only labels inside it moved.
+    assert ((out > 0) == (label > 0)).all()
+
+
+def test_tiny_total_enhancing_tumour_is_relabelled_necrosis():
+    label = np.zeros((30, 30, 30), np.uint8)
+    cube(label, (5, 5, 5), 12, 1)
+    cube(label, (8, 8, 8), 6, 3)  # 216 voxels of ET = 0.216 mL at 1 mm
+    config = PostprocessConfig(et_to_netc_ml=0.5)
+    out = postprocess(label, 0.001, config)
+    assert not (out == 3).any() and (out[8:14, 8:14, 8:14] == 1).all()
+    # Above the threshold (0.216 mL > 0.2 mL) the ET stays.
+    assert (postprocess(label, 0.001, PostprocessConfig(et_to_netc_ml=0.2)) == 3).sum() == 216
+
+
+def test_voxels_touching_at_a_corner_are_one_component():
+    label = np.zeros((20, 20, 20), np.uint8)
+    cube(label, (2, 2, 2), 4, 2)
+    cube(label, (6, 6, 6), 4, 2)  # touches the first at one corner: 128 voxels together
+    config = PostprocessConfig(wt_min_ml=0.1, et_to_netc_ml=0.0)  # 100 voxels
+    assert (postprocess(label, 0.001, config) > 0).sum() == 128
+    face_only = PostprocessConfig(wt_min_ml=0.1, et_to_netc_ml=0.0, fully_connected=False)
+    assert (postprocess(label, 0.001, face_only) > 0).sum() == 0
+
+
+def test_volumes_in_ml_follow_the_brats_regions():
+    label = np.zeros((10, 10, 10), np.uint8)
+    label[0, :, :] = 1  # 100 voxels
+    label[1:3, :, :] = 2  # 200
+    label[3:6, :, :] = 3  # 300
+    volumes = volumes_ml(label, 0.008)
+    assert volumes == {"NETC": 0.8, "SNFH": 1.6, "ET": 2.4, "WT": 4.8, "TC": 3.2}
+
+
+@settings(max_examples=15, deadline=None)
+@given(arrays(np.uint8, (12, 12, 12), elements=st.integers(0, 3)),
+       st.floats(0.0005, 0.01), st.booleans())
+def test_regions_only_shrink_and_the_result_is_stable(label, voxel_ml, fully_connected):
+    config = PostprocessConfig(fully_connected=fully_connected)
+    out = postprocess(label, voxel_ml, config)
+    for region in ((1, 2, 3), (1, 3), (3,)):
+        before, after = np.isin(label, region), np.isin(out, region)
+        assert not (after & ~before).any()  # nothing is added to a region
+    assert set(np.unique(out)) <= {0, 1, 2, 3}
+    assert (postprocess(out, voxel_ml, config) == out).all()

@@ -1,0 +1,158 @@
+"""Sliding-window inference (windows, progress, cancel, shared Grad-CAM++) and run() on small synthetic heads."""
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from DareFuseSlicerLib.constants import CLASSES, CONTRASTS
+from DareFuseSlicerLib.errors import Cancelled, InputError
+from DareFuseSlicerLib.network.gradcam import gradcam_pp
+from DareFuseSlicerLib.pipeline import inference
+from DareFuseSlicerLib.pipeline.inference import WindowPlan, count_windows, gradients_only_for, infer, plan_windows
+from DareFuseSlicerLib.pipeline.run import run
+from pipeline_helpers import four_contrasts, head, same_grid, tiny_model
+
+FAST = {"spacing_mm": 4.0}  # a coarser network grid keeps these tests at a second or two each
+
+
+def test_a_whole_adult_brain_at_2mm_is_one_window_with_little_padding():
+    plan = plan_windows((82, 101, 89))  # the brain box of a BraTS-size case at 2 mm
+    assert plan.n_windows == 1 and plan.roi == (88, 104, 96)
+    big = plan_windows((150, 140, 60))
+    assert all(r <= 128 and r % 8 == 0 for r in big.roi) and big.n_windows == 4
+    assert count_windows((150, 140, 60), big.roi, big.overlap) == big.n_windows
+
+
+@pytest.mark.parametrize("shape, roi, overlap", [((20, 24, 20), (16, 16, 16), 0.25), ((130, 70, 9), (64, 32, 16), 0.5),
+                                                  ((33, 33, 33), (32, 32, 32), 0.25), ((5, 200, 17), (16, 96, 16), 0.1)])
+def test_window_count_matches_monai(shape, roi, overlap):
+    from monai.inferers import sliding_window_inference
+
+    calls = []
+    sliding_window_inference(torch.zeros((1, 1) + shape), roi, 1, lambda w: calls.append(1) or w, overlap)
+    assert count_windows(shape, roi, overlap) == len(calls)
+
+
+@pytest.mark.slow  # several windows, each new shape warms up oneDNN: 5-15 s on a busy 2-core CPU
+def test_windows_report_progress_and_cancel_between_windows():
+    model = tiny_model()
+    array = np.random.default_rng(0).standard_normal((4, 20, 24, 20)).astype(np.float32)
+    present = np.ones(4, np.float32)
+    plan = WindowPlan((16, 16, 16), 0.25, count_windows((20, 24, 20), (16, 16, 16), 0.25))
+    assert plan.n_windows == 8
+    seen = []
+    out, _, predictor = infer(model, array, present, plan=plan, progress=lambda f, m: seen.append(f))
+    assert predictor.done == plan.n_windows  # the plan counts exactly the windows MONAI runs
+    assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) == plan.n_windows + 1
+    assert out["evidence"].shape == (1, 4, 20, 24, 20)
+    assert out["class_evidence"].shape[:2] == (1, 4)
+
+    calls = []
+
+    def cancel_after_two():
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(Cancelled):
+        infer(model, array, present, plan=plan, cancel=cancel_after_two)
+    assert len(calls) == 3  # checked before each window; the third check stopped the run
+
+
+def test_shared_gradcam_equals_gradcam_pp_on_the_same_input():
+    model = tiny_model(1)
+    array = np.random.default_rng(1).standard_normal((4, 16, 24, 16)).astype(np.float32)
+    present = np.array([1, 0, 1, 1], np.float32)
+    out, plan, _ = infer(model, array, present, gradcam=True)
+    assert plan.n_windows == 1 and plan.roi == (16, 24, 16)  # no padding: both see the same tensor
+    predicted = int(model.class_logits(out).argmax())
+    direct = gradcam_pp(model, torch.from_numpy(array), torch.from_numpy(present), predicted)
+    np.testing.assert_allclose(out["gradcam"][0, 0].numpy(), direct, atol=1e-4)
+    # And the rest of the shared pass is the plain forward pass.
+    with torch.no_grad():
+        plain = model(torch.from_numpy(array)[None], torch.from_numpy(present)[None])
+    torch.testing.assert_close(out["evidence"], plain["evidence"], atol=1e-5, rtol=1e-4)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_gradients_only_for_restores_the_model():
+    model = tiny_model()
+    with gradients_only_for(model, model.gradcam_target_layers()):
+        trainable = {id(p) for p in model.parameters() if p.requires_grad}
+        expected = {id(p) for layer in model.gradcam_target_layers() for p in layer.parameters()}
+        assert trainable == expected
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_unusable_devices_are_input_errors():
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA GPU"):
+            inference.resolve_device("cuda")
+    with pytest.raises(InputError, match="device"):
+        inference.resolve_device("quantum")
+
+
+def test_run_gives_every_layer_on_the_reference_grid():
+    images = four_contrasts(lesion_mm=18.0)
+    messages = []
+    result = run(images, tiny_model(), progress=lambda f, m: messages.append((f, m)), **FAST)
+    reference = images["t1"]
+    for layer in (result.label, result.uncertainty, result.difference_prior, result.gradcam):
+        assert same_grid(layer, reference)
+    assert list(result.tumour_free) == list(CONTRASTS)
+    label = sitk.GetArrayFromImage(result.label)
+    assert result.label.GetPixelID() == sitk.sitkUInt8 and set(np.unique(label)) <= {0, 1, 2, 3}
+    uncertainty = sitk.GetArrayFromImage(result.uncertainty)
+    brain = sitk.GetArrayFromImage(images["t1"]) > 0
+    assert uncertainty.min() >= 0 and uncertainty.max() <= 1 and not uncertainty[~brain].any()
+    gradcam = sitk.GetArrayFromImage(result.gradcam)
+    assert gradcam.min() >= 0 and gradcam.max() <= 1 and gradcam.max() > 0.5
+    assert set(result.class_probabilities) == set(CLASSES)
+    assert abs(sum(result.class_probabilities.values()) - 1.0) < 1e-4
+    assert result.predicted_class == max(result.class_probabilities, key=result.class_probabilities.get)
+    voxel_ml = np.prod(reference.GetSpacing()) / 1000
+    assert result.volumes_ml["WT"] == pytest.approx((label > 0).sum() * voxel_ml, abs=1e-3)
+    assert result.volumes_ml["TC"] == pytest.approx(result.volumes_ml["NETC"] + result.volumes_ml["ET"], abs=1e-3)
+    # The generator starts as the identity, so the untrained reconstruction is the input in its own units
+    # (smoothed by the 4 mm network grid of this test).
+    for name in CONTRASTS:
+        restored = sitk.GetArrayFromImage(result.tumour_free[name])[brain]
+        original = sitk.GetArrayFromImage(images[name])[brain]
+        assert abs(restored.mean() - original.mean()) < 0.03 * original.mean()
+        assert np.corrcoef(restored, original)[0, 1] > 0.7
+    for stage in ("validate", "preprocess", "network", "segmentation", "uncertainty", "prior", "gradcam", "total"):
+        assert result.timings[stage] >= 0
+    fractions = [f for f, _ in messages]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert result.inputs["reference"] == "t1" and result.settings["windows"] == 1
+
+
+@pytest.mark.parametrize("given", [("flair",), ("t2", "flair"), ("t1ce",), ("t1", "t2")])
+def test_any_subset_of_contrasts_and_the_reference_rule(given):
+    images = {name: image for name, image in four_contrasts().items() if name in given}
+    result = run(images, tiny_model(), outputs={"segmentation", "prior"}, **FAST)
+    reference = next(name for name in CONTRASTS if name in given)
+    assert result.inputs["reference"] == reference and same_grid(result.label, images[reference])
+    assert list(result.tumour_free) == [name for name in CONTRASTS if name in given]
+    assert result.uncertainty is None and result.gradcam is None and "gradcam" not in result.timings
+
+
+def test_cancel_between_stages_and_unknown_outputs():
+    images = {"t1": head()}
+    with pytest.raises(Cancelled):
+        run(images, tiny_model(), cancel=lambda: True, **FAST)
+    calls = []
+    with pytest.raises(Cancelled):  # cancelled after validation and pre-processing: at the first window
+        run(images, tiny_model(), cancel=lambda: calls.append(1) or len(calls) > 2, **FAST)
+    with pytest.raises(InputError, match="Unknown output"):
+        run(images, tiny_model(), outputs={"segmentation", "tumour"})
+
+
+@pytest.mark.slow  # several windows, each new shape warms up oneDNN: 5-15 s on a busy 2-core CPU
+def test_several_windows_give_a_case_level_gradcam():
+    images = {"t1": head()}
+    shape = (36, 44, 33)  # the 4 mm grid of head()'s brain box
+    plan = WindowPlan((24, 32, 24), 0.25, count_windows(shape, (24, 32, 24), 0.25))
+    result = run(images, tiny_model(), outputs={"segmentation", "gradcam"}, plan=plan, **FAST)
+    assert result.settings["windows"] > 1
+    values = sitk.GetArrayFromImage(result.gradcam)
+    assert values.max() > 0.5 and values.min() >= 0
