@@ -1,0 +1,81 @@
+"""`darefuse train` and `darefuse evaluate`. Heavy imports happen inside the handlers."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    train = subparsers.add_parser(
+        "train",
+        help="train DareFuseNet (or the SegResNet baseline) on data-engine cases",
+        description="Train on a folder written by `darefuse phantoms` (manifest.csv). Runs unchanged under "
+        "`torchrun --nproc_per_node N` (DDP; gloo on CPU, nccl on GPU).",
+    )
+    train.add_argument("--data", required=True, help="training folder (manifest.csv and the case files)")
+    train.add_argument("--val", help="validation folder, scored after every epoch")
+    train.add_argument("--out", required=True, help="run folder: checkpoint.pt, metrics.csv, train.log, the model")
+    train.add_argument("--epochs", type=int, help="number of epochs")
+    train.add_argument("--minutes", type=float, help="wall-clock budget for the training steps")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--labelled-fraction", type=float, default=1.0,
+                       help="fraction of cases keeping their segmentation (the rest: class only, mean teacher)")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.add_argument("--arch", choices=("darefuse", "segresnet"), default="darefuse")
+    train.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
+    train.add_argument("--roi", type=int, nargs=3, default=(64, 80, 64), metavar=("Z", "Y", "X"),
+                       help="training crop on the 2 mm grid (an adult brain box is about 80 96 80)")
+    train.add_argument("--batch-size", type=int, default=2, help="cases per step and process")
+    train.add_argument("--lr", type=float, default=2e-3)
+    train.add_argument("--cache", help="pre-processing cache folder (default: DATA/.darefuse-cache)")
+    train.add_argument("--threads", type=int, help="torch threads per process (default: cores / processes)")
+    train.add_argument("--contrast-dropout", type=float, default=0.5)
+    train.add_argument("--prior-dropout", type=float, default=0.2)
+    train.add_argument("--max-cases", type=int, help="use only the first N cases of DATA")
+    train.add_argument("--val-cases", type=int, default=12, help="validation cases scored after each epoch")
+    train.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    train.set_defaults(handler=_train)
+
+    evaluate = subparsers.add_parser(
+        "evaluate",
+        help="score models on held-out engine cases at the BraTS grid (JSON + markdown report)",
+        description="Dice and HD95 (WT/TC/ET) before and after post-processing, classification, uncertainty, "
+        "false positives on tumour-free cases with and without the prior; one row per model.",
+    )
+    evaluate.add_argument("--data", required=True, help="held-out folder (manifest.csv), seeds never used in training")
+    evaluate.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH",
+                          help="a .safetensors model (repeat for the baseline, label fractions, ...)")
+    evaluate.add_argument("--tune", help="validation folder on which post-processing thresholds are chosen")
+    evaluate.add_argument("--out", required=True, help="report stem: writes OUT.json and OUT.md")
+    evaluate.add_argument("--max-cases", type=int, help="use only the first N cases")
+    evaluate.add_argument("--device", choices=("cpu", "cuda"))
+    evaluate.add_argument("--threads", type=int, default=2)
+    evaluate.add_argument("--record", action="store_true", help="also write the summary into each model's card")
+    evaluate.set_defaults(handler=_evaluate)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import TrainOptions, train
+
+    options = TrainOptions(
+        data=args.data, out=args.out, val=args.val, epochs=args.epochs, minutes=args.minutes, seed=args.seed,
+        labelled_fraction=args.labelled_fraction, resume=args.resume, arch=args.arch, device=args.device,
+        roi=tuple(args.roi), batch_size=args.batch_size, lr=args.lr, cache=args.cache, threads=args.threads,
+        contrast_dropout=args.contrast_dropout, prior_dropout=args.prior_dropout, max_cases=args.max_cases,
+        val_cases=args.val_cases,
+        progress=not args.no_progress,
+    )
+    path = train(options)
+    if path is not None:
+        print(f"model: {path}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import run_evaluation
+
+    json_path, md_path = run_evaluation(
+        data=args.data, models=args.model, out=args.out, tune=args.tune, max_cases=args.max_cases,
+        device=args.device, threads=args.threads, record=args.record,
+    )
+    print(f"report: {json_path} and {md_path}")
+    return 0

@@ -1,0 +1,467 @@
+"""`darefuse train`: DareFuseNet (or the SegResNet baseline) on engine cases.
+
+- Deterministic for a seed with --epochs (per-sample augmentation seeds, seeded init and sampler). With
+  --minutes the number of steps depends on the machine's speed, and so does the learning-rate schedule.
+- Resumable: `checkpoint.pt` (a torch state dict, weights_only-loadable) after every epoch and on stopping.
+- Limited labels: --labelled-fraction F keeps segmentations and tumour-free images for F of the cases;
+  the rest keep only their class and are used through a mean teacher (EMA weights, consistency loss).
+- Distributed: the same command under `torchrun --nproc_per_node N` runs DDP (gloo on CPU, nccl on GPU).
+- Output: metrics.csv (one row per epoch), the EMA model as <arch>.safetensors + card.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import math
+import os
+import random
+import shlex
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..constants import CLASSES, REGIONS
+from ..errors import InputError
+from ..network.losses import DareFuseLoss, consistency_loss, kl_annealing
+from ..network.model import DareFuseNet, NetConfig, count_parameters
+from ..network.store import save_model
+from .baseline import BaselineConfig, SegResNetBaseline
+from .dataset import TrainDataset, build_cache, labelled_subset, load_cases, read_rows, seed_for
+
+CHECKPOINT = "checkpoint.pt"
+ARCH_FILES = {"darefuse": "darefuse.safetensors", "segresnet": "segresnet.safetensors"}
+
+
+@dataclass
+class TrainOptions:
+    data: str
+    out: str
+    val: Optional[str] = None
+    epochs: Optional[int] = None
+    minutes: Optional[float] = None
+    seed: int = 0
+    labelled_fraction: float = 1.0
+    resume: bool = False
+    arch: str = "darefuse"
+    device: Optional[str] = None
+    # Crops of 64x80x64 (2 mm) in pairs: a pair keeps every convolution on oneDNN's fast path (PyTorch uses
+    # its slow native 3-D convolution for batch 1 at small sizes), and the crop holds most of a brain box.
+    roi: Tuple[int, int, int] = (64, 80, 64)
+    batch_size: int = 2
+    lr: float = 2e-3
+    cache: Optional[str] = None
+    threads: Optional[int] = None
+    contrast_dropout: float = 0.5
+    prior_dropout: float = 0.2
+    ema_decay: float = 0.99
+    consistency: float = 1.0
+    kl_anneal_epochs: int = 5
+    max_cases: Optional[int] = None  # use only the first N cases (tests, quick checks)
+    val_cases: int = 12  # validation cases scored per epoch (a quick check; `darefuse evaluate` does the rest)
+    progress: bool = True
+
+    def command_line(self) -> str:
+        """The equivalent `darefuse train` command (recorded in the model card)."""
+        parts = ["darefuse", "train", "--data", self.data, "--out", self.out]
+        defaults = TrainOptions(data="", out="")
+        for name in ("val", "epochs", "minutes", "seed", "labelled_fraction", "arch", "device", "roi", "batch_size",
+                     "lr", "cache", "threads", "contrast_dropout", "prior_dropout", "max_cases", "val_cases"):
+            value = getattr(self, name)
+            if value is not None and value != getattr(defaults, name) or name == "seed":
+                flag = "--" + name.replace("_", "-")
+                parts += [flag] + ([str(v) for v in value] if isinstance(value, (tuple, list)) else [str(value)])
+        return " ".join(shlex.quote(p) for p in parts)
+
+
+# -- distributed set-up ---------------------------------------------------------------------------------
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+
+def setup_runtime(options: TrainOptions) -> Runtime:
+    name = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise InputError(f"--device must be cpu or cuda, got {name!r}.")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available here; use --device cpu.")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if name == "cuda" else "gloo")
+    device = torch.device(name)
+    if name == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    # The CPU is shared between processes: split the threads (2 cores here by default).
+    threads = options.threads or max(1, (os.cpu_count() or 2) // world)
+    torch.set_num_threads(threads)
+    return Runtime(device=device, rank=rank, world=world)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    # warn_only: a few CPU kernels have no deterministic variant flag, yet are deterministic on the CPU.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+# -- data -----------------------------------------------------------------------------------------------
+def cache_dir_for(folder: str, root: Optional[str]) -> Path:
+    """Where the pre-processed cases of `folder` live: FOLDER/.darefuse-cache, or under a given root one
+    sub-folder per data folder (its name and a hash of its absolute path)."""
+    if root is None:
+        return Path(folder) / ".darefuse-cache"
+    resolved = str(Path(folder).resolve())
+    return Path(root) / f"{Path(resolved).name}-{hashlib.sha256(resolved.encode()).hexdigest()[:8]}"
+
+
+def _build_part(folder: str, cache_dir: str, rows: List[dict]) -> List[str]:
+    return [str(p) for p in build_cache(folder, cache_dir, rows=rows)]
+
+
+def cached_cases(folder: str, cache_dir: Path, runtime: Runtime, max_cases: Optional[int], workers: int, log) -> list:
+    """Pre-process `folder` into the cache (split across DDP ranks, or across `workers` processes) and load it."""
+    rows = read_rows(folder)[: max_cases or None]
+    started = time.perf_counter()
+    if runtime.world > 1:
+        _build_part(folder, str(cache_dir), rows[runtime.rank :: runtime.world])
+        runtime.barrier()
+    elif workers > 1 and len(rows) > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(_build_part, [folder] * workers, [str(cache_dir)] * workers, [rows[i::workers] for i in range(workers)]))
+    paths = build_cache(folder, cache_dir, rows=rows)  # all fresh now: only checks keys
+    log(f"cache {cache_dir}: {len(paths)} cases ready in {time.perf_counter() - started:.0f} s")
+    return load_cases(paths)
+
+
+# -- models ---------------------------------------------------------------------------------------------
+def build_model(arch: str) -> torch.nn.Module:
+    if arch == "darefuse":
+        return DareFuseNet(NetConfig())
+    if arch == "segresnet":
+        return SegResNetBaseline(BaselineConfig())
+    raise InputError(f"--arch must be darefuse or segresnet, got {arch!r}.")
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def _select(out: Dict[str, torch.Tensor], mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+    return {k: v[mask] for k, v in out.items()}
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, cases, device: torch.device) -> Dict[str, float]:
+    """Dice of WT/TC/ET on the 2 mm grid and class accuracy over whole cached cases (a quick check per
+    epoch; `darefuse evaluate` measures at the BraTS grid)."""
+    model.eval()
+    dice = {name: [] for name in REGIONS}
+    correct = []
+    uncertainty_wrong, uncertainty_right = [], []
+    for case in cases:
+        x = torch.from_numpy(case.image.astype(np.float32))[None].to(device)
+        present = torch.ones(1, 4, device=device)
+        out = model(x, present)
+        alpha = out["evidence"] + 1.0
+        pred = alpha.argmax(1)[0].cpu().numpy()
+        truth = case.label
+        for name, labels in REGIONS.items():
+            p, t = np.isin(pred, labels), np.isin(truth, labels)
+            if t.any() or p.any():
+                dice[name].append(2.0 * (p & t).sum() / (p.sum() + t.sum()))
+        u = (alpha.shape[1] / alpha.sum(1))[0].cpu().numpy()
+        wrong = pred != truth
+        if wrong.any():
+            uncertainty_wrong.append(float(u[wrong].mean()))
+        uncertainty_right.append(float(u[~wrong].mean()))
+        if "class_evidence" in out:
+            correct.append(int(out["class_evidence"].mean(dim=(2, 3, 4)).argmax(1).item() == case.class_index))
+    metrics = {f"val_dice_{k.lower()}": float(np.mean(v)) if v else float("nan") for k, v in dice.items()}
+    metrics["val_dice_mean"] = float(np.nanmean([metrics[f"val_dice_{k.lower()}"] for k in REGIONS]))
+    metrics["val_class_accuracy"] = float(np.mean(correct)) if correct else float("nan")
+    metrics["val_uncertainty_wrong"] = float(np.mean(uncertainty_wrong)) if uncertainty_wrong else float("nan")
+    metrics["val_uncertainty_right"] = float(np.mean(uncertainty_right))
+    return metrics
+
+
+def _schedule(base_lr: float, step: int, progress: float, warmup: int = 50) -> float:
+    """Linear warm-up, then cosine decay to 5 % over the run's progress (epochs or minutes, whichever ends first)."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    return base_lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+# -- the run --------------------------------------------------------------------------------------------
+def train(options: TrainOptions) -> Optional[Path]:
+    """Run the training; returns the saved model's path (on rank 0; None on other ranks)."""
+    if options.epochs is None and options.minutes is None:
+        raise InputError("Give a budget: --epochs N and/or --minutes M.")
+    if options.epochs is not None and options.epochs < 1:
+        raise InputError(f"--epochs must be at least 1, got {options.epochs}.")
+    if options.minutes is not None and options.minutes <= 0:
+        raise InputError(f"--minutes must be positive, got {options.minutes}.")
+    if options.arch not in ARCH_FILES:
+        raise InputError(f"--arch must be darefuse or segresnet, got {options.arch!r}.")
+    runtime = setup_runtime(options)
+    out_dir = Path(options.out)
+    if runtime.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    runtime.barrier()
+    log_file = out_dir / "train.log"
+
+    def log(message: str) -> None:
+        if runtime.main:
+            stamp = time.strftime("%H:%M:%S")
+            with open(log_file, "a") as fh:
+                fh.write(f"{stamp} {message}\n")
+            if not options.progress:
+                print(message, flush=True)
+
+    seed_everything(options.seed)
+    cache_dir = cache_dir_for(options.data, options.cache)
+    workers = 1 if runtime.world > 1 else max(1, min(2, os.cpu_count() or 1))
+    cases = cached_cases(options.data, cache_dir, runtime, options.max_cases, workers, log)
+    flags = labelled_subset(cases, options.labelled_fraction, options.seed)
+    for case, flag in zip(cases, flags):
+        case.labelled = flag
+    val_cases = []
+    if options.val and runtime.main:
+        val_cases = cached_cases(
+            options.val, cache_dir_for(options.val, options.cache), Runtime(runtime.device), options.val_cases, workers, log
+        )
+    runtime.barrier()
+
+    torch.manual_seed(options.seed)
+    model = build_model(options.arch).to(runtime.device)
+    ema = copy.deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    mean_teacher = options.labelled_fraction < 1.0
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=1e-4)
+    loss_fn = DareFuseLoss()
+
+    start_epoch, step, elapsed_before, history = 0, 0, 0.0, []
+    checkpoint_path = out_dir / CHECKPOINT
+    if options.resume:
+        if not checkpoint_path.is_file():
+            raise InputError(f"--resume: no {CHECKPOINT} in {out_dir} to resume from.")
+        state = torch.load(checkpoint_path, map_location=runtime.device, weights_only=True)
+        if state["arch"] != options.arch:
+            raise InputError(f"--resume: {checkpoint_path} is a {state['arch']} run, not {options.arch}.")
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, step, elapsed_before = state["next_epoch"], state["step"], state["elapsed"]
+        history = list(state["history"])
+        log(f"resumed from {checkpoint_path} at epoch {start_epoch}, step {step}")
+
+    net = model
+    if runtime.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
+        )
+    dataset = TrainDataset(cases, options.roi, options.seed, options.contrast_dropout)
+    sampler = torch.utils.data.distributed.DistributedSampler(
+        dataset, num_replicas=runtime.world, rank=runtime.rank, shuffle=True, seed=options.seed, drop_last=True
+    )
+    loader = torch.utils.data.DataLoader(dataset, batch_size=options.batch_size, sampler=sampler, num_workers=0, drop_last=True)
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise InputError(f"{options.data}: {len(cases)} cases are too few for {runtime.world} process(es) x batch {options.batch_size}.")
+    budget_s = options.minutes * 60.0 if options.minutes else None
+    total_epochs = options.epochs or 10**6
+
+    log(
+        f"{options.arch}: {count_parameters(model)} parameters; {len(cases)} cases ({sum(flags)} labelled), "
+        f"{len(val_cases)} validation; {runtime.world} process(es) on {runtime.device}, "
+        f"{torch.get_num_threads()} threads each; roi {options.roi}; command: {options.command_line()}"
+    )
+    bar = None
+    if runtime.main and options.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps_per_epoch * options.epochs if options.epochs else None, initial=step, unit="step", dynamic_ncols=True)
+
+    started = time.perf_counter()
+    stop = False
+    epoch = start_epoch
+    last_metrics: Dict[str, float] = history[-1] if history else {}
+    step_times: List[float] = []
+    while epoch < total_epochs and not stop:
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        model.train()
+        sums: Dict[str, float] = {}
+        count = 0
+        kl_weight = kl_annealing(epoch, options.kl_anneal_epochs)
+        for batch in loader:
+            t0 = time.perf_counter()
+            elapsed = elapsed_before + (t0 - started)
+            progress = max((epoch + count / steps_per_epoch) / total_epochs, elapsed / budget_s if budget_s else 0.0)
+            for group in optimizer.param_groups:
+                group["lr"] = _schedule(options.lr, step, progress)
+            x = batch["image"].to(runtime.device)
+            present = batch["present"].to(runtime.device)
+            label = batch["label"].to(runtime.device)
+            free = batch["tumour_free"].to(runtime.device)
+            class_index = batch["class_index"].to(runtime.device)
+            labelled = batch["labelled"].to(runtime.device)
+            # Every random draw of a step is seeded by (seed, step, rank): a resumed run continues exactly.
+            torch.manual_seed(seed_for(options.seed, step, runtime.rank))
+            # Prior dropout (same draw on every rank): keeps the "without the prior" ablation in distribution.
+            use_prior = np.random.RandomState(seed_for(options.seed, epoch, step)).rand() >= options.prior_dropout
+            out = net(x, present, use_prior=bool(use_prior))
+            terms = loss_fn(out, x, present, label, free, class_index, labelled, kl_weight)
+            total = terms["total"]
+            if mean_teacher:
+                unlabelled = ~labelled.bool()
+                # Ramp the consistency weight up over the first third of the run (Tarvainen & Valpola).
+                ramp = math.exp(-5.0 * (1.0 - min(progress / 0.3, 1.0)) ** 2)
+                if unlabelled.any():
+                    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed_for(options.seed, step)))
+                    noisy = (x + 0.1 * noise.to(x.device)) * present[:, :, None, None, None]
+                    with torch.no_grad():
+                        teacher_out = ema(noisy, present, use_prior=bool(use_prior))
+                    terms["consistency"] = consistency_loss(_select(out, unlabelled), _select(teacher_out, unlabelled))
+                else:
+                    terms["consistency"] = total * 0.0
+                total = total + options.consistency * ramp * terms["consistency"]
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+            optimizer.step()
+            update_ema(ema, model, min(options.ema_decay, (1.0 + step) / (10.0 + step)))
+            step += 1
+            count += 1
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+            step_times.append(time.perf_counter() - t0)
+
+            elapsed = elapsed_before + (time.perf_counter() - started)
+            if budget_s is not None:
+                # Stop when the next step would overrun (rank 0 decides, every rank follows).
+                mean_step = float(np.mean(step_times[-20:]))
+                flag = torch.tensor([1.0 if elapsed + mean_step > budget_s else 0.0])
+                if runtime.world > 1:
+                    dist.broadcast(flag, 0)
+                stop = bool(flag.item())
+            if bar is not None:
+                if budget_s is not None:
+                    left = budget_s - elapsed
+                else:
+                    left = float(np.mean(step_times[-20:])) * (steps_per_epoch * total_epochs - step)
+                bar.set_postfix(epoch=epoch, loss=f"{sums['total'] / count:.3f}", left=_format_seconds(left))
+                bar.update(1)
+            if stop:
+                break
+
+        # End of epoch (or of the budget): metrics, CSV row, checkpoint.
+        row = {"epoch": epoch, "steps": step, "elapsed_s": round(elapsed_before + time.perf_counter() - started, 1),
+               "lr": optimizer.param_groups[0]["lr"], "step_s": round(float(np.mean(step_times[-count:])), 3)}
+        row.update({f"train_{k}": round(v / max(count, 1), 5) for k, v in sums.items()})
+        if runtime.main:
+            if val_cases:
+                row.update({k: round(v, 4) for k, v in validate(ema, val_cases, runtime.device).items()})
+            history.append(row)
+            last_metrics = row
+            _write_csv(out_dir / "metrics.csv", history)
+            state = {
+                "arch": options.arch, "model": model.state_dict(), "ema": ema.state_dict(),
+                "optimizer": optimizer.state_dict(), "next_epoch": epoch + 1, "step": step,
+                "elapsed": elapsed_before + time.perf_counter() - started, "history": history,
+            }
+            tmp = checkpoint_path.with_suffix(".tmp")
+            torch.save(state, tmp)
+            tmp.replace(checkpoint_path)
+            log(" ".join(f"{k}={v}" for k, v in row.items()))
+        runtime.barrier()
+        epoch += 1
+
+    if bar is not None:
+        bar.close()
+    result = None
+    if runtime.main:
+        result = out_dir / ARCH_FILES[options.arch]
+        card = {
+            "name": "DARE-FUSE" if options.arch == "darefuse" else "SegResNet baseline",
+            "version": out_dir.name,
+            "training_command": options.command_line(),
+            "launcher": f"torchrun --nproc_per_node {runtime.world}" if runtime.world > 1 else "single process",
+            "seed": options.seed,
+            "weights": "exponential moving average of the trained weights (the mean teacher's weights)",
+            "data_recipe": _data_recipe(options, cases, flags),
+            "training": {
+                "epochs": epoch - start_epoch + (start_epoch if options.resume else 0), "steps": step,
+                "seconds": round(elapsed_before + time.perf_counter() - started, 1),
+                "mean_step_s": round(float(np.mean(step_times)), 3) if step_times else None,
+                "device": str(runtime.device), "processes": runtime.world, "threads": torch.get_num_threads(),
+                "roi": list(options.roi), "batch_size": options.batch_size, "lr": options.lr,
+                "contrast_dropout": options.contrast_dropout, "prior_dropout": options.prior_dropout,
+                "labelled_fraction": options.labelled_fraction, "mean_teacher": mean_teacher,
+            },
+            "metrics": {"validation_2mm": {k: v for k, v in last_metrics.items() if k.startswith("val_")}},
+            "parameters": count_parameters(model),
+        }
+        save_model(ema, result, card)
+        log(f"saved {result}")
+    runtime.barrier()
+    if runtime.world > 1:
+        dist.destroy_process_group()
+    return result
+
+
+def _data_recipe(options: TrainOptions, cases, flags) -> dict:
+    rows = read_rows(options.data)[: options.max_cases or None]
+    seeds = [int(r["seed"]) for r in rows]
+    classes = {name: sum(1 for r in rows if r["tumour_class"] == name) for name in CLASSES}
+    grids: Dict[str, int] = {}
+    for r in rows:
+        grids[r["grid"]] = grids.get(r["grid"], 0) + 1
+    return {
+        "generator": "DareFuseSlicerLib.phantoms.generate (synthetic cases on MNI152 2009a anatomy)",
+        "train_folder": str(options.data), "cases": len(rows), "seeds": [min(seeds), max(seeds)],
+        "classes": classes, "grids": grids, "labelled_cases": int(sum(flags)),
+        "validation_folder": str(options.val) if options.val else None,
+        "preprocessing": "pipeline.preprocess.prepare, 2 mm isotropic brain box, z-score in the brain",
+    }
+
+
+def _write_csv(path: Path, rows: List[dict]) -> None:
+    columns: List[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)

@@ -1,0 +1,148 @@
+"""DareFuseNet: output contract, every subset of contrasts, missing-branch isolation, helpers, speed."""
+import itertools
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from DareFuseSlicerLib.network.model import DareFuseNet, NetConfig, count_parameters
+
+SUBSETS = [s for r in range(1, 5) for s in itertools.combinations(range(4), r)]
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return DareFuseNet(NetConfig()).eval()
+
+
+def _inputs(shape=(24, 32, 24), subset=(0, 1, 2, 3), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((1, 4) + shape, generator=g)
+    present = torch.zeros(1, 4)
+    present[0, list(subset)] = 1.0
+    return x * present[:, :, None, None, None], present
+
+
+def test_parameter_count_in_budget(net):
+    assert 1_000_000 <= count_parameters(net) <= 3_000_000
+
+
+def test_output_contract_and_padding(net):
+    x, present = _inputs((21, 30, 19))  # not multiples of 8: padded inside, cropped back
+    with torch.no_grad():
+        out = net(x, present)
+    assert set(out) == {"tumour_free", "difference", "evidence", "class_evidence"}
+    for key in ("tumour_free", "difference", "evidence"):
+        assert out[key].shape == (1, 4, 21, 30, 19)
+    assert out["class_evidence"].shape == (1, 4, 21, 30, 19)
+    assert torch.equal(out["class_evidence"][..., :8, :8, :8], out["class_evidence"][..., :1, :1, :1].expand(-1, -1, 8, 8, 8))
+    assert (out["evidence"] >= 0).all()
+    assert torch.allclose(out["difference"], x - out["tumour_free"], atol=1e-5)
+    assert DareFuseNet.class_logits(out).shape == (1, 4)
+    prob = DareFuseNet.probabilities(out)
+    assert torch.allclose(prob.sum(1), torch.ones(1, 21, 30, 19), atol=1e-5)
+    u = DareFuseNet.uncertainty(out)
+    assert u.shape == (1, 1, 21, 30, 19) and (u > 0).all() and (u <= 1).all()
+
+
+def test_generator_starts_as_identity():
+    net = DareFuseNet(NetConfig()).eval()
+    x, present = _inputs()
+    with torch.no_grad():
+        out = net(x, present)
+    assert torch.allclose(out["tumour_free"], x, atol=1e-6)
+
+
+@pytest.mark.parametrize("subset", SUBSETS, ids=lambda s: "+".join("T1 T1ce T2 FLAIR".split()[i] for i in s))
+def test_every_subset_of_contrasts(net, subset):
+    x, present = _inputs(subset=subset, seed=len(subset))
+    with torch.no_grad():
+        out = net(x, present)
+    missing = [c for c in range(4) if c not in subset]
+    for value in out.values():
+        assert torch.isfinite(value).all()
+    # Missing contrasts have no reconstruction and no difference prior.
+    assert out["tumour_free"][:, missing].abs().max().item() == 0.0 if missing else True
+    assert out["difference"][:, missing].abs().max().item() == 0.0 if missing else True
+
+
+def test_missing_contrast_content_is_ignored(net):
+    """Whatever a caller leaves in a missing channel must not change any output."""
+    x, present = _inputs(subset=(3,))  # FLAIR only: the whole T1/T1ce branch is missing
+    noisy = x.clone()
+    noisy[:, :3] = torch.randn_like(noisy[:, :3]) * 5
+    with torch.no_grad():
+        a, b = net(x, present), net(noisy, present)
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5), key
+
+
+def test_prior_ablation_changes_segmentation_only_through_the_prior():
+    torch.manual_seed(1)
+    net = DareFuseNet(NetConfig()).eval()
+    torch.nn.init.normal_(net.generator.to_residual.weight, std=0.5)  # a non-trivial prior
+    x, present = _inputs()
+    with torch.no_grad():
+        with_prior, without = net(x, present), net(x, present, use_prior=False)
+    assert torch.allclose(with_prior["tumour_free"], without["tumour_free"])
+    assert not torch.allclose(with_prior["evidence"], without["evidence"])
+
+
+def test_gradcam_target_layers_are_multiscale(net):
+    layers = net.gradcam_target_layers()
+    shapes = []
+    hooks = [layer.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[2:]))) for layer in layers]
+    with torch.no_grad():
+        net(*_inputs((32, 32, 32)))
+    for hook in hooks:
+        hook.remove()
+    assert shapes == [(16, 16, 16), (8, 8, 8), (4, 4, 4)]
+
+
+def test_sliding_window_stitches_every_output(net):
+    """Every output has the window's size (MONAI 1.6.1 fails on a coarse output sorted before full-size ones)."""
+    from monai.inferers import sliding_window_inference
+
+    x, present = _inputs((40, 48, 40))
+    with torch.no_grad():
+        whole = net(x, present)
+        out = sliding_window_inference(
+            x, (32, 32, 32), 1, lambda w: net(w, present.expand(w.shape[0], -1)), overlap=0.25, mode="gaussian"
+        )
+    assert out["evidence"].shape == (1, 4, 40, 48, 40)
+    assert out["class_evidence"].shape == (1, 4, 40, 48, 40)
+    assert torch.isfinite(DareFuseNet.class_logits(out)).all()
+    # The generator's reconstruction is local: stitched windows agree with one whole pass in the centre.
+    centre = (slice(None), slice(None), slice(12, 28), slice(16, 32), slice(12, 28))
+    assert torch.allclose(out["tumour_free"][centre], whole["tumour_free"][centre], atol=0.5)
+
+
+def test_backward_reaches_every_parameter():
+    net = DareFuseNet(NetConfig(detach_prior=False))
+    x, present = _inputs((16, 16, 16))
+    out = net(x, present)
+    sum(v.mean() for v in out.values()).backward()
+    without_grad = [n for n, p in net.named_parameters() if p.grad is None]
+    assert without_grad == []
+
+
+def test_config_round_trip():
+    config = NetConfig(encoder_channels=(8, 16, 32), attention_heads=2)
+    assert NetConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.slow
+def test_forward_time_on_an_adult_brain_box(net):
+    """Prints the figure quoted in the README: one forward on 1x4x80x96x80 with 2 threads."""
+    torch.set_num_threads(2)
+    x, present = _inputs((80, 96, 80))
+    with torch.inference_mode():
+        net(x, present)
+        start = time.perf_counter()
+        for _ in range(3):
+            net(x, present)
+        seconds = (time.perf_counter() - start) / 3
+    print(f"\nDareFuseNet {count_parameters(net)} parameters; forward 1x4x80x96x80 on 2 threads: {seconds:.3f} s")
+    assert seconds < 5.0  # a regression guard only (10x the usual ~0.4 s); benchmarks/ measures speed

@@ -1,0 +1,91 @@
+"""`darefuse evaluate`: metric helpers against known answers, and a whole report on a tiny folder."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from DareFuseSlicerLib.network.model import DareFuseNet, NetConfig
+from DareFuseSlicerLib.network.store import save_model
+from DareFuseSlicerLib.training.baseline import SegResNetBaseline
+from DareFuseSlicerLib.training.evaluate import (
+    HD95_EMPTY_PENALTY,
+    expected_calibration_error,
+    macro_f1,
+    region_scores,
+    roc_auc,
+    run_evaluation,
+    _labelled_box,
+    tune_postprocessing,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_training_dataset import make_folder  # noqa: E402
+
+
+def _sphere(shape, centre, radius):
+    z, y, x = np.indices(shape)
+    return ((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2) < radius**2
+
+
+def test_region_scores_known_answers():
+    truth = np.zeros((30, 30, 30), np.uint8)
+    truth[_sphere(truth.shape, (15, 15, 15), 8)] = 2
+    truth[_sphere(truth.shape, (15, 15, 15), 4)] = 3
+    perfect = region_scores(truth, truth, (1.0, 1.0, 1.0))
+    assert all(perfect[r]["dice"] == pytest.approx(1.0) and perfect[r]["hd95"] == 0.0 for r in ("WT", "TC", "ET"))
+    shifted = np.roll(truth, 3, axis=2)  # 3 voxels of 2 mm along x
+    scores = region_scores(shifted, truth, (1.0, 1.0, 2.0))
+    assert 0.5 < scores["WT"]["dice"] < 0.95 and scores["WT"]["hd95"] == pytest.approx(6.0, abs=0.5)
+    empty = region_scores(np.zeros_like(truth), truth, (1.0, 1.0, 1.0))
+    assert empty["WT"] == {"dice": 0.0, "hd95": HD95_EMPTY_PENALTY}
+    both_empty = region_scores(np.zeros_like(truth), np.zeros_like(truth), (1.0, 1.0, 1.0))
+    assert both_empty["ET"] == {"dice": 1.0, "hd95": 0.0}
+
+
+def test_auroc_ece_f1_known_answers():
+    assert roc_auc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])) == 1.0
+    assert roc_auc(np.array([0.9, 0.8, 0.2, 0.1]), np.array([0, 0, 1, 1])) == 0.0
+    assert roc_auc(np.array([0.5, 0.5, 0.5, 0.5]), np.array([0, 1, 0, 1])) == 0.5
+    rng = np.random.RandomState(0)
+    confidence = rng.uniform(0.25, 1.0, 200_000)
+    assert expected_calibration_error(confidence, rng.uniform(size=confidence.size) < confidence) < 0.01
+    assert expected_calibration_error(np.full(1000, 0.9), np.zeros(1000, bool)) == pytest.approx(0.9)
+    assert macro_f1([0, 1, 2, 3], [0, 1, 2, 3], 4) == 1.0 and macro_f1([0, 0, 1, 1], [1, 1, 0, 0], 2) == 0.0
+
+
+def test_tuning_removes_a_small_false_positive():
+    truth = np.zeros((40, 40, 40), np.uint8)
+    truth[_sphere(truth.shape, (20, 20, 20), 8)] = 2
+    label = truth.copy()
+    label[2:4, 2:4, 2:4] = 2  # 8 voxels of 1 mm^3 = 0.008 mL, far from the lesion
+    config, score = tune_postprocessing([_labelled_box(label, truth) + (0.001,)])
+    assert config.wt_min_ml > 0.008 and score == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_report_on_a_tiny_folder(tmp_path):
+    folder = make_folder(tmp_path / "held-out", n_cases=4, seed=11)
+    torch.manual_seed(0)
+    net_path = tmp_path / "m" / "darefuse.safetensors"
+    save_model(DareFuseNet(NetConfig()), net_path, {"training_command": "test", "seed": 0})
+    base_path = tmp_path / "m" / "segresnet.safetensors"
+    save_model(SegResNetBaseline(), base_path, {"training_command": "test", "seed": 0})
+    json_path, md_path = run_evaluation(folder, [f"darefuse={net_path}", f"baseline={base_path}"], tmp_path / "report",
+                                        log=lambda *_: None, record=True)
+    report = json.loads(json_path.read_text())
+    assert report["data"]["cases"] == 4
+    dare, base = report["models"]["darefuse"], report["models"]["baseline"]
+    for r in (dare, base):
+        for stage in ("raw", "post"):
+            assert all(0.0 <= r[stage][k]["dice"] <= 1.0 and r[stage][k]["hd95"] >= 0.0 for k in ("WT", "TC", "ET"))
+        assert 0.0 <= r["uncertainty"]["error_auroc"] <= 1.0
+    assert 0.0 <= dare["classification"]["accuracy"] <= 1.0 and "classification" not in base
+    fp = dare["false_positive_ml_tumour_free"]
+    assert fp["cases"] == 1 and fp["with_prior"] >= 0.0 and fp["without_prior"] >= 0.0
+    card = json.loads((tmp_path / "m" / "darefuse.card.json").read_text())
+    assert card["metrics"]["held_out"]["post"] == dare["post"]
+    text = md_path.read_text()
+    assert "| darefuse | none |" in text and "| baseline |" in text and "HD95" in text

@@ -1,0 +1,109 @@
+"""`darefuse train` on a tiny folder: outputs, determinism, resume, limited labels, baseline, DDP."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from DareFuseSlicerLib.errors import InputError
+from DareFuseSlicerLib.network.store import card_path, load_model, sha256_of
+from DareFuseSlicerLib.training.train import TrainOptions, train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_training_dataset import make_folder  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("tiny-train"), n_cases=4)
+
+
+def _options(tiny, out, **kw):
+    base = dict(data=str(tiny), out=str(out), epochs=1, seed=7, roi=(24, 24, 24), batch_size=2,
+                cache=str(out.parent / "cache"), threads=2, progress=False)
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+def _rows(out):
+    with open(out / "metrics.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_train_writes_model_card_metrics_and_checkpoint(tiny, tmp_path):
+    path = train(_options(tiny, tmp_path / "run", val=str(tiny)))
+    assert path == tmp_path / "run" / "darefuse.safetensors"
+    card = json.loads(card_path(path).read_text())
+    assert card["sha256"] == sha256_of(path)
+    assert card["seed"] == 7 and "--seed 7" in card["training_command"] and card["data_recipe"]["cases"] == 4
+    assert card["training"]["steps"] == 2  # 4 cases, batch 2
+    assert 0.0 <= card["metrics"]["validation_2mm"]["val_dice_wt"] <= 1.0
+    rows = _rows(tmp_path / "run")
+    assert len(rows) == 1 and float(rows[0]["train_total"]) > 0 and "val_dice_mean" in rows[0]
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+    model = load_model(path)
+    out = model(torch.zeros(1, 4, 24, 24, 24), torch.ones(1, 4))
+    assert torch.isfinite(out["evidence"]).all()
+
+
+@pytest.mark.slow
+def test_same_seed_same_weights_and_resume_is_exact(tiny, tmp_path):
+    """Two epochs in one go == one epoch, then --resume to two; a different seed differs."""
+    a = train(_options(tiny, tmp_path / "a", epochs=2))
+    train(_options(tiny, tmp_path / "b", epochs=1))
+    b = train(_options(tiny, tmp_path / "b", epochs=2, resume=True))
+    c = train(_options(tiny, tmp_path / "c", epochs=2, seed=8))
+    wa, wb, wc = (load_model(p).state_dict() for p in (a, b, c))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+    assert len(_rows(tmp_path / "b")) == 2
+
+
+@pytest.mark.slow
+def test_limited_labels_use_the_mean_teacher(tiny, tmp_path):
+    path = train(_options(tiny, tmp_path / "mt", labelled_fraction=0.5, epochs=2))
+    card = json.loads(card_path(path).read_text())
+    assert card["training"]["mean_teacher"] and card["training"]["labelled_fraction"] == 0.5
+    assert card["data_recipe"]["labelled_cases"] == 4  # at least one per class: 4 classes, one case each
+    rows = _rows(tmp_path / "mt")
+    assert "train_consistency" in rows[0]
+
+
+def test_segresnet_baseline_trains(tiny, tmp_path):
+    path = train(_options(tiny, tmp_path / "base", arch="segresnet"))
+    assert path.name == "segresnet.safetensors"
+    model = load_model(path)
+    assert type(model).__name__ == "SegResNetBaseline"
+    assert model(torch.zeros(1, 4, 24, 24, 24), torch.ones(1, 4))["evidence"].shape == (1, 4, 24, 24, 24)
+
+
+def test_bad_options_are_input_errors(tiny, tmp_path):
+    with pytest.raises(InputError, match="budget"):
+        train(_options(tiny, tmp_path / "x", epochs=None))
+    with pytest.raises(InputError, match="--resume"):
+        train(_options(tiny, tmp_path / "empty", resume=True))
+
+
+@pytest.mark.slow
+def test_ddp_with_two_cpu_processes(tiny, tmp_path):
+    """The same command under torchrun: 2 processes (gloo), one step each, one model written."""
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT / "DareFuseSlicer"))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "DareFuseSlicerLib.cli", "train", "--data", str(tiny), "--out", str(out), "--epochs", "1",
+        "--seed", "3", "--roi", "24", "24", "24", "--batch-size", "1", "--max-cases", "2",
+        "--cache", str(tmp_path / "cache"), "--device", "cpu", "--no-progress",
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    card = json.loads(card_path(out / "darefuse.safetensors").read_text())
+    assert card["launcher"] == "torchrun --nproc_per_node 2"
+    assert card["training"]["processes"] == 2 and card["training"]["steps"] == 1  # 2 cases over 2 processes
+    assert "2 process(es)" in (out / "train.log").read_text()
