@@ -1,0 +1,142 @@
+"""Issue 5: the whole `darefuse segment` run against a plain MONAI SegResNet segmentation, same case, same threads.
+
+    .venv/bin/python benchmarks/bench_segment.py --runs 3 [--scales 0.5 1 1.5] [--json out.json]
+
+Each run is its own process, so its peak resident memory (ru_maxrss) is its own. The case is the bundled
+BraTS-grid sample; the scaled versions resample it to 0.5x and 1.5x the voxel count (same field of view).
+Prints a markdown table of medians; the README quotes its output.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import SimpleITK as sitk
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "DareFuseSlicer"))
+
+from DareFuseSlicerLib.constants import BRATS_SUFFIX  # noqa: E402
+from DareFuseSlicerLib.phantoms import sample_case_paths  # noqa: E402
+
+CONTRAST_KEYS = ("t1", "t1ce", "t2", "flair")
+
+
+def scaled_case(paths: dict, scale: float, folder: Path) -> dict:
+    """The sample case resampled to `scale` times the voxel count over the same field of view."""
+    if scale == 1.0:
+        return {k: str(paths[k]) for k in CONTRAST_KEYS}
+    out = {}
+    for key in CONTRAST_KEYS:
+        image = sitk.ReadImage(str(paths[key]))
+        factor = scale ** (1.0 / 3.0)
+        size = [max(1, int(round(s * factor))) for s in image.GetSize()]
+        spacing = [sp * s / n for sp, s, n in zip(image.GetSpacing(), image.GetSize(), size)]
+        reference = sitk.Image(size, image.GetPixelID())
+        reference.SetSpacing(spacing)
+        reference.SetDirection(image.GetDirection())
+        # Keep the outer faces of the field of view in place.
+        corner = image.TransformContinuousIndexToPhysicalPoint([-0.5] * 3)
+        reference.SetOrigin(reference.TransformContinuousIndexToPhysicalPoint([0.0] * 3))
+        shift = [c - o for c, o in zip(corner, reference.TransformContinuousIndexToPhysicalPoint([-0.5] * 3))]
+        reference.SetOrigin([o + s for o, s in zip(reference.GetOrigin(), shift)])
+        resampled = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0)
+        target = folder / f"{key}-x{scale}.nii.gz"
+        sitk.WriteImage(resampled, str(target), useCompression=True)
+        out[key] = str(target)
+    return out
+
+
+def run_child(command: list) -> tuple:
+    """Run a command; return (wall seconds, stdout). Each child reports its own peak memory."""
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{command[:3]} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return wall, done.stdout
+
+
+#: Runs the real command line in a child that reports its own peak resident memory at exit.
+CHILD = ("import resource, sys; from DareFuseSlicerLib.cli import main; code = main(sys.argv[1:]); "
+         "print('PEAK_RSS_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0); sys.exit(code)")
+
+
+def ours(case: dict, threads: int, folder: Path) -> dict:
+    out_dir = folder / "ours"
+    command = [sys.executable, "-c", CHILD, "segment", "--output-dir", str(out_dir), "--overwrite", "--quiet",
+               "--threads", str(threads)]
+    for key in CONTRAST_KEYS:
+        command += [f"--{key}", case[key]]
+    wall, stdout = run_child(command)
+    report = json.loads((out_dir / "report.json").read_text())
+    timings = {k: v for k, v in report["timings_s"].items() if isinstance(v, (int, float))}
+    timings["wall"] = wall
+    timings["peak_rss_mb"] = float(stdout.split("PEAK_RSS_MB")[-1].split()[0])
+    return timings
+
+
+def segresnet(case: dict, threads: int, folder: Path) -> dict:
+    command = [sys.executable, str(ROOT / "benchmarks" / "segresnet_plain.py"), "--out", str(folder / "sr.nii.gz"),
+               "--threads", str(threads)]
+    for key in CONTRAST_KEYS:
+        command += [f"--{key}", case[key]]
+    wall, stdout = run_child(command)
+    timings = json.loads(stdout.strip().splitlines()[-1])
+    timings["wall"] = wall
+    return timings
+
+
+def median_of(runs: list) -> dict:
+    keys = runs[0].keys()
+    return {k: statistics.median(r[k] for r in runs) for k in keys if isinstance(runs[0][k], (int, float))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+
+    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                          f"{args.threads} threads, Python {platform.python_version()}", "scales": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        paths = {k: sample_case_paths()[BRATS_SUFFIX[k]] for k in CONTRAST_KEYS}
+        for scale in args.scales:
+            case = scaled_case(paths, scale, folder)
+            ours_runs = [ours(case, args.threads, folder) for _ in range(args.runs)]
+            base_runs = [segresnet(case, args.threads, folder) for _ in range(args.runs)]
+            voxels = sitk.ReadImage(case["t1"]).GetNumberOfPixels()
+            results["scales"][str(scale)] = {"voxels": voxels, "darefuse": median_of(ours_runs),
+                                             "segresnet": median_of(base_runs), "runs": args.runs}
+
+    print(f"Machine: {results['machine']}; medians of {args.runs} runs per row.\n")
+    print("| voxels | DareFuse whole run (s) | SegResNet plain (s) | ratio | DareFuse peak RSS (MB) | SegResNet peak RSS (MB) |")
+    print("|---|---|---|---|---|---|")
+    for scale, row in results["scales"].items():
+        d, s = row["darefuse"], row["segresnet"]
+        print(f"| {row['voxels']:,} ({scale}x) | {d['wall']:.1f} | {s['wall']:.1f} | {d['wall'] / s['wall']:.2f} "
+              f"| {d['peak_rss_mb']:.0f} | {s['peak_rss_mb']:.0f} |")
+    one = results["scales"].get("1.0") or next(iter(results["scales"].values()))
+    print("\nDareFuse stages at 1x (median s): " + ", ".join(
+        f"{k} {v:.2f}" for k, v in one["darefuse"].items() if k not in ("wall", "peak_rss_mb")))
+    print("SegResNet stages at 1x (median s): " + ", ".join(
+        f"{k} {v:.2f}" for k, v in one["segresnet"].items() if k not in ("wall", "peak_rss_mb")))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
