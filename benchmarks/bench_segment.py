@@ -129,10 +129,11 @@ def main() -> None:
         d, s = row["darefuse"], row["segresnet"]
         print(f"| {row['voxels']:,} ({scale}x) | {d['wall']:.1f} | {s['wall']:.1f} | {d['wall'] / s['wall']:.2f} "
               f"| {d['peak_rss_mb']:.0f} | {s['peak_rss_mb']:.0f} |")
-    one = results["scales"].get("1.0") or next(iter(results["scales"].values()))
-    print("\nDareFuse stages at 1x (median s): " + ", ".join(
+    scale = "1.0" if "1.0" in results["scales"] else next(iter(results["scales"]))
+    one = results["scales"][scale]
+    print(f"\nDareFuse stages at {scale}x (median s): " + ", ".join(
         f"{k} {v:.2f}" for k, v in one["darefuse"].items() if k not in ("wall", "peak_rss_mb")))
-    print("SegResNet stages at 1x (median s): " + ", ".join(
+    print(f"SegResNet stages at {scale}x (median s): " + ", ".join(
         f"{k} {v:.2f}" for k, v in one["segresnet"].items() if k not in ("wall", "peak_rss_mb")))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -41,7 +41,7 @@ MODELS_DIR = MODULE_DIR / "Resources" / "Models"
 BUNDLED_MODEL_NAME = "darefuse.safetensors"
 
 #: The optional layers a run can produce (the class and the volumes are always computed).
-OUTPUTS = ("segmentation", "uncertainty", "prior", "gradcam")
+OUTPUTS = validate.OUTPUTS
 #: How each input is named in messages, as its selector is labelled in the module panel.
 CONTRAST_LABELS = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
 #: Share of the progress bar for the pipeline; the rest is building and adding the nodes.
@@ -112,7 +112,7 @@ class DareFuseLogic:
         Returns ProcessOutputs (the new nodes and the report). Raises errors.InputError naming the input at fault.
         """
         prepared = self.prepare(t1=t1, t1ce=t1ce, t2=t2, flair=flair)
-        wanted = check_outputs(outputs)
+        wanted = validate.check_outputs(outputs)
         result, model_info = self.compute(prepared, wanted, device=device, progress=_scaled(progress, 0.0,
                                           PIPELINE_SHARE), cancel=cancel, model_path=model_path)
         return self.commit(prepared, result, wanted, model_info=model_info, device=device,
@@ -169,7 +169,7 @@ class DareFuseLogic:
 
         Returns (the pipeline's result, a description of the model: name, version, sha256, ...).
         """
-        wanted = check_outputs(outputs)
+        wanted = validate.check_outputs(outputs)
         _check_cancel(cancel)
         if progress is not None:
             progress(0.0, "loading the model")
@@ -189,7 +189,7 @@ class DareFuseLogic:
                model_info: Optional[dict] = None, device: str = "cpu", progress: Optional[ProgressFn] = None,
                cancel: Optional[CancelFn] = None) -> ProcessOutputs:
         """Add the result to the scene as nodes; all or nothing. Main thread only."""
-        wanted = check_outputs(outputs)
+        wanted = validate.check_outputs(outputs)
         scene = prepared.scene
         reference_node = prepared.reference_node
         for name, node in prepared.nodes.items():  # the GUI stays usable during a run: inputs may be gone
@@ -321,7 +321,7 @@ class BackgroundRun:
     def __init__(self, logic: DareFuseLogic, inputs: Mapping[str, Any], outputs: Iterable[str] = OUTPUTS,
                  device: str = "cpu", model_path=None):
         self.logic = logic
-        self.outputs = check_outputs(outputs)
+        self.outputs = validate.check_outputs(outputs)
         self.device = device
         self.model_path = model_path
         self.prepared = logic.prepare(**{name: inputs.get(name) for name in CONTRASTS})
@@ -379,14 +379,6 @@ class BackgroundRun:
 
 # --------------------------------------------------------------------------------------------------------------
 # Input checks
-def check_outputs(outputs: Iterable[str]) -> frozenset:
-    wanted = frozenset(outputs)
-    unknown = sorted(wanted - set(OUTPUTS))
-    if unknown:
-        raise InputError(f"Unknown output(s) {unknown}; choose among {list(OUTPUTS)}.")
-    return wanted
-
-
 def check_input_node(node: Any, label: str) -> None:
     """Raise InputError naming `label` unless `node` is a usable 3-D single-component scalar volume in a scene."""
     if not hasattr(node, "IsA") or not node.IsA("vtkMRMLScalarVolumeNode"):

@@ -24,10 +24,9 @@ from typing import Callable, Dict, Iterator, List, Optional
 from ..constants import BRATS_SUFFIX, CONTRASTS
 from ..errors import Cancelled, DareFuseError, InputError
 from . import validate
+from .validate import OUTPUTS
 from .outputs import check_output_dir
 
-#: run.OUTPUTS, repeated rather than imported: run.py imports torch, which the header checks must not wait for.
-OUTPUTS = ("segmentation", "uncertainty", "prior", "gradcam")
 BATCH_COLUMNS = ("case_id", "t1", "t1ce", "t2", "flair", "output_dir")
 DEMO_OUTPUT_DIR = "darefuse-demo"
 

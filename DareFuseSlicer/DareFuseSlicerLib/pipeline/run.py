@@ -21,13 +21,11 @@ from ..errors import Cancelled, InputError
 from . import preprocess
 from .inference import WindowPlan, infer, resolve_device
 from .postprocess import PostprocessConfig, postprocess, volumes_ml
-from .validate import brain_plausibility, check_images
+from .validate import OUTPUTS, brain_plausibility, check_images, check_outputs
 
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
 
-#: The optional layers; the class and the volumes are always computed (they cost nothing extra).
-OUTPUTS = ("segmentation", "uncertainty", "prior", "gradcam")
 #: Share of the run's progress bar per stage: measured stage times of `darefuse demo` (BraTS-size sample
 #: case, one window, 2 CPU threads), rounded.
 STAGE_WEIGHTS = {
@@ -135,14 +133,6 @@ def _argmax(probabilities: List[np.ndarray]) -> np.ndarray:
     return label
 
 
-def _check_outputs(outputs: Iterable[str]) -> frozenset:
-    outputs = frozenset(outputs)
-    unknown = sorted(outputs - set(OUTPUTS))
-    if unknown:
-        raise InputError(f"Unknown output(s) {unknown}; choose among {list(OUTPUTS)}.")
-    return outputs
-
-
 def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs: Iterable[str] = OUTPUTS,
         device: str = "cpu", progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
         spacing_mm: float = 2.0, postprocess_config: PostprocessConfig = PostprocessConfig(),
@@ -156,7 +146,7 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
     sliding windows. labels: how to name each input in messages (e.g. "--t1 path"); defaults to "T1", ...
     Raises InputError for unusable inputs (validate.py lists them), Cancelled when cancelled.
     """
-    wanted = _check_outputs(outputs)
+    wanted = check_outputs(outputs)
     torch_device = resolve_device(device)
     stage_names = ["validate", "preprocess", "network", "segmentation"]
     stage_names += [n for n in ("uncertainty", "prior", "gradcam") if n in wanted]

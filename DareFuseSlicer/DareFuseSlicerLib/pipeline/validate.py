@@ -26,7 +26,7 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -57,6 +57,20 @@ _INTEGER_TYPES = {
     sitk.sitkUInt64, sitk.sitkInt64,
 }
 _FLOAT_TYPES = {sitk.sitkFloat32, sitk.sitkFloat64}
+
+
+#: The optional layers a run can produce (the class and the volumes are always computed). Defined here, in a
+#: module that imports no torch, so that the Slicer module and the command line can use it at start-up.
+OUTPUTS = ("segmentation", "uncertainty", "prior", "gradcam")
+
+
+def check_outputs(outputs: Iterable[str]) -> frozenset:
+    """The requested layers as a set; InputError naming any unknown one."""
+    wanted = frozenset(outputs)
+    unknown = sorted(wanted - set(OUTPUTS))
+    if unknown:
+        raise InputError(f"Unknown output(s) {unknown}; choose among {list(OUTPUTS)}.")
+    return wanted
 
 
 def display_name(contrast: str) -> str:
