@@ -179,10 +179,10 @@ def infer(model: torch.nn.Module, array: np.ndarray, present: np.ndarray, device
           ) -> Tuple[Dict[str, torch.Tensor], WindowPlan, WindowPredictor]:
     """Run the network over `array` (4, Z, Y, X) with availability `present` (4,).
 
-    Returns the stitched output dict (tensors (1, C, ...) on the CPU, the class-evidence map at its coarse
-    scale, plus "gradcam" (1, 1, ...) when `gradcam` was asked for and the plan has a single window), the
-    window plan and the predictor (for its timings). Mixed precision (float16) is used on a GPU only: on the
-    CPU, bfloat16 autocast and channels-last were slower (3.5-4.1 s fp32 against 5.6-7.2 s bf16 for one
+    Returns the stitched output dict (tensors (1, C, ...) on the CPU, all at the input's size, the class-evidence
+    map piecewise constant on 8x8x8 blocks, plus "gradcam" (1, 1, ...) when `gradcam` was asked for and the
+    plan has a single window), the window plan and the predictor (for its timings). Mixed precision (float16)
+    is used on a GPU only: on the CPU, bfloat16 autocast and channels-last were slower (3.5-4.1 s fp32 against 5.6-7.2 s bf16 for one
     88x104x96 window, 2 threads, this project's CPU with AMX). Raises errors.Cancelled between windows.
     """
     torch_device = resolve_device(device)
