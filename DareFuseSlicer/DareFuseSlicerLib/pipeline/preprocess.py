@@ -90,8 +90,15 @@ def _anti_alias(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     return sitk.DiscreteGaussian(image, [v * v for v in sigma], 16, 0.01, True)
 
 
-def _resample(image: sitk.Image, like: sitk.Image, interpolator=sitk.sitkLinear, default: float = 0.0) -> sitk.Image:
+def resample(image: sitk.Image, like: sitk.Image, interpolator=sitk.sitkLinear, default: float = 0.0) -> sitk.Image:
+    """`image` on the grid of `like`, as float32 (`default` outside `image`)."""
     return sitk.Resample(image, like, sitk.Transform(), interpolator, default, sitk.sitkFloat32)
+
+
+def down_sample(image: sitk.Image, grid: sitk.Image, spacing_mm: float) -> sitk.Image:
+    """An image on the reference grid onto the low-resolution grid, anti-aliased: how every contrast (and, in
+    training, every tumour-free image) reaches the network."""
+    return resample(_anti_alias(image, spacing_mm), grid)
 
 
 def prepare(images: Dict[str, Optional[sitk.Image]], spacing_mm: float = 2.0) -> Prepared:
@@ -108,7 +115,7 @@ def prepare(images: Dict[str, Optional[sitk.Image]], spacing_mm: float = 2.0) ->
         image = images.get(name)
         if image is None:
             continue
-        on_reference = reference if name == reference_name else _resample(sitk.Cast(image, sitk.sitkFloat32), reference)
+        on_reference = reference if name == reference_name else resample(sitk.Cast(image, sitk.sitkFloat32), reference)
         resampled[name] = on_reference
         fg = _foreground(sitk.GetArrayViewFromImage(on_reference))
         mask = fg if mask is None else (mask | fg)
@@ -130,7 +137,7 @@ def prepare(images: Dict[str, Optional[sitk.Image]], spacing_mm: float = 2.0) ->
     for channel, name in enumerate(CONTRASTS):
         if name not in resampled:
             continue
-        low = sitk.GetArrayFromImage(_resample(_anti_alias(resampled[name], spacing_mm), grid))
+        low = sitk.GetArrayFromImage(down_sample(resampled[name], grid, spacing_mm))
         values = low[inside]
         # z-score inside the brain mask, not over non-zero voxels (MONAI's NormalizeIntensity(nonzero=True)):
         # scanner offsets make background non-zero and brain voxels can be zero.
@@ -167,7 +174,7 @@ def resample_label_to_grid(label: sitk.Image, prep: Prepared, n_labels: int = 4)
         one_hot = sitk.GetImageFromArray((label_array == value).astype(np.float32))
         one_hot.CopyInformation(label)
         default = 1.0 if value == 0 else 0.0
-        scores.append(sitk.GetArrayFromImage(_resample(one_hot, prep.grid, sitk.sitkLinear, default)))
+        scores.append(sitk.GetArrayFromImage(resample(one_hot, prep.grid, sitk.sitkLinear, default)))
     return np.argmax(np.stack(scores), axis=0).astype(np.uint8)
 
 
@@ -178,9 +185,9 @@ def to_reference(array_low: np.ndarray, prep: Prepared, interpolation: str = "li
     """
     interpolator = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}[interpolation]
     if array_low.ndim == 3:
-        return _resample(_image_on_grid(array_low, prep.grid), prep.reference, interpolator)
+        return resample(_image_on_grid(array_low, prep.grid), prep.reference, interpolator)
     return np.stack(
-        [sitk.GetArrayFromImage(_resample(_image_on_grid(c, prep.grid), prep.reference, interpolator)) for c in array_low]
+        [sitk.GetArrayFromImage(resample(_image_on_grid(c, prep.grid), prep.reference, interpolator)) for c in array_low]
     )
 
 

@@ -64,13 +64,12 @@ def _tumour_free_on_grid(image: sitk.Image, free: sitk.Image, prep: preprocess.P
         box.SetSpacing(image.GetSpacing())
         box.SetDirection(image.GetDirection())
         box.SetOrigin(image.TransformIndexToPhysicalPoint([int(v) for v in lo[::-1]]))
-        on_reference = preprocess._resample(box, prep.reference) if image.GetSize() != prep.reference.GetSize() else box
-        smoothed = preprocess._anti_alias(on_reference, SPACING_MM)
-        low_change = sitk.GetArrayFromImage(preprocess._resample(smoothed, prep.grid)).astype(np.float64)
+        on_reference = preprocess.resample(box, prep.reference) if image.GetSize() != prep.reference.GetSize() else box
+        low_change = sitk.GetArrayFromImage(preprocess.down_sample(on_reference, prep.grid, SPACING_MM)).astype(np.float64)
         footprint = np.abs(low_change) > 1e-6
         if (np.abs(prep.array[channel][footprint]) >= preprocess.CLIP_Z - 1e-4).any():
-            on_reference = preprocess._resample(sitk.Cast(free, sitk.sitkFloat32), prep.reference)
-            low_image = sitk.GetArrayFromImage(preprocess._resample(preprocess._anti_alias(on_reference, SPACING_MM), prep.grid))
+            on_reference = preprocess.resample(sitk.Cast(free, sitk.sitkFloat32), prep.reference)
+            low_image = sitk.GetArrayFromImage(preprocess.down_sample(on_reference, prep.grid, SPACING_MM))
             low_change = np.zeros_like(low_change)
     z = np.clip((low_image - low_change - prep.mean[channel]) / prep.std[channel], -preprocess.CLIP_Z, preprocess.CLIP_Z)
     return np.where(inside, z, 0.0).astype(np.float32)
