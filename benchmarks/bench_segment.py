@@ -4,7 +4,11 @@
 
 Each run is its own process, so its peak resident memory (ru_maxrss) is its own. The case is the bundled
 BraTS-grid sample; the scaled versions resample it to 0.5x and 1.5x the voxel count (same field of view).
-Prints a markdown table of medians; the README quotes its output.
+Prints a markdown table of medians; the README quotes its output. Start-up is its own row: seconds from the
+process's start to the start of the network's first sliding window (report.json's timings_s.first_window_s;
+segresnet_plain.py notes the same moment), so it holds the imports, reading the inputs, building the scene,
+loading the model and pre-processing. The JSON also holds each child's CPU time (cpu_user_s, cpu_system_s):
+on a busy machine, compare those.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -56,13 +61,17 @@ def scaled_case(paths: dict, scale: float, folder: Path) -> dict:
 
 
 def run_child(command: list) -> tuple:
-    """Run a command; return (wall seconds, stdout). Each child reports its own peak memory."""
+    """Run a command; return (wall seconds, stdout, {cpu_user_s, cpu_system_s}). Each child reports its own
+    peak memory."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise RuntimeError(f"{command[:3]} failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    return wall, done.stdout
+    cpu = {"cpu_user_s": after.ru_utime - before.ru_utime, "cpu_system_s": after.ru_stime - before.ru_stime}
+    return wall, done.stdout, cpu
 
 
 #: Runs the real command line in a child that reports its own peak resident memory at exit.
@@ -76,10 +85,11 @@ def ours(case: dict, threads: int, folder: Path) -> dict:
                "--threads", str(threads)]
     for key in CONTRAST_KEYS:
         command += [f"--{key}", case[key]]
-    wall, stdout = run_child(command)
+    wall, stdout, cpu = run_child(command)
     report = json.loads((out_dir / "report.json").read_text())
     timings = {k: v for k, v in report["timings_s"].items() if isinstance(v, (int, float))}
     timings["wall"] = wall
+    timings.update(cpu)
     timings["peak_rss_mb"] = float(stdout.split("PEAK_RSS_MB")[-1].split()[0])
     return timings
 
@@ -89,15 +99,25 @@ def segresnet(case: dict, threads: int, folder: Path) -> dict:
                "--threads", str(threads)]
     for key in CONTRAST_KEYS:
         command += [f"--{key}", case[key]]
-    wall, stdout = run_child(command)
+    wall, stdout, cpu = run_child(command)
     timings = json.loads(stdout.strip().splitlines()[-1])
     timings["wall"] = wall
+    timings.update(cpu)
     return timings
 
 
 def median_of(runs: list) -> dict:
-    keys = runs[0].keys()
-    return {k: statistics.median(r[k] for r in runs) for k in keys if isinstance(runs[0][k], (int, float))}
+    keys = [k for k in runs[0] if all(isinstance(r.get(k), (int, float)) for r in runs)]
+    return {k: statistics.median(r[k] for r in runs) for k in keys}
+
+
+#: Keys of a run's timings that are not stages of the run.
+NOT_STAGES = ("wall", "peak_rss_mb", "first_window_s", "cpu_user_s", "cpu_system_s")
+
+
+def startup(row: dict) -> str:
+    value = row.get("first_window_s")
+    return "n/a" if value is None else f"{value:.1f}"
 
 
 def main() -> None:
@@ -129,12 +149,19 @@ def main() -> None:
         d, s = row["darefuse"], row["segresnet"]
         print(f"| {row['voxels']:,} ({scale}x) | {d['wall']:.1f} | {s['wall']:.1f} | {d['wall'] / s['wall']:.2f} "
               f"| {d['peak_rss_mb']:.0f} | {s['peak_rss_mb']:.0f} |")
+    print("\n| voxels | start-up, process start to first window: DareFuse (s) | SegResNet plain (s) "
+          "| DareFuse whole run CPU, user (s) | SegResNet whole run CPU, user (s) |")
+    print("|---|---|---|---|---|")
+    for scale, row in results["scales"].items():
+        d, s = row["darefuse"], row["segresnet"]
+        print(f"| {row['voxels']:,} ({scale}x) | {startup(d)} | {startup(s)} | {d['cpu_user_s']:.1f} "
+              f"| {s['cpu_user_s']:.1f} |")
     scale = "1.0" if "1.0" in results["scales"] else next(iter(results["scales"]))
     one = results["scales"][scale]
     print(f"\nDareFuse stages at {scale}x (median s): " + ", ".join(
-        f"{k} {v:.2f}" for k, v in one["darefuse"].items() if k not in ("wall", "peak_rss_mb")))
+        f"{k} {v:.2f}" for k, v in one["darefuse"].items() if k not in NOT_STAGES))
     print(f"SegResNet stages at {scale}x (median s): " + ", ".join(
-        f"{k} {v:.2f}" for k, v in one["segresnet"].items() if k not in ("wall", "peak_rss_mb")))
+        f"{k} {v:.2f}" for k, v in one["segresnet"].items() if k not in NOT_STAGES))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .matplotlib_setup import use_temporary_matplotlib_config
+
+    use_temporary_matplotlib_config()  # nothing written in the user's home folder
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

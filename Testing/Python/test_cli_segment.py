@@ -126,6 +126,9 @@ def test_other_grids_and_nan_voxels_are_recovered_and_reported(files, tmp_path, 
     report = json.loads((out / "report.json").read_text())
     assert any("1728 voxels" in w and "NaN or infinite" in w for w in report["warnings"])
     assert "NaN or infinite" in capsys.readouterr().err  # warnings are also shown
+    # Start-up: seconds from this process's start to the first window (benchmarks/bench_segment.py reports it).
+    if inference.process_age_s() is not None:
+        assert 0 < report["timings_s"]["first_window_s"] < inference.process_age_s()
     # Slicer's reader re-orders the slices of the RAI file (same voxels in space): its node is RAS.
     assert report["inputs"]["flair"]["resampled_to_reference"] and report["inputs"]["flair"]["orientation"] == "RAS"
     assert report["inputs"]["t1"]["orientation"] == "LPS" and not report["inputs"]["t1"]["resampled_to_reference"]

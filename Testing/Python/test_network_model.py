@@ -145,4 +145,32 @@ def test_forward_time_on_an_adult_brain_box(net):
             net(x, present)
         seconds = (time.perf_counter() - start) / 3
     print(f"\nDareFuseNet {count_parameters(net)} parameters; forward 1x4x80x96x80 on 2 threads: {seconds:.3f} s")
-    assert seconds < 5.0  # a regression guard only (10x the usual ~0.4 s); benchmarks/ measures speed
+    # A gross regression guard only (idle 2-core machine: ~4 s; up to ~7 s beside two training jobs);
+    # benchmarks/bench_segment.py measures speed.
+    assert seconds < 20.0
+
+
+def test_cards_without_the_new_settings_rebuild_the_original_wiring():
+    legacy = NetConfig().to_dict()
+    del legacy["stem_channels"], legacy["fusion"]
+    config = NetConfig.from_dict(legacy)
+    assert (config.stem_channels, config.fusion) == (0, "mean")
+    model = DareFuseNet(config)
+    assert model.stem is None and model.fuse1.mode == "mean" and model.bridge.fuse.mode == "mean"
+    assert NetConfig().fusion == "concat" and DareFuseNet(NetConfig()).stem is not None
+
+
+@pytest.mark.parametrize("mode", ["concat", "mean"])
+def test_fusion_ignores_a_missing_branch_and_keeps_both_otherwise(mode):
+    from DareFuseSlicerLib.network.blocks import GatedFusion
+
+    torch.manual_seed(0)
+    fuse = GatedFusion(8, mode).eval()
+    fa, fb = torch.randn(2, 8, 4, 4, 4), torch.randn(2, 8, 4, 4, 4)
+    on, off = torch.ones(2, 1), torch.zeros(2, 1)
+    with torch.no_grad():
+        alone = fuse(fa, fb, on, off)
+        assert torch.allclose(alone, fuse(fa, fb * 7 + 3, on, off), atol=1e-6)
+        assert not torch.allclose(fuse(fa, fb, on, on), fuse(fa, -fb, on, on), atol=1e-3)
+    with pytest.raises(ValueError, match="fusion"):
+        GatedFusion(8, "sum")

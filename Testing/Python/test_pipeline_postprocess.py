@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from DareFuseSlicerLib.pipeline.postprocess import PostprocessConfig, postprocess, volumes_ml
+from DareFuseSlicerLib.pipeline.postprocess import PostprocessConfig, config_for_card, postprocess, volumes_ml
 
 NO_ET_RULE = PostprocessConfig(et_to_netc_ml=0.0)
 
@@ -81,3 +81,18 @@ def test_regions_only_shrink_and_the_result_is_stable(label, voxel_ml, fully_con
         assert not (after & ~before).any()  # nothing is added to a region
     assert set(np.unique(out)) <= {0, 1, 2, 3}
     assert (postprocess(out, voxel_ml, config) == out).all()
+
+
+def test_thresholds_come_from_the_model_card_when_it_has_them():
+    assert config_for_card({"architecture": "darefuse"}) == (PostprocessConfig(), "literature defaults")
+    tuned = {"postprocess": {"config": {"wt_min_ml": 2.0, "tc_min_ml": 0.0, "et_min_ml": 0.0, "et_to_netc_ml": 1.5,
+                                        "fully_connected": True}, "tuned_on": "data/val"}}
+    config, source = config_for_card(tuned)
+    assert config == PostprocessConfig(wt_min_ml=2.0, tc_min_ml=0.0, et_min_ml=0.0, et_to_netc_ml=1.5)
+    assert source == "tuned on data/val"
+    try:
+        PostprocessConfig.from_dict({"wt_min_ml": 1.0, "holes": 3})
+    except ValueError as error:
+        assert "holes" in str(error)
+    else:
+        raise AssertionError("an unknown setting must be refused")

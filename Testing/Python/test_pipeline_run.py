@@ -126,6 +126,20 @@ def test_run_gives_every_layer_on_the_reference_grid():
     assert result.inputs["reference"] == "t1" and result.settings["windows"] == 1
 
 
+def test_run_uses_the_post_processing_thresholds_of_the_model_card():
+    images = four_contrasts(lesion_mm=18.0)
+    model = tiny_model()
+    plain = run(images, model, outputs=("segmentation",), **FAST)
+    assert plain.settings["postprocess"]["source"] == "literature defaults"
+    assert sitk.GetArrayViewFromImage(plain.label).any()  # the untrained model labels something
+    # A card whose whole-tumour threshold exceeds the head removes every component.
+    model.card = {"postprocess": {"config": {"wt_min_ml": 1e6}, "tuned_on": "val"}}
+    strict = run(images, model, outputs=("segmentation",), **FAST)
+    assert strict.settings["postprocess"]["source"] == "tuned on val"
+    assert strict.settings["postprocess"]["wt_min_ml"] == 1e6
+    assert not sitk.GetArrayViewFromImage(strict.label).any() and strict.volumes_ml["WT"] == 0.0
+
+
 @pytest.mark.parametrize("given", [("flair",), ("t2", "flair"), ("t1ce",), ("t1", "t2")])
 def test_any_subset_of_contrasts_and_the_reference_rule(given):
     images = {name: image for name, image in four_contrasts().items() if name in given}

@@ -4,6 +4,7 @@ import pytest
 import SimpleITK as sitk
 
 from DareFuseSlicerLib.errors import InputError
+from DareFuseSlicerLib.pipeline import preprocess
 from DareFuseSlicerLib.pipeline.preprocess import prepare, resample_label_to_grid, to_input_units, to_reference
 
 
@@ -111,3 +112,34 @@ def test_label_resampling_keeps_volumes():
         ml_full = (label == value).sum() * 1e-3
         ml_low = (low == value).sum() * 8e-3
         assert abs(ml_low - ml_full) / ml_full < 0.1
+
+
+ROTATED = (np.cos(0.3), -np.sin(0.3), 0.0, np.sin(0.3), np.cos(0.3), 0.0, 0.0, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("size, spacing, centre_mm, direction", [
+    ((120, 100, 60), (0.5, 0.6, 1.0), (30.0, 28.0, 30.0), None),  # the brain in the middle
+    ((120, 100, 60), (0.5, 0.6, 1.0), (30.0, 28.0, 30.0), ROTATED),  # the grid oblique to the image
+    ((120, 100, 60), (0.5, 0.6, 1.0), (8.0, 50.0, 30.0), None),  # the box reaches past the image's faces
+    ((200, 200, 120), (0.25, 0.25, 0.5), (25.0, 25.0, 30.0), None),  # fine voxels: the widest kernel
+])
+def test_down_sampling_smooths_only_around_the_grid_with_the_same_values(size, spacing, centre_mm, direction):
+    brain, inside = ball_image(size=size, spacing=spacing, centre_mm=centre_mm, radius_mm=8.0, direction=direction)
+    grid = prepare({"t1": brain}).grid
+    # Texture everywhere, so that smoothing near a cut would differ from smoothing the whole image.
+    noise = sitk.GetImageFromArray(np.random.default_rng(0).normal(100.0, 30.0, inside.shape).astype(np.float32))
+    noise.CopyInformation(brain)
+    margin = preprocess.KERNEL_WIDTH // 2 + 2
+    assert preprocess._around(noise, grid, margin).GetNumberOfPixels() < noise.GetNumberOfPixels() / 2
+    whole = sitk.GetArrayFromImage(preprocess.resample(preprocess._anti_alias(noise, 2.0), grid))
+    fast = sitk.GetArrayFromImage(preprocess.down_sample(noise, grid, 2.0))
+    np.testing.assert_allclose(fast, whole, rtol=0.0, atol=1e-5 * np.abs(whole).max())
+
+
+def test_contrasts_on_the_reference_grid_are_taken_as_they_are():
+    t1, _ = ball_image(scale=300.0)
+    t2, _ = ball_image(scale=80.0, offset=5.0)
+    prep = prepare({"t1": t1, "t2": t2})
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(prep.resampled["t2"]), sitk.GetArrayFromImage(t2))
+    interpolated = sitk.GetArrayFromImage(preprocess.resample(t2, prep.reference))
+    np.testing.assert_allclose(sitk.GetArrayFromImage(prep.resampled["t2"]), interpolated, atol=1e-4)

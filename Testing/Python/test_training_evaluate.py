@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from DareFuseSlicerLib.network.model import DareFuseNet, NetConfig
-from DareFuseSlicerLib.network.store import save_model
+from DareFuseSlicerLib.network.store import load_model, save_model
+from DareFuseSlicerLib.pipeline.postprocess import PostprocessConfig, config_for_card
 from DareFuseSlicerLib.training.baseline import SegResNetBaseline
 from DareFuseSlicerLib.training.evaluate import (
     HD95_EMPTY_PENALTY,
@@ -74,7 +75,7 @@ def test_report_on_a_tiny_folder(tmp_path):
     base_path = tmp_path / "m" / "segresnet.safetensors"
     save_model(SegResNetBaseline(), base_path, {"training_command": "test", "seed": 0})
     json_path, md_path = run_evaluation(folder, [f"darefuse={net_path}", f"baseline={base_path}"], tmp_path / "report",
-                                        log=lambda *_: None, record=True)
+                                        tune=folder, log=lambda *_: None, record=True)
     report = json.loads(json_path.read_text())
     assert report["data"]["cases"] == 4
     dare, base = report["models"]["darefuse"], report["models"]["baseline"]
@@ -87,5 +88,8 @@ def test_report_on_a_tiny_folder(tmp_path):
     assert fp["cases"] == 1 and fp["with_prior"] >= 0.0 and fp["without_prior"] >= 0.0
     card = json.loads((tmp_path / "m" / "darefuse.card.json").read_text())
     assert card["metrics"]["held_out"]["post"] == dare["post"]
+    # The tuned thresholds go into the card, and the pipeline then uses them with this model.
+    assert card["postprocess"]["config"] == dare["postprocess"]["config"] and card["postprocess"]["tuned_on"] == str(folder)
+    assert config_for_card(load_model(net_path).card) == (PostprocessConfig(**dare["postprocess"]["config"]), f"tuned on {folder}")
     text = md_path.read_text()
     assert "| darefuse | none |" in text and "| baseline |" in text and "HD95" in text

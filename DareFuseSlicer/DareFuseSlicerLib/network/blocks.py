@@ -71,16 +71,24 @@ class Encoder(nn.Module):
 class GatedFusion(nn.Module):
     """Availability-gated fusion of the two encoders' features at one scale.
 
-    The mean over the available branches (a missing branch contributes nothing, whatever its features),
-    then a 1x1x1 convolution that re-mixes the channels. Works with one branch missing entirely.
+    "concat": the gated features of both branches side by side, then a learned 1x1x1 mix. Channel k of one
+    encoder has nothing to do with channel k of the other, so the branches keep their identity up to the mix
+    (with "mean" they did not, and darefuse-v2 never told enhancing tumour from oedema). "mean": the mean over
+    the available branches, then the mix (the models trained before the change). Either way a missing branch
+    contributes nothing, whatever its features, and one branch missing entirely works.
     """
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, mode: str = "concat"):
         super().__init__()
-        self.mix = Convolution(3, channels, channels, kernel_size=1, norm=NORM, act=ACT)
+        if mode not in ("concat", "mean"):
+            raise ValueError(f"fusion mode must be concat or mean, got {mode!r}")
+        self.mode = mode
+        self.mix = Convolution(3, channels * (2 if mode == "concat" else 1), channels, kernel_size=1, norm=NORM, act=ACT)
 
     def forward(self, fa: torch.Tensor, fb: torch.Tensor, ga: torch.Tensor, gb: torch.Tensor) -> torch.Tensor:
         ga, gb = broadcast(ga, fa), broadcast(gb, fb)
+        if self.mode == "concat":
+            return self.mix(torch.cat([ga * fa, gb * fb], 1))
         mean = (ga * fa + gb * fb) / (ga + gb).clamp_min(1.0)
         return self.mix(mean)
 
@@ -92,14 +100,14 @@ class CrossAttentionBridge(nn.Module):
     branch never injects information. Returns the availability-gated mean of the updated branches.
     """
 
-    def __init__(self, channels: int, heads: int):
+    def __init__(self, channels: int, heads: int, fusion: str = "concat"):
         super().__init__()
         self.norm_a = nn.LayerNorm(channels)
         self.norm_b = nn.LayerNorm(channels)
         # torch's MultiheadAttention rather than MONAI's CrossAttentionBlock, which needs einops in addition.
         self.a_from_b = nn.MultiheadAttention(channels, heads, batch_first=True)
         self.b_from_a = nn.MultiheadAttention(channels, heads, batch_first=True)
-        self.fuse = GatedFusion(channels)
+        self.fuse = GatedFusion(channels, fusion)
 
     def forward(self, fa: torch.Tensor, fb: torch.Tensor, ga: torch.Tensor, gb: torch.Tensor) -> torch.Tensor:
         shape = fa.shape

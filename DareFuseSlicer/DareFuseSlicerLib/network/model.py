@@ -5,7 +5,7 @@ Data flow (channel order t1, t1ce, t2, flair; a missing contrast is a zero chann
 
     x, present -> generator -> tumour_free;  difference = (x - tumour_free) * present   (the prior)
     encoder A <- t1, t1ce, their differences, their flags;  encoder B <- t2, flair, ...
-    skips: availability-gated fusion at 1/2 and 1/4, the input and prior at full resolution;
+    skips: availability-gated fusion at 1/2 and 1/4, a residual block over input and prior at full resolution;
     bottleneck (1/8): bidirectional cross-attention
     refiner -> segmentation embedding -> U-SEG decoder -> Dirichlet evidence (bg, NETC, SNFH, ET)
             -> classification embedding + fused skips -> CPG -> class-evidence map (logits = its mean),
@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import (
+    ACT,
+    NORM,
     ClassEvidenceHead,
     CrossAttentionBridge,
     DomainAlignmentRefiner,
@@ -29,6 +31,7 @@ from .blocks import (
     LesionRemovalGenerator,
     USegDecoder,
 )
+from monai.networks.blocks import UnetResBlock
 
 #: Channels of each encoder branch (indices into constants.CONTRASTS): T1/T1ce and T2/FLAIR.
 BRANCHES = ((0, 1), (2, 3))
@@ -42,7 +45,11 @@ class NetConfig:
     n_labels: int = 4  # bg, NETC, SNFH, ET
     n_classes: int = 4  # constants.CLASSES
     encoder_channels: Tuple[int, int, int] = (16, 32, 96)  # 1/2, 1/4, 1/8 resolution
-    decoder_full_channels: int = 8  # the decoder's only full-resolution layer
+    decoder_full_channels: int = 8  # the decoder's full-resolution layer
+    # A residual block over the images and priors at full resolution, the decoder's finest skip (0: the raw
+    # images and priors, as before darefuse-v3: thin enhancing rims need more than one layer at 2 mm).
+    stem_channels: int = 8
+    fusion: str = "concat"  # blocks.GatedFusion
     generator_channels: Tuple[int, int, int] = (16, 32, 48)  # 1/2, 1/4, 1/8 resolution
     attention_heads: int = 4
     # The segmentation loss does not reach the generator through the prior: the prior stays a reconstruction.
@@ -57,6 +64,9 @@ class NetConfig:
         for key in ("encoder_channels", "generator_channels"):
             if key in known:
                 known[key] = tuple(known[key])
+        # Cards written before these settings existed describe the original wiring.
+        known.setdefault("stem_channels", 0)
+        known.setdefault("fusion", "mean")
         return cls(**known)
 
 
@@ -76,11 +86,16 @@ class DareFuseNet(nn.Module):
         # Per branch: 2 images + 2 differences + 2 availability flags.
         self.encoder_a = Encoder(6, channels)
         self.encoder_b = Encoder(6, channels)
-        self.fuse1 = GatedFusion(channels[0])
-        self.fuse2 = GatedFusion(channels[1])
-        self.bridge = CrossAttentionBridge(channels[2], config.attention_heads)
+        self.fuse1 = GatedFusion(channels[0], config.fusion)
+        self.fuse2 = GatedFusion(channels[1], config.fusion)
+        self.bridge = CrossAttentionBridge(channels[2], config.attention_heads, config.fusion)
         self.refiner = DomainAlignmentRefiner(channels[2])
-        self.decoder = USegDecoder(channels, config.decoder_full_channels, 2 * config.n_contrasts, config.n_labels)
+        full = 2 * config.n_contrasts
+        self.stem = None
+        if config.stem_channels:
+            self.stem = UnetResBlock(3, full, config.stem_channels, kernel_size=3, stride=1, norm_name=NORM, act_name=ACT)
+            full = config.stem_channels
+        self.decoder = USegDecoder(channels, config.decoder_full_channels, full, config.n_labels)
         self.classifier = ClassEvidenceHead(channels, config.n_classes)
 
     # -- forward ---------------------------------------------------------------------------------------
@@ -108,7 +123,10 @@ class DareFuseNet(nn.Module):
             features.append(encoder(torch.cat([x[:, idx], prior[:, idx], flags], 1)))
         (a1, a2, a3), (b1, b2, b3) = features
         ga, gb = gates
-        skips = [torch.cat([x, prior], 1), self.fuse1(a1, b1, ga, gb), self.fuse2(a2, b2, ga, gb)]
+        finest = torch.cat([x, prior], 1)
+        if self.stem is not None:
+            finest = self.stem(finest)
+        skips = [finest, self.fuse1(a1, b1, ga, gb), self.fuse2(a2, b2, ga, gb)]
         shared = self.bridge(a3, b3, ga, gb)
 
         seg_embedding, cls_embedding = self.refiner(shared)

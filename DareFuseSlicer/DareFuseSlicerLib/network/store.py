@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Callable, Dict, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -95,15 +95,18 @@ def read_card(path: PathLike) -> dict:
     return card
 
 
-def record_metrics(path: PathLike, key: str, metrics: dict) -> Path:
-    """Add measured metrics (e.g. a held-out evaluation) to a model's card under metrics[key]. The weights
-    are untouched, so the card's SHA256 stays valid; it is checked first, so a card never describes
-    weights other than its own."""
+def record_metrics(path: PathLike, key: str, metrics: dict, postprocess: Optional[dict] = None) -> Path:
+    """Add measured metrics (e.g. a held-out evaluation) to a model's card under metrics[key], and the
+    post-processing thresholds those metrics were measured with (card["postprocess"], which the pipeline
+    then uses). The weights are untouched, so the card's SHA256 stays valid; it is checked first, so a
+    card never describes weights other than its own."""
     path = Path(path)
     card = read_card(path)
     if sha256_of(path) != card["sha256"]:
         raise InputError(f"Model file {path} does not match its card's SHA256; not recording metrics for it.")
     card.setdefault("metrics", {})[key] = metrics
+    if postprocess is not None:
+        card["postprocess"] = postprocess
     target = card_path(path)
     target.write_text(json.dumps(card, indent=2, default=str) + "\n")
     return target

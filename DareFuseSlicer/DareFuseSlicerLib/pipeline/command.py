@@ -71,18 +71,18 @@ def _vtk_messages_kept_off_stderr() -> Iterator[None]:
     reports them once, as an InputError. The previous settings are restored afterwards (this may run inside
     a larger program). vtkLogger has no getter for the stderr level; with no log file open, the current
     cut-off is that level."""
-    import vtk
+    from vtkmodules.vtkCommonCore import vtkLogger, vtkOutputWindow, vtkStringOutputWindow
 
-    verbosity = vtk.vtkLogger.GetCurrentVerbosityCutoff()
-    window = vtk.vtkOutputWindow.GetInstance()
+    verbosity = vtkLogger.GetCurrentVerbosityCutoff()
+    window = vtkOutputWindow.GetInstance()
     window.Register(None)  # keep the previous instance alive while another one is installed
-    vtk.vtkOutputWindow.SetInstance(vtk.vtkStringOutputWindow())
-    vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_OFF)
+    vtkOutputWindow.SetInstance(vtkStringOutputWindow())
+    vtkLogger.SetStderrVerbosity(vtkLogger.VERBOSITY_OFF)
     try:
         yield
     finally:
-        vtk.vtkLogger.SetStderrVerbosity(verbosity)
-        vtk.vtkOutputWindow.SetInstance(window)
+        vtkLogger.SetStderrVerbosity(verbosity)
+        vtkOutputWindow.SetInstance(window)
         window.UnRegister(None)
 
 
@@ -106,10 +106,11 @@ def check_inputs(paths: Dict[str, Optional[str]]) -> Dict[str, str]:
 # -- one case --------------------------------------------------------------------------------------------------
 def segment_case(paths: Dict[str, Optional[str]], output_dir, overwrite: bool = False, device: str = "cpu",
                  model_path=None, outputs=OUTPUTS, progress: Optional[Callable[[float, str], None]] = None,
-                 cancel: Optional[Callable[[], bool]] = None, logic=None) -> dict:
+                 cancel: Optional[Callable[[], bool]] = None, logic=None, threads: Optional[int] = None) -> dict:
     """Segment one case from files into `output_dir`; returns the report written as report.json.
 
     `logic` is a DareFuseLogic to reuse (its model stays loaded between cases); a new one when None.
+    `threads`: CPU threads for the network (torch.set_num_threads); None leaves torch's setting.
     Raises InputError for bad inputs, Cancelled when cancelled; either way nothing is written.
     """
     given = check_inputs(paths)
@@ -117,10 +118,8 @@ def segment_case(paths: Dict[str, Optional[str]], output_dir, overwrite: bool = 
 
     from ..logic import DareFuseLogic
     from ..scene import files
-    from .inference import resolve_device
     from .outputs import write_outputs
 
-    resolve_device(device)  # before minutes of work
     scene = files.new_scene()
     loading = time.perf_counter()
     try:
@@ -133,6 +132,12 @@ def segment_case(paths: Dict[str, Optional[str]], output_dir, overwrite: bool = 
                     raise InputError(f"--{contrast} {path} could not be read as a volume (damaged or "
                                      "unsupported file).") from None
         load_seconds = round(time.perf_counter() - loading, 3)
+        # torch and MONAI from here on (seconds of imports): a file that fails its header checks or that Slicer
+        # cannot read is reported without waiting for them.
+        _set_threads(threads)
+        from .inference import resolve_device
+
+        resolve_device(device)  # before minutes of work
         logic = logic or DareFuseLogic()
         processed = logic.process(**nodes, outputs=outputs, device=device, progress=progress, cancel=cancel,
                                   model_path=model_path)
@@ -166,9 +171,9 @@ def _summary(report: dict, output_dir) -> str:
 # -- handlers --------------------------------------------------------------------------------------------------
 def _segment(args) -> int:
     paths = {c: getattr(args, c) for c in CONTRASTS}
-    _set_threads(args.threads)
     report = segment_case(paths, args.output_dir, overwrite=args.overwrite, device=args.device,
-                          model_path=args.model, outputs=_outputs(args), progress=ConsoleProgress(quiet=args.quiet))
+                          model_path=args.model, outputs=_outputs(args), progress=ConsoleProgress(quiet=args.quiet),
+                          threads=args.threads)
     for warning in report["warnings"]:
         print(f"darefuse: warning: {warning}", file=sys.stderr)
     print(_summary(report, Path(args.output_dir)))

@@ -14,6 +14,7 @@ pass over the whole array (network.gradcam.gradcam_pp), as the class decision is
 from __future__ import annotations
 
 import math
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,6 +63,18 @@ def plan_windows(shape: Sequence[int], stride: int = 8, max_roi: Sequence[int] =
     return WindowPlan(roi, overlap, count_windows(shape, roi, overlap))
 
 
+def process_age_s() -> Optional[float]:
+    """Seconds since this process started, from the kernel's record of its start time (Linux, 10 ms
+    resolution); None where that is not available. The start-up time of a run counts from here."""
+    try:
+        with open("/proc/self/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()  # the command name (field 2) may hold spaces
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime: clock ticks after boot
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - started
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
 @contextmanager
 def gradients_only_for(model: torch.nn.Module, layers: List[torch.nn.Module]) -> Iterator[None]:
     """Freeze every parameter but those of `layers` for the duration: autograd then records (and Grad-CAM
@@ -101,6 +114,7 @@ class WindowPredictor:
         self.done = 0
         self.seconds_per_window: List[float] = []
         self.gradcam_seconds = 0.0  # Grad-CAM++'s own share (backward and maps), beyond the forward pass
+        self.first_window_s: Optional[float] = None  # process_age_s() when the first window started
 
     def _forward(self, windows: torch.Tensor, present: torch.Tensor) -> Dict[str, torch.Tensor]:
         if self.autocast_dtype is None:
@@ -145,6 +159,8 @@ class WindowPredictor:
     def __call__(self, windows: torch.Tensor) -> Dict[str, torch.Tensor]:
         if self.cancel is not None and self.cancel():
             raise Cancelled()
+        if self.first_window_s is None:
+            self.first_window_s = process_age_s()
         start = time.perf_counter()
         present = self.present.to(windows.device).expand(windows.shape[0], -1)
         if self.gradcam:

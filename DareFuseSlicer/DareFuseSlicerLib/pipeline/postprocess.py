@@ -8,13 +8,14 @@ relabelled as NETC, as nnU-Net does for BraTS: a few false-positive ET voxels co
 Thresholds are in mL, so that they mean the same on any voxel size. Defaults from the literature
 (shared/notes/anchors.md): the BraTS 2023 winner drops components under WT 250 / TC 150 / ET 100 voxels of
 1 mm^3; nnU-Net (BraTS 2020) chose its ET-to-NETC threshold by cross-validation, of the order of 500 voxels.
-These are starting points; `darefuse evaluate` tunes them on validation data.
+These are starting points: `darefuse evaluate --tune VAL --record` chooses them on validation data and writes
+them into the model's card, and the pipeline then uses the card's thresholds (`config_for_card`).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -34,6 +35,27 @@ class PostprocessConfig:
 
     def as_dict(self) -> Dict[str, float]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, float]) -> "PostprocessConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown post-processing settings {unknown}")
+        return cls(**values)
+
+
+#: Where a model card keeps the thresholds chosen for it on validation data.
+CARD_KEY = "postprocess"
+
+
+def config_for_card(card: Optional[dict]) -> Tuple[PostprocessConfig, str]:
+    """The thresholds to use with a model and where they come from: the card's tuned ones when it has them,
+    else the literature defaults (a user model whose card was never tuned)."""
+    tuned = (card or {}).get(CARD_KEY)
+    if not tuned:
+        return PostprocessConfig(), "literature defaults"
+    return PostprocessConfig.from_dict(tuned["config"]), f"tuned on {tuned.get('tuned_on') or 'validation data'}"
 
 
 def _small_components(mask: np.ndarray, min_voxels: int, fully_connected: bool) -> np.ndarray:

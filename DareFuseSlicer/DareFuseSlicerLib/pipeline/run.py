@@ -20,7 +20,7 @@ from ..constants import CLASSES, CONTRASTS
 from ..errors import Cancelled, InputError
 from . import preprocess
 from .inference import WindowPlan, infer, resolve_device
-from .postprocess import PostprocessConfig, postprocess, volumes_ml
+from .postprocess import PostprocessConfig, config_for_card, postprocess, volumes_ml
 from .validate import OUTPUTS, brain_plausibility, check_images, check_outputs
 
 ProgressFn = Callable[[float, str], None]
@@ -49,7 +49,7 @@ class PipelineResult:
     class_probabilities: Dict[str, float]
     volumes_ml: Dict[str, float]  # NETC, SNFH, ET, WT, TC
     warnings: List[str]
-    timings: Dict[str, float]  # seconds per stage, plus "total"
+    timings: Dict[str, float]  # seconds per stage, plus "total" and "first_window_s" (process start to window 1)
     inputs: Dict[str, dict]  # contrast -> what was given (geometry, type, resampled or not); "reference"
     low_confidence: bool = False  # the input does not look like a brain MR image (reasons in warnings)
     display_image: Optional[sitk.Image] = None  # the contrast shown beneath overlays, on the reference grid
@@ -135,7 +135,7 @@ def _argmax(probabilities: List[np.ndarray]) -> np.ndarray:
 
 def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs: Iterable[str] = OUTPUTS,
         device: str = "cpu", progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
-        spacing_mm: float = 2.0, postprocess_config: PostprocessConfig = PostprocessConfig(),
+        spacing_mm: float = 2.0, postprocess_config: Optional[PostprocessConfig] = None,
         plan: Optional[WindowPlan] = None, labels: Optional[Dict[str, str]] = None) -> PipelineResult:
     """Segment, measure and explain one case.
 
@@ -144,10 +144,15 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
     outputs: which optional layers to compute, among OUTPUTS. The class and volumes are always computed.
     progress(fraction, message), cancel() -> bool: cancel raises errors.Cancelled between stages and between
     sliding windows. labels: how to name each input in messages (e.g. "--t1 path"); defaults to "T1", ...
+    postprocess_config: None uses the thresholds in the model's card (tuned on validation data), else defaults.
     Raises InputError for unusable inputs (validate.py lists them), Cancelled when cancelled.
     """
     wanted = check_outputs(outputs)
     torch_device = resolve_device(device)
+    if postprocess_config is None:
+        postprocess_config, postprocess_source = config_for_card(getattr(model, "card", None))
+    else:
+        postprocess_source = "given by the caller"
     stage_names = ["validate", "preprocess", "network", "segmentation"]
     stage_names += [n for n in ("uncertainty", "prior", "gradcam") if n in wanted]
     stages = _Stages(stage_names, progress, cancel)
@@ -166,6 +171,8 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
         class_probabilities = model.class_probabilities(out)[0].double().numpy()
     # Grad-CAM++ computed within the network's pass is booked as Grad-CAM++, not as network time.
     stages.timings["network"] = round(stages.timings["network"] - predictor.gradcam_seconds, 3)
+    if predictor.first_window_s is not None:  # start-up: process start to the first window (not a stage)
+        stages.timings["first_window_s"] = round(predictor.first_window_s, 3)
     shared_gradcam = out.pop("gradcam", None)
 
     predicted_index = int(np.argmax(class_probabilities))
@@ -262,6 +269,6 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
             "outputs": sorted(wanted),
             "display_contrast": display_name_,
             "mean_uncertainty_in_brain": round(mean_uncertainty, 4),
-            "postprocess": postprocess_config.as_dict(),
+            "postprocess": {**postprocess_config.as_dict(), "source": postprocess_source},
         },
     )

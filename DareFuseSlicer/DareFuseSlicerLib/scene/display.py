@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import numpy as np
-import vtk
+from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
 import slicer
 
@@ -150,7 +150,7 @@ def views_state(scene: slicer.vtkMRMLScene) -> list:
                                   composite.GetForegroundOpacity(), composite.GetLabelVolumeID())))
     for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
         slice_node = scene.GetNthNodeByClass(index, "vtkMRMLSliceNode")
-        matrix = vtk.vtkMatrix4x4()
+        matrix = vtkMatrix4x4()
         matrix.DeepCopy(slice_node.GetSliceToRAS())
         state.append((slice_node, matrix))
     selection = scene.GetFirstNodeByClass("vtkMRMLSelectionNode")
@@ -184,6 +184,6 @@ def label_centre_ras(label_array: np.ndarray, node: slicer.vtkMRMLVolumeNode) ->
     # centre of mass from the axis projections: no index array of every tumour voxel
     zyx = [float((np.arange(mask.shape[axis]) * mask.sum(axis=tuple(a for a in range(3) if a != axis))).sum())
            / count for axis in range(3)]
-    matrix = vtk.vtkMatrix4x4()
+    matrix = vtkMatrix4x4()
     node.GetIJKToRASMatrix(matrix)
     return (volumes.numpy_matrix(matrix) @ np.array([zyx[2], zyx[1], zyx[0], 1.0]))[:3]

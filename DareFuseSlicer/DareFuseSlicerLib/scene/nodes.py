@@ -11,8 +11,8 @@ import hashlib
 from typing import Optional
 
 import numpy as np
-import vtk
-from vtk.util import numpy_support
+from vtkmodules.util import numpy_support
+from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
 import slicer
 
@@ -37,7 +37,7 @@ def content_digest(node: slicer.vtkMRMLNode) -> str:
         view = numpy_support.vtk_to_numpy(scalars)  # no copy: the node's own voxels, hashed in place
         digest.update(f"{view.dtype}{image_data.GetDimensions()}{image_data.GetExtent()}".encode())
         digest.update(memoryview(np.ascontiguousarray(view)).cast("B"))
-    matrix = vtk.vtkMatrix4x4()
+    matrix = vtkMatrix4x4()
     node.GetIJKToRASMatrix(matrix)
     digest.update(np.round(volumes.numpy_matrix(matrix), 6).tobytes())
     return digest.hexdigest()

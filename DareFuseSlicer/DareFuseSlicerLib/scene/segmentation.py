@@ -20,7 +20,8 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
-import vtk
+from vtkmodules.vtkCommonCore import vtkIntArray, vtkStringArray
+from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
 import slicer
 
@@ -124,8 +125,8 @@ def labels_array(node: slicer.vtkMRMLSegmentationNode, reference: sitk.Image,
     A segment missing from the node contributes nothing; later names win where segments overlap.
     """
     segmentation = node.GetSegmentation()
-    ids = vtk.vtkStringArray()
-    values = vtk.vtkIntArray()
+    ids = vtkStringArray()
+    values = vtkIntArray()
     name_to_label = {segment_name: value for value, segment_name in LABELS.items()}
     for name in names:
         segment_id = segmentation.GetSegmentIdBySegmentName(name)
@@ -176,7 +177,7 @@ def segmentation_digest(node: slicer.vtkMRMLSegmentationNode) -> str:
             continue
         low, high = box
         crop = mask[low[0]:high[0], low[1]:high[1], low[2]:high[2]]
-        matrix = vtk.vtkMatrix4x4()
+        matrix = vtkMatrix4x4()
         representation.GetImageToWorldMatrix(matrix)
         first_ijk = np.array(representation.GetExtent()[::2], float) + low[::-1]
         first_ras = volumes.numpy_matrix(matrix) @ np.append(first_ijk, 1.0)

@@ -12,8 +12,9 @@ from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
-import vtk
-from vtk.util import numpy_support
+from vtkmodules.util import numpy_support
+from vtkmodules.vtkCommonDataModel import vtkImageData
+from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
 import slicer
 
@@ -32,15 +33,15 @@ def ijk_to_ras(image: sitk.Image) -> np.ndarray:
     return matrix
 
 
-def vtk_matrix(matrix: np.ndarray) -> vtk.vtkMatrix4x4:
-    result = vtk.vtkMatrix4x4()
+def vtk_matrix(matrix: np.ndarray) -> vtkMatrix4x4:
+    result = vtkMatrix4x4()
     for row in range(4):
         for column in range(4):
             result.SetElement(row, column, float(matrix[row, column]))
     return result
 
 
-def numpy_matrix(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
+def numpy_matrix(matrix: vtkMatrix4x4) -> np.ndarray:
     return np.array([[matrix.GetElement(row, column) for column in range(4)] for row in range(4)])
 
 
@@ -55,14 +56,14 @@ def set_geometry_from_ras(image: sitk.Image, matrix: np.ndarray) -> None:
     image.SetOrigin((LPS_TO_RAS @ matrix[:3, 3]).tolist())
 
 
-def image_data_from_array(array: np.ndarray) -> vtk.vtkImageData:
+def image_data_from_array(array: np.ndarray) -> vtkImageData:
     """A deep copy of a (z, y, x) array as vtkImageData (x varies fastest in both)."""
     if array.ndim != 3:
         raise ValueError(f"expected a 3-D (z, y, x) array, got shape {array.shape}")
     if array.dtype == bool:
         array = array.astype(np.uint8)
     array = np.ascontiguousarray(array)
-    image_data = vtk.vtkImageData()
+    image_data = vtkImageData()
     image_data.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
     scalars = numpy_support.numpy_to_vtk(array.ravel(), deep=True)
     scalars.SetName("ImageScalars")
@@ -70,7 +71,7 @@ def image_data_from_array(array: np.ndarray) -> vtk.vtkImageData:
     return image_data
 
 
-def array_from_image_data(image_data: vtk.vtkImageData) -> np.ndarray:
+def array_from_image_data(image_data: vtkImageData) -> np.ndarray:
     """A copy of vtkImageData's scalars as a (z, y, x) array."""
     scalars = image_data.GetPointData().GetScalars()
     dims = image_data.GetDimensions()
@@ -90,7 +91,7 @@ def image_to_volume_node(image: sitk.Image, name: str, label_map: bool = False) 
 
 def _world_ijk_to_ras(node: slicer.vtkMRMLVolumeNode, label: str) -> np.ndarray:
     """The node's IJK-to-RAS in world coordinates: a linear parent transform is applied, as Slicer displays it."""
-    matrix = vtk.vtkMatrix4x4()
+    matrix = vtkMatrix4x4()
     node.GetIJKToRASMatrix(matrix)
     result = numpy_matrix(matrix)
     transform = node.GetParentTransformNode()
@@ -100,7 +101,7 @@ def _world_ijk_to_ras(node: slicer.vtkMRMLVolumeNode, label: str) -> np.ndarray:
                 f"{label}: volume '{node.GetName()}' is under a non-linear transform; harden the transform first "
                 "(Transforms module) so the image can be resampled."
             )
-        to_world = vtk.vtkMatrix4x4()
+        to_world = vtkMatrix4x4()
         transform.GetMatrixTransformToWorld(to_world)
         result = numpy_matrix(to_world) @ result
     return result
@@ -134,7 +135,7 @@ def same_geometry(image: sitk.Image, node: slicer.vtkMRMLVolumeNode, tolerance: 
     image_data = node.GetImageData()
     if image_data is None or tuple(image_data.GetDimensions()) != tuple(image.GetSize()):
         return False
-    matrix = vtk.vtkMatrix4x4()
+    matrix = vtkMatrix4x4()
     node.GetIJKToRASMatrix(matrix)
     return bool(np.allclose(numpy_matrix(matrix), ijk_to_ras(image), atol=tolerance))
 

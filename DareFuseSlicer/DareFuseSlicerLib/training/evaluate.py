@@ -28,7 +28,7 @@ from monai.metrics import compute_dice, compute_hausdorff_distance
 from ..constants import BRATS_SUFFIX, CLASSES, CONTRASTS, REGIONS
 from ..errors import InputError
 from ..pipeline import preprocess
-from ..pipeline.postprocess import PostprocessConfig, postprocess
+from ..pipeline.postprocess import CARD_KEY, PostprocessConfig, config_for_card, postprocess
 from .dataset import read_rows
 
 #: BraTS convention for HD95 when exactly one of prediction and truth is empty (the image diagonal, mm).
@@ -322,10 +322,17 @@ class ModelScores:
         return report
 
 
+def _card_postprocess(card: dict) -> Tuple[PostprocessConfig, Optional[float], Optional[str]]:
+    config, _ = config_for_card(card)
+    tuned = card.get(CARD_KEY) or {}
+    return config, tuned.get("tuning_mean_dice"), tuned.get("tuned_on")
+
+
 def run_evaluation(data, models: Sequence[str], out, tune: Optional[str] = None, max_cases: Optional[int] = None,
                    device: Optional[str] = None, threads: int = 2, log=print, record: bool = False) -> Tuple[Path, Path]:
-    """Score every model (NAME=PATH or PATH) on `data`; writes OUT.json and OUT.md. record: also write the
-    summary into each model's card (metrics["held_out"]), as the bundled model's card quotes it."""
+    """Score every model (NAME=PATH or PATH) on `data`; writes OUT.json and OUT.md. Post-processing: thresholds
+    tuned on `tune` when given, else those of each model's card. record: also write the summary into each
+    model's card (metrics["held_out"], and the tuned thresholds, which the pipeline then uses)."""
     from ..network.store import load_model, record_metrics
 
     torch.set_num_threads(threads)
@@ -346,7 +353,9 @@ def run_evaluation(data, models: Sequence[str], out, tune: Optional[str] = None,
                 raw[name].append(_labelled_box(label, case.truth) + (voxel_ml,))
             del case
         log(f"tuned post-processing on {tune}")
-    configs = {name: tune_postprocessing(raw[name]) if tune else (PostprocessConfig(), None) for name, _, _ in loaded}
+    # Without tuning, each model is scored with the thresholds the pipeline would use with it (its card's).
+    configs = {name: tune_postprocessing(raw[name]) + (str(tune),) if tune else _card_postprocess(model.card)
+               for name, _, model in loaded}
 
     scorers = {name: ModelScores(model, configs[name][0], hasattr(model, "generator")) for name, _, model in loaded}
     for i, row in enumerate(rows):
@@ -361,7 +370,7 @@ def run_evaluation(data, models: Sequence[str], out, tune: Optional[str] = None,
         report["model"] = {"path": str(path), "architecture": model.card["architecture"],
                            "sha256": model.card["sha256"], "training_command": model.card.get("training_command"),
                            "labelled_fraction": model.card.get("training", {}).get("labelled_fraction")}
-        report["postprocess"] = {"config": configs[name][0].as_dict(), "tuned_on": str(tune) if tune else None,
+        report["postprocess"] = {"config": configs[name][0].as_dict(), "tuned_on": configs[name][2],
                                  "tuning_mean_dice": configs[name][1]}
         results[name] = report
         log(f"{name}: post Dice WT/TC/ET " + "/".join(f"{report['post'][r]['dice']:.3f}" for r in REGIONS))
@@ -385,7 +394,7 @@ def run_evaluation(data, models: Sequence[str], out, tune: Optional[str] = None,
                 "data": summary["data"], "report": str(json_path),
                 **{k: r[k] for k in ("raw", "post", "uncertainty", "postprocess", "cases")},
                 **{k: r[k] for k in ("classification", "false_positive_ml_tumour_free") if k in r},
-            })
+            }, postprocess=r["postprocess"] if r["postprocess"]["tuned_on"] else None)
     return json_path, md_path
 
 
