@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
+import sys
 import time
+from pathlib import Path
 
 T0 = time.perf_counter()
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "DareFuseSlicer"))
+from DareFuseSlicerLib.pipeline.process_stats import process_age_s  # noqa: E402 (standard library only)
 
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
@@ -20,16 +24,6 @@ import torch  # noqa: E402
 from monai.inferers import sliding_window_inference  # noqa: E402
 from monai.networks.nets import SegResNet  # noqa: E402
 from monai.transforms import NormalizeIntensity  # noqa: E402
-
-
-def process_age_s():
-    """Seconds since this process started (Linux; as DareFuseSlicerLib.pipeline.inference.process_age_s)."""
-    try:
-        with open("/proc/self/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
 
 
 def main() -> None:

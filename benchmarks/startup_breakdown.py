@@ -36,14 +36,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = r'''
 import json, os, sys, threading, time
 
-def process_age_s():  # as DareFuseSlicerLib.pipeline.inference.process_age_s
-    with open("/proc/self/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
-
-steps = {"interpreter (process start to first line)": [process_age_s(), time.process_time()]}
 mode, outputs, root = sys.argv[1], sys.argv[2], sys.argv[3]
 sys.path.insert(0, os.path.join(root, "DareFuseSlicer"))
+from DareFuseSlicerLib.pipeline.process_stats import process_age_s  # standard library only
+
+steps = {"interpreter (process start to first line)": [process_age_s(), time.process_time()]}
 
 def step(name, fn):
     wall, cpu = time.perf_counter(), time.process_time()

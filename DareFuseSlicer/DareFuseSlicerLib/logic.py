@@ -23,7 +23,6 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import numpy as np
 import SimpleITK as sitk
-from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
 import slicer
 
@@ -402,9 +401,8 @@ def check_input_node(node: Any, label: str) -> None:
 def node_geometry(node: slicer.vtkMRMLScalarVolumeNode) -> "validate.Geometry":
     """What pipeline.validate needs to know about a volume, read from the node without copying voxels."""
     image_data = node.GetImageData()
-    matrix = vtkMatrix4x4()
-    node.GetIJKToRASMatrix(matrix)
-    spacing = tuple(float(np.linalg.norm(volumes.numpy_matrix(matrix)[:3, axis])) for axis in range(3))
+    ijk_to_ras = volumes.node_ijk_to_ras(node)
+    spacing = tuple(float(np.linalg.norm(ijk_to_ras[:3, axis])) for axis in range(3))
     return validate.Geometry(tuple(image_data.GetDimensions()), spacing, image_data.GetNumberOfScalarComponents(),
                              image_data.GetScalarTypeAsString())
 

@@ -17,6 +17,7 @@ from DareFuseSlicerLib import cli
 from DareFuseSlicerLib.errors import Cancelled
 from DareFuseSlicerLib.pipeline import command, inference
 from DareFuseSlicerLib.pipeline.outputs import RESULT_FILES
+from DareFuseSlicerLib.pipeline.process_stats import process_age_s
 from pipeline_helpers import head, same_grid, save_tiny_model, write
 
 pytest.importorskip("slicer")
@@ -127,8 +128,8 @@ def test_other_grids_and_nan_voxels_are_recovered_and_reported(files, tmp_path, 
     assert any("1728 voxels" in w and "NaN or infinite" in w for w in report["warnings"])
     assert "NaN or infinite" in capsys.readouterr().err  # warnings are also shown
     # Start-up: seconds from this process's start to the first window (benchmarks/bench_segment.py reports it).
-    if inference.process_age_s() is not None:
-        assert 0 < report["timings_s"]["first_window_s"] < inference.process_age_s()
+    if process_age_s() is not None:
+        assert 0 < report["timings_s"]["first_window_s"] < process_age_s()
     # Slicer's reader re-orders the slices of the RAI file (same voxels in space): its node is RAS.
     assert report["inputs"]["flair"]["resampled_to_reference"] and report["inputs"]["flair"]["orientation"] == "RAS"
     assert report["inputs"]["t1"]["orientation"] == "LPS" and not report["inputs"]["t1"]["resampled_to_reference"]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from DareFuseSlicerLib.pipeline import inference
+from DareFuseSlicerLib.pipeline.process_stats import process_age_s
 
 MARK = time.perf_counter()  # this module's import: the process is at least this old
 
@@ -29,12 +30,12 @@ def test_a_bad_input_is_refused_before_torch_slicer_or_scipy_are_imported(tmp_pa
 
 
 def test_process_age_counts_from_the_process_start():
-    first = inference.process_age_s()
+    first = process_age_s()
     if first is None:
         pytest.skip("no /proc on this platform")
     assert first >= time.perf_counter() - MARK - 0.02  # 10 ms clock ticks
     time.sleep(0.05)
-    assert inference.process_age_s() - first >= 0.04
+    assert process_age_s() - first >= 0.04
 
 
 def test_the_predictor_notes_when_its_first_window_starts():

@@ -18,6 +18,7 @@ from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
+from monai.networks.blocks import UnetResBlock
 from torch import nn
 
 from .blocks import (
@@ -31,7 +32,6 @@ from .blocks import (
     LesionRemovalGenerator,
     USegDecoder,
 )
-from monai.networks.blocks import UnetResBlock
 
 #: Channels of each encoder branch (indices into constants.CONTRASTS): T1/T1ce and T2/FLAIR.
 BRANCHES = ((0, 1), (2, 3))

@@ -26,24 +26,13 @@ from ..errors import Cancelled, DareFuseError, InputError
 from . import validate
 from .validate import OUTPUTS
 from .outputs import check_output_dir
+from .process_stats import resident_mb
 
 BATCH_COLUMNS = ("case_id", "t1", "t1ce", "t2", "flair", "output_dir")
 DEMO_OUTPUT_DIR = "darefuse-demo"
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
-def resident_mb() -> float:
-    """Current resident memory of this process in MB (peak where the current value is not available)."""
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
-    except (OSError, ValueError, IndexError):
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
-        return peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6
-
-
 class ConsoleProgress:
     """progress(fraction, message) printing one line per new message on stderr (the report is on stdout)."""
 

@@ -14,7 +14,6 @@ pass over the whole array (network.gradcam.gradcam_pp), as the class decision is
 from __future__ import annotations
 
 import math
-import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 
 from ..errors import Cancelled, InputError
+from .process_stats import process_age_s
 
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
@@ -61,18 +61,6 @@ def plan_windows(shape: Sequence[int], stride: int = 8, max_roi: Sequence[int] =
     the bottleneck's instance normalisation needs more than one voxel (MONAI pads smaller inputs)."""
     roi = tuple(min(max(_round_up(int(s), stride), 2 * stride), int(m)) for s, m in zip(shape, max_roi))
     return WindowPlan(roi, overlap, count_windows(shape, roi, overlap))
-
-
-def process_age_s() -> Optional[float]:
-    """Seconds since this process started, from the kernel's record of its start time (Linux, 10 ms
-    resolution); None where that is not available. The start-up time of a run counts from here."""
-    try:
-        with open("/proc/self/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()  # the command name (field 2) may hold spaces
-        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime: clock ticks after boot
-        return time.clock_gettime(time.CLOCK_BOOTTIME) - started
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
 
 
 @contextmanager

@@ -184,6 +184,4 @@ def label_centre_ras(label_array: np.ndarray, node: slicer.vtkMRMLVolumeNode) ->
     # centre of mass from the axis projections: no index array of every tumour voxel
     zyx = [float((np.arange(mask.shape[axis]) * mask.sum(axis=tuple(a for a in range(3) if a != axis))).sum())
            / count for axis in range(3)]
-    matrix = vtkMatrix4x4()
-    node.GetIJKToRASMatrix(matrix)
-    return (volumes.numpy_matrix(matrix) @ np.array([zyx[2], zyx[1], zyx[0], 1.0]))[:3]
+    return (volumes.node_ijk_to_ras(node) @ np.array([zyx[2], zyx[1], zyx[0], 1.0]))[:3]

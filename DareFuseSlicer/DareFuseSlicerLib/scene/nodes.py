@@ -12,7 +12,6 @@ from typing import Optional
 
 import numpy as np
 from vtkmodules.util import numpy_support
-from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
 import slicer
 
@@ -37,9 +36,7 @@ def content_digest(node: slicer.vtkMRMLNode) -> str:
         view = numpy_support.vtk_to_numpy(scalars)  # no copy: the node's own voxels, hashed in place
         digest.update(f"{view.dtype}{image_data.GetDimensions()}{image_data.GetExtent()}".encode())
         digest.update(memoryview(np.ascontiguousarray(view)).cast("B"))
-    matrix = vtkMatrix4x4()
-    node.GetIJKToRASMatrix(matrix)
-    digest.update(np.round(volumes.numpy_matrix(matrix), 6).tobytes())
+    digest.update(np.round(volumes.node_ijk_to_ras(node), 6).tobytes())
     return digest.hexdigest()
 
 

@@ -45,6 +45,13 @@ def numpy_matrix(matrix: vtkMatrix4x4) -> np.ndarray:
     return np.array([[matrix.GetElement(row, column) for column in range(4)] for row in range(4)])
 
 
+def node_ijk_to_ras(node: slicer.vtkMRMLVolumeNode) -> np.ndarray:
+    """A volume node's own IJK-to-RAS as a 4x4 array (parent transforms not applied)."""
+    matrix = vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return numpy_matrix(matrix)
+
+
 def set_geometry_from_ras(image: sitk.Image, matrix: np.ndarray) -> None:
     """Give a SimpleITK image the geometry of an IJK-to-RAS matrix (spacing, direction and origin)."""
     lps = LPS_TO_RAS @ matrix[:3, :3]
@@ -91,9 +98,7 @@ def image_to_volume_node(image: sitk.Image, name: str, label_map: bool = False) 
 
 def _world_ijk_to_ras(node: slicer.vtkMRMLVolumeNode, label: str) -> np.ndarray:
     """The node's IJK-to-RAS in world coordinates: a linear parent transform is applied, as Slicer displays it."""
-    matrix = vtkMatrix4x4()
-    node.GetIJKToRASMatrix(matrix)
-    result = numpy_matrix(matrix)
+    result = node_ijk_to_ras(node)
     transform = node.GetParentTransformNode()
     if transform is not None:
         if not transform.IsTransformToWorldLinear():
@@ -135,9 +140,7 @@ def same_geometry(image: sitk.Image, node: slicer.vtkMRMLVolumeNode, tolerance: 
     image_data = node.GetImageData()
     if image_data is None or tuple(image_data.GetDimensions()) != tuple(image.GetSize()):
         return False
-    matrix = vtkMatrix4x4()
-    node.GetIJKToRASMatrix(matrix)
-    return bool(np.allclose(numpy_matrix(matrix), ijk_to_ras(image), atol=tolerance))
+    return bool(np.allclose(node_ijk_to_ras(node), ijk_to_ras(image), atol=tolerance))
 
 
 def add_volume(scene: slicer.vtkMRMLScene, image: sitk.Image, name: str,
