@@ -88,6 +88,25 @@ def test_bad_options_are_input_errors(tiny, tmp_path):
         train(_options(tiny, tmp_path / "x", epochs=None))
     with pytest.raises(InputError, match="--resume"):
         train(_options(tiny, tmp_path / "empty", resume=True))
+    with pytest.raises(InputError, match="--precision"):
+        train(_options(tiny, tmp_path / "x", precision="fp16"))
+
+
+def test_bf16_autocast_runs_in_bfloat16_and_keeps_float32_weights(tiny, tmp_path):
+    """--precision bf16: the forward pass computes in bfloat16 (seen on a convolution's output), the losses
+    stay finite, and the card records the precision; the saved weights are float32."""
+    from DareFuseSlicerLib.training.train import autocast
+
+    conv = torch.nn.Conv3d(4, 2, 3)
+    with autocast(torch.device("cpu"), "bf16"):
+        assert conv(torch.zeros(1, 4, 8, 8, 8)).dtype == torch.bfloat16
+    with autocast(torch.device("cpu"), "fp32"):
+        assert conv(torch.zeros(1, 4, 8, 8, 8)).dtype == torch.float32
+    path = train(_options(tiny, tmp_path / "bf16", precision="bf16"))
+    card = json.loads(card_path(path).read_text())
+    assert card["training"]["precision"] == "bf16" and "--precision bf16" in card["training_command"]
+    assert float(_rows(tmp_path / "bf16")[0]["train_total"]) > 0
+    assert all(v.dtype == torch.float32 for v in load_model(path).state_dict().values() if v.is_floating_point())
 
 
 @pytest.mark.slow

@@ -32,6 +32,8 @@ def register(subparsers) -> None:
     train.add_argument("--prior-dropout", type=float, default=0.2)
     train.add_argument("--max-cases", type=int, help="use only the first N cases of DATA")
     train.add_argument("--val-cases", type=int, default=12, help="validation cases scored after each epoch")
+    train.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                       help="bf16: forward passes under bfloat16 autocast (about 2x faster on CPUs with AMX)")
     train.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     train.set_defaults(handler=_train)
 
@@ -61,7 +63,7 @@ def _train(args: argparse.Namespace) -> int:
         labelled_fraction=args.labelled_fraction, resume=args.resume, arch=args.arch, device=args.device,
         roi=tuple(args.roi), batch_size=args.batch_size, lr=args.lr, cache=args.cache, threads=args.threads,
         contrast_dropout=args.contrast_dropout, prior_dropout=args.prior_dropout, max_cases=args.max_cases,
-        val_cases=args.val_cases,
+        val_cases=args.val_cases, precision=args.precision,
         progress=not args.no_progress,
     )
     path = train(options)
