@@ -44,7 +44,7 @@ TERMINOLOGY_FILE = os.path.join(MODULE_DIR, "Resources", "Terminology", "DareFus
 REQUIREMENTS_FILE = os.path.join(MODULE_DIR, "Resources", "requirements.txt")
 #: Minimum whole-tumour Dice of the bundled model on the bundled sample case (the self-test's pass mark).
 #: The lead sets it from the measured figure of the released model (`darefuse demo` prints it), minus a margin.
-SAMPLE_WT_DICE_MINIMUM = 0.70  # measured 0.727 with the bundled darefuse-v3 (README, model card)
+SAMPLE_WT_DICE_MINIMUM = 0.80  # measured 0.856 with the bundled darefuse-v4 (README, model card)
 
 
 if IN_SLICER_APP:
@@ -383,10 +383,13 @@ class DareFuseSlicerTest(_TestBase):
         truth = sitk.ReadImage(str(paths["seg"]))
         predicted = segmentation.labels_array(seg, truth)
         expected = sitk.GetArrayFromImage(truth)
-        overlap = np.count_nonzero((predicted > 0) & (expected > 0))
-        dice = 2.0 * overlap / max(np.count_nonzero(predicted > 0) + np.count_nonzero(expected > 0), 1)
-        self._say(f"Whole-tumour Dice on the sample case: {dice:.3f}")
-        self.assertGreaterEqual(dice, SAMPLE_WT_DICE_MINIMUM)
+        regions = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}  # the BraTS regions of labels 1 NETC, 2 SNFH, 3 ET
+        scores = {}
+        for name, labels in regions.items():
+            p, t = np.isin(predicted, labels), np.isin(expected, labels)
+            scores[name] = 2.0 * np.count_nonzero(p & t) / max(np.count_nonzero(p) + np.count_nonzero(t), 1)
+        self._say("Dice on the sample case: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+        self.assertGreaterEqual(scores["WT"], SAMPLE_WT_DICE_MINIMUM)
 
         uncertainty = volumes.volume_array(outputs.nodes["uncertainty"])
         self.assertGreaterEqual(float(uncertainty.min()), 0.0)

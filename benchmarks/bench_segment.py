@@ -1,6 +1,6 @@
 """Issue 5: the whole `darefuse segment` run against a plain MONAI SegResNet segmentation, same case, same threads.
 
-    .venv/bin/python benchmarks/bench_segment.py --runs 3 [--scales 0.5 1 1.5] [--json out.json]
+    .venv/bin/python benchmarks/bench_segment.py --runs 3 [--scales 0.5 1 1.5] [--only darefuse] [--json out.json]
 
 Each run is its own process, so its peak resident memory (ru_maxrss) is its own. The case is the bundled
 BraTS-grid sample; the scaled versions resample it to 0.5x and 1.5x the voxel count (same field of view).
@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import SimpleITK as sitk
 
@@ -115,9 +116,10 @@ def median_of(runs: list) -> dict:
 NOT_STAGES = ("wall", "peak_rss_mb", "first_window_s", "cpu_user_s", "cpu_system_s")
 
 
-def startup(row: dict) -> str:
-    value = row.get("first_window_s")
-    return "n/a" if value is None else f"{value:.1f}"
+def cell(side: Optional[dict], key: str, spec: str = ".1f") -> str:
+    """A table cell: the median, or n/a where it was not measured (or that side was not run, --only)."""
+    value = None if side is None else side.get(key)
+    return "n/a" if value is None else format(value, spec)
 
 
 def main() -> None:
@@ -126,6 +128,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0])
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--only", choices=("darefuse", "segresnet"), help="run one side only (n/a for the other)")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
@@ -136,32 +139,34 @@ def main() -> None:
         paths = {k: sample_case_paths()[BRATS_SUFFIX[k]] for k in CONTRAST_KEYS}
         for scale in args.scales:
             case = scaled_case(paths, scale, folder)
-            ours_runs = [ours(case, args.threads, folder) for _ in range(args.runs)]
-            base_runs = [segresnet(case, args.threads, folder) for _ in range(args.runs)]
-            voxels = sitk.ReadImage(case["t1"]).GetNumberOfPixels()
-            results["scales"][str(scale)] = {"voxels": voxels, "darefuse": median_of(ours_runs),
-                                             "segresnet": median_of(base_runs), "runs": args.runs}
+            row = {"voxels": sitk.ReadImage(case["t1"]).GetNumberOfPixels(), "runs": args.runs}
+            for name, measure in (("darefuse", ours), ("segresnet", segresnet)):
+                if args.only in (None, name):
+                    row[name] = median_of([measure(case, args.threads, folder) for _ in range(args.runs)])
+            results["scales"][str(scale)] = row
 
     print(f"Machine: {results['machine']}; medians of {args.runs} runs per row.\n")
     print("| voxels | DareFuse whole run (s) | SegResNet plain (s) | ratio | DareFuse peak RSS (MB) | SegResNet peak RSS (MB) |")
     print("|---|---|---|---|---|---|")
     for scale, row in results["scales"].items():
-        d, s = row["darefuse"], row["segresnet"]
-        print(f"| {row['voxels']:,} ({scale}x) | {d['wall']:.1f} | {s['wall']:.1f} | {d['wall'] / s['wall']:.2f} "
-              f"| {d['peak_rss_mb']:.0f} | {s['peak_rss_mb']:.0f} |")
+        d, s = row.get("darefuse"), row.get("segresnet")
+        ratio = f"{d['wall'] / s['wall']:.2f}" if d and s else "n/a"
+        print(f"| {row['voxels']:,} ({scale}x) | {cell(d, 'wall')} | {cell(s, 'wall')} | {ratio} "
+              f"| {cell(d, 'peak_rss_mb', '.0f')} | {cell(s, 'peak_rss_mb', '.0f')} |")
     print("\n| voxels | start-up, process start to first window: DareFuse (s) | SegResNet plain (s) "
           "| DareFuse whole run CPU, user (s) | SegResNet whole run CPU, user (s) |")
     print("|---|---|---|---|---|")
     for scale, row in results["scales"].items():
-        d, s = row["darefuse"], row["segresnet"]
-        print(f"| {row['voxels']:,} ({scale}x) | {startup(d)} | {startup(s)} | {d['cpu_user_s']:.1f} "
-              f"| {s['cpu_user_s']:.1f} |")
+        d, s = row.get("darefuse"), row.get("segresnet")
+        print(f"| {row['voxels']:,} ({scale}x) | {cell(d, 'first_window_s')} | {cell(s, 'first_window_s')} "
+              f"| {cell(d, 'cpu_user_s')} | {cell(s, 'cpu_user_s')} |")
     scale = "1.0" if "1.0" in results["scales"] else next(iter(results["scales"]))
     one = results["scales"][scale]
-    print(f"\nDareFuse stages at {scale}x (median s): " + ", ".join(
-        f"{k} {v:.2f}" for k, v in one["darefuse"].items() if k not in NOT_STAGES))
-    print(f"SegResNet stages at {scale}x (median s): " + ", ".join(
-        f"{k} {v:.2f}" for k, v in one["segresnet"].items() if k not in NOT_STAGES))
+    print()
+    for name, label in (("darefuse", "DareFuse"), ("segresnet", "SegResNet")):
+        if name in one:
+            print(f"{label} stages at {scale}x (median s): " + ", ".join(
+                f"{k} {v:.2f}" for k, v in one[name].items() if k not in NOT_STAGES))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -26,7 +26,7 @@ from ..errors import Cancelled, DareFuseError, InputError
 from . import validate
 from .validate import OUTPUTS
 from .outputs import check_output_dir
-from .process_stats import resident_mb
+from .process_stats import resident_mb, unmap_large_blocks
 
 BATCH_COLUMNS = ("case_id", "t1", "t1ce", "t2", "flair", "output_dir")
 DEMO_OUTPUT_DIR = "darefuse-demo"
@@ -159,6 +159,7 @@ def _summary(report: dict, output_dir) -> str:
 
 # -- handlers --------------------------------------------------------------------------------------------------
 def _segment(args) -> int:
+    unmap_large_blocks()
     paths = {c: getattr(args, c) for c in CONTRASTS}
     report = segment_case(paths, args.output_dir, overwrite=args.overwrite, device=args.device,
                           model_path=args.model, outputs=_outputs(args), progress=ConsoleProgress(quiet=args.quiet),
@@ -264,6 +265,7 @@ def _batch(args) -> int:
         if not report_dir.is_dir():
             raise InputError(f"--report {args.report}: folder {report_dir} does not exist.")
     _set_threads(args.threads)
+    unmap_large_blocks()
     rows = run_batch(cases, overwrite=args.overwrite, device=args.device, model_path=args.model,
                      outputs=_outputs(args), quiet=args.quiet)
     if args.report:

@@ -32,8 +32,8 @@ RESULT_FILES = (
 #: Writes a file into the staging folder and returns the names it wrote (e.g. the .seg.nrrd and scene.mrb).
 ExtraWriter = Callable[[Path], Iterable[str]]
 #: Writing is gzip-bound and SimpleITK releases the GIL while it compresses, so the files are written in
-#: parallel threads. Measured on the BraTS-size sample (2 cores): 1 thread 6.0 s and 2.82 GB peak,
-#: 2 threads 5.1 s and 2.87 GB, 3 threads no faster and 2.90 GB.
+#: parallel threads. Measured on the BraTS-size sample (2 cores): 1 thread 6.0 s, 2 threads 5.1 s, 3 threads
+#: no faster; each thread added about 40 MB to the peak.
 WRITER_THREADS = 2
 
 

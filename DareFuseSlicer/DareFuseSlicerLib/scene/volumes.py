@@ -91,7 +91,7 @@ def image_to_volume_node(image: sitk.Image, name: str, label_map: bool = False) 
         raise ValueError(f"{name}: expected a 3-D single-component image")
     node = slicer.vtkMRMLLabelMapVolumeNode() if label_map else slicer.vtkMRMLScalarVolumeNode()
     node.SetName(name)
-    node.SetAndObserveImageData(image_data_from_array(sitk.GetArrayFromImage(image)))
+    node.SetAndObserveImageData(image_data_from_array(sitk.GetArrayViewFromImage(image)))  # one copy, not two
     node.SetIJKToRASMatrix(vtk_matrix(ijk_to_ras(image)))
     return node
 
