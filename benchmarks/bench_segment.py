@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "DareFuseSlicer"))
 
 from DareFuseSlicerLib.constants import BRATS_SUFFIX  # noqa: E402
 from DareFuseSlicerLib.phantoms import sample_case_paths  # noqa: E402
+from DareFuseSlicerLib.pipeline.process_stats import cpu_description  # noqa: E402
 
 CONTRAST_KEYS = ("t1", "t1ce", "t2", "flair")
 
@@ -132,7 +133,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
-    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    results = {"machine": f"{cpu_description()}, {os.cpu_count()} cores, "
                           f"{args.threads} threads, Python {platform.python_version()}", "scales": {}}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

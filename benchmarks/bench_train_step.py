@@ -17,6 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "DareFuseSlicer"))
 from DareFuseSlicerLib.network.losses import DareFuseLoss  # noqa: E402
 from DareFuseSlicerLib.network.model import DareFuseNet, NetConfig  # noqa: E402
+from DareFuseSlicerLib.pipeline.process_stats import cpu_description  # noqa: E402
 from DareFuseSlicerLib.training.train import _float32, autocast  # noqa: E402
 
 
@@ -51,6 +52,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print(cpu_description())
     print(f"{args.threads} thread(s), batch {args.batch_size} of {tuple(args.roi)}; median of {args.steps - 1} steps after one warm-up")
     medians = {}
     for precision in ("fp32", "bf16"):

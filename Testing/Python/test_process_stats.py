@@ -30,3 +30,15 @@ def test_freed_large_blocks_are_returned_to_the_system():
         pytest.skip("no glibc mallopt on this platform")
     assert done.returncode == 0, done.stderr
     assert float(done.stdout) > 150  # of the 210 MB freed
+
+
+def test_cpu_description_names_the_model_and_hardware_bf16(tmp_path):
+    from DareFuseSlicerLib.pipeline.process_stats import cpu_description
+    cpu = "processor\t: {n}\nmodel name\t: Intel(R) Xeon(R)  Platinum 8480+\nflags\t\t: fpu avx512f {flags}\n"
+    with_amx = tmp_path / "amx"
+    with_amx.write_text(cpu.format(n=0, flags="avx512_bf16 amx_bf16 amx_tile") + "\n" + cpu.format(n=1, flags=""))
+    without = tmp_path / "plain"
+    without.write_text(cpu.format(n=0, flags="avx512_vnni"))
+    assert cpu_description(str(with_amx)) == "Intel(R) Xeon(R) Platinum 8480+, bf16 in hardware: amx_bf16 and avx512_bf16"
+    assert cpu_description(str(without)) == "Intel(R) Xeon(R) Platinum 8480+, bf16 in hardware: no"
+    assert "bf16" not in cpu_description(str(tmp_path / "missing"))

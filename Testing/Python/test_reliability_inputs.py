@@ -6,7 +6,7 @@ pixel types and check that every output comes back on the reference grid with va
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from DareFuseSlicerLib.errors import InputError
@@ -58,6 +58,17 @@ def test_a_four_d_file_with_one_volume_is_recovered_with_a_warning():
     recovered, warnings = validate.check_image("T1", four_d)
     assert recovered.GetDimension() == 3 and same_grid(recovered, three_d)
     assert "4-D with a single volume" in warnings[0]
+
+
+def test_subnormal_direction_cosines_are_set_to_zero_on_a_copy():
+    image = head(spacing=(1.0, 1.0, 1.0), direction=[1.0, -2e-313, 0.0, 2e-313, 1.0, 0.0, 0.0, 0.0, 1.0])
+    assert np.isnan(image.TransformPhysicalPointToContinuousIndex([0.0, 0.0, 0.0])).all()  # ITK's own failure
+    checked, warnings = validate.check_image("T2", image)
+    assert checked.GetDirection() == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0) and not warnings
+    assert np.isfinite(checked.TransformPhysicalPointToContinuousIndex([0.0, 0.0, 0.0])).all()
+    assert image.GetDirection()[1] == -2e-313  # the caller's image is unchanged
+    result = run({"t2": image}, tiny_model(), outputs={"segmentation"}, **FAST)
+    assert same_grid(result.label, image) and result.class_probabilities
 
 
 def test_label_maps_constant_and_empty_images_are_refused():
@@ -161,6 +172,9 @@ def _direction(permutation, flips, angle):
        angle=st.floats(-0.6, 0.6),
        pixel_type=st.sampled_from(PIXEL_TYPES),
        second=st.booleans())
+# Found by CI: a 14 mm object whose voxels all fell between the 4 mm grid's nearest-neighbour samples.
+@example(size=(6, 6, 6), spacing=(3.0, 3.0, 3.5), permutation=[0, 2, 1], flips=(False, False, False), angle=2.2250738585e-313,
+         pixel_type=sitk.sitkUInt8, second=False)
 def test_outputs_are_on_the_reference_grid_for_any_geometry_and_type(size, spacing, permutation, flips, angle,
                                                                        pixel_type, second):
     radii = [0.4 * n * s for n, s in zip(size, spacing)]

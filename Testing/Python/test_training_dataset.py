@@ -114,6 +114,37 @@ def test_cache_is_reused_and_rebuilt_when_stale(tiny, tmp_path):
     assert first[0].stat().st_mtime_ns != stamps[0] and first[1].stat().st_mtime_ns == stamps[1]
 
 
+def test_two_runs_can_fill_one_cache_at_once(tiny, tmp_path, monkeypatch):
+    # Both writers finish their temporary files before either moves its own into place.
+    import threading
+    from DareFuseSlicerLib.training import dataset
+    both_written = threading.Barrier(2, timeout=60)
+    savez = np.savez
+
+    def savez_then_wait(*args, **kwargs):
+        savez(*args, **kwargs)
+        both_written.wait()
+
+    monkeypatch.setattr(dataset.np, "savez", savez_then_wait)
+    rows = read_rows(tiny)[:1]
+    results, errors = [], []
+
+    def build():
+        try:
+            results.append(build_cache(tiny, tmp_path / "cache", rows=rows))
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(results) == 2
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [f"{rows[0]['case_id']}.npz"]
+    assert load_cases(results[0])[0].label.shape == load_cases(results[1])[0].label.shape
+
+
 def test_missing_manifest_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="manifest.csv"):
         build_cache(tmp_path, tmp_path / "cache")

@@ -35,6 +35,23 @@ def resident_mb() -> float:
         return peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6
 
 
+def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model and whether it does bfloat16 matrix work in hardware (AMX or AVX512-BF16), which
+    decides whether bf16 training is faster than fp32 on it; the platform's name where /proc is missing."""
+    import platform
+
+    try:
+        with open(cpuinfo) as info:
+            first_cpu = info.read().split("\n\n")[0]
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first_cpu.splitlines())}
+    model = " ".join(fields.get("model name", platform.machine()).split())
+    flags = set(fields.get("flags", "").split())
+    bf16 = [name for name in ("amx_bf16", "avx512_bf16") if name in flags]
+    return f"{model}, bf16 in hardware: {' and '.join(bf16) if bf16 else 'no'}"
+
+
 #: glibc's mallopt parameter for the size from which an allocation gets its own mapping.
 M_MMAP_THRESHOLD = -3
 

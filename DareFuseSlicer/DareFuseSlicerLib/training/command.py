@@ -33,7 +33,8 @@ def register(subparsers) -> None:
     train.add_argument("--max-cases", type=int, help="use only the first N cases of DATA")
     train.add_argument("--val-cases", type=int, default=12, help="validation cases scored after each epoch")
     train.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                       help="bf16: forward passes under bfloat16 autocast (about 2x faster on CPUs with AMX)")
+                       help="bf16: forward passes under bfloat16 autocast (a step 0.64x as long on a CPU with AMX, "
+                            "1.5x as long on one without bfloat16 in hardware: benchmarks/bench_train_step.py)")
     train.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     train.set_defaults(handler=_train)
 

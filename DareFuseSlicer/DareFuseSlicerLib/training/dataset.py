@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -137,8 +138,11 @@ def build_cache(folder, cache_dir, progress=None, rows: Optional[List[dict]] = N
             fresh = False
         if not fresh:
             arrays = preprocess_case(folder, row)
-            tmp = path.with_suffix(".tmp.npz")
-            np.savez(tmp, key=np.array(key), **arrays)
+            # A temporary file of its own: two training runs may fill one cache at the same time.
+            with tempfile.NamedTemporaryFile(dir=cache_dir, prefix=f"{row['case_id']}.", suffix=".tmp.npz",
+                                             delete=False) as handle:
+                tmp = Path(handle.name)
+                np.savez(handle, key=np.array(key), **arrays)
             tmp.replace(path)  # atomic: a killed run leaves no half-written cache file
         paths.append(path)
         if progress is not None:
