@@ -19,14 +19,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "DareFuseSlicer"))
 from DareFuseSlicerLib.pipeline.process_stats import process_age_s  # noqa: E402 (standard library only)
 
 import numpy as np  # noqa: E402
-import SimpleITK as sitk  # noqa: E402
 import torch  # noqa: E402
 from monai.inferers import sliding_window_inference  # noqa: E402
 from monai.networks.nets import SegResNet  # noqa: E402
 from monai.transforms import NormalizeIntensity  # noqa: E402
 
 
+#: The MONAI BraTS bundle's inferer: window and overlap (sw_batch_size 1).
+ROI = (240, 240, 160)
+OVERLAP = 0.5
+
+
+def bundle_segresnet() -> torch.nn.Module:
+    """MONAI's SegResNet as the BraTS bundle configures it, random weights, in eval mode."""
+    return SegResNet(blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1), init_filters=16, in_channels=4,
+                     out_channels=3, dropout_prob=0.2).eval()
+
+
 def main() -> None:
+    import SimpleITK as sitk  # here, not above: bench_network_device.py imports this file where it is missing
+
     parser = argparse.ArgumentParser()
     for name in ("t1", "t1ce", "t2", "flair"):
         parser.add_argument(f"--{name}", required=True)
@@ -46,8 +58,7 @@ def main() -> None:
     timings["normalise"] = time.perf_counter() - t
 
     # The MONAI BraTS bundle's network and inferer (roi 240x240x160, overlap 0.5, sw_batch_size 1).
-    model = SegResNet(blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1), init_filters=16, in_channels=4,
-                      out_channels=3, dropout_prob=0.2).eval()
+    model = bundle_segresnet()
 
     def predictor(window):  # the model, with the start of the first window noted (start-up, as DareFuse's)
         timings.setdefault("first_window_s", process_age_s())
@@ -55,8 +66,8 @@ def main() -> None:
 
     t = time.perf_counter()
     with torch.inference_mode():
-        logits = sliding_window_inference(x, roi_size=(240, 240, 160), sw_batch_size=1, predictor=predictor,
-                                          overlap=0.5)
+        logits = sliding_window_inference(x, roi_size=ROI, sw_batch_size=1, predictor=predictor,
+                                          overlap=OVERLAP)
     timings["network"] = time.perf_counter() - t
 
     t = time.perf_counter()

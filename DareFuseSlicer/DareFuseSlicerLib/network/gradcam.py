@@ -2,7 +2,8 @@
 
 pytorch-grad-cam calls `model(input_tensor)` and expects class scores, so a small wrapper binds the
 availability vector and maps the network's output dict to class logits. The maps of the target layers
-(1/2, 1/4, 1/8 resolution) are each up-sampled to the input size, normalised and averaged by the library.
+(1/2, 1/4, 1/8 resolution) are each brought to the finest layer's size, normalised and averaged by the
+library, then up-sampled to the input size here (`MultiScaleGradCAMPlusPlus`).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from pytorch_grad_cam import GradCAMPlusPlus
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
+from torch.nn import functional as F
 
 from ..constants import CLASSES
 from ..errors import InputError
@@ -26,6 +28,23 @@ class ClassScoreModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.class_logits(self.model(x, self.present))
+
+
+class MultiScaleGradCAMPlusPlus(GradCAMPlusPlus):
+    """pytorch-grad-cam's Grad-CAM++ whose per-layer maps meet at the finest target layer's size instead of
+    the input's. The library resizes each map with SciPy's cubic-spline zoom on the CPU: at the input's size
+    one window's pass with Grad-CAM++ took 1.20 s on an H200, at the finest layer's 0.25 s (docs/speed/).
+    `maps` then brings the mean map to the input's size by trilinear interpolation."""
+
+    def get_target_width_height(self, input_tensor: torch.Tensor):
+        finest = max((a.shape[2:] for a in self.activations_and_grads.activations), key=lambda s: int(np.prod(s)))
+        return tuple(int(v) for v in reversed(finest))  # the library's order: (x, y, z)
+
+    def maps(self, input_tensor: torch.Tensor, targets) -> np.ndarray:
+        """float32 (B, Z, Y, X) at the input's size, each in [0, 1] (the library's min-max scaling)."""
+        heat = torch.from_numpy(np.asarray(self(input_tensor=input_tensor, targets=targets), dtype=np.float32))
+        heat = F.interpolate(heat[:, None], size=tuple(input_tensor.shape[2:]), mode="trilinear", align_corners=False)
+        return heat[:, 0].numpy()
 
 
 def gradcam_pp(model: nn.Module, x: torch.Tensor, present: torch.Tensor, target_class) -> np.ndarray:
@@ -49,8 +68,9 @@ def gradcam_pp(model: nn.Module, x: torch.Tensor, present: torch.Tensor, target_
     model.eval()
     wrapper = ClassScoreModel(model, present)
     try:
-        with torch.enable_grad(), GradCAMPlusPlus(model=wrapper, target_layers=model.gradcam_target_layers()) as cam:
-            heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(target_class))])
+        with torch.enable_grad(), MultiScaleGradCAMPlusPlus(model=wrapper,
+                                                            target_layers=model.gradcam_target_layers()) as cam:
+            heat = cam.maps(x, [ClassifierOutputTarget(int(target_class))])
     finally:
         model.train(was_training)
         model.zero_grad(set_to_none=True)

@@ -112,9 +112,7 @@ class WindowPredictor:
         return {k: v.float() for k, v in out.items()}
 
     def _forward_with_gradcam(self, windows: torch.Tensor, present: torch.Tensor) -> Dict[str, torch.Tensor]:
-        from pytorch_grad_cam import GradCAMPlusPlus  # imported when Grad-CAM++ is asked for only
-
-        from ..network.gradcam import ClassScoreModel
+        from ..network.gradcam import ClassScoreModel, MultiScaleGradCAMPlusPlus  # imports pytorch-grad-cam
 
         predictor = self
 
@@ -132,8 +130,8 @@ class WindowPredictor:
         recorder = Recorder(self.model, present)
         start = time.perf_counter()
         with torch.enable_grad(), gradients_only_for(self.model, layers), \
-                GradCAMPlusPlus(model=recorder, target_layers=layers) as cam:
-            heat = cam(input_tensor=windows, targets=None)  # None: each window's predicted class
+                MultiScaleGradCAMPlusPlus(model=recorder, target_layers=layers) as cam:
+            heat = cam.maps(windows, None)  # None: each window's predicted class
         self.model.zero_grad(set_to_none=True)
         self.gradcam_seconds += time.perf_counter() - start - recorder.seconds
         # As network.gradcam.gradcam_pp: NaN-free, scaled so that the peak is 1.
@@ -178,16 +176,18 @@ def resolve_device(device: str) -> torch.device:
 
 
 def infer(model: torch.nn.Module, array: np.ndarray, present: np.ndarray, device: str = "cpu",
-          plan: Optional[WindowPlan] = None, sw_batch_size: int = 1, mixed_precision: bool = True,
+          plan: Optional[WindowPlan] = None, sw_batch_size: int = 1, mixed_precision: bool = False,
           gradcam: bool = False, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None
           ) -> Tuple[Dict[str, torch.Tensor], WindowPlan, WindowPredictor]:
     """Run the network over `array` (4, Z, Y, X) with availability `present` (4,).
 
     Returns the stitched output dict (tensors (1, C, ...) on the CPU, all at the input's size, the class-evidence
     map piecewise constant on 8x8x8 blocks, plus "gradcam" (1, 1, ...) when `gradcam` was asked for and the
-    plan has a single window), the window plan and the predictor (for its timings). Mixed precision (float16)
-    is used on a GPU only: on the CPU, bfloat16 autocast and channels-last were slower (3.5-4.1 s fp32 against 5.6-7.2 s bf16 for one
-    88x104x96 window, 2 threads, this project's CPU with AMX). Raises errors.Cancelled between windows.
+    plan has a single window), the window plan and the predictor (for its timings). fp32 by default: float16
+    autocast (`mixed_precision`, a GPU only) made one window slower on an H200 (0.115 against 0.094 s, and
+    0.62 against 0.25 s with Grad-CAM++; benchmarks/bench_network_device.py), and on the CPU bfloat16
+    autocast and channels-last were slower too (3.5-4.1 s fp32 against 5.6-7.2 s bf16 for one 88x104x96
+    window, 2 threads, a CPU with AMX). Raises errors.Cancelled between windows.
     """
     torch_device = resolve_device(device)
     plan = plan or plan_windows(array.shape[1:], getattr(model, "stride", 8))
