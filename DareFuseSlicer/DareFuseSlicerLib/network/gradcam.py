@@ -41,10 +41,13 @@ class MultiScaleGradCAMPlusPlus(GradCAMPlusPlus):
         return tuple(int(v) for v in reversed(finest))  # the library's order: (x, y, z)
 
     def maps(self, input_tensor: torch.Tensor, targets) -> np.ndarray:
-        """float32 (B, Z, Y, X) at the input's size, each in [0, 1] (the library's min-max scaling)."""
-        heat = torch.from_numpy(np.asarray(self(input_tensor=input_tensor, targets=targets), dtype=np.float32))
-        heat = F.interpolate(heat[:, None], size=tuple(input_tensor.shape[2:]), mode="trilinear", align_corners=False)
-        return heat[:, 0].numpy()
+        """float32 (B, Z, Y, X) at the input's size: NaN-free (before interpolation, so that none spreads),
+        each scaled so that its peak is 1 (all zeros where there is no evidence)."""
+        heat = np.nan_to_num(np.asarray(self(input_tensor=input_tensor, targets=targets), dtype=np.float32))
+        heat = F.interpolate(torch.from_numpy(heat)[:, None], size=tuple(input_tensor.shape[2:]), mode="trilinear",
+                             align_corners=False)[:, 0].numpy()
+        peak = heat.reshape(len(heat), -1).max(1).reshape(-1, 1, 1, 1)
+        return np.clip(np.divide(heat, peak, out=np.zeros_like(heat), where=peak > 0), 0.0, 1.0)
 
 
 def gradcam_pp(model: nn.Module, x: torch.Tensor, present: torch.Tensor, target_class) -> np.ndarray:
@@ -70,10 +73,7 @@ def gradcam_pp(model: nn.Module, x: torch.Tensor, present: torch.Tensor, target_
     try:
         with torch.enable_grad(), MultiScaleGradCAMPlusPlus(model=wrapper,
                                                             target_layers=model.gradcam_target_layers()) as cam:
-            heat = cam.maps(x, [ClassifierOutputTarget(int(target_class))])
+            return cam.maps(x, [ClassifierOutputTarget(int(target_class))])[0]
     finally:
         model.train(was_training)
         model.zero_grad(set_to_none=True)
-    heat = np.nan_to_num(np.asarray(heat[0], dtype=np.float32))
-    peak = float(heat.max())
-    return np.clip(heat / peak, 0.0, 1.0) if peak > 0 else heat

@@ -134,10 +134,6 @@ class WindowPredictor:
             heat = cam.maps(windows, None)  # None: each window's predicted class
         self.model.zero_grad(set_to_none=True)
         self.gradcam_seconds += time.perf_counter() - start - recorder.seconds
-        # As network.gradcam.gradcam_pp: NaN-free, scaled so that the peak is 1.
-        heat = np.nan_to_num(np.asarray(heat, dtype=np.float32))
-        peak = heat.reshape(len(heat), -1).max(1).reshape(-1, 1, 1, 1)
-        heat = np.clip(np.divide(heat, peak, out=np.zeros_like(heat), where=peak > 0), 0.0, 1.0)
         out = dict(recorder.outputs)
         out["gradcam"] = torch.from_numpy(heat)[:, None].to(windows.device)
         return out
