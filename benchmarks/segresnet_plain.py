@@ -57,7 +57,6 @@ def main() -> None:
     x = NormalizeIntensity(nonzero=True, channel_wise=True)(torch.from_numpy(array))[None]
     timings["normalise"] = time.perf_counter() - t
 
-    # The MONAI BraTS bundle's network and inferer (roi 240x240x160, overlap 0.5, sw_batch_size 1).
     model = bundle_segresnet()
 
     def predictor(window):  # the model, with the start of the first window noted (start-up, as DareFuse's)
