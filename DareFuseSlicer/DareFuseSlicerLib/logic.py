@@ -97,7 +97,7 @@ class DareFuseLogic:
     # ----------------------------------------------------------------------------------------------------------
     def process(self, t1=None, t1ce=None, t2=None, flair=None, outputs: Iterable[str] = OUTPUTS,
                 device: str = "cpu", progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
-                model_path=None) -> ProcessOutputs:
+                model_path=None, class_gate: bool = True) -> ProcessOutputs:
         """Segment, measure and explain the case given by up to four scalar volume nodes of one scene.
 
         t1, t1ce, t2, flair: vtkMRMLScalarVolumeNode or None; any non-empty subset. Outputs are on the grid of
@@ -108,12 +108,15 @@ class DareFuseLogic:
         progress(fraction, message) and cancel() -> bool: called during the run; a cancel raises
             errors.Cancelled and nothing is added.
         model_path: a .safetensors model with its card; the bundled model when None.
+        class_gate: False keeps the tumour segments even where the class head says no tumour with at least
+            the card's gate probability (which otherwise leaves them empty, with a warning).
         Returns ProcessOutputs (the new nodes and the report). Raises errors.InputError naming the input at fault.
         """
         prepared = self.prepare(t1=t1, t1ce=t1ce, t2=t2, flair=flair)
         wanted = validate.check_outputs(outputs)
         result, model_info = self.compute(prepared, wanted, device=device, progress=_scaled(progress, 0.0,
-                                          PIPELINE_SHARE), cancel=cancel, model_path=model_path)
+                                          PIPELINE_SHARE), cancel=cancel, model_path=model_path,
+                                          class_gate=class_gate)
         return self.commit(prepared, result, wanted, model_info=model_info, device=device,
                            progress=_scaled(progress, PIPELINE_SHARE, 1.0), cancel=cancel)
 
@@ -163,7 +166,7 @@ class DareFuseLogic:
 
     def compute(self, prepared: PreparedInputs, outputs: Iterable[str] = OUTPUTS, device: str = "cpu",
                 progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
-                model_path=None) -> Tuple[Any, dict]:
+                model_path=None, class_gate: bool = True) -> Tuple[Any, dict]:
         """Run the pipeline on the prepared images. Touches no node: safe in a worker thread.
 
         Returns (the pipeline's result, a description of the model: name, version, sha256, ...).
@@ -179,7 +182,7 @@ class DareFuseLogic:
         from .pipeline.outputs import describe_model
         labels = {name: f"{CONTRAST_LABELS[name]} ('{node.GetName()}')" for name, node in prepared.nodes.items()}
         result = run(dict(prepared.images), model, outputs=set(wanted), device=device, progress=progress,
-                     cancel=cancel, labels=labels)
+                     cancel=cancel, labels=labels, class_gate=class_gate)
         _check_cancel(cancel)
         return result, describe_model(model)
 
@@ -318,8 +321,9 @@ class BackgroundRun:
     """
 
     def __init__(self, logic: DareFuseLogic, inputs: Mapping[str, Any], outputs: Iterable[str] = OUTPUTS,
-                 device: str = "cpu", model_path=None):
+                 device: str = "cpu", model_path=None, class_gate: bool = True):
         self.logic = logic
+        self.class_gate = class_gate
         self.outputs = validate.check_outputs(outputs)
         self.device = device
         self.model_path = model_path
@@ -343,7 +347,7 @@ class BackgroundRun:
         try:
             self._result = self.logic.compute(self.prepared, self.outputs, device=self.device,
                                               progress=self._progress, cancel=self._cancel.is_set,
-                                              model_path=self.model_path)
+                                              model_path=self.model_path, class_gate=self.class_gate)
         except BaseException as error:  # handed to the main thread by finish()
             self._error = error
 

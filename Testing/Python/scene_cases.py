@@ -100,7 +100,7 @@ class DrawnResult:
 
 
 def drawn_pipeline(images, model, outputs=("segmentation", "uncertainty", "prior", "gradcam"), device="cpu",
-                   progress=None, cancel=None, labels=None, fail_at: Optional[str] = None):
+                   progress=None, cancel=None, labels=None, class_gate=True, fail_at: Optional[str] = None):
     """Recovers the drawn tumour by thresholds; returns a DrawnResult on the reference grid."""
     steps = ["validate", "segmentation", "maps", "gradcam"]
     given = [c for c in CONTRASTS if images.get(c) is not None]

@@ -227,3 +227,21 @@ def test_subprocess_voxel_errors_are_one_line_with_status_2(files, tmp_path):
     assert done.returncode == 2 and len(lines) == 1 and "label map" in lines[0], done.stderr
     assert "Traceback" not in done.stderr and not out.exists()
     assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_class_gate_and_no_class_gate(files, tmp_path, capsys):
+    """A model card with a class gate that always closes: the segmentation is written empty and the warning
+    says why; --no-class-gate keeps what the network labelled."""
+    from DareFuseSlicerLib.network.store import record_metrics
+
+    model = Path(save_tiny_model(tmp_path))
+    record_metrics(model, "held_out", {}, postprocess={"config": {"no_tumour_gate": 0.0}, "tuned_on": "val"})
+    files = {**files, "model": str(model)}
+    assert segment(files, tmp_path / "gated", t1=files["t1"]) == 0
+    assert "class gate's 0.0 (tuned on val)" in capsys.readouterr().err
+    assert not sitk.GetArrayViewFromImage(sitk.ReadImage(str(tmp_path / "gated" / "segmentation.nii.gz"))).any()
+    assert segment(files, tmp_path / "kept", "--no-class-gate", t1=files["t1"]) == 0
+    assert "class gate" not in capsys.readouterr().err
+    assert sitk.GetArrayViewFromImage(sitk.ReadImage(str(tmp_path / "kept" / "segmentation.nii.gz"))).any()
+    report = json.loads((tmp_path / "kept" / "report.json").read_text())
+    assert report["settings"]["postprocess"]["source"] == "tuned on val; class gate turned off"

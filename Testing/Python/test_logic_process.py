@@ -235,6 +235,23 @@ def test_background_run_computes_in_a_thread_and_adds_in_the_caller(logic, case)
     assert out.segmentation.GetScene() is scene
 
 
+def test_class_gate_switch_reaches_the_pipeline(case):
+    """class_gate reaches run(), in a background run as in process()."""
+    seen = []
+
+    def recording(*args, class_gate=True, **kwargs):
+        seen.append(class_gate)
+        return scene_cases.drawn_pipeline(*args, **kwargs)
+
+    logic = DareFuseLogic(pipeline_run=recording, model_loader=scene_cases.drawn_loader)
+    _, inputs = case
+    logic.process(**inputs)
+    run = BackgroundRun(logic, inputs, class_gate=False).start()
+    assert run.wait(60)
+    run.finish()
+    assert seen == [True, False]
+
+
 def test_background_run_cancel_leaves_the_scene_as_it_was(case):
     scene, inputs = case
     gate = threading.Event()

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from DareFuseSlicerLib.pipeline.postprocess import PostprocessConfig, config_for_card, postprocess, volumes_ml
+from DareFuseSlicerLib.pipeline.postprocess import PostprocessConfig, config_for_card, gate_closes, postprocess, volumes_ml
 
 NO_ET_RULE = PostprocessConfig(et_to_netc_ml=0.0)
 
@@ -96,3 +96,20 @@ def test_thresholds_come_from_the_model_card_when_it_has_them():
         assert "holes" in str(error)
     else:
         raise AssertionError("an unknown setting must be refused")
+
+
+def test_class_gate_clears_the_map_only_when_the_class_head_is_sure_enough():
+    label = np.zeros((20, 20, 20), np.uint8)
+    cube(label, (5, 5, 5), 8, 2)
+    gated = PostprocessConfig(no_tumour_gate=0.8)
+    assert not postprocess(label, 0.001, gated, no_tumour_probability=0.85).any()
+    assert postprocess(label, 0.001, gated, no_tumour_probability=0.8).sum() == 0  # at the threshold: closed
+    kept = postprocess(label, 0.001, gated, no_tumour_probability=0.79)
+    assert (kept == postprocess(label, 0.001, PostprocessConfig())).all() and kept.any()
+    # No class probability (a segmentation-only model) or no gate: the map is never cleared.
+    assert (postprocess(label, 0.001, gated, no_tumour_probability=None) == kept).all()
+    assert (postprocess(label, 0.001, PostprocessConfig(), no_tumour_probability=1.0) == kept).all()
+    assert not gate_closes(PostprocessConfig(), 1.0) and gate_closes(gated, 0.9)
+    # The gate is a card setting like the thresholds, and None (no gate) survives the card's JSON.
+    card = {"postprocess": {"config": {**PostprocessConfig().as_dict(), "no_tumour_gate": None}, "tuned_on": "v"}}
+    assert config_for_card(card)[0].no_tumour_gate is None

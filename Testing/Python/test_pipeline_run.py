@@ -138,6 +138,18 @@ def test_run_uses_the_post_processing_thresholds_of_the_model_card():
     assert strict.settings["postprocess"]["source"] == "tuned on val"
     assert strict.settings["postprocess"]["wt_min_ml"] == 1e6
     assert not sitk.GetArrayViewFromImage(strict.label).any() and strict.volumes_ml["WT"] == 0.0
+    assert not any("class gate" in w for w in strict.warnings)
+    # A class gate at 0 closes on any class probability: empty map, and a warning that says why.
+    model.card = {"postprocess": {"config": {"no_tumour_gate": 0.0}, "tuned_on": "val"}}
+    gated = run(images, model, outputs=("segmentation",), **FAST)
+    assert not sitk.GetArrayViewFromImage(gated.label).any() and gated.volumes_ml["WT"] == 0.0
+    assert any("class gate's 0.0 (tuned on val)" in w and "mL the segmentation had labelled" in w
+               for w in gated.warnings)
+    # The caller can keep the segments (the command line's --no-class-gate).
+    kept = run(images, model, outputs=("segmentation",), class_gate=False, **FAST)
+    assert sitk.GetArrayViewFromImage(kept.label).any() and not any("class gate" in w for w in kept.warnings)
+    assert kept.settings["postprocess"]["source"] == "tuned on val; class gate turned off"
+    assert kept.settings["postprocess"]["no_tumour_gate"] is None
 
 
 @pytest.mark.parametrize("given", [("flair",), ("t2", "flair"), ("t1ce",), ("t1", "t2")])

@@ -62,8 +62,25 @@ def test_tuning_removes_a_small_false_positive():
     truth[_sphere(truth.shape, (20, 20, 20), 8)] = 2
     label = truth.copy()
     label[2:4, 2:4, 2:4] = 2  # 8 voxels of 1 mm^3 = 0.008 mL, far from the lesion
-    config, score = tune_postprocessing([_labelled_box(label, truth) + (0.001,)])
+    config, score = tune_postprocessing([_labelled_box(label, truth) + (0.001, None)])
     assert config.wt_min_ml > 0.008 and score == pytest.approx(1.0)
+
+
+def test_tuning_closes_the_class_gate_only_where_it_helps():
+    """A tumour-free case with a 4 mL false positive that no volume threshold removes: the gate is chosen
+    when the class head is sure of it; when a tumour case is as sure, the gate would wipe a true tumour and
+    stays open."""
+    empty = np.zeros((40, 40, 40), np.uint8)
+    false_positive = empty.copy()
+    false_positive[_sphere(empty.shape, (20, 20, 20), 10)] = 2  # about 4.2 mL of 1 mm^3 voxels
+    tumour = false_positive.copy()
+    healthy = _labelled_box(false_positive, empty) + (0.001, 0.97)
+    config, score = tune_postprocessing([healthy, _labelled_box(tumour, tumour) + (0.001, 0.02)])
+    assert config.no_tumour_gate is not None and 0.02 < config.no_tumour_gate <= 0.97 and score == pytest.approx(1.0)
+    config, _ = tune_postprocessing([healthy, _labelled_box(tumour, tumour) + (0.001, 0.99)])
+    assert config.no_tumour_gate is None
+    config, _ = tune_postprocessing([_labelled_box(false_positive, empty) + (0.001, None)])  # no class head
+    assert config.no_tumour_gate is None
 
 
 @pytest.mark.slow

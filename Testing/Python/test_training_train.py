@@ -83,6 +83,38 @@ def test_segresnet_baseline_trains(tiny, tmp_path):
     assert model(torch.zeros(1, 4, 24, 24, 24), torch.ones(1, 4))["evidence"].shape == (1, 4, 24, 24, 24)
 
 
+def test_init_starts_from_a_stored_model_and_names_it(tiny, tmp_path):
+    """--init: with a zero learning rate the result keeps the stored weights (a fresh start would not), and
+    the card names the model it started from; a model of another architecture, a tampered file, or --init
+    together with --resume are refused before any training."""
+    first = train(_options(tiny, tmp_path / "first"))
+    tuned = train(_options(tiny, tmp_path / "tuned", init=str(first), lr=0.0, seed=8))
+    fresh = train(_options(tiny, tmp_path / "fresh", lr=0.0, seed=8))
+    start = dict(load_model(first).named_parameters())
+    after = dict(load_model(tuned).named_parameters())
+    assert all(torch.allclose(start[k], after[k], atol=1e-6) for k in start)
+    assert not all(torch.allclose(start[k], v, atol=1e-6) for k, v in load_model(fresh).named_parameters())
+    card = json.loads(card_path(tuned).read_text())
+    assert card["initialised_from"]["sha256"] == sha256_of(first)
+    assert card["initialised_from"]["steps"] == 2 and f"--init {first}" in card["training_command"]
+    assert json.loads(card_path(fresh).read_text())["initialised_from"] is None
+
+    baseline = train(_options(tiny, tmp_path / "base", arch="segresnet"))
+    with pytest.raises(InputError, match="SegResNetBaseline, not a DareFuseNet"):
+        train(_options(tiny, tmp_path / "wrong", init=str(baseline)))
+    with pytest.raises(InputError, match="exclude each other"):
+        train(_options(tiny, tmp_path / "first", init=str(first), resume=True))
+    tampered = tmp_path / "tampered" / "darefuse.safetensors"
+    tampered.parent.mkdir()
+    data = bytearray(first.read_bytes())
+    data[-1] ^= 0xFF
+    tampered.write_bytes(bytes(data))
+    card_path(tampered).write_text(card_path(first).read_text())
+    with pytest.raises(InputError, match="does not match its card"):
+        train(_options(tiny, tmp_path / "from-tampered", init=str(tampered)))
+    assert not any((tmp_path / name).exists() for name in ("wrong", "from-tampered"))
+
+
 def test_bad_options_are_input_errors(tiny, tmp_path):
     with pytest.raises(InputError, match="budget"):
         train(_options(tiny, tmp_path / "x", epochs=None))

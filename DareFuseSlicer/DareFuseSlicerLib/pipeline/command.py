@@ -95,7 +95,8 @@ def check_inputs(paths: Dict[str, Optional[str]]) -> Dict[str, str]:
 # -- one case --------------------------------------------------------------------------------------------------
 def segment_case(paths: Dict[str, Optional[str]], output_dir, overwrite: bool = False, device: str = "cpu",
                  model_path=None, outputs=OUTPUTS, progress: Optional[Callable[[float, str], None]] = None,
-                 cancel: Optional[Callable[[], bool]] = None, logic=None, threads: Optional[int] = None) -> dict:
+                 cancel: Optional[Callable[[], bool]] = None, logic=None, threads: Optional[int] = None,
+                 class_gate: bool = True) -> dict:
     """Segment one case from files into `output_dir`; returns the report written as report.json.
 
     `logic` is a DareFuseLogic to reuse (its model stays loaded between cases); a new one when None.
@@ -129,7 +130,7 @@ def segment_case(paths: Dict[str, Optional[str]], output_dir, overwrite: bool = 
         resolve_device(device)  # before minutes of work
         logic = logic or DareFuseLogic()
         processed = logic.process(**nodes, outputs=outputs, device=device, progress=progress, cancel=cancel,
-                                  model_path=model_path)
+                                  model_path=model_path, class_gate=class_gate)
         result = processed.result
         result.timings["load"] = load_seconds
         for contrast, path in given.items():
@@ -163,7 +164,7 @@ def _segment(args) -> int:
     paths = {c: getattr(args, c) for c in CONTRASTS}
     report = segment_case(paths, args.output_dir, overwrite=args.overwrite, device=args.device,
                           model_path=args.model, outputs=_outputs(args), progress=ConsoleProgress(quiet=args.quiet),
-                          threads=args.threads)
+                          threads=args.threads, class_gate=not args.no_class_gate)
     for warning in report["warnings"]:
         print(f"darefuse: warning: {warning}", file=sys.stderr)
     print(_summary(report, Path(args.output_dir)))
@@ -209,7 +210,7 @@ def read_batch(csv_path) -> List[Dict[str, str]]:
 
 
 def run_batch(cases: List[Dict[str, str]], overwrite: bool = False, device: str = "cpu", model_path=None,
-              outputs=OUTPUTS, quiet: bool = False, stream=None) -> List[dict]:
+              outputs=OUTPUTS, quiet: bool = False, stream=None, class_gate: bool = True) -> List[dict]:
     """Run every case, continuing past failures. Returns one row per case: case_id, status ("ok", "failed",
     "error"), message, seconds, predicted_class, WT/TC/ET mL, resident memory after the case (MB)."""
     from ..logic import DareFuseLogic
@@ -227,6 +228,7 @@ def run_batch(cases: List[Dict[str, str]], overwrite: bool = False, device: str 
                 raise InputError("no output_dir given for this case.")
             report = segment_case({c: case[c] for c in CONTRASTS}, case["output_dir"], overwrite=overwrite,
                                   device=device, model_path=model_path, outputs=outputs, logic=logic,
+                                  class_gate=class_gate,
                                   progress=ConsoleProgress(prefix + " ", quiet=quiet))
             row.update(predicted_class=report["predicted_class"], wt_ml=report["volumes_ml"]["WT"],
                        tc_ml=report["volumes_ml"]["TC"], et_ml=report["volumes_ml"]["ET"])
@@ -267,7 +269,7 @@ def _batch(args) -> int:
     _set_threads(args.threads)
     unmap_large_blocks()
     rows = run_batch(cases, overwrite=args.overwrite, device=args.device, model_path=args.model,
-                     outputs=_outputs(args), quiet=args.quiet)
+                     outputs=_outputs(args), quiet=args.quiet, class_gate=not args.no_class_gate)
     if args.report:
         write_batch_report(rows, args.report)
     failed = [r for r in rows if r["status"] != "ok"]
@@ -291,6 +293,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip", action="append", choices=[o for o in OUTPUTS if o != "segmentation"],
                         help="leave out an optional layer (repeatable); the class and volumes are always reported")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--no-class-gate", action="store_true",
+                        help="keep the tumour segments even when the class head says no tumour (the model card's "
+                             "class gate otherwise leaves them empty, with a warning)")
 
 
 def register(subparsers) -> None:

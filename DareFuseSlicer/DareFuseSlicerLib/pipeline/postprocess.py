@@ -5,6 +5,11 @@ nesting WT > TC > ET is kept: a small WT component becomes background, a small T
 (it stays in WT), a small ET component becomes NETC (it stays in TC). Then, when the total ET is tiny, all ET is
 relabelled as NETC, as nnU-Net does for BraTS: a few false-positive ET voxels cost a whole case's ET Dice.
 
+The class gate (off unless tuned): when the class head gives "no tumour" a probability of at least
+`no_tumour_gate`, the label map is cleared. On tumour-free brains a few millilitres of false positives cost the
+whole case (Dice 0 where an empty map scores 1), and the class head separates tumour-free brains far better
+than the segmentation's volume does; the prior alone did not remove them (README, Model card).
+
 Thresholds are in mL, so that they mean the same on any voxel size. Defaults from the literature
 (shared/notes/anchors.md): the BraTS 2023 winner drops components under WT 250 / TC 150 / ET 100 voxels of
 1 mm^3; nnU-Net (BraTS 2020) chose its ET-to-NETC threshold by cross-validation, of the order of 500 voxels.
@@ -32,6 +37,7 @@ class PostprocessConfig:
     et_min_ml: float = 0.10  # 100 voxels
     et_to_netc_ml: float = 0.5  # total ET below this is relabelled NETC
     fully_connected: bool = True  # 26-connectivity: voxels touching at a corner are one component
+    no_tumour_gate: Optional[float] = None  # clear the map when P(no tumour) >= this; None: no gate
 
     def as_dict(self) -> Dict[str, float]:
         return asdict(self)
@@ -71,10 +77,21 @@ def _voxels(ml: float, voxel_ml: float) -> int:
     return int(math.ceil(ml / voxel_ml - 1e-9)) if ml > 0 else 0
 
 
-def postprocess(label: np.ndarray, voxel_ml: float, config: PostprocessConfig = PostprocessConfig()) -> np.ndarray:
-    """The post-processed copy of `label` (uint8, any shape, voxels of `voxel_ml` mL each)."""
+def gate_closes(config: PostprocessConfig, no_tumour_probability: Optional[float]) -> bool:
+    """Whether the class gate clears the label map (never without a class probability: segmentation-only
+    models have none)."""
+    return (config.no_tumour_gate is not None and no_tumour_probability is not None
+            and no_tumour_probability >= config.no_tumour_gate)
+
+
+def postprocess(label: np.ndarray, voxel_ml: float, config: PostprocessConfig = PostprocessConfig(),
+                no_tumour_probability: Optional[float] = None) -> np.ndarray:
+    """The post-processed copy of `label` (uint8, any shape, voxels of `voxel_ml` mL each);
+    no_tumour_probability: the class head's P(no tumour) for the class gate."""
     if voxel_ml <= 0:
         raise ValueError("voxel_ml must be positive")
+    if gate_closes(config, no_tumour_probability):
+        return np.zeros(np.shape(label), np.uint8)
     out = np.array(label, dtype=np.uint8, copy=True)
     c = config
     out[_small_components(out > 0, _voxels(c.wt_min_ml, voxel_ml), c.fully_connected)] = 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, Iterable, Iterator, List, Optional
 
 import numpy as np
@@ -20,7 +20,7 @@ from ..constants import CLASSES, CONTRASTS
 from ..errors import Cancelled, InputError
 from . import preprocess
 from .inference import WindowPlan, infer, resolve_device
-from .postprocess import PostprocessConfig, config_for_card, postprocess, volumes_ml
+from .postprocess import PostprocessConfig, config_for_card, gate_closes, postprocess, volumes_ml
 from .validate import OUTPUTS, brain_plausibility, check_images, check_outputs
 
 ProgressFn = Callable[[float, str], None]
@@ -136,7 +136,8 @@ def _argmax(probabilities: List[np.ndarray]) -> np.ndarray:
 def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs: Iterable[str] = OUTPUTS,
         device: str = "cpu", progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
         spacing_mm: float = 2.0, postprocess_config: Optional[PostprocessConfig] = None,
-        plan: Optional[WindowPlan] = None, labels: Optional[Dict[str, str]] = None) -> PipelineResult:
+        plan: Optional[WindowPlan] = None, labels: Optional[Dict[str, str]] = None,
+        class_gate: bool = True) -> PipelineResult:
     """Segment, measure and explain one case.
 
     images: contrast name -> image or None (any non-empty subset of constants.CONTRASTS, any grids).
@@ -145,6 +146,7 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
     progress(fraction, message), cancel() -> bool: cancel raises errors.Cancelled between stages and between
     sliding windows. labels: how to name each input in messages (e.g. "--t1 path"); defaults to "T1", ...
     postprocess_config: None uses the thresholds in the model's card (tuned on validation data), else defaults.
+    class_gate: False keeps the segmentation even when the class gate of those settings would clear it.
     Raises InputError for unusable inputs (validate.py lists them), Cancelled when cancelled.
     """
     wanted = check_outputs(outputs)
@@ -153,6 +155,9 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
         postprocess_config, postprocess_source = config_for_card(getattr(model, "card", None))
     else:
         postprocess_source = "given by the caller"
+    if not class_gate and postprocess_config.no_tumour_gate is not None:
+        postprocess_config = replace(postprocess_config, no_tumour_gate=None)
+        postprocess_source += "; class gate turned off"
     stage_names = ["validate", "preprocess", "network", "segmentation"]
     stage_names += [n for n in ("uncertainty", "prior", "gradcam") if n in wanted]
     stages = _Stages(stage_names, progress, cancel)
@@ -188,7 +193,14 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
         label = _argmax([1.0 - tumour.sum(0)] + list(tumour))
         del tumour
         label[~inside] = 0
-        label = postprocess(label, voxel_ml, postprocess_config)
+        no_tumour = float(class_probabilities[CLASSES.index("no_tumour")])
+        if gate_closes(postprocess_config, no_tumour):
+            warnings.append(
+                f"No tumour segments: the class head gives no tumour a probability of {no_tumour:.2f}, at least "
+                f"the class gate's {postprocess_config.no_tumour_gate} ({postprocess_source}); "
+                f"{np.count_nonzero(label) * voxel_ml:.1f} mL the segmentation had labelled were cleared."
+            )
+        label = postprocess(label, voxel_ml, postprocess_config, no_tumour)
         volumes = volumes_ml(label, voxel_ml)
         label_image = _image_like(label, prep.reference) if "segmentation" in wanted else None
         del label

@@ -20,6 +20,8 @@ def register(subparsers) -> None:
     train.add_argument("--labelled-fraction", type=float, default=1.0,
                        help="fraction of cases keeping their segmentation (the rest: class only, mean teacher)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    train.add_argument("--init", metavar="MODEL.safetensors",
+                       help="start from this stored model's weights (fine-tuning; its card must match)")
     train.add_argument("--arch", choices=("darefuse", "segresnet"), default="darefuse")
     train.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
     train.add_argument("--roi", type=int, nargs=3, default=(64, 80, 64), metavar=("Z", "Y", "X"),
@@ -61,7 +63,7 @@ def _train(args: argparse.Namespace) -> int:
 
     options = TrainOptions(
         data=args.data, out=args.out, val=args.val, epochs=args.epochs, minutes=args.minutes, seed=args.seed,
-        labelled_fraction=args.labelled_fraction, resume=args.resume, arch=args.arch, device=args.device,
+        labelled_fraction=args.labelled_fraction, resume=args.resume, init=args.init, arch=args.arch, device=args.device,
         roi=tuple(args.roi), batch_size=args.batch_size, lr=args.lr, cache=args.cache, threads=args.threads,
         contrast_dropout=args.contrast_dropout, prior_dropout=args.prior_dropout, max_cases=args.max_cases,
         val_cases=args.val_cases, precision=args.precision,

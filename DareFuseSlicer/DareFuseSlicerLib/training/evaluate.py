@@ -1,7 +1,7 @@
 """`darefuse evaluate`: models scored on held-out engine cases at their acquisition grid (BraTS grid).
 
-Per model: Dice and HD95 (mm) for WT/TC/ET before and after post-processing (thresholds tuned on a
-validation folder when given), classification accuracy / macro-F1 / AUROC, uncertainty error-AUROC,
+Per model: Dice and HD95 (mm) for WT/TC/ET before and after post-processing (thresholds and the class gate
+tuned on a validation folder when given), classification accuracy / macro-F1 / AUROC, uncertainty error-AUROC,
 correlation with error and ECE, and the false-positive volume on tumour-free cases with and without the
 lesion-removal prior. Writes OUT.json and OUT.md.
 
@@ -28,7 +28,7 @@ from monai.metrics import compute_dice, compute_hausdorff_distance
 from ..constants import BRATS_SUFFIX, CLASSES, CONTRASTS, REGIONS
 from ..errors import InputError
 from ..pipeline import preprocess
-from ..pipeline.postprocess import CARD_KEY, PostprocessConfig, config_for_card, postprocess
+from ..pipeline.postprocess import CARD_KEY, PostprocessConfig, config_for_card, gate_closes, postprocess
 from .dataset import read_rows
 
 #: BraTS convention for HD95 when exactly one of prediction and truth is empty (the image diagonal, mm).
@@ -36,8 +36,9 @@ HD95_EMPTY_PENALTY = 373.13
 #: Post-processing off: every threshold 0 (pipeline.run then returns the raw arg-max label).
 NO_POSTPROCESS = PostprocessConfig(wt_min_ml=0.0, tc_min_ml=0.0, et_min_ml=0.0, et_to_netc_ml=0.0)
 #: Candidate thresholds (mL) searched on the tuning folder; the literature's defaults are among them.
+#: None first: on a tie the gate stays off.
 TUNE_GRID = {"wt_min_ml": (0.0, 0.25, 1.0, 2.0), "tc_min_ml": (0.0, 0.15, 0.5), "et_min_ml": (0.0, 0.1, 0.3),
-             "et_to_netc_ml": (0.0, 0.1, 0.5)}
+             "et_to_netc_ml": (0.0, 0.1, 0.5), "no_tumour_gate": (None, 0.5, 0.8, 0.95)}
 VOXELS_PER_CASE_FOR_UNCERTAINTY = 200_000  # brain voxels sampled per case for the pooled uncertainty scores
 
 
@@ -213,22 +214,35 @@ def _labelled_box(label: np.ndarray, truth: np.ndarray) -> Tuple[np.ndarray, np.
     return label[crop].copy(), truth[crop].copy()
 
 
-def tune_postprocessing(raw: List[Tuple[np.ndarray, np.ndarray, float]]) -> Tuple[PostprocessConfig, float]:
-    """The thresholds of TUNE_GRID maximising mean Dice (WT, TC, ET) over (raw label, truth, voxel mL),
-    label and truth cropped by _labelled_box."""
+def _no_tumour_probability(prediction: Prediction) -> Optional[float]:
+    probabilities = prediction.class_probabilities
+    return None if probabilities is None else float(probabilities[CLASSES.index("no_tumour")])
+
+
+def _region_dice(label: np.ndarray, truth: np.ndarray) -> List[float]:
+    dice = []
+    for labels in REGIONS.values():
+        p, t = np.isin(label, labels), np.isin(truth, labels)
+        dice.append(1.0 if not p.any() and not t.any() else 2.0 * (p & t).sum() / (p.sum() + t.sum()))
+    return dice
+
+
+def tune_postprocessing(raw: List[Tuple[np.ndarray, np.ndarray, float, Optional[float]]]) -> Tuple[PostprocessConfig, float]:
+    """The settings of TUNE_GRID maximising mean Dice (WT, TC, ET) over (raw label, truth, voxel mL,
+    P(no tumour) or None), label and truth cropped by _labelled_box."""
     best, best_score = PostprocessConfig(), -1.0
-    keys = list(TUNE_GRID)
+    keys = [k for k in TUNE_GRID if k != "no_tumour_gate"]
+    cleared = [_region_dice(np.zeros_like(truth), truth) for _, truth, _, _ in raw]
     for values in itertools.product(*(TUNE_GRID[k] for k in keys)):
         config = replace(PostprocessConfig(), **dict(zip(keys, values)))
-        dice = []
-        for label, truth, voxel_ml in raw:
-            processed = postprocess(label, voxel_ml, config)
-            for labels in REGIONS.values():
-                p, t = np.isin(processed, labels), np.isin(truth, labels)
-                dice.append(1.0 if not p.any() and not t.any() else 2.0 * (p & t).sum() / (p.sum() + t.sum()))
-        score = float(np.mean(dice))
-        if score > best_score + 1e-9:
-            best, best_score = config, score
+        # The gate only chooses, case by case, between this map and an empty one: post-process each case once.
+        kept = [_region_dice(postprocess(label, voxel_ml, config), truth) for label, truth, voxel_ml, _ in raw]
+        for gate in TUNE_GRID["no_tumour_gate"]:
+            gated = replace(config, no_tumour_gate=gate)
+            dice = [c if gate_closes(gated, case[3]) else k for k, c, case in zip(kept, cleared, raw)]
+            score = float(np.mean(dice))
+            if score > best_score + 1e-9:
+                best, best_score = gated, score
     return best, best_score
 
 
@@ -252,7 +266,7 @@ class ModelScores:
         self.per_case, self.per_case_post, self.rows = [], [], []
         self.uncertainty, self.error, self.confidence, self.correct = [], [], [], []
         self.true_class, self.predicted_class, self.class_probabilities = [], [], []
-        self.fp_with, self.fp_without, self.seconds = [], [], []
+        self.fp_with, self.fp_without, self.fp_gated, self.seconds = [], [], [], []
         self.rng = np.random.RandomState(0)
 
     def add(self, case: Case) -> None:
@@ -260,7 +274,8 @@ class ModelScores:
         prediction = self.predict(model, case)
         self.seconds.append(prediction.seconds)
         voxel_ml = float(np.prod(case.spacing)) / 1000.0
-        processed = postprocess(prediction.label, voxel_ml, config)
+        no_tumour = _no_tumour_probability(prediction)
+        processed = postprocess(prediction.label, voxel_ml, config, no_tumour)
         raw_scores = region_scores(prediction.label, case.truth, case.spacing)
         post_scores = region_scores(processed, case.truth, case.spacing)
         self.per_case.append(raw_scores)
@@ -279,12 +294,17 @@ class ModelScores:
             self.predicted_class.append(int(np.argmax(prediction.class_probabilities)))
             self.class_probabilities.append(prediction.class_probabilities)
             row["predicted_class"] = CLASSES[self.predicted_class[-1]]
+        row["class_gate_closed"] = gate_closes(config, no_tumour)
         if case.tumour_class == "no_tumour":
-            self.fp_with.append(float(np.count_nonzero(processed)) * voxel_ml)
+            # The prior's effect is measured without the class gate, which would hide it.
+            ungated = replace(config, no_tumour_gate=None)
+            self.fp_gated.append(float(np.count_nonzero(processed)) * voxel_ml)
+            self.fp_with.append(float(np.count_nonzero(postprocess(prediction.label, voxel_ml, ungated))) * voxel_ml)
             row["false_positive_ml"] = self.fp_with[-1]
+            row["false_positive_ml_after_class_gate"] = self.fp_gated[-1]
             if self.with_prior_ablation:
                 ablated = self.predict(WithoutPrior(model), case)
-                self.fp_without.append(float(np.count_nonzero(postprocess(ablated.label, voxel_ml, config))) * voxel_ml)
+                self.fp_without.append(float(np.count_nonzero(postprocess(ablated.label, voxel_ml, ungated))) * voxel_ml)
                 row["false_positive_ml_without_prior"] = self.fp_without[-1]
         self.rows.append(row)
 
@@ -317,6 +337,7 @@ class ModelScores:
             report["false_positive_ml_tumour_free"] = {
                 "with_prior": float(np.mean(self.fp_with)),
                 "without_prior": float(np.mean(self.fp_without)) if self.fp_without else None,
+                "after_class_gate": float(np.mean(self.fp_gated)),
                 "cases": len(self.fp_with),
             }
         return report
@@ -349,8 +370,9 @@ def run_evaluation(data, models: Sequence[str], out, tune: Optional[str] = None,
             case = load_case(Path(tune), row)
             voxel_ml = float(np.prod(case.spacing)) / 1000.0
             for name, _, model in loaded:
-                label = predictor_for(model)(model, case).label
-                raw[name].append(_labelled_box(label, case.truth) + (voxel_ml,))
+                prediction = predictor_for(model)(model, case)
+                raw[name].append(_labelled_box(prediction.label, case.truth)
+                                 + (voxel_ml, _no_tumour_probability(prediction)))
             del case
         log(f"tuned post-processing on {tune}")
     # Without tuning, each model is scored with the thresholds the pipeline would use with it (its card's).
@@ -428,22 +450,25 @@ def markdown_report(summary: dict) -> str:
             lines.append(f"| {name} | {label} | " + " | ".join(_f(s[k]["dice"]) for k in REGIONS) + " | "
                          + " | ".join(_f(s[k]["hd95"], 1) for k in REGIONS) + " |")
     lines += ["", "## Classification, uncertainty and the prior", "",
-              "| model | accuracy | macro-F1 | AUROC | unc. error-AUROC | unc.-error corr. | ECE (2 mm) | FP mL with prior | FP mL without prior | s/case |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| model | accuracy | macro-F1 | AUROC | unc. error-AUROC | unc.-error corr. | ECE (2 mm) | FP mL with prior | FP mL without prior | FP mL after class gate | s/case |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in summary["models"].items():
         c = r.get("classification", {})
         u = r["uncertainty"]
         fp = r.get("false_positive_ml_tumour_free", {})
         lines.append(f"| {name} | {_f(c.get('accuracy'))} | {_f(c.get('macro_f1'))} | {_f(c.get('auroc_macro_ovr'))} | "
                      f"{_f(u['error_auroc'])} | {_f(u['correlation_with_error'])} | {_f(u['ece_2mm'])} | "
-                     f"{_f(fp.get('with_prior'), 2)} | {_f(fp.get('without_prior'), 2)} | {_f(r['seconds_per_case'], 1)} |")
-    lines += ["", "Post-processing thresholds (mL):", ""]
+                     f"{_f(fp.get('with_prior'), 2)} | {_f(fp.get('without_prior'), 2)} | "
+                     f"{_f(fp.get('after_class_gate'), 2)} | {_f(r['seconds_per_case'], 1)} |")
+    lines += ["", "Post-processing settings (thresholds in mL; no_tumour_gate: the map is cleared when the class "
+              "head's P(no tumour) reaches it, None: no gate):", ""]
     for name, r in summary["models"].items():
         p = r["postprocess"]
         lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in p["config"].items())
                      + (f" (tuned on `{p['tuned_on']}`)" if p["tuned_on"] else " (literature defaults, not tuned)"))
     lines += ["", "Uncertainty: SEGU K/sum(alpha), one pass; error-AUROC and correlation over brain voxels "
               "(point-biserial); ECE of the expected label probability on the 2 mm grid, 15 bins. "
-              "FP: tumour volume predicted on tumour-free cases after post-processing; without prior = the "
-              "encoders fed a zero prior (the network is trained with prior dropout).", ""]
+              "FP: tumour volume predicted on tumour-free cases after post-processing without the class gate; "
+              "without prior = the encoders fed a zero prior (the network is trained with prior dropout); after "
+              "class gate = with every tuned setting, the gate included.", ""]
     return "\n".join(lines)

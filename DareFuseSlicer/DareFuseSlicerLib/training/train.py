@@ -3,6 +3,8 @@
 - Deterministic for a seed with --epochs (per-sample augmentation seeds, seeded init and sampler). With
   --minutes the number of steps depends on the machine's speed, and so does the learning-rate schedule.
 - Resumable: `checkpoint.pt` (a torch state dict, weights_only-loadable) after every epoch and on stopping.
+- Fine-tuning: --init MODEL starts from a stored model's weights (its SHA256 checked against its card) with a
+  fresh optimiser and schedule; the new card names the model it started from.
 - Limited labels: --labelled-fraction F keeps segmentations and tumour-free images for F of the cases;
   the rest keep only their class and are used through a mean teacher (EMA weights, consistency loss).
 - Distributed: the same command under `torchrun --nproc_per_node N` runs DDP (gloo on CPU, nccl on GPU).
@@ -34,7 +36,7 @@ from ..constants import CLASSES, REGIONS
 from ..errors import InputError
 from ..network.losses import DareFuseLoss, consistency_loss, kl_annealing
 from ..network.model import DareFuseNet, NetConfig, count_parameters
-from ..network.store import save_model
+from ..network.store import load_model, save_model
 from .baseline import BaselineConfig, SegResNetBaseline
 from .dataset import TrainDataset, build_cache, labelled_subset, load_cases, read_rows, seed_for
 
@@ -52,6 +54,7 @@ class TrainOptions:
     seed: int = 0
     labelled_fraction: float = 1.0
     resume: bool = False
+    init: Optional[str] = None  # a stored .safetensors model to start from (fine-tuning)
     arch: str = "darefuse"
     device: Optional[str] = None
     # Crops of 64x80x64 (2 mm) in pairs: a pair keeps every convolution on oneDNN's fast path (PyTorch uses
@@ -75,7 +78,7 @@ class TrainOptions:
         """The equivalent `darefuse train` command (recorded in the model card)."""
         parts = ["darefuse", "train", "--data", self.data, "--out", self.out]
         defaults = TrainOptions(data="", out="")
-        for name in ("val", "epochs", "minutes", "seed", "labelled_fraction", "arch", "device", "roi", "batch_size",
+        for name in ("val", "epochs", "minutes", "seed", "labelled_fraction", "init", "arch", "device", "roi", "batch_size",
                      "lr", "cache", "threads", "contrast_dropout", "prior_dropout", "max_cases", "val_cases", "precision"):
             value = getattr(self, name)
             if value is not None and value != getattr(defaults, name) or name == "seed":
@@ -181,6 +184,20 @@ def build_model(arch: str) -> torch.nn.Module:
     raise InputError(f"--arch must be darefuse or segresnet, got {arch!r}.")
 
 
+def stored_start(arch: str, init: str) -> Tuple[torch.nn.Module, dict]:
+    """--init: the stored model (SHA256 checked against its card, weights fitting the card's architecture)
+    and its provenance for the new card."""
+    model = load_model(init)
+    expected = {"darefuse": DareFuseNet, "segresnet": SegResNetBaseline}[arch]
+    if not isinstance(model, expected):
+        raise InputError(f"--init {init} is a {type(model).__name__}, not a {expected.__name__} (--arch {arch}).")
+    card = model.card
+    del model.card
+    origin = {"weights": Path(init).name, "sha256": card["sha256"], "version": card.get("version"),
+              "steps": card.get("training", {}).get("steps"), "training_command": card.get("training_command")}
+    return model.train(), origin
+
+
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     for e, p in zip(ema.parameters(), model.parameters()):
@@ -250,8 +267,12 @@ def train(options: TrainOptions) -> Optional[Path]:
         raise InputError(f"--minutes must be positive, got {options.minutes}.")
     if options.arch not in ARCH_FILES:
         raise InputError(f"--arch must be darefuse or segresnet, got {options.arch!r}.")
+    if options.init is not None and options.resume:
+        raise InputError("--init and --resume exclude each other: --resume continues OUT/checkpoint.pt.")
     if options.precision not in PRECISIONS:
         raise InputError(f"--precision must be fp32 or bf16, got {options.precision!r}.")
+    # Checked before the run folder exists, so a refused --init leaves nothing behind.
+    start = stored_start(options.arch, options.init) if options.init is not None else None
     runtime = setup_runtime(options)
     out_dir = Path(options.out)
     if runtime.main:
@@ -282,7 +303,7 @@ def train(options: TrainOptions) -> Optional[Path]:
     runtime.barrier()
 
     torch.manual_seed(options.seed)
-    model = build_model(options.arch).to(runtime.device)
+    model = (start[0] if start else build_model(options.arch)).to(runtime.device)
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -439,6 +460,7 @@ def train(options: TrainOptions) -> Optional[Path]:
             "training_command": options.command_line(),
             "launcher": f"torchrun --nproc_per_node {runtime.world}" if runtime.world > 1 else "single process",
             "seed": options.seed,
+            "initialised_from": start[1] if start else None,
             "weights": "exponential moving average of the trained weights (the mean teacher's weights)",
             "data_recipe": _data_recipe(options, cases, flags),
             "training": {
