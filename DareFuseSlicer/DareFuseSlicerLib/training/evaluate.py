@@ -299,7 +299,8 @@ class ModelScores:
             # The prior's effect is measured without the class gate, which would hide it.
             ungated = replace(config, no_tumour_gate=None)
             self.fp_gated.append(float(np.count_nonzero(processed)) * voxel_ml)
-            self.fp_with.append(float(np.count_nonzero(postprocess(prediction.label, voxel_ml, ungated))) * voxel_ml)
+            kept = postprocess(prediction.label, voxel_ml, ungated) if row["class_gate_closed"] else processed
+            self.fp_with.append(float(np.count_nonzero(kept)) * voxel_ml)
             row["false_positive_ml"] = self.fp_with[-1]
             row["false_positive_ml_after_class_gate"] = self.fp_gated[-1]
             if self.with_prior_ablation:

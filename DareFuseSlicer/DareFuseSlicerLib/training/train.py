@@ -35,13 +35,14 @@ import torch.distributed as dist
 from ..constants import CLASSES, REGIONS
 from ..errors import InputError
 from ..network.losses import DareFuseLoss, consistency_loss, kl_annealing
-from ..network.model import DareFuseNet, NetConfig, count_parameters
+from ..network.model import DareFuseNet, count_parameters
 from ..network.store import load_model, save_model
-from .baseline import BaselineConfig, SegResNetBaseline
+from .baseline import SegResNetBaseline
 from .dataset import TrainDataset, build_cache, labelled_subset, load_cases, read_rows, seed_for
 
 CHECKPOINT = "checkpoint.pt"
 ARCH_FILES = {"darefuse": "darefuse.safetensors", "segresnet": "segresnet.safetensors"}
+ARCH_CLASSES = {"darefuse": DareFuseNet, "segresnet": SegResNetBaseline}  # each built with its default settings
 
 
 @dataclass
@@ -177,18 +178,16 @@ def cached_cases(folder: str, cache_dir: Path, runtime: Runtime, max_cases: Opti
 
 # -- models ---------------------------------------------------------------------------------------------
 def build_model(arch: str) -> torch.nn.Module:
-    if arch == "darefuse":
-        return DareFuseNet(NetConfig())
-    if arch == "segresnet":
-        return SegResNetBaseline(BaselineConfig())
-    raise InputError(f"--arch must be darefuse or segresnet, got {arch!r}.")
+    if arch not in ARCH_CLASSES:
+        raise InputError(f"--arch must be darefuse or segresnet, got {arch!r}.")
+    return ARCH_CLASSES[arch]()
 
 
 def stored_start(arch: str, init: str) -> Tuple[torch.nn.Module, dict]:
     """--init: the stored model (SHA256 checked against its card, weights fitting the card's architecture)
     and its provenance for the new card."""
     model = load_model(init)
-    expected = {"darefuse": DareFuseNet, "segresnet": SegResNetBaseline}[arch]
+    expected = ARCH_CLASSES[arch]
     if not isinstance(model, expected):
         raise InputError(f"--init {init} is a {type(model).__name__}, not a {expected.__name__} (--arch {arch}).")
     card = model.card
