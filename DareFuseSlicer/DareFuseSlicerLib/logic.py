@@ -296,9 +296,9 @@ class DareFuseLogic:
             if getattr(result, "gradcam", None) is None:
                 missing("Grad-CAM++ map")
             else:
-                predicted = getattr(result, "predicted_class", "") or ""
+                explained = getattr(result, "gradcam_class", "") or ""
                 built["gradcam"] = volumes.image_to_volume_node(
-                    result.gradcam, f"{base} Grad-CAM++ {predicted}".rstrip())
+                    result.gradcam, f"{base} Grad-CAM++ {explained}".rstrip())
         return built
 
     @staticmethod

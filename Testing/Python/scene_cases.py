@@ -97,6 +97,7 @@ class DrawnResult:
     low_confidence: bool = False
     display_image: Optional[sitk.Image] = None
     settings: dict = field(default_factory=dict)
+    gradcam_class: str = ""
 
 
 def drawn_pipeline(images, model, outputs=("segmentation", "uncertainty", "prior", "gradcam"), device="cpu",
@@ -147,6 +148,7 @@ def drawn_pipeline(images, model, outputs=("segmentation", "uncertainty", "prior
         tumour_free=tumour_free if "prior" in wanted else {},
         gradcam=_like(gradcam, reference) if "gradcam" in wanted else None,
         predicted_class=CLASSES[int(np.argmax(probabilities))],
+        gradcam_class=CLASSES[int(np.argmax(probabilities))],
         class_probabilities={c: float(p) for c, p in zip(CLASSES, probabilities)},
         volumes_ml={k: round(v, 4) for k, v in volumes_ml.items()},
         warnings=[],

@@ -132,6 +132,12 @@ def test_generate_manifest(tmp_path):
         count = int(row["lesion_count"])
         assert count == 0 if row["tumour_class"] == "no_tumour" else 1 <= count <= 4
     assert rows[0]["netc_ml"] == rows[0]["snfh_ml"] == rows[0]["et_ml"] == "0.000"
+    # Two processes write the same bytes and the same manifest as one.
+    parallel = tmp_path / "parallel"
+    generate(parallel, 4, seed=40, progress=False, grids=[GRID], workers=2)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(p.name for p in parallel.iterdir()) and len(names) == 4 * 9 + 1
+    assert all(sha(out / name) == sha(parallel / name) for name in names)
 
 
 def parser():
@@ -150,6 +156,8 @@ def test_generate_and_command_reject_bad_options(tmp_path):
         generate(full, 1, seed=1)
     with pytest.raises(InputError, match="grid"):
         generate(tmp_path / "y", 1, seed=1, grids=["nope"])
+    with pytest.raises(InputError, match="workers"):
+        generate(tmp_path / "w", 1, seed=1, workers=0)
     p = parser()
     args = p.parse_args(["phantoms", "--out", str(full), "--n", "1", "--seed", "3"])
     with pytest.raises(InputError, match="--out"):
@@ -158,6 +166,10 @@ def test_generate_and_command_reject_bad_options(tmp_path):
     args = p.parse_args(["phantoms", "--out", str(tmp_path / "z"), "--n", "0", "--seed", "3"])
     with pytest.raises(InputError, match="--n"):
         args.handler(args)
+    args = p.parse_args(["phantoms", "--out", str(tmp_path / "z"), "--n", "1", "--seed", "3", "--workers", "0"])
+    with pytest.raises(InputError, match="--workers"):
+        args.handler(args)
+    assert not (tmp_path / "w").exists() and not (tmp_path / "z").exists()
     with pytest.raises(SystemExit):
         p.parse_args(["phantoms", "--out", "d", "--n", "1", "--seed", "1", "--grid", "nope"])
 

@@ -4,7 +4,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from DareFuseSlicerLib.pipeline.postprocess import PostprocessConfig, config_for_card, gate_closes, postprocess, volumes_ml
+from DareFuseSlicerLib.constants import CLASSES
+from DareFuseSlicerLib.pipeline.postprocess import (PostprocessConfig, config_for_card, gate_closes, postprocess,
+                                                    reported_class, volumes_ml)
 
 NO_ET_RULE = PostprocessConfig(et_to_netc_ml=0.0)
 
@@ -113,3 +115,14 @@ def test_class_gate_clears_the_map_only_when_the_class_head_is_sure_enough():
     # The gate is a card setting like the thresholds, and None (no gate) survives the card's JSON.
     card = {"postprocess": {"config": {**PostprocessConfig().as_dict(), "no_tumour_gate": None}, "tuned_on": "v"}}
     assert config_for_card(card)[0].no_tumour_gate is None
+
+
+def test_class_rule_reports_no_tumour_only_for_an_empty_map_and_only_when_on():
+    probabilities = [0.2, 0.1, 0.6, 0.1]  # the class head says meningioma
+    meningioma, no_tumour = CLASSES.index("meningioma"), CLASSES.index("no_tumour")
+    assert reported_class(PostprocessConfig(), probabilities, tumour_found=False) == meningioma  # off by default
+    ruled = PostprocessConfig(empty_means_no_tumour=True)
+    assert reported_class(ruled, probabilities, tumour_found=False) == no_tumour
+    assert reported_class(ruled, probabilities, tumour_found=True) == meningioma
+    card = {"postprocess": {"config": ruled.as_dict(), "tuned_on": "v"}}
+    assert config_for_card(card)[0].empty_means_no_tumour is True

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from DareFuseSlicerLib.constants import CLASSES
 from DareFuseSlicerLib.network.model import DareFuseNet, NetConfig
 from DareFuseSlicerLib.network.store import load_model, save_model
 from DareFuseSlicerLib.pipeline.postprocess import PostprocessConfig, config_for_card
@@ -19,6 +20,7 @@ from DareFuseSlicerLib.training.evaluate import (
     roc_auc,
     run_evaluation,
     _labelled_box,
+    tune_class_rule,
     tune_postprocessing,
 )
 
@@ -83,6 +85,26 @@ def test_tuning_closes_the_class_gate_only_where_it_helps():
     assert config.no_tumour_gate is None
 
 
+def test_tuning_turns_the_class_rule_on_only_where_it_raises_the_accuracy():
+    """The class head calls a tumour-free case with nothing segmented a meningioma: the rule is chosen. When a
+    meningioma with nothing segmented (missed by the segmentation) outweighs it, the rule stays off."""
+    empty = np.zeros((20, 20, 20), np.uint8)
+    lesion = empty.copy()
+    lesion[_sphere(empty.shape, (10, 10, 10), 6)] = 2
+    says_meningioma = np.array([0.3, 0.1, 0.5, 0.1])
+    no_tumour, meningioma = 0, 2
+    healthy = (empty, 0.001, 0.3, says_meningioma, no_tumour)
+    found = (lesion, 0.001, 0.3, says_meningioma, meningioma)
+    missed = (empty, 0.001, 0.3, says_meningioma, meningioma)
+    assert tune_class_rule(PostprocessConfig(), [healthy, found]).empty_means_no_tumour
+    assert not tune_class_rule(PostprocessConfig(), [healthy, missed, missed]).empty_means_no_tumour
+    assert not tune_class_rule(PostprocessConfig(), [healthy, missed]).empty_means_no_tumour  # a tie: off
+    assert not tune_class_rule(PostprocessConfig(empty_means_no_tumour=True), []).empty_means_no_tumour
+    # The rule sees the map after the tuned post-processing: a lesion below the WT threshold counts as empty.
+    assert tune_class_rule(PostprocessConfig(wt_min_ml=1e6), [(lesion, 0.001, 0.3, says_meningioma, no_tumour)]
+                           ).empty_means_no_tumour
+
+
 @pytest.mark.slow
 def test_report_on_a_tiny_folder(tmp_path):
     folder = make_folder(tmp_path / "held-out", n_cases=4, seed=11)
@@ -101,6 +123,11 @@ def test_report_on_a_tiny_folder(tmp_path):
             assert all(0.0 <= r[stage][k]["dice"] <= 1.0 and r[stage][k]["hd95"] >= 0.0 for k in ("WT", "TC", "ET"))
         assert 0.0 <= r["uncertainty"]["error_auroc"] <= 1.0
     assert 0.0 <= dare["classification"]["accuracy"] <= 1.0 and "classification" not in base
+    assert 0.0 <= dare["classification"]["accuracy_class_head"] <= 1.0
+    rows = dare["per_case"]
+    assert all(r["class_head"] in CLASSES and r["predicted_class"] in CLASSES for r in rows)
+    if not dare["postprocess"]["config"]["empty_means_no_tumour"]:
+        assert all(r["class_head"] == r["predicted_class"] for r in rows)
     fp = dare["false_positive_ml_tumour_free"]
     assert fp["cases"] == 1 and fp["with_prior"] >= 0.0 and fp["without_prior"] >= 0.0
     card = json.loads((tmp_path / "m" / "darefuse.card.json").read_text())

@@ -54,13 +54,17 @@ def test_train_writes_model_card_metrics_and_checkpoint(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_same_seed_same_weights_and_resume_is_exact(tiny, tmp_path):
-    """Two epochs in one go == one epoch, then --resume to two; a different seed differs."""
+    """Two epochs in one go == one epoch, then --resume to two == two epochs with crops prepared in two
+    loader processes; a different seed differs."""
     a = train(_options(tiny, tmp_path / "a", epochs=2))
     train(_options(tiny, tmp_path / "b", epochs=1))
     b = train(_options(tiny, tmp_path / "b", epochs=2, resume=True))
     c = train(_options(tiny, tmp_path / "c", epochs=2, seed=8))
-    wa, wb, wc = (load_model(p).state_dict() for p in (a, b, c))
+    d = train(_options(tiny, tmp_path / "d", epochs=2, loader_workers=2))
+    wa, wb, wc, wd = (load_model(p).state_dict() for p in (a, b, c, d))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert all(torch.equal(wa[k], wd[k]) for k in wa)
+    assert "--loader-workers 2" in json.loads(card_path(d).read_text())["training_command"]
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
     assert len(_rows(tmp_path / "b")) == 2
 
@@ -122,6 +126,8 @@ def test_bad_options_are_input_errors(tiny, tmp_path):
         train(_options(tiny, tmp_path / "empty", resume=True))
     with pytest.raises(InputError, match="--precision"):
         train(_options(tiny, tmp_path / "x", precision="fp16"))
+    with pytest.raises(InputError, match="--loader-workers"):
+        train(_options(tiny, tmp_path / "x", loader_workers=-1))
 
 
 def test_bf16_autocast_runs_in_bfloat16_and_keeps_float32_weights(tiny, tmp_path):

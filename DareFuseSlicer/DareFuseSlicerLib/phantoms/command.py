@@ -22,6 +22,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--grid", choices=sorted(GRIDS), default=None,
                         help="put every case on this grid (default: mostly the BraTS grid, some other "
                              "matrices and thick-slice scans)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="processes making cases at once (default 1); the files are the same for any N")
     parser.add_argument("--overwrite", action="store_true", help="empty a non-empty DIR first")
     parser.set_defaults(handler=run)  # cli.main calls args.handler(args)
     return parser
@@ -33,6 +35,8 @@ def run(args) -> int:
         raise InputError(f"--n: the number of cases must be at least 1, got {args.n}")
     if args.seed < 0:
         raise InputError(f"--seed: must be >= 0, got {args.seed}")
+    if args.workers < 1:
+        raise InputError(f"--workers: must be at least 1, got {args.workers}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out: {out} exists and is not a folder")
@@ -42,6 +46,7 @@ def run(args) -> int:
         shutil.rmtree(out)
     from .io import generate
 
-    manifest = generate(out, args.n, args.seed, progress=True, grids=[args.grid] if args.grid else None)
+    manifest = generate(out, args.n, args.seed, progress=True, grids=[args.grid] if args.grid else None,
+                        workers=args.workers)
     print(f"wrote {args.n} cases and {manifest}")
     return 0

@@ -95,6 +95,7 @@ def build_report(result, model_info: Optional[dict], files: Sequence[str]) -> di
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "predicted_class": result.predicted_class,
         "class_probabilities": result.class_probabilities,
+        "gradcam_class": result.gradcam_class,
         "low_confidence": result.low_confidence,
         "volumes_ml": result.volumes_ml,
         "reference": result.inputs.get("reference"),
@@ -270,7 +271,7 @@ def render_overview(result, path: PathLike, dpi: int = 110) -> None:
         top = float(np.percentile(prior[prior > 0], 99.5)) if np.any(prior > 0) else 1.0
         rows.append(("difference prior", prior, {"cmap": "viridis", "vmin": 0, "vmax": max(top, 1e-6)}))
     if result.gradcam is not None:
-        rows.append((f"Grad-CAM++ ({result.predicted_class})", _lps_array(result.gradcam)[0],
+        rows.append((f"Grad-CAM++ ({result.gradcam_class})", _lps_array(result.gradcam)[0],
                      {"cmap": "jet", "vmin": 0, "vmax": 1}))
 
     centre = _centre(label, anatomy)

@@ -10,6 +10,11 @@ The class gate (off unless tuned): when the class head gives "no tumour" a proba
 whole case (Dice 0 where an empty map scores 1), and the class head separates tumour-free brains far better
 than the segmentation's volume does; the prior alone did not remove them (README, Model card).
 
+The class rule (off unless tuned): when post-processing leaves no tumour, the reported class is no_tumour
+(`reported_class`). A class head can call a tumour-free brain a tumour with no voxel segmented; a class that
+contradicts the segments shown beside it confuses a reader. `darefuse evaluate --tune` turns the rule on only
+when it raises the class accuracy on the validation cases.
+
 Thresholds are in mL, so that they mean the same on any voxel size. Defaults from the literature
 (shared/notes/anchors.md): the BraTS 2023 winner drops components under WT 250 / TC 150 / ET 100 voxels of
 1 mm^3; nnU-Net (BraTS 2020) chose its ET-to-NETC threshold by cross-validation, of the order of 500 voxels.
@@ -20,12 +25,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..constants import LABELS, REGIONS
+from ..constants import CLASSES, LABELS, REGIONS
 
 NETC, SNFH, ET = 1, 2, 3
 
@@ -38,6 +43,7 @@ class PostprocessConfig:
     et_to_netc_ml: float = 0.5  # total ET below this is relabelled NETC
     fully_connected: bool = True  # 26-connectivity: voxels touching at a corner are one component
     no_tumour_gate: Optional[float] = None  # clear the map when P(no tumour) >= this; None: no gate
+    empty_means_no_tumour: bool = False  # report no_tumour when the post-processed map holds no tumour
 
     def as_dict(self) -> Dict[str, float]:
         return asdict(self)
@@ -82,6 +88,14 @@ def gate_closes(config: PostprocessConfig, no_tumour_probability: Optional[float
     models have none)."""
     return (config.no_tumour_gate is not None and no_tumour_probability is not None
             and no_tumour_probability >= config.no_tumour_gate)
+
+
+def reported_class(config: PostprocessConfig, class_probabilities: Sequence[float], tumour_found: bool) -> int:
+    """Index (into CLASSES) of the class to report: the class head's arg-max, or no_tumour when the class
+    rule is on and the post-processed map holds no tumour."""
+    if config.empty_means_no_tumour and not tumour_found:
+        return CLASSES.index("no_tumour")
+    return int(np.argmax(class_probabilities))
 
 
 def postprocess(label: np.ndarray, voxel_ml: float, config: PostprocessConfig = PostprocessConfig(),

@@ -20,7 +20,7 @@ from ..constants import CLASSES, CONTRASTS
 from ..errors import Cancelled, InputError
 from . import preprocess
 from .inference import WindowPlan, infer, resolve_device
-from .postprocess import PostprocessConfig, config_for_card, gate_closes, postprocess, volumes_ml
+from .postprocess import PostprocessConfig, config_for_card, gate_closes, postprocess, reported_class, volumes_ml
 from .validate import OUTPUTS, brain_plausibility, check_images, check_outputs
 
 ProgressFn = Callable[[float, str], None]
@@ -44,8 +44,8 @@ class PipelineResult:
     uncertainty: Optional[sitk.Image]  # float32 in [0, 1], 0 outside the brain
     difference_prior: Optional[sitk.Image]  # float32 >= 0: RMS over given contrasts of image - reconstruction
     tumour_free: Dict[str, sitk.Image]  # contrast -> float32 reconstruction in the input's units
-    gradcam: Optional[sitk.Image]  # float32 in [0, 1], for the predicted class, 0 outside the head
-    predicted_class: str
+    gradcam: Optional[sitk.Image]  # float32 in [0, 1], for gradcam_class, 0 outside the head
+    predicted_class: str  # the class head's, or no_tumour by the class rule (postprocess.reported_class)
     class_probabilities: Dict[str, float]
     volumes_ml: Dict[str, float]  # NETC, SNFH, ET, WT, TC
     warnings: List[str]
@@ -54,6 +54,7 @@ class PipelineResult:
     low_confidence: bool = False  # the input does not look like a brain MR image (reasons in warnings)
     display_image: Optional[sitk.Image] = None  # the contrast shown beneath overlays, on the reference grid
     settings: dict = field(default_factory=dict)  # spacing, windows, device, post-processing thresholds
+    gradcam_class: str = ""  # the class the Grad-CAM++ map explains: the class head's decision
 
     @property
     def reference(self) -> str:
@@ -180,7 +181,7 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
         stages.timings["first_window_s"] = round(predictor.first_window_s, 3)
     shared_gradcam = out.pop("gradcam", None)
 
-    predicted_index = int(np.argmax(class_probabilities))
+    head_index = int(np.argmax(class_probabilities))  # Grad-CAM++ explains the class head's own decision
     inside_low = prep.foreground.astype(bool)
     inside = sitk.GetArrayViewFromImage(prep.foreground_reference).astype(bool)
     voxel_ml = float(np.prod(prep.reference.GetSpacing())) / 1000.0
@@ -201,6 +202,13 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
                 f"{np.count_nonzero(label) * voxel_ml:.1f} mL the segmentation had labelled were cleared."
             )
         label = postprocess(label, voxel_ml, postprocess_config, no_tumour)
+        predicted_index = reported_class(postprocess_config, class_probabilities, bool(label.any()))
+        if predicted_index != head_index:
+            warnings.append(
+                f"Class no tumour: no tumour is segmented, and the class rule ({postprocess_source}) then reports "
+                f"no tumour; the class head alone gives {CLASSES[head_index]} "
+                f"{class_probabilities[head_index]:.0%}."
+            )
         volumes = volumes_ml(label, voxel_ml)
         label_image = _image_like(label, prep.reference) if "segmentation" in wanted else None
         del label
@@ -231,14 +239,14 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
 
     gradcam_image = None
     if "gradcam" in wanted:
-        with stages.stage("gradcam", f"Grad-CAM++ for {CLASSES[predicted_index]}"):
+        with stages.stage("gradcam", f"Grad-CAM++ for {CLASSES[head_index]}"):
             if shared_gradcam is not None:
                 heat = shared_gradcam[0, 0].numpy()
             else:  # several windows: a pass over the whole array for the case's predicted class
                 from ..network.gradcam import gradcam_pp  # imports pytorch-grad-cam: only when asked for
 
                 heat = gradcam_pp(model, torch.from_numpy(prep.array), torch.from_numpy(prep.present),
-                                  predicted_index)
+                                  head_index)
             values = sitk.GetArrayFromImage(preprocess.to_reference(heat, prep))
             # Evidence inside the head only: outside it the map is noise that would cover the slice views.
             gradcam_image = _image_like(np.where(inside, np.clip(values, 0.0, 1.0), 0.0).astype(np.float32),
@@ -264,6 +272,7 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
         tumour_free=tumour_free,
         gradcam=gradcam_image,
         predicted_class=CLASSES[predicted_index],
+        gradcam_class=CLASSES[head_index],
         class_probabilities={c: round(float(p), 6) for c, p in zip(CLASSES, class_probabilities)},
         volumes_ml={k: round(v, 4) for k, v in volumes.items()},
         warnings=warnings,

@@ -37,6 +37,9 @@ def register(subparsers) -> None:
     train.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                        help="bf16: forward passes under bfloat16 autocast (a step 0.64x as long on a CPU with AMX, "
                             "1.5x as long on one without bfloat16 in hardware: benchmarks/bench_train_step.py)")
+    train.add_argument("--loader-workers", type=int, default=0, metavar="N",
+                       help="processes preparing the augmented crops (default 0: in the training process); "
+                            "the same crops for any N. Worth it on a GPU, which otherwise waits on them")
     train.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     train.set_defaults(handler=_train)
 
@@ -66,7 +69,7 @@ def _train(args: argparse.Namespace) -> int:
         labelled_fraction=args.labelled_fraction, resume=args.resume, init=args.init, arch=args.arch, device=args.device,
         roi=tuple(args.roi), batch_size=args.batch_size, lr=args.lr, cache=args.cache, threads=args.threads,
         contrast_dropout=args.contrast_dropout, prior_dropout=args.prior_dropout, max_cases=args.max_cases,
-        val_cases=args.val_cases, precision=args.precision,
+        val_cases=args.val_cases, precision=args.precision, loader_workers=args.loader_workers,
         progress=not args.no_progress,
     )
     path = train(options)

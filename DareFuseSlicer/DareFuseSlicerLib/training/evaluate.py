@@ -28,7 +28,8 @@ from monai.metrics import compute_dice, compute_hausdorff_distance
 from ..constants import BRATS_SUFFIX, CLASSES, CONTRASTS, REGIONS
 from ..errors import InputError
 from ..pipeline import preprocess
-from ..pipeline.postprocess import CARD_KEY, PostprocessConfig, config_for_card, gate_closes, postprocess
+from ..pipeline.postprocess import (CARD_KEY, PostprocessConfig, config_for_card, gate_closes, postprocess,
+                                    reported_class)
 from .dataset import read_rows
 
 #: BraTS convention for HD95 when exactly one of prediction and truth is empty (the image diagonal, mm).
@@ -246,6 +247,23 @@ def tune_postprocessing(raw: List[Tuple[np.ndarray, np.ndarray, float, Optional[
     return best, best_score
 
 
+def tune_class_rule(config: PostprocessConfig,
+                    cases: List[Tuple[np.ndarray, float, Optional[float], np.ndarray, int]]) -> PostprocessConfig:
+    """`config` with the class rule (empty_means_no_tumour) on when it raises the class accuracy over
+    (raw label, voxel mL, P(no tumour), class probabilities, true class index) with `config`'s post-processing;
+    off on a tie: the class head's own answer is the default."""
+    def accuracy(candidate: PostprocessConfig) -> float:
+        return float(np.mean([
+            reported_class(candidate, probabilities, bool(postprocess(label, voxel_ml, candidate, p_no_tumour).any()))
+            == truth for label, voxel_ml, p_no_tumour, probabilities, truth in cases]))
+
+    if not cases:
+        return replace(config, empty_means_no_tumour=False)
+    with_rule = replace(config, empty_means_no_tumour=True)
+    without = replace(config, empty_means_no_tumour=False)
+    return with_rule if accuracy(with_rule) > accuracy(without) + 1e-9 else without
+
+
 # -- the run --------------------------------------------------------------------------------------------
 def _parse_models(specs: Sequence[str]) -> List[Tuple[str, Path]]:
     parsed = []
@@ -265,7 +283,7 @@ class ModelScores:
         self.predict = predictor_for(model)
         self.per_case, self.per_case_post, self.rows = [], [], []
         self.uncertainty, self.error, self.confidence, self.correct = [], [], [], []
-        self.true_class, self.predicted_class, self.class_probabilities = [], [], []
+        self.true_class, self.predicted_class, self.head_class, self.class_probabilities = [], [], [], []
         self.fp_with, self.fp_without, self.fp_gated, self.seconds = [], [], [], []
         self.rng = np.random.RandomState(0)
 
@@ -276,6 +294,7 @@ class ModelScores:
         voxel_ml = float(np.prod(case.spacing)) / 1000.0
         no_tumour = _no_tumour_probability(prediction)
         processed = postprocess(prediction.label, voxel_ml, config, no_tumour)
+        tumour_found = bool(processed.any())
         raw_scores = region_scores(prediction.label, case.truth, case.spacing)
         post_scores = region_scores(processed, case.truth, case.spacing)
         self.per_case.append(raw_scores)
@@ -291,9 +310,11 @@ class ModelScores:
                "raw": raw_scores, "post": post_scores}
         if prediction.class_probabilities is not None:
             self.true_class.append(CLASSES.index(case.tumour_class))
-            self.predicted_class.append(int(np.argmax(prediction.class_probabilities)))
+            self.head_class.append(int(np.argmax(prediction.class_probabilities)))
+            self.predicted_class.append(reported_class(config, prediction.class_probabilities, tumour_found))
             self.class_probabilities.append(prediction.class_probabilities)
             row["predicted_class"] = CLASSES[self.predicted_class[-1]]
+            row["class_head"] = CLASSES[self.head_class[-1]]
         row["class_gate_closed"] = gate_closes(config, no_tumour)
         if case.tumour_class == "no_tumour":
             # The prior's effect is measured without the class gate, which would hide it.
@@ -330,6 +351,7 @@ class ModelScores:
             aurocs = [roc_auc(probs[:, k], truth == k) for k in range(len(CLASSES))]
             report["classification"] = {
                 "accuracy": float(np.mean(truth == np.asarray(self.predicted_class))),
+                "accuracy_class_head": float(np.mean(truth == np.asarray(self.head_class))),
                 "macro_f1": macro_f1(self.true_class, self.predicted_class, len(CLASSES)),
                 "auroc_macro_ovr": float(np.nanmean(aurocs)),
                 "auroc_per_class": dict(zip(CLASSES, aurocs)),
@@ -366,19 +388,29 @@ def run_evaluation(data, models: Sequence[str], out, tune: Optional[str] = None,
 
     # Post-processing thresholds per model, tuned on the tuning folder (cases loaded one at a time).
     raw: Dict[str, list] = {name: [] for name, _, _ in loaded}
+    classed: Dict[str, list] = {name: [] for name, _, _ in loaded}  # for the class rule
     if tune:
         for row in read_rows(tune):
             case = load_case(Path(tune), row)
             voxel_ml = float(np.prod(case.spacing)) / 1000.0
             for name, _, model in loaded:
                 prediction = predictor_for(model)(model, case)
-                raw[name].append(_labelled_box(prediction.label, case.truth)
-                                 + (voxel_ml, _no_tumour_probability(prediction)))
+                label, truth = _labelled_box(prediction.label, case.truth)
+                no_tumour = _no_tumour_probability(prediction)
+                raw[name].append((label, truth, voxel_ml, no_tumour))
+                if prediction.class_probabilities is not None:
+                    classed[name].append((label, voxel_ml, no_tumour, prediction.class_probabilities,
+                                          CLASSES.index(case.tumour_class)))
             del case
         log(f"tuned post-processing on {tune}")
     # Without tuning, each model is scored with the thresholds the pipeline would use with it (its card's).
-    configs = {name: tune_postprocessing(raw[name]) + (str(tune),) if tune else _card_postprocess(model.card)
-               for name, _, model in loaded}
+    configs = {}
+    for name, _, model in loaded:
+        if tune:
+            config, score = tune_postprocessing(raw[name])
+            configs[name] = (tune_class_rule(config, classed[name]), score, str(tune))
+        else:
+            configs[name] = _card_postprocess(model.card)
 
     scorers = {name: ModelScores(model, configs[name][0], hasattr(model, "generator")) for name, _, model in loaded}
     for i, row in enumerate(rows):
@@ -451,18 +483,21 @@ def markdown_report(summary: dict) -> str:
             lines.append(f"| {name} | {label} | " + " | ".join(_f(s[k]["dice"]) for k in REGIONS) + " | "
                          + " | ".join(_f(s[k]["hd95"], 1) for k in REGIONS) + " |")
     lines += ["", "## Classification, uncertainty and the prior", "",
-              "| model | accuracy | macro-F1 | AUROC | unc. error-AUROC | unc.-error corr. | ECE (2 mm) | FP mL with prior | FP mL without prior | FP mL after class gate | s/case |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| model | accuracy | accuracy (class head alone) | macro-F1 | AUROC | unc. error-AUROC | unc.-error corr. | ECE (2 mm) | FP mL with prior | FP mL without prior | FP mL after class gate | s/case |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in summary["models"].items():
         c = r.get("classification", {})
         u = r["uncertainty"]
         fp = r.get("false_positive_ml_tumour_free", {})
-        lines.append(f"| {name} | {_f(c.get('accuracy'))} | {_f(c.get('macro_f1'))} | {_f(c.get('auroc_macro_ovr'))} | "
+        lines.append(f"| {name} | {_f(c.get('accuracy'))} | {_f(c.get('accuracy_class_head'))} | "
+                     f"{_f(c.get('macro_f1'))} | {_f(c.get('auroc_macro_ovr'))} | "
                      f"{_f(u['error_auroc'])} | {_f(u['correlation_with_error'])} | {_f(u['ece_2mm'])} | "
                      f"{_f(fp.get('with_prior'), 2)} | {_f(fp.get('without_prior'), 2)} | "
                      f"{_f(fp.get('after_class_gate'), 2)} | {_f(r['seconds_per_case'], 1)} |")
     lines += ["", "Post-processing settings (thresholds in mL; no_tumour_gate: the map is cleared when the class "
-              "head's P(no tumour) reaches it, None: no gate):", ""]
+              "head's P(no tumour) reaches it, None: no gate; empty_means_no_tumour: the class rule, no_tumour is "
+              "reported when post-processing leaves no tumour; accuracy and macro-F1 are of the reported class, "
+              "AUROC of the class head's probabilities):", ""]
     for name, r in summary["models"].items():
         p = r["postprocess"]
         lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in p["config"].items())

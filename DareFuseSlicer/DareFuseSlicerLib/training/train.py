@@ -1,6 +1,8 @@
 """`darefuse train`: DareFuseNet (or the SegResNet baseline) on engine cases.
 
-- Deterministic for a seed with --epochs (per-sample augmentation seeds, seeded init and sampler). With
+- Deterministic for a seed with --epochs (per-sample augmentation seeds, seeded init and sampler) on the
+  CPU. On CUDA two kernels have no deterministic variant (the cross-entropy's forward and memory-efficient
+  attention's backward; PyTorch warns once each), so GPU runs can differ in the last digits. With
   --minutes the number of steps depends on the machine's speed, and so does the learning-rate schedule.
 - Resumable: `checkpoint.pt` (a torch state dict, weights_only-loadable) after every epoch and on stopping.
 - Fine-tuning: --init MODEL starts from a stored model's weights (its SHA256 checked against its card) with a
@@ -11,6 +13,8 @@
 - Precision: --precision bf16 runs forward passes under bfloat16 autocast (losses, optimiser and the saved
   weights stay float32). On CPUs with AMX or AVX512-BF16 a step takes about half the time (measured 4.5 ->
   2.3 s on one thread of this machine's Xeon); on a GPU it is the usual mixed precision.
+- Loading: --loader-workers N prepares the augmented crops in N processes (a GPU otherwise waits on them);
+  the crops are the same for any N, because each sample's augmentation is seeded by (seed, epoch, index).
 - Output: metrics.csv (one row per epoch), the EMA model as <arch>.safetensors + card.
 """
 from __future__ import annotations
@@ -72,6 +76,7 @@ class TrainOptions:
     kl_anneal_epochs: int = 5
     max_cases: Optional[int] = None  # use only the first N cases (tests, quick checks)
     val_cases: int = 12  # validation cases scored per epoch (a quick check; `darefuse evaluate` does the rest)
+    loader_workers: int = 0  # processes preparing the augmented crops (0: in the training process)
     precision: str = "fp32"  # or "bf16": forward passes under bfloat16 autocast
     progress: bool = True
 
@@ -80,7 +85,8 @@ class TrainOptions:
         parts = ["darefuse", "train", "--data", self.data, "--out", self.out]
         defaults = TrainOptions(data="", out="")
         for name in ("val", "epochs", "minutes", "seed", "labelled_fraction", "init", "arch", "device", "roi", "batch_size",
-                     "lr", "cache", "threads", "contrast_dropout", "prior_dropout", "max_cases", "val_cases", "precision"):
+                     "lr", "cache", "threads", "contrast_dropout", "prior_dropout", "max_cases", "val_cases", "precision",
+                     "loader_workers"):
             value = getattr(self, name)
             if value is not None and value != getattr(defaults, name) or name == "seed":
                 flag = "--" + name.replace("_", "-")
@@ -110,6 +116,9 @@ def setup_runtime(options: TrainOptions) -> Runtime:
         raise InputError(f"--device must be cpu or cuda, got {name!r}.")
     if name == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device is available here; use --device cpu.")
+    if name == "cuda":
+        # cuBLAS is deterministic only with a fixed workspace; it must be set before its first call.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if world > 1 and not dist.is_initialized():
@@ -268,6 +277,8 @@ def train(options: TrainOptions) -> Optional[Path]:
         raise InputError(f"--arch must be darefuse or segresnet, got {options.arch!r}.")
     if options.init is not None and options.resume:
         raise InputError("--init and --resume exclude each other: --resume continues OUT/checkpoint.pt.")
+    if options.loader_workers < 0:
+        raise InputError(f"--loader-workers must be 0 or more, got {options.loader_workers}.")
     if options.precision not in PRECISIONS:
         raise InputError(f"--precision must be fp32 or bf16, got {options.precision!r}.")
     # Checked before the run folder exists, so a refused --init leaves nothing behind.
@@ -289,7 +300,8 @@ def train(options: TrainOptions) -> Optional[Path]:
 
     seed_everything(options.seed)
     cache_dir = cache_dir_for(options.data, options.cache)
-    workers = 1 if runtime.world > 1 else max(1, min(2, os.cpu_count() or 1))
+    # Pre-processing is per case and single-threaded: one process per core (DDP ranks split it instead).
+    workers = 1 if runtime.world > 1 else max(1, os.cpu_count() or 1)
     cases = cached_cases(options.data, cache_dir, runtime, options.max_cases, workers, log)
     flags = labelled_subset(cases, options.labelled_fraction, options.seed)
     for case, flag in zip(cases, flags):
@@ -334,7 +346,9 @@ def train(options: TrainOptions) -> Optional[Path]:
     sampler = torch.utils.data.distributed.DistributedSampler(
         dataset, num_replicas=runtime.world, rank=runtime.rank, shuffle=True, seed=options.seed, drop_last=True
     )
-    loader = torch.utils.data.DataLoader(dataset, batch_size=options.batch_size, sampler=sampler, num_workers=0, drop_last=True)
+    # Workers are started afresh each epoch (not persistent), so they see the dataset's new epoch.
+    loader = torch.utils.data.DataLoader(dataset, batch_size=options.batch_size, sampler=sampler,
+                                         num_workers=options.loader_workers, drop_last=True)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise InputError(f"{options.data}: {len(cases)} cases are too few for {runtime.world} process(es) x batch {options.batch_size}.")
@@ -470,7 +484,7 @@ def train(options: TrainOptions) -> Optional[Path]:
                 "roi": list(options.roi), "batch_size": options.batch_size, "lr": options.lr,
                 "contrast_dropout": options.contrast_dropout, "prior_dropout": options.prior_dropout,
                 "labelled_fraction": options.labelled_fraction, "mean_teacher": mean_teacher,
-                "precision": options.precision,
+                "precision": options.precision, "loader_workers": options.loader_workers,
             },
             "metrics": {"validation_2mm": {k: v for k, v in last_metrics.items() if k.startswith("val_")}},
             "parameters": count_parameters(model),
