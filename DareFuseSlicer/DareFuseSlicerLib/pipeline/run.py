@@ -242,7 +242,7 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
         with stages.stage("gradcam", f"Grad-CAM++ for {CLASSES[head_index]}"):
             if shared_gradcam is not None:
                 heat = shared_gradcam[0, 0].numpy()
-            else:  # several windows: a pass over the whole array for the case's predicted class
+            else:  # several windows: a pass over the whole array for the class head's class
                 from ..network.gradcam import gradcam_pp  # imports pytorch-grad-cam: only when asked for
 
                 heat = gradcam_pp(model, torch.from_numpy(prep.array), torch.from_numpy(prep.present),
