@@ -252,13 +252,15 @@ def tune_class_rule(config: PostprocessConfig,
     """`config` with the class rule (empty_means_no_tumour) on when it raises the class accuracy over
     (raw label, voxel mL, P(no tumour), class probabilities, true class index) with `config`'s post-processing;
     off on a tie: the class head's own answer is the default."""
-    def accuracy(candidate: PostprocessConfig) -> float:
-        return float(np.mean([
-            reported_class(candidate, probabilities, bool(postprocess(label, voxel_ml, candidate, p_no_tumour).any()))
-            == truth for label, voxel_ml, p_no_tumour, probabilities, truth in cases]))
-
     if not cases:
         return replace(config, empty_means_no_tumour=False)
+    # The rule does not change the map: post-process each case once for both candidates.
+    found = [bool(postprocess(label, voxel_ml, config, p_no_tumour).any()) for label, voxel_ml, p_no_tumour, _, _ in cases]
+
+    def accuracy(candidate: PostprocessConfig) -> float:
+        return float(np.mean([reported_class(candidate, probabilities, tumour_found) == truth
+                              for tumour_found, (_, _, _, probabilities, truth) in zip(found, cases)]))
+
     with_rule = replace(config, empty_means_no_tumour=True)
     without = replace(config, empty_means_no_tumour=False)
     return with_rule if accuracy(with_rule) > accuracy(without) + 1e-9 else without

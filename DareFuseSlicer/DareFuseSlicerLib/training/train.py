@@ -300,7 +300,7 @@ def train(options: TrainOptions) -> Optional[Path]:
 
     seed_everything(options.seed)
     cache_dir = cache_dir_for(options.data, options.cache)
-    # Pre-processing is per case and single-threaded: one process per core (DDP ranks split it instead).
+    # Pre-processing is per case: one process per core (DDP ranks split the cases instead).
     workers = 1 if runtime.world > 1 else max(1, os.cpu_count() or 1)
     cases = cached_cases(options.data, cache_dir, runtime, options.max_cases, workers, log)
     flags = labelled_subset(cases, options.labelled_fraction, options.seed)
