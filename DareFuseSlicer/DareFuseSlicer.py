@@ -44,7 +44,7 @@ TERMINOLOGY_FILE = os.path.join(MODULE_DIR, "Resources", "Terminology", "DareFus
 REQUIREMENTS_FILE = os.path.join(MODULE_DIR, "Resources", "requirements.txt")
 #: Minimum whole-tumour Dice of the bundled model on the bundled sample case (the self-test's pass mark).
 #: The lead sets it from the measured figure of the released model (`darefuse demo` prints it), minus a margin.
-SAMPLE_WT_DICE_MINIMUM = 0.80  # measured 0.897 with the bundled darefuse-v6 (README, model card)
+SAMPLE_WT_DICE_MINIMUM = 0.85  # measured 0.940 with the bundled darefuse-v7 (README, model card)
 
 
 if IN_SLICER_APP:
