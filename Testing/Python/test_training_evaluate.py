@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from DareFuseSlicerLib.constants import CLASSES
+import SimpleITK as sitk
+
+from DareFuseSlicerLib.constants import BRATS_SUFFIX, CLASSES, CONTRASTS
+from DareFuseSlicerLib.errors import InputError
 from DareFuseSlicerLib.network.model import DareFuseNet, NetConfig
 from DareFuseSlicerLib.network.store import load_model, save_model
 from DareFuseSlicerLib.pipeline.postprocess import PostprocessConfig, config_for_card
@@ -20,12 +23,15 @@ from DareFuseSlicerLib.training.evaluate import (
     roc_auc,
     run_evaluation,
     _labelled_box,
+    load_case,
+    parse_contrasts,
     tune_class_rule,
     tune_postprocessing,
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_training_dataset import make_folder  # noqa: E402
+from DareFuseSlicerLib.training.dataset import read_rows  # noqa: E402
 
 
 def _sphere(shape, centre, radius):
@@ -139,3 +145,53 @@ def test_report_on_a_tiny_folder(tmp_path):
     assert config_for_card(load_model(net_path).card) == (PostprocessConfig(**dare["postprocess"]["config"]), f"tuned on {folder}")
     text = md_path.read_text()
     assert "| darefuse | none |" in text and "| baseline |" in text and "HD95" in text
+
+
+def test_contrasts_parsed_with_errors_that_name_the_option():
+    assert parse_contrasts(None) == tuple(CONTRASTS)
+    assert parse_contrasts("FLAIR, t1ce") == ("t1ce", "flair")  # CONTRASTS order, whatever the order given
+    for bad in ("", " , ", "t1,pd"):
+        with pytest.raises(InputError, match="--contrasts"):
+            parse_contrasts(bad)
+
+
+def test_only_the_given_contrasts_reach_the_network(tmp_path, monkeypatch):
+    folder = make_folder(tmp_path / "held-out", n_cases=2, seed=12)
+    case = load_case(folder, read_rows(folder)[1], ("t2", "flair"))
+    assert case.images["t1"] is None and case.images["t1ce"] is None and case.images["flair"] is not None
+    assert case.prep.present.tolist() == [0.0, 0.0, 1.0, 1.0]
+
+    torch.manual_seed(0)
+    path = tmp_path / "m" / "darefuse.safetensors"
+    save_model(DareFuseNet(NetConfig()), path, {"training_command": "test", "seed": 0})
+    seen = []
+    forward = DareFuseNet.forward
+
+    def recording(self, x, present, use_prior=True):
+        seen.append(present.detach().cpu().numpy().copy())
+        return forward(self, x, present, use_prior)
+
+    monkeypatch.setattr(DareFuseNet, "forward", recording)
+    json_path, md_path = run_evaluation(folder, [f"darefuse={path}"], tmp_path / "report", tune=folder,
+                                        log=lambda *_: None, contrasts=("t2", "flair"))
+    assert seen and all(row.tolist() == [0.0, 0.0, 1.0, 1.0] for batch in seen for row in batch)
+    assert json.loads(json_path.read_text())["data"]["contrasts"] == ["t2", "flair"]
+    assert "Contrasts given to the models: t2, flair (the others missing)." in md_path.read_text()
+
+    # A card's held-out figures are for all four contrasts: --record with fewer is refused, nothing written.
+    with pytest.raises(InputError, match="--record"):
+        run_evaluation(folder, [f"darefuse={path}"], tmp_path / "refused", log=lambda *_: None, record=True,
+                       contrasts=("flair",))
+    assert not (tmp_path / "refused.json").exists()
+
+
+def test_a_reference_off_the_segmentation_grid_is_an_error_naming_the_case(tmp_path):
+    folder = make_folder(tmp_path / "held-out", n_cases=1, seed=13)
+    row = read_rows(folder)[0]
+    t2_path = folder / row[BRATS_SUFFIX["t2"]]
+    image = sitk.ReadImage(str(t2_path))
+    image.SetOrigin([o + 5.0 for o in image.GetOrigin()])
+    sitk.WriteImage(image, str(t2_path))
+    load_case(folder, row)  # T1 is the reference and is on the segmentation's grid
+    with pytest.raises(InputError, match=f"{row['case_id']}.*not on the segmentation's grid"):
+        load_case(folder, row, ("t2", "flair"))

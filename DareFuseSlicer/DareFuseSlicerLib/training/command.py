@@ -58,6 +58,9 @@ def register(subparsers) -> None:
     evaluate.add_argument("--device", choices=("cpu", "cuda"))
     evaluate.add_argument("--threads", type=int, default=2)
     evaluate.add_argument("--record", action="store_true", help="also write the summary into each model's card")
+    evaluate.add_argument("--contrasts", metavar="LIST",
+                          help="comma-separated contrasts given to the models, e.g. t1ce,flair (default: all four; "
+                               "the others are missing, on the held-out and the tuning cases alike)")
     evaluate.set_defaults(handler=_evaluate)
 
 
@@ -79,11 +82,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import run_evaluation
+    from .evaluate import parse_contrasts, run_evaluation
 
     json_path, md_path = run_evaluation(
         data=args.data, models=args.model, out=args.out, tune=args.tune, max_cases=args.max_cases,
-        device=args.device, threads=args.threads, record=args.record,
+        device=args.device, threads=args.threads, record=args.record, contrasts=parse_contrasts(args.contrasts),
     )
     print(f"report: {json_path} and {md_path}")
     return 0

@@ -64,9 +64,33 @@ class Case:
     truth_low: np.ndarray
 
 
-def load_case(folder: Path, row: dict) -> Case:
-    images = {c: sitk.ReadImage(str(folder / row[BRATS_SUFFIX[c]])) for c in CONTRASTS}
+def parse_contrasts(text: Optional[str]) -> Tuple[str, ...]:
+    """--contrasts "t1ce,flair" -> ("t1ce", "flair") in CONTRASTS order; None -> all four."""
+    if text is None:
+        return tuple(CONTRASTS)
+    names = [n.strip().lower() for n in str(text).split(",") if n.strip()]
+    unknown = [n for n in names if n not in CONTRASTS]
+    if unknown or not names:
+        raise InputError(f"--contrasts {text!r}: give a comma-separated, non-empty subset of {', '.join(CONTRASTS)}"
+                         + (f" (unknown: {', '.join(unknown)})" if unknown else "") + ".")
+    return tuple(c for c in CONTRASTS if c in names)
+
+
+def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-4)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3) and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-5))
+
+
+def load_case(folder: Path, row: dict, contrasts: Sequence[str] = CONTRASTS) -> Case:
+    """One engine case; only `contrasts` are given to the models (the others are missing, as in use)."""
+    images = {c: sitk.ReadImage(str(folder / row[BRATS_SUFFIX[c]])) if c in contrasts else None for c in CONTRASTS}
     seg = sitk.ReadImage(str(folder / row["seg"]))
+    reference = preprocess.reference_contrast(images)
+    if not _same_grid(images[reference], seg):
+        # Outputs come on the reference contrast's grid; scoring needs the segmentation's.
+        raise InputError(f"Case {row['case_id']}: its {reference} image (the reference for contrasts "
+                         f"{', '.join(c for c in CONTRASTS if images[c] is not None)}) is not on the segmentation's grid; "
+                         "evaluate on BraTS-grid cases (darefuse phantoms --grid brats) or give a T1.")
     prep = preprocess.prepare(images)
     return Case(
         case_id=row["case_id"], tumour_class=row["tumour_class"], images=images,
@@ -375,25 +399,33 @@ def _card_postprocess(card: dict) -> Tuple[PostprocessConfig, Optional[float], O
 
 
 def run_evaluation(data, models: Sequence[str], out, tune: Optional[str] = None, max_cases: Optional[int] = None,
-                   device: Optional[str] = None, threads: int = 2, log=print, record: bool = False) -> Tuple[Path, Path]:
+                   device: Optional[str] = None, threads: int = 2, log=print, record: bool = False,
+                   contrasts: Sequence[str] = CONTRASTS) -> Tuple[Path, Path]:
     """Score every model (NAME=PATH or PATH) on `data`; writes OUT.json and OUT.md. Post-processing: thresholds
     tuned on `tune` when given, else those of each model's card. record: also write the summary into each
-    model's card (metrics["held_out"], and the tuned thresholds, which the pipeline then uses)."""
+    model's card (metrics["held_out"], and the tuned thresholds, which the pipeline then uses). contrasts: the
+    ones given to the models, on the held-out and the tuning cases alike (the others are missing)."""
     from ..network.store import load_model, record_metrics
 
+    contrasts = tuple(c for c in CONTRASTS if c in contrasts)
+    if not contrasts:
+        raise InputError(f"contrasts: give a non-empty subset of {', '.join(CONTRASTS)}.")
+    if record and contrasts != tuple(CONTRASTS):
+        raise InputError("--record is for all four contrasts: a card's held-out figures and thresholds are the "
+                         "ones the pipeline uses by default.")
     torch.set_num_threads(threads)
     folder = Path(data)
     rows = read_rows(folder)[: max_cases or None]
     loaded = [(name, path, load_model(path, device or "cpu")) for name, path in _parse_models(models)]
     started = time.perf_counter()
-    log(f"evaluate: {len(rows)} cases of {folder}, {len(loaded)} model(s)")
+    log(f"evaluate: {len(rows)} cases of {folder}, {len(loaded)} model(s), contrasts {', '.join(contrasts)}")
 
     # Post-processing thresholds per model, tuned on the tuning folder (cases loaded one at a time).
     raw: Dict[str, list] = {name: [] for name, _, _ in loaded}
     classed: Dict[str, list] = {name: [] for name, _, _ in loaded}  # for the class rule
     if tune:
         for row in read_rows(tune):
-            case = load_case(Path(tune), row)
+            case = load_case(Path(tune), row, contrasts)
             voxel_ml = float(np.prod(case.spacing)) / 1000.0
             for name, _, model in loaded:
                 prediction = predictor_for(model)(model, case)
@@ -416,7 +448,7 @@ def run_evaluation(data, models: Sequence[str], out, tune: Optional[str] = None,
 
     scorers = {name: ModelScores(model, configs[name][0], hasattr(model, "generator")) for name, _, model in loaded}
     for i, row in enumerate(rows):
-        case = load_case(folder, row)
+        case = load_case(folder, row, contrasts)
         for scorer in scorers.values():
             scorer.add(case)
         del case
@@ -435,7 +467,8 @@ def run_evaluation(data, models: Sequence[str], out, tune: Optional[str] = None,
     summary = {
         "data": {"folder": str(folder), "cases": len(rows),
                  "classes": {c: sum(1 for r in rows if r["tumour_class"] == c) for c in CLASSES},
-                 "grids": sorted({r["grid"] for r in rows}), "seeds": [int(r["seed"]) for r in rows]},
+                 "grids": sorted({r["grid"] for r in rows}), "seeds": [int(r["seed"]) for r in rows],
+                 "contrasts": list(contrasts)},
         "seconds": round(time.perf_counter() - started, 1),
         "models": results,
     }
@@ -473,6 +506,9 @@ def markdown_report(summary: dict) -> str:
         f"{d['cases']} held-out synthetic cases from `{d['folder']}` (grids: {', '.join(d['grids'])}; classes: "
         + ", ".join(f"{k} {v}" for k, v in d["classes"].items()) + "), scored at the cases' own grid.",
         "Synthetic data-engine cases, not BraTS: the figures are not comparable with BraTS leaderboards.",
+        "",
+        f"Contrasts given to the models: {', '.join(d.get('contrasts', CONTRASTS))}"
+        + ("" if list(d.get("contrasts", CONTRASTS)) == list(CONTRASTS) else " (the others missing)") + ".",
         "",
         "## Segmentation (mean over cases; HD95 in mm)",
         "",
