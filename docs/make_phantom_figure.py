@@ -81,13 +81,20 @@ def main(argv=None) -> Path:
                 subtype = case.meta["subtype"].replace("_", " ")
                 name = tumour_class.replace("_", " ") + ("" if subtype == tumour_class.replace("_", " ") else f"\n({subtype})")
                 ax.set_ylabel(name, color="white", fontsize=11)
-    handles = [plt.Line2D([], [], color=c, lw=3, label=LABELS[v]) for v, c in zip((1, 2, 3), colours)]
-    fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False, labelcolor="white", fontsize=10)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=80, facecolor="black")
-    print(f"wrote {args.out}")
-    return args.out
+    return save_with_legend(fig, args.out, fontsize=10)
+
+
+def save_with_legend(fig, out: Path, fontsize: float) -> Path:
+    """The BraTS label legend along the bottom, then the figure written on black (shared by docs' figures)."""
+    import matplotlib.pyplot as plt
+
+    handles = [plt.Line2D([], [], color=LABEL_COLOURS[LABELS[v]], lw=3, label=LABELS[v]) for v in (1, 2, 3)]
+    fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False, labelcolor="white", fontsize=fontsize)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80, facecolor="black")
+    print(f"wrote {out}")
+    return out
 
 
 if __name__ == "__main__":
