@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "DareFuseSlicer"))
-from DareFuseSlicerLib.constants import CLASSES  # noqa: E402
+from DareFuseSlicerLib.constants import CLASSES, CONTRASTS  # noqa: E402
 from DareFuseSlicerLib.network.model import DareFuseNet  # noqa: E402
 from DareFuseSlicerLib.network.store import load_model  # noqa: E402
 from DareFuseSlicerLib.training.dataset import build_cache, load_cases  # noqa: E402
@@ -27,7 +27,7 @@ from DareFuseSlicerLib.training.train import cache_dir_for  # noqa: E402
 def confusion(model, cases) -> np.ndarray:
     matrix = np.zeros((len(CLASSES), len(CLASSES)), int)
     for case in cases:
-        out = model(torch.from_numpy(case.image.astype(np.float32))[None], torch.ones(1, len(CLASSES)))
+        out = model(torch.from_numpy(case.image.astype(np.float32))[None], torch.ones(1, len(CONTRASTS)))
         matrix[case.class_index, int(DareFuseNet.class_logits(out).argmax(1))] += 1
     return matrix
 

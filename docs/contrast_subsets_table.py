@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
-CONTRASTS = ("t1", "t1ce", "t2", "flair")  # constants.CONTRASTS (kept import-free: this only reads JSON)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "DareFuseSlicer"))
+from DareFuseSlicerLib.constants import CONTRASTS  # noqa: E402
 
 
 def row(path: str) -> tuple:
-    report = json.load(open(path))
+    report = json.loads(Path(path).read_text())
     name, r = next(iter(report["models"].items()))
     given = report["data"].get("contrasts", list(CONTRASTS))
     dice = [r["post"][k]["dice"] for k in ("WT", "TC", "ET")]

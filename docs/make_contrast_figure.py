@@ -20,22 +20,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "DareFuseSlicer"))
 
-from DareFuseSlicerLib.constants import BRATS_SUFFIX, CONTRASTS, LABEL_COLOURS, LABELS, REGIONS  # noqa: E402
+from DareFuseSlicerLib.constants import BRATS_SUFFIX, CONTRASTS, LABEL_COLOURS, LABELS  # noqa: E402
 from DareFuseSlicerLib.network.store import load_model  # noqa: E402
 from DareFuseSlicerLib.pipeline.run import run  # noqa: E402
+from DareFuseSlicerLib.training.evaluate import region_dice  # noqa: E402
 from make_phantom_figure import TITLES, _lps, save_with_legend  # noqa: E402  (docs/ is this script's folder)
 
 SAMPLE = ROOT / "DareFuseSlicer" / "Resources" / "SampleData" / "DareFuseSample-glioma"
 MODEL = ROOT / "DareFuseSlicer" / "Resources" / "Models" / "darefuse.safetensors"
 SUBSETS = (("t1", "t1ce", "t2", "flair"), ("t1ce", "t2", "flair"), ("t1ce", "flair"), ("t1", "t2", "flair"), ("flair",), ("t1ce",))
-
-
-def _dice(pred: np.ndarray, truth: np.ndarray) -> list:
-    out = []
-    for labels in REGIONS.values():
-        p, t = np.isin(pred, labels), np.isin(truth, labels)
-        out.append(1.0 if not p.any() and not t.any() else 2.0 * (p & t).sum() / (p.sum() + t.sum()))
-    return out
 
 
 def main(argv=None) -> Path:
@@ -61,7 +54,7 @@ def main(argv=None) -> Path:
     for subset in SUBSETS:
         result = run({c: images[c] if c in subset else None for c in CONTRASTS}, model, outputs=("segmentation",))
         label = _lps(result.label)
-        wt, tc, et = _dice(label, truth)
+        wt, tc, et = region_dice(label, truth)
         title = (" + ".join(TITLES[c] for c in subset) + f"\n{result.predicted_class.replace('_', ' ')}\n"
                  f"Dice WT {wt:.2f}, TC {tc:.2f}, ET {et:.2f}")
         panels.append((title, label, "flair" if "flair" in subset else subset[0]))

@@ -113,6 +113,15 @@ def _same_grid(image: sitk.Image, other: sitk.Image) -> bool:
             and image.GetOrigin() == other.GetOrigin() and image.GetDirection() == other.GetDirection())
 
 
+def grids_match(image: sitk.Image, other: sitk.Image, direction_atol: float = 1e-4) -> bool:
+    """The same voxel grid up to float noise in the header (size equal; spacing within 1e-4 mm, origin within
+    1e-3 mm, direction cosines within direction_atol)."""
+    return (image.GetSize() == other.GetSize()
+            and np.allclose(image.GetSpacing(), other.GetSpacing(), atol=1e-4)
+            and np.allclose(image.GetOrigin(), other.GetOrigin(), atol=1e-3)
+            and np.allclose(image.GetDirection(), other.GetDirection(), atol=direction_atol))
+
+
 def resample(image: sitk.Image, like: sitk.Image, interpolator=sitk.sitkLinear, default: float = 0.0) -> sitk.Image:
     """`image` on the grid of `like`, as float32 (`default` outside `image`)."""
     return sitk.Resample(image, like, sitk.Transform(), interpolator, default, sitk.sitkFloat32)

@@ -101,10 +101,7 @@ def _describe_inputs(images: Dict[str, sitk.Image], reference: str) -> Dict[str,
         if image is None:
             described[name] = {"given": False}
             continue
-        same_grid = (image.GetSize() == ref.GetSize()
-                     and np.allclose(image.GetSpacing(), ref.GetSpacing(), atol=1e-4)
-                     and np.allclose(image.GetOrigin(), ref.GetOrigin(), atol=1e-3)
-                     and np.allclose(image.GetDirection(), ref.GetDirection(), atol=1e-4))
+        same_grid = preprocess.grids_match(image, ref)
         described[name] = {
             "given": True,
             "size": list(image.GetSize()),

@@ -82,11 +82,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import parse_contrasts, run_evaluation
+    from .evaluate import run_evaluation
 
     json_path, md_path = run_evaluation(
         data=args.data, models=args.model, out=args.out, tune=args.tune, max_cases=args.max_cases,
-        device=args.device, threads=args.threads, record=args.record, contrasts=parse_contrasts(args.contrasts),
+        device=args.device, threads=args.threads, record=args.record, contrasts=args.contrasts,
     )
     print(f"report: {json_path} and {md_path}")
     return 0

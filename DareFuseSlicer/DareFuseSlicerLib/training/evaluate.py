@@ -64,11 +64,13 @@ class Case:
     truth_low: np.ndarray
 
 
-def parse_contrasts(text: Optional[str]) -> Tuple[str, ...]:
-    """--contrasts "t1ce,flair" -> ("t1ce", "flair") in CONTRASTS order; None -> all four."""
+def parse_contrasts(text) -> Tuple[str, ...]:
+    """--contrasts "t1ce,flair" (or a sequence of names) -> ("t1ce", "flair") in CONTRASTS order; None -> all four."""
     if text is None:
         return tuple(CONTRASTS)
-    names = [n.strip().lower() for n in str(text).split(",") if n.strip()]
+    if not isinstance(text, str):
+        text = ",".join(text)
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONTRASTS]
     if unknown or not names:
         raise InputError(f"--contrasts {text!r}: give a comma-separated, non-empty subset of {', '.join(CONTRASTS)}"
@@ -76,17 +78,12 @@ def parse_contrasts(text: Optional[str]) -> Tuple[str, ...]:
     return tuple(c for c in CONTRASTS if c in names)
 
 
-def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
-    return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-4)
-            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3) and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-5))
-
-
 def load_case(folder: Path, row: dict, contrasts: Sequence[str] = CONTRASTS) -> Case:
     """One engine case; only `contrasts` are given to the models (the others are missing, as in use)."""
     images = {c: sitk.ReadImage(str(folder / row[BRATS_SUFFIX[c]])) if c in contrasts else None for c in CONTRASTS}
     seg = sitk.ReadImage(str(folder / row["seg"]))
     reference = preprocess.reference_contrast(images)
-    if not _same_grid(images[reference], seg):
+    if not preprocess.grids_match(images[reference], seg, direction_atol=1e-5):
         # Outputs come on the reference contrast's grid; scoring needs the segmentation's.
         raise InputError(f"Case {row['case_id']}: its {reference} image (the reference for contrasts "
                          f"{', '.join(c for c in CONTRASTS if images[c] is not None)}) is not on the segmentation's grid; "
@@ -244,7 +241,8 @@ def _no_tumour_probability(prediction: Prediction) -> Optional[float]:
     return None if probabilities is None else float(probabilities[CLASSES.index("no_tumour")])
 
 
-def _region_dice(label: np.ndarray, truth: np.ndarray) -> List[float]:
+def region_dice(label: np.ndarray, truth: np.ndarray) -> List[float]:
+    """Dice of WT, TC, ET by voxel counts (1 where both are empty): the quick form used for tuning."""
     dice = []
     for labels in REGIONS.values():
         p, t = np.isin(label, labels), np.isin(truth, labels)
@@ -257,11 +255,11 @@ def tune_postprocessing(raw: List[Tuple[np.ndarray, np.ndarray, float, Optional[
     P(no tumour) or None), label and truth cropped by _labelled_box."""
     best, best_score = PostprocessConfig(), -1.0
     keys = [k for k in TUNE_GRID if k != "no_tumour_gate"]
-    cleared = [_region_dice(np.zeros_like(truth), truth) for _, truth, _, _ in raw]
+    cleared = [region_dice(np.zeros_like(truth), truth) for _, truth, _, _ in raw]
     for values in itertools.product(*(TUNE_GRID[k] for k in keys)):
         config = replace(PostprocessConfig(), **dict(zip(keys, values)))
         # The gate only chooses, case by case, between this map and an empty one: post-process each case once.
-        kept = [_region_dice(postprocess(label, voxel_ml, config), truth) for label, truth, voxel_ml, _ in raw]
+        kept = [region_dice(postprocess(label, voxel_ml, config), truth) for label, truth, voxel_ml, _ in raw]
         for gate in TUNE_GRID["no_tumour_gate"]:
             gated = replace(config, no_tumour_gate=gate)
             dice = [c if gate_closes(gated, case[3]) else k for k, c, case in zip(kept, cleared, raw)]
@@ -400,16 +398,15 @@ def _card_postprocess(card: dict) -> Tuple[PostprocessConfig, Optional[float], O
 
 def run_evaluation(data, models: Sequence[str], out, tune: Optional[str] = None, max_cases: Optional[int] = None,
                    device: Optional[str] = None, threads: int = 2, log=print, record: bool = False,
-                   contrasts: Sequence[str] = CONTRASTS) -> Tuple[Path, Path]:
+                   contrasts=None) -> Tuple[Path, Path]:
     """Score every model (NAME=PATH or PATH) on `data`; writes OUT.json and OUT.md. Post-processing: thresholds
     tuned on `tune` when given, else those of each model's card. record: also write the summary into each
     model's card (metrics["held_out"], and the tuned thresholds, which the pipeline then uses). contrasts: the
-    ones given to the models, on the held-out and the tuning cases alike (the others are missing)."""
+    ones given to the models (parse_contrasts: None for all four), on the held-out and the tuning cases alike
+    (the others are missing)."""
     from ..network.store import load_model, record_metrics
 
-    contrasts = tuple(c for c in CONTRASTS if c in contrasts)
-    if not contrasts:
-        raise InputError(f"contrasts: give a non-empty subset of {', '.join(CONTRASTS)}.")
+    contrasts = parse_contrasts(contrasts)
     if record and contrasts != tuple(CONTRASTS):
         raise InputError("--record is for all four contrasts: a card's held-out figures and thresholds are the "
                          "ones the pipeline uses by default.")
@@ -500,6 +497,7 @@ def _f(value, digits=3) -> str:
 
 def markdown_report(summary: dict) -> str:
     d = summary["data"]
+    given = list(d.get("contrasts", CONTRASTS))
     lines = [
         "# DareFuseSlicer evaluation",
         "",
@@ -507,8 +505,8 @@ def markdown_report(summary: dict) -> str:
         + ", ".join(f"{k} {v}" for k, v in d["classes"].items()) + "), scored at the cases' own grid.",
         "Synthetic data-engine cases, not BraTS: the figures are not comparable with BraTS leaderboards.",
         "",
-        f"Contrasts given to the models: {', '.join(d.get('contrasts', CONTRASTS))}"
-        + ("" if list(d.get("contrasts", CONTRASTS)) == list(CONTRASTS) else " (the others missing)") + ".",
+        f"Contrasts given to the models: {', '.join(given)}"
+        + ("" if given == list(CONTRASTS) else " (the others missing)") + ".",
         "",
         "## Segmentation (mean over cases; HD95 in mm)",
         "",
