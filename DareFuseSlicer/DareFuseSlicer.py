@@ -12,17 +12,11 @@ import unittest
 import slicer
 
 from DareFuseSlicerLib import parameters
+from DareFuseSlicerLib.constants import CONTRASTS
+from DareFuseSlicerLib.dependencies import missing_requirements, protected_constraints
 from DareFuseSlicerLib.errors import Cancelled, InputError
-from DareFuseSlicerLib.logic import (
-    BackgroundRun,
-    DareFuseLogic,
-    auto_assign_inputs,
-    load_sample_case,
-    missing_requirements,
-    protected_constraints,
-    report_of,
-    report_rows,
-)
+from DareFuseSlicerLib.inputs import auto_assign_inputs, load_sample_case
+from DareFuseSlicerLib.logic import BackgroundRun, DareFuseLogic, report_of, report_rows
 
 try:  # the Slicer application; slicer-core has neither Qt nor ScriptedLoadableModule
     import qt
@@ -78,7 +72,7 @@ if IN_SLICER_APP:
         import json
 
         import SampleData
-        from DareFuseSlicerLib.constants import BRATS_SUFFIX, CONTRASTS
+        from DareFuseSlicerLib.constants import BRATS_SUFFIX
         from DareFuseSlicerLib.phantoms import sample_case_paths
         from DareFuseSlicerLib.phantoms.io import SAMPLE_DIR
 
@@ -174,7 +168,7 @@ if IN_SLICER_APP:
 
         def initializeParameterNode(self):
             self.setParameterNode(self.logic.getParameterNode())
-            if not any(getattr(self._parameterNode, name) for name in ("t1", "t1ce", "t2", "flair")):
+            if not any(getattr(self._parameterNode, name) for name in CONTRASTS):
                 self.onAutoAssign()
 
         def setParameterNode(self, inputParameterNode):
@@ -207,7 +201,7 @@ if IN_SLICER_APP:
                 return
             values = parameters.values_of(self._parameterNode) if self._parameterNode else {}
             arguments = parameters.process_arguments(values)
-            has_input = any(arguments.get(name) for name in ("t1", "t1ce", "t2", "flair"))
+            has_input = any(arguments.get(name) for name in CONTRASTS)
             self.ui.applyButton.text = "Apply"
             self.ui.applyButton.enabled = bool(has_input and arguments["outputs"])
             self.ui.applyButton.toolTip = ("Run DARE-FUSE on the selected inputs." if self.ui.applyButton.enabled
@@ -220,7 +214,7 @@ if IN_SLICER_APP:
             assigned = auto_assign_inputs(slicer.mrmlScene)
             if assigned:
                 wasModifying = self._parameterNode.StartModify()  # one GUI update for the four selectors
-                for name in ("t1", "t1ce", "t2", "flair"):
+                for name in CONTRASTS:
                     setattr(self._parameterNode, name, assigned.get(name))
                 self._parameterNode.EndModify(wasModifying)
 
@@ -241,7 +235,7 @@ if IN_SLICER_APP:
                 return
             arguments = parameters.process_arguments(parameters.values_of(self._parameterNode))
             try:
-                inputs = {name: arguments.pop(name) for name in ("t1", "t1ce", "t2", "flair")}
+                inputs = {name: arguments.pop(name) for name in CONTRASTS}
                 self._run = BackgroundRun(self.logic, inputs, **arguments).start()
             except InputError as error:
                 slicer.util.errorDisplay(str(error))
@@ -296,7 +290,7 @@ if IN_SLICER_APP:
 
         def _ensurePythonPackages(self):
             """torch from the PyTorch extension, the rest by pip after asking; never at import, never
-            replacing Slicer's own SimpleITK, numpy or VTK (pinned with a pip constraints file)."""
+            replacing Slicer's own SimpleITK, numpy, SciPy or VTK (pinned with a pip constraints file)."""
             import importlib.util
 
             if importlib.util.find_spec("torch") is None:
@@ -313,7 +307,7 @@ if IN_SLICER_APP:
                 return True
             if not slicer.util.confirmOkCancelDisplay(
                     "DareFuseSlicer needs these Python packages, installed once into Slicer's Python:\n\n"
-                    + "\n".join(missing) + "\n\nSlicer's own SimpleITK, numpy, VTK and PyTorch are kept. Install now?",
+                    + "\n".join(missing) + "\n\nSlicer's own SimpleITK, numpy, SciPy, VTK and PyTorch are kept. Install now?",
                     "DareFuseSlicer: install Python packages"):
                 return False
             import tempfile
@@ -357,8 +351,9 @@ class DareFuseSlicerTest(_TestBase):
             logging.info(message)
 
     def test_sample_case(self):
-        import numpy as np
         import SimpleITK as sitk
+        from DareFuseSlicerLib.constants import REGIONS
+        from DareFuseSlicerLib.metrics import region_dice
         from DareFuseSlicerLib.phantoms import sample_case_paths
         from DareFuseSlicerLib.scene import display, nodes, segmentation, volumes
 
@@ -383,11 +378,7 @@ class DareFuseSlicerTest(_TestBase):
         truth = sitk.ReadImage(str(paths["seg"]))
         predicted = segmentation.labels_array(seg, truth)
         expected = sitk.GetArrayFromImage(truth)
-        regions = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}  # the BraTS regions of labels 1 NETC, 2 SNFH, 3 ET
-        scores = {}
-        for name, labels in regions.items():
-            p, t = np.isin(predicted, labels), np.isin(expected, labels)
-            scores[name] = 2.0 * np.count_nonzero(p & t) / max(np.count_nonzero(p) + np.count_nonzero(t), 1)
+        scores = dict(zip(REGIONS, region_dice(predicted, expected)))
         self._say("Dice on the sample case: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
         self.assertGreaterEqual(scores["WT"], SAMPLE_WT_DICE_MINIMUM)
 

@@ -63,8 +63,8 @@ def read_case():
     from DareFuseSlicerLib.constants import BRATS_SUFFIX, CONTRASTS
     sample = sample_case_paths()
     paths = {c: str(sample[BRATS_SUFFIX[c]]) for c in CONTRASTS}
-    from DareFuseSlicerLib.pipeline import command
-    step("header checks", lambda: command.check_inputs(paths))
+    from DareFuseSlicerLib import headless
+    step("header checks", lambda: headless.check_inputs(paths))
     step("import slicer-core (and the VTK modules it needs)", lambda: __import__("slicer"))
     step("import DareFuse scene and logic modules", lambda: __import__("DareFuseSlicerLib.logic"))
     from DareFuseSlicerLib.logic import DareFuseLogic

@@ -20,11 +20,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "DareFuseSlicer"))
 
-from DareFuseSlicerLib.constants import BRATS_SUFFIX, CONTRASTS, LABEL_COLOURS, LABELS  # noqa: E402
+from DareFuseSlicerLib.constants import BRATS_SUFFIX, CONTRAST_NAMES, CONTRASTS, LABEL_COLOURS, LABELS  # noqa: E402
+from DareFuseSlicerLib.metrics import region_dice  # noqa: E402
 from DareFuseSlicerLib.network.store import load_model  # noqa: E402
 from DareFuseSlicerLib.pipeline.run import run  # noqa: E402
-from DareFuseSlicerLib.training.evaluate import region_dice  # noqa: E402
-from make_phantom_figure import TITLES, _lps, save_with_legend  # noqa: E402  (docs/ is this script's folder)
+from make_phantom_figure import _lps, save_with_legend  # noqa: E402  (docs/ is this script's folder)
 
 SAMPLE = ROOT / "DareFuseSlicer" / "Resources" / "SampleData" / "DareFuseSample-glioma"
 MODEL = ROOT / "DareFuseSlicer" / "Resources" / "Models" / "darefuse.safetensors"
@@ -55,7 +55,7 @@ def main(argv=None) -> Path:
         result = run({c: images[c] if c in subset else None for c in CONTRASTS}, model, outputs=("segmentation",))
         label = _lps(result.label)
         wt, tc, et = region_dice(label, truth)
-        title = (" + ".join(TITLES[c] for c in subset) + f"\n{result.predicted_class.replace('_', ' ')}\n"
+        title = (" + ".join(CONTRAST_NAMES[c] for c in subset) + f"\n{result.predicted_class.replace('_', ' ')}\n"
                  f"Dice WT {wt:.2f}, TC {tc:.2f}, ET {et:.2f}")
         panels.append((title, label, "flair" if "flair" in subset else subset[0]))
         print(title.replace("\n", ": "), flush=True)

@@ -18,10 +18,9 @@ import SimpleITK as sitk
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "DareFuseSlicer"))
 
-from DareFuseSlicerLib.constants import CLASSES, CONTRASTS, LABEL_COLOURS, LABELS  # noqa: E402
+from DareFuseSlicerLib.constants import CLASSES, CONTRAST_NAMES, CONTRASTS, LABEL_COLOURS, LABELS  # noqa: E402
 from DareFuseSlicerLib.phantoms import make_case  # noqa: E402
 
-TITLES = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
 
 
 def _lps(image: sitk.Image) -> np.ndarray:
@@ -76,7 +75,7 @@ def main(argv=None) -> Path:
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
-                ax.set_title(TITLES[contrast] + (" + label" if col == 4 else ""), color="white", fontsize=11)
+                ax.set_title(CONTRAST_NAMES[contrast] + (" + label" if col == 4 else ""), color="white", fontsize=11)
             if col == 0:
                 subtype = case.meta["subtype"].replace("_", " ")
                 name = tumour_class.replace("_", " ") + ("" if subtype == tumour_class.replace("_", " ") else f"\n({subtype})")

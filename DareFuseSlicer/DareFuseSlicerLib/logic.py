@@ -14,35 +14,28 @@ from __future__ import annotations
 
 import datetime
 import json
-import re
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-import numpy as np
 import SimpleITK as sitk
 
 import slicer
 
-from .constants import BRATS_SUFFIX, CONTRASTS
-from .errors import Cancelled, InputError
+from .constants import CONTRAST_NAMES, CONTRASTS, OUTPUTS, display_contrast, reference_contrast
+from .errors import InputError
+from .inputs import check_input_node, node_geometry
 from .pipeline import validate
+from .progress import CancelFn, ProgressFn, check_cancel, scaled
 from .scene import display, nodes, segmentation, volumes
-
-ProgressFn = Callable[[float, str], None]
-CancelFn = Callable[[], bool]
 
 MODULE_DIR = Path(__file__).resolve().parents[1]
 MODELS_DIR = MODULE_DIR / "Resources" / "Models"
 #: The bundled model's file name in Resources/Models (its card is <stem>.card.json beside it).
 BUNDLED_MODEL_NAME = "darefuse.safetensors"
 
-#: The optional layers a run can produce (the class and the volumes are always computed).
-OUTPUTS = validate.OUTPUTS
-#: How each input is named in messages, as its selector is labelled in the module panel.
-CONTRAST_LABELS = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
 #: Share of the progress bar for the pipeline; the rest is building and adding the nodes.
 PIPELINE_SHARE = 0.95
 
@@ -114,11 +107,11 @@ class DareFuseLogic:
         """
         prepared = self.prepare(t1=t1, t1ce=t1ce, t2=t2, flair=flair)
         wanted = validate.check_outputs(outputs)
-        result, model_info = self.compute(prepared, wanted, device=device, progress=_scaled(progress, 0.0,
+        result, model_info = self.compute(prepared, wanted, device=device, progress=scaled(progress, 0.0,
                                           PIPELINE_SHARE), cancel=cancel, model_path=model_path,
                                           class_gate=class_gate)
         return self.commit(prepared, result, wanted, model_info=model_info, device=device,
-                           progress=_scaled(progress, PIPELINE_SHARE, 1.0), cancel=cancel)
+                           progress=scaled(progress, PIPELINE_SHARE, 1.0), cancel=cancel)
 
     # ----------------------------------------------------------------------------------------------------------
     def prepare(self, t1=None, t1ce=None, t2=None, flair=None) -> PreparedInputs:
@@ -130,7 +123,7 @@ class DareFuseLogic:
         first_label = ""
         seen: Dict[str, str] = {}
         for name, node in given.items():
-            label = CONTRAST_LABELS[name]
+            label = CONTRAST_NAMES[name]
             check_input_node(node, label)
             if scene is None:
                 scene, first_label = node.GetScene(), label
@@ -141,11 +134,11 @@ class DareFuseLogic:
                 raise InputError(f"{label}: volume '{node.GetName()}' is already the {seen[node.GetID()]} input; "
                                  "give each contrast its own volume.")
             seen[node.GetID()] = label
-        reference = next(name for name in CONTRASTS if name in given)
+        reference = reference_contrast(given)
         # The memory guard before any voxel is copied.
         validate.check_memory({name: node_geometry(node) for name, node in given.items()}, reference,
-                              {name: f"{CONTRAST_LABELS[name]} ('{node.GetName()}')" for name, node in given.items()})
-        images = {name: volumes.volume_node_to_image(node, CONTRAST_LABELS[name]) for name, node in given.items()}
+                              {name: f"{CONTRAST_NAMES[name]} ('{node.GetName()}')" for name, node in given.items()})
+        images = {name: volumes.volume_node_to_image(node, CONTRAST_NAMES[name]) for name, node in given.items()}
         return PreparedInputs(scene=scene, nodes=given, images=images, reference=reference)
 
     # ----------------------------------------------------------------------------------------------------------
@@ -172,7 +165,7 @@ class DareFuseLogic:
         Returns (the pipeline's result, a description of the model: name, version, sha256, ...).
         """
         wanted = validate.check_outputs(outputs)
-        _check_cancel(cancel)
+        check_cancel(cancel)
         if progress is not None:
             progress(0.0, "loading the model")
         model = self.model(model_path)
@@ -180,10 +173,10 @@ class DareFuseLogic:
         if run is None:
             from .pipeline.run import run
         from .pipeline.outputs import describe_model
-        labels = {name: f"{CONTRAST_LABELS[name]} ('{node.GetName()}')" for name, node in prepared.nodes.items()}
+        labels = {name: f"{CONTRAST_NAMES[name]} ('{node.GetName()}')" for name, node in prepared.nodes.items()}
         result = run(dict(prepared.images), model, outputs=set(wanted), device=device, progress=progress,
                      cancel=cancel, labels=labels, class_gate=class_gate)
-        _check_cancel(cancel)
+        check_cancel(cancel)
         return result, describe_model(model)
 
     # ----------------------------------------------------------------------------------------------------------
@@ -196,7 +189,7 @@ class DareFuseLogic:
         reference_node = prepared.reference_node
         for name, node in prepared.nodes.items():  # the GUI stays usable during a run: inputs may be gone
             if node.GetScene() is not scene:
-                raise InputError(f"{CONTRAST_LABELS[name]}: volume '{node.GetName()}' was removed from the scene "
+                raise InputError(f"{CONTRAST_NAMES[name]}: volume '{node.GetName()}' was removed from the scene "
                                  "during the run; nothing was added.")
         reference_image = prepared.images[prepared.reference]
         run_id = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -210,7 +203,7 @@ class DareFuseLogic:
             image_data = node.GetImageData() if node.IsA("vtkMRMLVolumeNode") else None
             if image_data is not None and tuple(image_data.GetDimensions()) != tuple(reference_image.GetSize()):
                 raise RuntimeError(f"pipeline output {kind} is not on the reference grid")
-        _check_cancel(cancel)  # last point where a cancel is honoured: from here the commit is short
+        check_cancel(cancel)  # last point where a cancel is honoured: from here the commit is short
 
         report = build_report(result, prepared, model_info, device, warnings, run_id)
 
@@ -291,7 +284,7 @@ class DareFuseLogic:
                                                                          f"{base} difference prior")
             for contrast, image in (getattr(result, "tumour_free", None) or {}).items():
                 built[f"tumour_free_{contrast}"] = volumes.image_to_volume_node(
-                    image, f"{base} tumour-free {CONTRAST_LABELS.get(contrast, contrast)}")
+                    image, f"{base} tumour-free {CONTRAST_NAMES.get(contrast, contrast)}")
         if "gradcam" in wanted:
             if getattr(result, "gradcam", None) is None:
                 missing("Grad-CAM++ map")
@@ -381,52 +374,6 @@ class BackgroundRun:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Input checks
-def check_input_node(node: Any, label: str) -> None:
-    """Raise InputError naming `label` unless `node` is a usable 3-D single-component scalar volume in a scene."""
-    if not hasattr(node, "IsA") or not node.IsA("vtkMRMLScalarVolumeNode"):
-        kind = node.GetClassName() if hasattr(node, "GetClassName") else type(node).__name__
-        raise InputError(f"{label}: '{_name(node)}' is a {kind}, not a scalar volume.")
-    if node.IsA("vtkMRMLLabelMapVolumeNode"):
-        raise InputError(f"{label}: volume '{node.GetName()}' is a label map, not an MR image; select the image "
-                         "(or convert it to a scalar volume in the Volumes module if it really is one).")
-    if node.GetScene() is None:
-        raise InputError(f"{label}: volume '{node.GetName()}' is not in a scene.")
-    if nodes.is_output(node):
-        raise InputError(f"{label}: volume '{node.GetName()}' is a DareFuse output, not an input image.")
-    image_data = node.GetImageData()
-    if image_data is None or image_data.GetPointData().GetScalars() is None \
-            or image_data.GetNumberOfPoints() == 0:
-        raise InputError(f"{label}: volume '{node.GetName()}' is empty (it has no image data).")
-    # The pipeline's own shape rules (2-D, thin slab, colour voxels), with the same messages as the command line.
-    validate.check_geometry(f"{label} ('{node.GetName()}')", node_geometry(node))
-
-
-def node_geometry(node: slicer.vtkMRMLScalarVolumeNode) -> "validate.Geometry":
-    """What pipeline.validate needs to know about a volume, read from the node without copying voxels."""
-    image_data = node.GetImageData()
-    ijk_to_ras = volumes.node_ijk_to_ras(node)
-    spacing = tuple(float(np.linalg.norm(ijk_to_ras[:3, axis])) for axis in range(3))
-    return validate.Geometry(tuple(image_data.GetDimensions()), spacing, image_data.GetNumberOfScalarComponents(),
-                             image_data.GetScalarTypeAsString())
-
-
-def _name(node: Any) -> str:
-    return node.GetName() if hasattr(node, "GetName") else repr(node)
-
-
-def _check_cancel(cancel: Optional[CancelFn]) -> None:
-    if cancel is not None and cancel():
-        raise Cancelled()
-
-
-def _scaled(progress: Optional[ProgressFn], start: float, stop: float) -> Optional[ProgressFn]:
-    if progress is None:
-        return None
-    return lambda fraction, message: progress(start + (stop - start) * min(max(fraction, 0.0), 1.0), message)
-
-
-# --------------------------------------------------------------------------------------------------------------
 # Report
 def build_report(result: Any, prepared: PreparedInputs, model_info: Optional[dict], device: str,
                  warnings: Sequence[str], run_id: str) -> Dict[str, Any]:
@@ -451,89 +398,7 @@ def report_of(node: slicer.vtkMRMLNode) -> Optional[dict]:
 
 def display_background(prepared: PreparedInputs) -> slicer.vtkMRMLScalarVolumeNode:
     """The image shown beneath the overlays: where tumours show best (FLAIR, then T1ce, T2, T1)."""
-    for name in ("flair", "t1ce", "t2", "t1"):
-        if name in prepared.nodes:
-            return prepared.nodes[name]
-    return prepared.reference_node
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Inputs from a scene
-#: Name tokens for each contrast, checked in this order (FLAIR before T2 so "t2_flair" is FLAIR; T1ce before T1).
-NAME_TOKENS = (
-    ("flair", ("flair", "t2f", "t2flair")),
-    ("t1ce", ("t1ce", "t1c", "t1gd", "t1post")),
-    ("t2", ("t2", "t2w")),
-    ("t1", ("t1", "t1n", "t1w")),
-)
-_EXTENSIONS = re.compile(r"\.(nii\.gz|nii|nrrd|nhdr|mha|mhd|seg\.nrrd)$", re.IGNORECASE)
-
-
-def contrast_of_name(name: str) -> Tuple[Optional[str], str]:
-    """(contrast, case stem) for a volume name such as 'BraTS-GLI-00001-000-t1c.nii.gz' or 'T2 FLAIR'.
-
-    The stem is the name without the contrast's token, to group volumes of one case. (None, name) if no token.
-    """
-    plain = _EXTENSIONS.sub("", name.strip())
-    tokens = [token for token in re.split(r"[^0-9a-zA-Z]+", plain.lower()) if token]
-    for contrast, words in NAME_TOKENS:
-        for index, token in enumerate(tokens):
-            if token in words:
-                stem = "-".join(tokens[:index] + tokens[index + 1:])
-                return contrast, stem
-        # "T2 FLAIR" splits into two tokens: also try neighbouring pairs
-        for index in range(len(tokens) - 1):
-            if tokens[index] + tokens[index + 1] in words:
-                return contrast, "-".join(tokens[:index] + tokens[index + 2:])
-    return None, plain.lower()
-
-
-def auto_assign_inputs(scene: slicer.vtkMRMLScene) -> Dict[str, slicer.vtkMRMLScalarVolumeNode]:
-    """Guess T1, T1ce, T2 and FLAIR from the names of the scene's scalar volumes.
-
-    Names match t1/t1n/t1w, t1ce/t1c/t1gd, t2/t2w, flair/t2f (any case, BraTS file names such as CASE-t1c.nii.gz
-    too). Label maps and this module's outputs are skipped. When several cases are loaded, the case (volumes
-    sharing a name stem) with the most contrasts wins, the most recently added on a tie.
-    Returns contrast -> node for the contrasts found.
-    """
-    cases: Dict[str, Dict[str, Tuple[int, slicer.vtkMRMLScalarVolumeNode]]] = {}
-    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
-        node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
-        if node.IsA("vtkMRMLLabelMapVolumeNode") or nodes.is_output(node) or node.GetHideFromEditors():
-            continue
-        contrast, stem = contrast_of_name(node.GetName() or "")
-        if contrast is None:
-            continue
-        cases.setdefault(stem, {}).setdefault(contrast, (index, node))
-    if not cases:
-        return {}
-    best = max(cases.values(), key=lambda case: (len(case), max(order for order, _ in case.values())))
-    return {contrast: best[contrast][1] for contrast in CONTRASTS if contrast in best}
-
-
-def load_sample_case(scene: slicer.vtkMRMLScene, paths: Optional[Mapping[str, Any]] = None,
-                     with_labels: bool = False) -> Dict[str, slicer.vtkMRMLScalarVolumeNode]:
-    """Load the bundled sample case (SHA256-checked) into `scene` through storage nodes.
-
-    paths: manifest key (t1n, t1c, t2w, t2f, seg) -> file; phantoms.sample_case_paths() when None.
-    Returns contrast -> volume node, plus "labels" -> label map node when with_labels.
-    """
-    if paths is None:
-        from .phantoms import sample_case_paths
-
-        paths = sample_case_paths()
-    from .scene import files
-
-    loaded: Dict[str, slicer.vtkMRMLScalarVolumeNode] = {}
-    for contrast in CONTRASTS:
-        path = paths.get(BRATS_SUFFIX[contrast]) or paths.get(contrast)
-        if path is not None:
-            loaded[contrast] = files.load_volume(scene, path)
-    if not loaded:
-        raise InputError("The sample case has no image files.")
-    if with_labels and paths.get("seg") is not None:
-        loaded["labels"] = files.load_volume(scene, paths["seg"], label_map=True)
-    return loaded
+    return prepared.nodes[display_contrast(prepared.nodes)]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -560,55 +425,3 @@ def report_rows(report: Mapping[str, Any]) -> Dict[str, List[Tuple[str, str]]]:
     return {"classes": classes, "volumes": regions}
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Python packages in Slicer
-#: Packages Slicer provides itself, which an install must never replace (pinned to the installed version).
-PROTECTED_PACKAGES = ("SimpleITK", "numpy", "vtk", "torch", "torchvision")
-
-
-def _distribution_version(name: str) -> Optional[str]:
-    import importlib.metadata as metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def read_requirements(path) -> List[str]:
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
-
-
-def missing_requirements(path) -> List[str]:
-    """The requirement lines of `path` that the running Python does not satisfy (absent or too old)."""
-    missing = []
-    for requirement in read_requirements(path):
-        name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0]
-        installed = _distribution_version(name)
-        if installed is None or not _satisfies(installed, requirement[len(name):]):
-            missing.append(requirement)
-    return missing
-
-
-def _satisfies(version: str, specifier: str) -> bool:
-    specifier = specifier.split(";", 1)[0].strip()
-    if not specifier:
-        return True
-    try:
-        from packaging.specifiers import SpecifierSet
-        from packaging.version import Version
-    except ImportError:  # pip's vendored copy is always there where pip is
-        from pip._vendor.packaging.specifiers import SpecifierSet
-        from pip._vendor.packaging.version import Version
-    return Version(version) in SpecifierSet(specifier)
-
-
-def protected_constraints() -> List[str]:
-    """pip constraint lines pinning Slicer's own packages at their installed versions."""
-    pins = []
-    for name in PROTECTED_PACKAGES:
-        version = _distribution_version(name)
-        if version is not None:
-            pins.append(f"{name}=={version}")
-    return pins

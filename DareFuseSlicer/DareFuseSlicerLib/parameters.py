@@ -24,7 +24,7 @@ class Parameter:
     node_class: str = ""  # NODE: the MRML class the selector offers
     choices: Tuple[str, ...] = ()  # CHOICE: the values, in the order the combo box lists them
     process_argument: str = ""  # the DareFuseLogic.process argument it sets ("" for a layer switch)
-    output: str = ""  # BOOL layer switches: the output (logic.OUTPUTS) they enable
+    output: str = ""  # BOOL layer switches: the output (constants.OUTPUTS) they enable
 
 
 PARAMETERS = (

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from DareFuseSlicerLib import cli
-from DareFuseSlicerLib.pipeline import command
+from DareFuseSlicerLib.cli import segment as segment_cli
 from pipeline_helpers import head, save_tiny_model, write
 
 pytest.importorskip("slicer")
@@ -16,10 +16,10 @@ pytest.importorskip("slicer")
 
 def write_csv(path: Path, rows):
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=command.BATCH_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=segment_cli.BATCH_COLUMNS)
         writer.writeheader()
         for row in rows:
-            writer.writerow({column: row.get(column, "") for column in command.BATCH_COLUMNS})
+            writer.writerow({column: row.get(column, "") for column in segment_cli.BATCH_COLUMNS})
 
 
 @pytest.mark.slow  # three full runs through the logic and the scene: ~5 s each on a busy 2-core CPU
@@ -69,7 +69,7 @@ def test_memory_does_not_grow_from_case_to_case(tmp_path):
                   tmp_path / "flair.nii.gz")
     cases = [{"case_id": f"c{i}", "t1": t1, "t1ce": "", "t2": "", "flair": flair,
               "output_dir": str(tmp_path / f"out{i}")} for i in range(n)]
-    rows = command.run_batch(cases, model_path=str(model), quiet=True)
+    rows = segment_cli.run_batch(cases, model_path=str(model), quiet=True)
     assert all(row["status"] == "ok" for row in rows), rows
     resident = [row["resident_mb"] for row in rows]
     print("resident MB per case:", resident)

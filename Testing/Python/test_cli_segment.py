@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from DareFuseSlicerLib import cli
+from DareFuseSlicerLib import cli, headless
 from DareFuseSlicerLib.errors import Cancelled
-from DareFuseSlicerLib.pipeline import command, inference
+from DareFuseSlicerLib.pipeline import inference
 from DareFuseSlicerLib.pipeline.outputs import RESULT_FILES
 from DareFuseSlicerLib.pipeline.process_stats import process_age_s
 from pipeline_helpers import head, same_grid, save_tiny_model, write
@@ -198,8 +198,8 @@ def test_cancel_between_windows_leaves_nothing_written(files, tmp_path, monkeypa
 
     out = tmp_path / "out"
     with pytest.raises(Cancelled):
-        command.segment_case({"t1": files["t1"]}, out, model_path=files["model"],
-                             progress=lambda f, m: seen.append(m), cancel=cancel)
+        headless.segment_case({"t1": files["t1"]}, out, model_path=files["model"],
+                              progress=lambda f, m: seen.append(m), cancel=cancel)
     assert any("window 1 of" in m for m in seen) and not any("window 2 of" in m for m in seen)
     assert not out.exists() and sorted(os.listdir(tmp_path)) == []
 

@@ -5,9 +5,11 @@ import SimpleITK as sitk
 import vtk
 
 import slicer
+from DareFuseSlicerLib import dependencies
 from DareFuseSlicerLib import logic as logic_module
 from DareFuseSlicerLib.errors import InputError
-from DareFuseSlicerLib.logic import DareFuseLogic, auto_assign_inputs, contrast_of_name, load_sample_case
+from DareFuseSlicerLib.inputs import auto_assign_inputs, contrast_of_name, load_sample_case
+from DareFuseSlicerLib.logic import DareFuseLogic
 from DareFuseSlicerLib.scene import files, segmentation, volumes
 
 import scene_cases
@@ -188,18 +190,18 @@ def test_report_rows():
 def test_requirements_helpers(tmp_path):
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("# comment\nnumpy>=1.0  # present\nsurely-not-installed-darefuse>=1\nnumpy>=999\n")
-    assert logic_module.missing_requirements(requirements) == ["surely-not-installed-darefuse>=1", "numpy>=999"]
-    pins = logic_module.protected_constraints()
+    assert dependencies.missing_requirements(requirements) == ["surely-not-installed-darefuse>=1", "numpy>=999"]
+    pins = dependencies.protected_constraints()
     assert any(pin.startswith("SimpleITK==") for pin in pins)
     assert any(pin.startswith("numpy==") for pin in pins)
 
 
 def test_module_requirements_never_name_slicer_packages():
-    """Slicer's own SimpleITK, numpy and VTK, and torch (from the PyTorch extension), are never pip-installed."""
+    """Slicer's own SimpleITK, numpy, SciPy and VTK, and torch (from the PyTorch extension), are never pip-installed."""
     path = logic_module.MODULE_DIR / "Resources" / "requirements.txt"
     names = {line.split("=")[0].split(">")[0].split("<")[0].strip().lower()
-             for line in logic_module.read_requirements(path)}
-    assert names and not names & {p.lower() for p in logic_module.PROTECTED_PACKAGES}
+             for line in dependencies.read_requirements(path)}
+    assert names and not names & {p.lower() for p in dependencies.PROTECTED_PACKAGES}
 
 
 def test_segmentation_of_logic_has_reference_after_reload(case, tmp_path):

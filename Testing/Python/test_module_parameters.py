@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from DareFuseSlicerLib import logic, parameters
+from DareFuseSlicerLib import constants, logic, parameters
 
 UI_FILE = Path(__file__).resolve().parents[2] / "DareFuseSlicer" / "Resources" / "UI" / "DareFuseSlicer.ui"
 
@@ -55,12 +55,12 @@ def test_process_arguments_are_process_parameters():
     signature = inspect.signature(logic.DareFuseLogic.process)
     arguments = parameters.process_arguments(parameters.defaults())
     assert set(arguments) <= set(signature.parameters)
-    assert arguments["outputs"] == logic.OUTPUTS  # all layers by default
+    assert arguments["outputs"] == constants.OUTPUTS  # all layers by default
     assert arguments["device"] == signature.parameters["device"].default
 
 
 def test_layer_switches_map_to_outputs():
-    assert {p.output for p in parameters.PARAMETERS if p.output} == set(logic.OUTPUTS)
+    assert {p.output for p in parameters.PARAMETERS if p.output} == set(constants.OUTPUTS)
     arguments = parameters.process_arguments({"gradcamOutput": False, "priorOutput": False, "t2": "node"})
     assert arguments["outputs"] == ("segmentation", "uncertainty")
     assert arguments["t2"] == "node" and arguments["t1"] is None

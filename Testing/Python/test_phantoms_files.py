@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from DareFuseSlicerLib.constants import BRATS_SUFFIX, CLASSES, CONTRASTS
 from DareFuseSlicerLib.errors import InputError
 from DareFuseSlicerLib.phantoms import GRIDS, MANIFEST_COLUMNS, generate, make_case, sample_case_paths, write_case
-from DareFuseSlicerLib.phantoms.command import register
+from DareFuseSlicerLib.cli.phantoms import register
 from DareFuseSlicerLib.phantoms.io import SAMPLE_DIR, _write
 
 GRID = "test_2mm"

@@ -63,7 +63,7 @@ def test_results_are_never_overwritten_without_overwrite(case, tmp_path):
     target = tmp_path / "out"
     write_outputs(result, target, model_info=model_info)
     before = {name: (target / name).read_bytes() for name in os.listdir(target)}
-    with pytest.raises(InputError, match="already holds results.*--overwrite"):
+    with pytest.raises(InputError, match=r"already holds results.*Allow overwriting \(overwrite=True\)"):
         write_outputs(result, target, model_info=model_info)
     assert {name: (target / name).read_bytes() for name in os.listdir(target)} == before
     # With overwrite: results replaced, a user's own file kept, a result this run does not make removed.

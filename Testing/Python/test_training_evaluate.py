@@ -9,6 +9,7 @@ import torch
 
 import SimpleITK as sitk
 
+from DareFuseSlicerLib.cli import user_message
 from DareFuseSlicerLib.constants import BRATS_SUFFIX, CLASSES, CONTRASTS
 from DareFuseSlicerLib.errors import InputError
 from DareFuseSlicerLib.network.model import DareFuseNet, NetConfig
@@ -151,8 +152,9 @@ def test_contrasts_parsed_with_errors_that_name_the_option():
     assert parse_contrasts(None) == tuple(CONTRASTS)
     assert parse_contrasts("FLAIR, t1ce") == ("t1ce", "flair")  # CONTRASTS order, whatever the order given
     for bad in ("", " , ", "t1,pd"):
-        with pytest.raises(InputError, match="--contrasts"):
+        with pytest.raises(InputError, match="^contrasts ") as raised:
             parse_contrasts(bad)
+        assert user_message(raised.value).startswith("--contrasts ")  # the command line names its flag
 
 
 def test_only_the_given_contrasts_reach_the_network(tmp_path, monkeypatch):
@@ -179,7 +181,7 @@ def test_only_the_given_contrasts_reach_the_network(tmp_path, monkeypatch):
     assert "Contrasts given to the models: t2, flair (the others missing)." in md_path.read_text()
 
     # A card's held-out figures are for all four contrasts: --record with fewer is refused, nothing written.
-    with pytest.raises(InputError, match="--record"):
+    with pytest.raises(InputError, match="^record is for all four contrasts"):
         run_evaluation(folder, [f"darefuse={path}"], tmp_path / "refused", log=lambda *_: None, record=True,
                        contrasts=("flair",))
     assert not (tmp_path / "refused.json").exists()

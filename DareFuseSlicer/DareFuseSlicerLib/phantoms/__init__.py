@@ -3,7 +3,7 @@
     from DareFuseSlicerLib.phantoms import make_case, write_case, generate, GRIDS
 
 The names below load their modules on first use (PEP 562): the command line registers `darefuse phantoms`
-(phantoms/command.py) for every command, and `darefuse segment` must not import SciPy and the engine for it.
+(cli/phantoms.py) for every command, and `darefuse segment` must not import SciPy and the engine for it.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from ..constants import BRATS_SUFFIX, CLASSES, CONTRASTS
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from .acquisition import grid_by_name
 from .engine import make_case
 
@@ -105,7 +105,8 @@ def generate(out_dir, n: int, seed: int, progress=True, grids=None, overwrite: b
     if out.exists() and not out.is_dir():
         raise InputError(f"out: {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"out: {out} is not empty; choose an empty folder or pass --overwrite")
+        raise OptionError(f"{{out}}: {out} is not empty; choose an empty folder or allow overwriting ({{overwrite}})",
+                          "out", overwrite="overwrite=True")
     out.mkdir(parents=True, exist_ok=True)
     bar = None
     if progress is True:

@@ -17,18 +17,17 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 
-from ..errors import Cancelled, InputError
+from ..errors import InputError
+from ..progress import CancelFn, ProgressFn, check_cancel
 from .process_stats import process_age_s
 
-ProgressFn = Callable[[float, str], None]
-CancelFn = Callable[[], bool]
 
 #: Largest window along each axis, in 2 mm voxels (256 mm: every adult head fits in one window).
 #: A multiple of 32 so that, with overlap 0.25, window steps stay whole voxels of the 1/8 class-evidence map.
@@ -139,8 +138,7 @@ class WindowPredictor:
         return out
 
     def __call__(self, windows: torch.Tensor) -> Dict[str, torch.Tensor]:
-        if self.cancel is not None and self.cancel():
-            raise Cancelled()
+        check_cancel(self.cancel)
         if self.first_window_s is None:
             self.first_window_s = process_age_s()
         start = time.perf_counter()

@@ -21,7 +21,8 @@ import SimpleITK as sitk
 
 from .. import __version__
 from ..constants import LABEL_COLOURS, LABELS
-from ..errors import Cancelled, InputError
+from ..errors import OptionError
+from ..progress import CancelFn, check_cancel
 
 PathLike = Union[str, Path]
 #: Every file a run may write; any of them in a folder means the folder "already holds results".
@@ -43,20 +44,21 @@ def check_output_dir(output_dir: PathLike, overwrite: bool = False) -> Path:
     minutes to learn that, and again before moving the results into place."""
     path = Path(output_dir).expanduser().absolute()
     if path.exists() and not path.is_dir():
-        raise InputError(f"--output-dir {path} is a file, not a folder.")
+        raise OptionError(f"{{output_dir}} {path} is a file, not a folder.", output_dir="Output folder")
     if path.is_dir() and not overwrite:
         existing = [name for name in RESULT_FILES if (path / name).exists()]
         if existing:
-            raise InputError(
-                f"--output-dir {path} already holds results ({', '.join(existing[:3])}"
-                f"{', ...' if len(existing) > 3 else ''}); nothing was overwritten. Use --overwrite to replace "
-                "them, or choose another folder."
+            raise OptionError(
+                f"{{output_dir}} {path} already holds results ({', '.join(existing[:3])}"
+                f"{', ...' if len(existing) > 3 else ''}); nothing was overwritten. Allow overwriting ({{overwrite}}) "
+                "to replace them, or choose another folder.", output_dir="Output folder", overwrite="overwrite=True"
             )
     ancestor = path
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise InputError(f"--output-dir {path} cannot be created: {ancestor} is not a writable folder.")
+        raise OptionError(f"{{output_dir}} {path} cannot be created: {ancestor} is not a writable folder.",
+                          output_dir="Output folder")
     return path
 
 
@@ -164,7 +166,7 @@ def _move_into_place(staging: Path, target: Path, overwrite: bool, written: Sequ
 
 
 def write_outputs(result, output_dir: PathLike, overwrite: bool = False, model_info: Optional[dict] = None,
-                  extra_writers: Sequence[ExtraWriter] = (), cancel: Optional[Callable[[], bool]] = None,
+                  extra_writers: Sequence[ExtraWriter] = (), cancel: Optional[CancelFn] = None,
                   overview: bool = True) -> Dict[str, Path]:
     """Write a PipelineResult into `output_dir`, all or nothing (see the module docstring).
 
@@ -177,8 +179,7 @@ def write_outputs(result, output_dir: PathLike, overwrite: bool = False, model_i
     staging = _staging_dir(target)
     try:
         def task(write: Callable[[], Iterable[str]]) -> List[str]:
-            if cancel is not None and cancel():
-                raise Cancelled()
+            check_cancel(cancel)
             return list(write())
 
         def nifti(name: str, make: Callable[[], sitk.Image]) -> Callable[[], List[str]]:
@@ -195,8 +196,7 @@ def write_outputs(result, output_dir: PathLike, overwrite: bool = False, model_i
         report = build_report(result, model_info, written + ["report.json"])
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         written.append("report.json")
-        if cancel is not None and cancel():
-            raise Cancelled()
+        check_cancel(cancel)
         _move_into_place(staging, target, overwrite, written)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -12,7 +12,7 @@ from typing import Dict, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from ..constants import CONTRASTS
+from ..constants import CONTRASTS, reference_contrast
 from ..errors import InputError
 
 #: Brain bounding-box margin, in mm, so that the network sees some background around the brain.
@@ -37,14 +37,6 @@ class Prepared:
     std: np.ndarray = field(default_factory=lambda: np.ones(4, np.float32))
     reference_name: str = "t1"
     resampled: Dict[str, sitk.Image] = field(default_factory=dict)  # given contrasts on the reference grid
-
-
-def reference_contrast(images: Dict[str, Optional[sitk.Image]]) -> str:
-    """The reference is T1 when given, else the first given of T1ce, T2, FLAIR."""
-    for name in CONTRASTS:
-        if images.get(name) is not None:
-            return name
-    raise InputError("No input contrast was given: give at least one of T1, T1ce, T2 or FLAIR.")
 
 
 def _background_value(array: np.ndarray) -> float:

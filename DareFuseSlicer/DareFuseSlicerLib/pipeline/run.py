@@ -10,21 +10,18 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Callable, Dict, Iterable, Iterator, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..constants import CLASSES, CONTRASTS
-from ..errors import Cancelled, InputError
+from ..constants import CLASSES, CONTRASTS, OUTPUTS, display_contrast
+from ..progress import CancelFn, ProgressFn, check_cancel
 from . import preprocess
 from .inference import WindowPlan, infer, resolve_device
 from .postprocess import PostprocessConfig, config_for_card, gate_closes, postprocess, reported_class, volumes_ml
-from .validate import OUTPUTS, brain_plausibility, check_images, check_outputs
-
-ProgressFn = Callable[[float, str], None]
-CancelFn = Callable[[], bool]
+from .validate import brain_plausibility, check_images, check_outputs
 
 #: Share of the run's progress bar per stage: measured stage times of `darefuse demo` (BraTS-size sample
 #: case, one window, 2 CPU threads), rounded.
@@ -32,8 +29,6 @@ STAGE_WEIGHTS = {
     "validate": 0.01, "preprocess": 0.38, "network": 0.22, "segmentation": 0.12, "uncertainty": 0.02,
     "prior": 0.10, "gradcam": 0.15,
 }
-#: Which contrast is shown beneath the overlays in overview figures: the one where tumours show best.
-DISPLAY_ORDER = ("flair", "t1ce", "t2", "t1")
 
 
 @dataclass
@@ -73,8 +68,7 @@ class _Stages:
         self.done = 0.0
 
     def check_cancel(self) -> None:
-        if self.cancel is not None and self.cancel():
-            raise Cancelled()
+        check_cancel(self.cancel)
 
     def report(self, name: str) -> Optional[ProgressFn]:
         if self.progress is None:
@@ -258,7 +252,7 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
     if doubts:
         warnings.append("Low confidence: this may not be a brain MR image (" + "; ".join(doubts) + ").")
 
-    display_name_ = next(n for n in DISPLAY_ORDER if n in prep.resampled)
+    display_name_ = display_contrast(prep.resampled)
     stages.timings["total"] = round(time.perf_counter() - started, 3)
     if progress is not None:
         progress(1.0, "done")

@@ -32,11 +32,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from ..constants import CONTRASTS
+from ..constants import CONTRASTS, OUTPUTS, contrast_name, reference_contrast
 from ..errors import InputError
 
-#: How each contrast is named in messages.
-DISPLAY_NAMES = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
 #: Fewer voxels than this along an axis is a slice or a thin slab, not a volume the network can use.
 MIN_VOXELS_PER_AXIS = 3
 #: An image with at most this many distinct integer values is a label map (BraTS labels have 4, masks 2).
@@ -60,11 +58,6 @@ _INTEGER_TYPES = {
 _FLOAT_TYPES = {sitk.sitkFloat32, sitk.sitkFloat64}
 
 
-#: The optional layers a run can produce (the class and the volumes are always computed). Defined here, in a
-#: module that imports no torch, so that the Slicer module and the command line can use it at start-up.
-OUTPUTS = ("segmentation", "uncertainty", "prior", "gradcam")
-
-
 def check_outputs(outputs: Iterable[str]) -> frozenset:
     """The requested layers as a set; InputError naming any unknown one."""
     wanted = frozenset(outputs)
@@ -72,10 +65,6 @@ def check_outputs(outputs: Iterable[str]) -> frozenset:
     if unknown:
         raise InputError(f"Unknown output(s) {unknown}; choose among {list(OUTPUTS)}.")
     return wanted
-
-
-def display_name(contrast: str) -> str:
-    return DISPLAY_NAMES.get(contrast, contrast)
 
 
 @dataclass
@@ -175,7 +164,7 @@ def check_memory(geometries: Dict[str, Geometry], reference: str, labels: Option
     culprit = geometries[name]
     extent = [s * p for s, p in zip(culprit.size[:3], culprit.spacing[:3])]
     raise InputError(
-        f"{labels.get(name, display_name(name))} is too large for this computer's memory: "
+        f"{labels.get(name, contrast_name(name))} is too large for this computer's memory: "
         f"{_shape_text(culprit.size)} voxels of {'x'.join(f'{p:g}' for p in culprit.spacing[:3])} mm "
         f"({'x'.join(f'{e:.0f}' for e in extent)} mm) need about {need / 1e9:.1f} GB, "
         f"and {have / 1e9:.1f} GB is available. Resample it to about 1 mm voxels, crop it to the head, "
@@ -208,6 +197,18 @@ def read_header(label: str, path: str) -> Geometry:
         ) from None
     pixel_type = sitk.GetPixelIDValueAsString(reader.GetPixelID())
     return Geometry(tuple(reader.GetSize()), tuple(reader.GetSpacing()), reader.GetNumberOfComponents(), pixel_type)
+
+
+def check_input_files(paths: Dict[str, str], labels: Dict[str, str]) -> None:
+    """Every check the file headers allow (existence, format, shape, the memory guard, completeness), before
+    any voxel is read. paths: contrast -> file for the given contrasts; labels: how to name each in messages."""
+    geometries = {}
+    for contrast, path in paths.items():
+        geometries[contrast] = read_header(labels[contrast], path)
+        check_geometry(labels[contrast], geometries[contrast])
+    check_memory(geometries, reference_contrast(paths), labels)
+    for contrast, path in paths.items():
+        check_nifti_complete(labels[contrast], path)
 
 
 def _nifti_expected_bytes(header: bytes) -> Optional[int]:
@@ -387,11 +388,11 @@ def check_images(images: Dict[str, Optional[sitk.Image]], labels: Optional[Dict[
     given = {name: images[name] for name in CONTRASTS if images.get(name) is not None}
     if not given:
         raise InputError("No input contrast was given: give at least one of T1, T1ce, T2 or FLAIR.")
-    labels = {name: (labels or {}).get(name, display_name(name)) for name in given}
+    labels = {name: (labels or {}).get(name, contrast_name(name)) for name in given}
     for name, image in given.items():
         if not isinstance(image, sitk.Image):
             raise InputError(f"{labels[name]} is not an image (got {type(image).__name__}).")
-    reference = next(iter(given))
+    reference = reference_contrast(given)
     # Memory first: it needs only the geometry, and the pixel checks below make copies.
     check_memory({n: Geometry.of(i) for n, i in given.items()}, reference, labels, available_memory)
     checked: Dict[str, sitk.Image] = {}

@@ -59,6 +59,27 @@ def new_scene() -> slicer.vtkMRMLScene:
 
 
 @contextlib.contextmanager
+def vtk_messages_kept_off_stderr() -> Iterator[None]:
+    """VTK prints reader problems on stderr itself (its output window and its logger); callers report them
+    once, as an InputError. The previous settings are restored afterwards (this may run inside a larger
+    program). vtkLogger has no getter for the stderr level; with no log file open, the current cut-off is
+    that level."""
+    from vtkmodules.vtkCommonCore import vtkLogger, vtkOutputWindow, vtkStringOutputWindow
+
+    verbosity = vtkLogger.GetCurrentVerbosityCutoff()
+    window = vtkOutputWindow.GetInstance()
+    window.Register(None)  # keep the previous instance alive while another one is installed
+    vtkOutputWindow.SetInstance(vtkStringOutputWindow())
+    vtkLogger.SetStderrVerbosity(vtkLogger.VERBOSITY_OFF)
+    try:
+        yield
+    finally:
+        vtkLogger.SetStderrVerbosity(verbosity)
+        vtkOutputWindow.SetInstance(window)
+        window.UnRegister(None)
+
+
+@contextlib.contextmanager
 def _keep_working_directory() -> Iterator[None]:
     """vtkMRMLScene's bundle reader changes the working directory and, when it fails, leaves it in a folder that
     is then deleted; every later relative path (and subprocess) of the process would fail."""

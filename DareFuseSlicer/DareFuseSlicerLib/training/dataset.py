@@ -29,7 +29,7 @@ from monai.transforms import (
 )
 
 from ..constants import BRATS_SUFFIX, CLASSES, CONTRASTS
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from ..phantoms import read_manifest
 from ..pipeline import preprocess
 from ..pipeline.preprocess import prepare, resample_label_to_grid
@@ -176,7 +176,7 @@ def labelled_subset(cases: Sequence[CachedCase], fraction: float, seed: int) -> 
     """Which cases keep their segmentation and tumour-free images: `fraction` of each class (at least one
     per class when fraction > 0), chosen by a seeded permutation so that the split is reproducible."""
     if not 0.0 < fraction <= 1.0:
-        raise InputError(f"--labelled-fraction must be in (0, 1], got {fraction}.")
+        raise OptionError(f"{{labelled_fraction}} must be in (0, 1], got {fraction}.", "labelled_fraction")
     rng = np.random.RandomState(seed)
     keep = [False] * len(cases)
     for class_index in range(len(CLASSES)):

@@ -25,8 +25,9 @@ import SimpleITK as sitk
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 
-from ..constants import BRATS_SUFFIX, CLASSES, CONTRASTS, REGIONS
-from ..errors import InputError
+from ..constants import BRATS_SUFFIX, CLASSES, CONTRASTS, REGIONS, reference_contrast
+from ..errors import InputError, OptionError
+from ..metrics import region_dice
 from ..pipeline import preprocess
 from ..pipeline.postprocess import (CARD_KEY, PostprocessConfig, config_for_card, gate_closes, postprocess,
                                     reported_class)
@@ -73,8 +74,9 @@ def parse_contrasts(text) -> Tuple[str, ...]:
     names = [n.strip().lower() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONTRASTS]
     if unknown or not names:
-        raise InputError(f"--contrasts {text!r}: give a comma-separated, non-empty subset of {', '.join(CONTRASTS)}"
-                         + (f" (unknown: {', '.join(unknown)})" if unknown else "") + ".")
+        raise OptionError(f"{{contrasts}} {text!r}: give a comma-separated, non-empty subset of "
+                          f"{', '.join(CONTRASTS)}" + (f" (unknown: {', '.join(unknown)})" if unknown else "") + ".",
+                          "contrasts")
     return tuple(c for c in CONTRASTS if c in names)
 
 
@@ -82,12 +84,12 @@ def load_case(folder: Path, row: dict, contrasts: Sequence[str] = CONTRASTS) -> 
     """One engine case; only `contrasts` are given to the models (the others are missing, as in use)."""
     images = {c: sitk.ReadImage(str(folder / row[BRATS_SUFFIX[c]])) if c in contrasts else None for c in CONTRASTS}
     seg = sitk.ReadImage(str(folder / row["seg"]))
-    reference = preprocess.reference_contrast(images)
+    reference = reference_contrast(images)
     if not preprocess.grids_match(images[reference], seg, direction_atol=1e-5):
         # Outputs come on the reference contrast's grid; scoring needs the segmentation's.
         raise InputError(f"Case {row['case_id']}: its {reference} image (the reference for contrasts "
                          f"{', '.join(c for c in CONTRASTS if images[c] is not None)}) is not on the segmentation's grid; "
-                         "evaluate on BraTS-grid cases (darefuse phantoms --grid brats) or give a T1.")
+                         "evaluate on BraTS-grid cases (phantoms made on the grid 'brats') or give a T1.")
     prep = preprocess.prepare(images)
     return Case(
         case_id=row["case_id"], tumour_class=row["tumour_class"], images=images,
@@ -239,15 +241,6 @@ def _labelled_box(label: np.ndarray, truth: np.ndarray) -> Tuple[np.ndarray, np.
 def _no_tumour_probability(prediction: Prediction) -> Optional[float]:
     probabilities = prediction.class_probabilities
     return None if probabilities is None else float(probabilities[CLASSES.index("no_tumour")])
-
-
-def region_dice(label: np.ndarray, truth: np.ndarray) -> List[float]:
-    """Dice of WT, TC, ET by voxel counts (1 where both are empty): the quick form used for tuning."""
-    dice = []
-    for labels in REGIONS.values():
-        p, t = np.isin(label, labels), np.isin(truth, labels)
-        dice.append(1.0 if not p.any() and not t.any() else 2.0 * (p & t).sum() / (p.sum() + t.sum()))
-    return dice
 
 
 def tune_postprocessing(raw: List[Tuple[np.ndarray, np.ndarray, float, Optional[float]]]) -> Tuple[PostprocessConfig, float]:
@@ -408,8 +401,8 @@ def run_evaluation(data, models: Sequence[str], out, tune: Optional[str] = None,
 
     contrasts = parse_contrasts(contrasts)
     if record and contrasts != tuple(CONTRASTS):
-        raise InputError("--record is for all four contrasts: a card's held-out figures and thresholds are the "
-                         "ones the pipeline uses by default.")
+        raise OptionError("{record} is for all four contrasts: a card's held-out figures and thresholds are the "
+                          "ones the pipeline uses by default.", "record")
     torch.set_num_threads(threads)
     folder = Path(data)
     rows = read_rows(folder)[: max_cases or None]

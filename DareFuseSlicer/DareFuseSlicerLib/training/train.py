@@ -37,7 +37,8 @@ import torch
 import torch.distributed as dist
 
 from ..constants import CLASSES, REGIONS
-from ..errors import InputError
+from ..errors import InputError, OptionError
+from ..metrics import region_dice
 from ..network.losses import DareFuseLoss, consistency_loss, kl_annealing
 from ..network.model import DareFuseNet, count_parameters
 from ..network.store import load_model, save_model
@@ -115,9 +116,9 @@ class Runtime:
 def setup_runtime(options: TrainOptions) -> Runtime:
     name = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if name not in ("cpu", "cuda"):
-        raise InputError(f"--device must be cpu or cuda, got {name!r}.")
+        raise OptionError(f"{{device}} must be cpu or cuda, got {name!r}.", "device")
     if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available here; use --device cpu.")
+        raise OptionError("{device} cuda: no CUDA device is available here; use {device} cpu.", "device")
     if name == "cuda":
         # cuBLAS is deterministic only with a fixed workspace; it must be set before its first call.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -190,7 +191,7 @@ def cached_cases(folder: str, cache_dir: Path, runtime: Runtime, max_cases: Opti
 # -- models ---------------------------------------------------------------------------------------------
 def build_model(arch: str) -> torch.nn.Module:
     if arch not in ARCH_CLASSES:
-        raise InputError(f"--arch must be darefuse or segresnet, got {arch!r}.")
+        raise OptionError(f"{{arch}} must be darefuse or segresnet, got {arch!r}.", "arch")
     return ARCH_CLASSES[arch]()
 
 
@@ -200,7 +201,8 @@ def stored_start(arch: str, init: str) -> Tuple[torch.nn.Module, dict]:
     model = load_model(init)
     expected = ARCH_CLASSES[arch]
     if not isinstance(model, expected):
-        raise InputError(f"--init {init} is a {type(model).__name__}, not a {expected.__name__} (--arch {arch}).")
+        raise OptionError(f"{{init}} {init} is a {type(model).__name__}, not a {expected.__name__} ({{arch}} {arch}).",
+                          "init", "arch")
     card = model.card
     del model.card
     origin = {"weights": Path(init).name, "sha256": card["sha256"], "version": card.get("version"),
@@ -235,10 +237,9 @@ def validate(model: torch.nn.Module, cases, device: torch.device) -> Dict[str, f
         alpha = out["evidence"] + 1.0
         pred = alpha.argmax(1)[0].cpu().numpy()
         truth = case.label
-        for name, labels in REGIONS.items():
-            p, t = np.isin(pred, labels), np.isin(truth, labels)
-            if t.any() or p.any():
-                dice[name].append(2.0 * (p & t).sum() / (p.sum() + t.sum()))
+        for name, value in zip(REGIONS, region_dice(pred, truth, empty=None)):
+            if value is not None:  # a region absent from both is left out of the mean
+                dice[name].append(value)
         u = (alpha.shape[1] / alpha.sum(1))[0].cpu().numpy()
         wrong = pred != truth
         if wrong.any():
@@ -270,19 +271,19 @@ def _format_seconds(seconds: float) -> str:
 def train(options: TrainOptions) -> Optional[Path]:
     """Run the training; returns the saved model's path (on rank 0; None on other ranks)."""
     if options.epochs is None and options.minutes is None:
-        raise InputError("Give a budget: --epochs N and/or --minutes M.")
+        raise OptionError("Give a budget: {epochs} N and/or {minutes} M.", "epochs", "minutes")
     if options.epochs is not None and options.epochs < 1:
-        raise InputError(f"--epochs must be at least 1, got {options.epochs}.")
+        raise OptionError(f"{{epochs}} must be at least 1, got {options.epochs}.", "epochs")
     if options.minutes is not None and options.minutes <= 0:
-        raise InputError(f"--minutes must be positive, got {options.minutes}.")
+        raise OptionError(f"{{minutes}} must be positive, got {options.minutes}.", "minutes")
     if options.arch not in ARCH_FILES:
-        raise InputError(f"--arch must be darefuse or segresnet, got {options.arch!r}.")
+        raise OptionError(f"{{arch}} must be darefuse or segresnet, got {options.arch!r}.", "arch")
     if options.init is not None and options.resume:
-        raise InputError("--init and --resume exclude each other: --resume continues OUT/checkpoint.pt.")
+        raise OptionError("{init} and {resume} exclude each other: {resume} continues OUT/checkpoint.pt.", "init", "resume")
     if options.loader_workers < 0:
-        raise InputError(f"--loader-workers must be 0 or more, got {options.loader_workers}.")
+        raise OptionError(f"{{loader_workers}} must be 0 or more, got {options.loader_workers}.", "loader_workers")
     if options.precision not in PRECISIONS:
-        raise InputError(f"--precision must be fp32 or bf16, got {options.precision!r}.")
+        raise OptionError(f"{{precision}} must be fp32 or bf16, got {options.precision!r}.", "precision")
     # Checked before the run folder exists, so a refused --init leaves nothing behind.
     start = stored_start(options.arch, options.init) if options.init is not None else None
     runtime = setup_runtime(options)
@@ -328,10 +329,10 @@ def train(options: TrainOptions) -> Optional[Path]:
     checkpoint_path = out_dir / CHECKPOINT
     if options.resume:
         if not checkpoint_path.is_file():
-            raise InputError(f"--resume: no {CHECKPOINT} in {out_dir} to resume from.")
+            raise OptionError(f"{{resume}}: no {CHECKPOINT} in {out_dir} to resume from.", "resume")
         state = torch.load(checkpoint_path, map_location=runtime.device, weights_only=True)
         if state["arch"] != options.arch:
-            raise InputError(f"--resume: {checkpoint_path} is a {state['arch']} run, not {options.arch}.")
+            raise OptionError(f"{{resume}}: {checkpoint_path} is a {state['arch']} run, not {options.arch}.", "resume")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])

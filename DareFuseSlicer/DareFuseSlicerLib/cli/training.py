@@ -65,7 +65,7 @@ def register(subparsers) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import TrainOptions, train
+    from ..training.train import TrainOptions, train
 
     options = TrainOptions(
         data=args.data, out=args.out, val=args.val, epochs=args.epochs, minutes=args.minutes, seed=args.seed,
@@ -82,7 +82,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import run_evaluation
+    from ..training.evaluate import run_evaluation
 
     json_path, md_path = run_evaluation(
         data=args.data, models=args.model, out=args.out, tune=args.tune, max_cases=args.max_cases,

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import InputError
-from .grids import GRIDS  # not the engine (SciPy): the parser is built for every command
+from ..phantoms.grids import GRIDS  # not the engine (SciPy): the parser is built for every command
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -44,7 +44,7 @@ def run(args) -> int:
         if not args.overwrite:
             raise InputError(f"--out: {out} is not empty; choose an empty folder or pass --overwrite")
         shutil.rmtree(out)
-    from .io import generate
+    from ..phantoms.io import generate
 
     manifest = generate(out, args.n, args.seed, progress=True, grids=[args.grid] if args.grid else None,
                         workers=args.workers)

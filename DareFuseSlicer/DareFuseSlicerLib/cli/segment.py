@@ -1,156 +1,36 @@
 """`darefuse segment`, `darefuse demo` and `darefuse batch`: the module's logic on a headless MRML scene.
 
-The files are read into volume nodes through Slicer's storage nodes on a fresh scene (slicer-core), the same
-DareFuseLogic as in the module panel processes them, and the result is written, all or nothing, as NIfTI
-layers, report.json, overview.png, the .seg.nrrd and the scene bundle (pipeline/outputs.py).
-
-Every check that needs only the file headers (missing or unreadable files, truncated NIfTI, 2-D or 4-D
-volumes, the memory guard, an output folder that already holds results) runs before torch or Slicer is
-imported, so a bad call fails within a second. Heavy imports happen in the handlers.
+The work is headless.segment_case (files in, an output folder out, all or nothing); this module parses the
+arguments, names the inputs by their flags in messages and prints the progress and the summary.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import gc
-import json
 import os
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Dict, List
 
-from ..constants import BRATS_SUFFIX, CONTRASTS
+from ..constants import BRATS_SUFFIX, CONTRASTS, OUTPUTS, contrast_name
 from ..errors import Cancelled, DareFuseError, InputError
-from . import validate
-from .validate import OUTPUTS
-from .outputs import check_output_dir
-from .process_stats import resident_mb, unmap_large_blocks
+from ..headless import segment_case, set_threads
+from ..pipeline.process_stats import resident_mb, unmap_large_blocks
+from ..progress import ConsoleProgress
+from . import user_message
 
 BATCH_COLUMNS = ("case_id", "t1", "t1ce", "t2", "flair", "output_dir")
 DEMO_OUTPUT_DIR = "darefuse-demo"
 
 
-# -- helpers ---------------------------------------------------------------------------------------------------
-class ConsoleProgress:
-    """progress(fraction, message) printing one line per new message on stderr (the report is on stdout)."""
-
-    def __init__(self, prefix: str = "", stream=None, quiet: bool = False):
-        self.prefix, self.stream, self.quiet = prefix, stream or sys.stderr, quiet
-        self.last = None
-
-    def __call__(self, fraction: float, message: str) -> None:
-        if self.quiet or message == self.last:
-            return
-        self.last = message
-        print(f"{self.prefix}[{100 * fraction:3.0f}%] {message}", file=self.stream, flush=True)
+def flag_labels(paths) -> Dict[str, str]:
+    """Inputs named in messages as given on the command line: '--t1 PATH'."""
+    return {c: f"--{c} {paths[c]}" for c in CONTRASTS if paths.get(c)}
 
 
-def _set_threads(threads: Optional[int]) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
-
-
-@contextmanager
-def _vtk_messages_kept_off_stderr() -> Iterator[None]:
-    """VTK prints reader problems on stderr itself (its output window and its logger); the command line
-    reports them once, as an InputError. The previous settings are restored afterwards (this may run inside
-    a larger program). vtkLogger has no getter for the stderr level; with no log file open, the current
-    cut-off is that level."""
-    from vtkmodules.vtkCommonCore import vtkLogger, vtkOutputWindow, vtkStringOutputWindow
-
-    verbosity = vtkLogger.GetCurrentVerbosityCutoff()
-    window = vtkOutputWindow.GetInstance()
-    window.Register(None)  # keep the previous instance alive while another one is installed
-    vtkOutputWindow.SetInstance(vtkStringOutputWindow())
-    vtkLogger.SetStderrVerbosity(vtkLogger.VERBOSITY_OFF)
-    try:
-        yield
-    finally:
-        vtkLogger.SetStderrVerbosity(verbosity)
-        vtkOutputWindow.SetInstance(window)
-        window.UnRegister(None)
-
-
-def check_inputs(paths: Dict[str, Optional[str]]) -> Dict[str, str]:
-    """The given input files, checked from their headers (existence, format, shape, completeness, memory).
-    Returns contrast -> path for the given contrasts."""
-    given = {c: str(paths[c]) for c in CONTRASTS if paths.get(c)}
-    if not given:
-        raise InputError("No input image: give at least one of --t1, --t1ce, --t2, --flair.")
-    labels = {c: f"--{c} {p}" for c, p in given.items()}
-    geometries = {}
-    for contrast, path in given.items():
-        geometries[contrast] = validate.read_header(labels[contrast], path)
-        validate.check_geometry(labels[contrast], geometries[contrast])
-    validate.check_memory(geometries, next(iter(given)), labels)
-    for contrast, path in given.items():
-        validate.check_nifti_complete(labels[contrast], path)
-    return given
-
-
-# -- one case --------------------------------------------------------------------------------------------------
-def segment_case(paths: Dict[str, Optional[str]], output_dir, overwrite: bool = False, device: str = "cpu",
-                 model_path=None, outputs=OUTPUTS, progress: Optional[Callable[[float, str], None]] = None,
-                 cancel: Optional[Callable[[], bool]] = None, logic=None, threads: Optional[int] = None,
-                 class_gate: bool = True) -> dict:
-    """Segment one case from files into `output_dir`; returns the report written as report.json.
-
-    `logic` is a DareFuseLogic to reuse (its model stays loaded between cases); a new one when None.
-    `threads`: CPU threads for the network (torch.set_num_threads); None leaves torch's setting.
-    Raises InputError for bad inputs, Cancelled when cancelled; either way nothing is written.
-    """
-    given = check_inputs(paths)
-    target = check_output_dir(output_dir, overwrite)
-
-    from ..logic import DareFuseLogic
-    from ..scene import files
-    from .outputs import write_outputs
-
-    scene = files.new_scene()
-    loading = time.perf_counter()
-    try:
-        nodes = {}
-        with _vtk_messages_kept_off_stderr():
-            for contrast, path in given.items():
-                try:
-                    nodes[contrast] = files.load_volume(scene, path)
-                except InputError:
-                    raise InputError(f"--{contrast} {path} could not be read as a volume (damaged or "
-                                     "unsupported file).") from None
-        load_seconds = round(time.perf_counter() - loading, 3)
-        # torch and MONAI from here on (seconds of imports): a file that fails its header checks or that Slicer
-        # cannot read is reported without waiting for them.
-        _set_threads(threads)
-        from .inference import resolve_device
-
-        resolve_device(device)  # before minutes of work
-        logic = logic or DareFuseLogic()
-        processed = logic.process(**nodes, outputs=outputs, device=device, progress=progress, cancel=cancel,
-                                  model_path=model_path, class_gate=class_gate)
-        result = processed.result
-        result.timings["load"] = load_seconds
-        for contrast, path in given.items():
-            result.inputs[contrast]["path"] = str(Path(path).absolute())
-
-        writers = []
-        if processed.segmentation is not None:
-            writers.append(lambda staging: [files.save_segmentation(
-                processed.segmentation, staging / "segmentation.seg.nrrd").name])
-        writers.append(lambda staging: [files.save_scene_bundle(scene, staging / "scene.mrb").name])
-        if progress is not None:
-            progress(1.0, "writing the results")
-        write_outputs(result, target, overwrite=overwrite, model_info=processed.report.get("model"),
-                      extra_writers=writers, cancel=cancel)
-        return json.loads((target / "report.json").read_text())
-    finally:
-        scene.Clear(0)  # the nodes hold the images: free them now, not at the next garbage collection
-
-
-def _summary(report: dict, output_dir) -> str:
+def summary(report: dict, output_dir) -> str:
     probability = report["class_probabilities"][report["predicted_class"]]
     volumes = report["volumes_ml"]
     text = (f"{report['predicted_class']} ({100 * probability:.0f} %), WT {volumes['WT']:.1f} mL, "
@@ -164,10 +44,10 @@ def _segment(args) -> int:
     paths = {c: getattr(args, c) for c in CONTRASTS}
     report = segment_case(paths, args.output_dir, overwrite=args.overwrite, device=args.device,
                           model_path=args.model, outputs=_outputs(args), progress=ConsoleProgress(quiet=args.quiet),
-                          threads=args.threads, class_gate=not args.no_class_gate)
+                          threads=args.threads, class_gate=not args.no_class_gate, labels=flag_labels(paths))
     for warning in report["warnings"]:
         print(f"darefuse: warning: {warning}", file=sys.stderr)
-    print(_summary(report, Path(args.output_dir)))
+    print(summary(report, Path(args.output_dir)))
     return 0
 
 
@@ -226,17 +106,18 @@ def run_batch(cases: List[Dict[str, str]], overwrite: bool = False, device: str 
         try:
             if not case["output_dir"]:
                 raise InputError("no output_dir given for this case.")
-            report = segment_case({c: case[c] for c in CONTRASTS}, case["output_dir"], overwrite=overwrite,
+            paths = {c: case[c] for c in CONTRASTS}
+            report = segment_case(paths, case["output_dir"], overwrite=overwrite,
                                   device=device, model_path=model_path, outputs=outputs, logic=logic,
-                                  class_gate=class_gate,
+                                  class_gate=class_gate, labels=flag_labels(paths),
                                   progress=ConsoleProgress(prefix + " ", quiet=quiet))
             row.update(predicted_class=report["predicted_class"], wt_ml=report["volumes_ml"]["WT"],
                        tc_ml=report["volumes_ml"]["TC"], et_ml=report["volumes_ml"]["ET"])
-            row["message"] = _summary(report, case["output_dir"])
+            row["message"] = summary(report, case["output_dir"])
         except Cancelled:
             raise
         except DareFuseError as error:
-            row.update(status="failed", message=str(error))
+            row.update(status="failed", message=user_message(error))
         except Exception as error:  # noqa: BLE001 - a bug in one case must not stop the others
             row.update(status="error", message=f"internal error ({type(error).__name__}: {error})")
         gc.collect()
@@ -266,7 +147,7 @@ def _batch(args) -> int:
         report_dir = Path(args.report).absolute().parent
         if not report_dir.is_dir():
             raise InputError(f"--report {args.report}: folder {report_dir} does not exist.")
-    _set_threads(args.threads)
+    set_threads(args.threads)
     unmap_large_blocks()
     rows = run_batch(cases, overwrite=args.overwrite, device=args.device, model_path=args.model,
                      outputs=_outputs(args), quiet=args.quiet, class_gate=not args.no_class_gate)
@@ -306,7 +187,7 @@ def register(subparsers) -> None:
                     "difference_prior.nii.gz, tumour_free.nii.gz, gradcam.nii.gz, report.json, scene.mrb, "
                     "overview.png. All files appear together when complete, or none.")
     for contrast in CONTRASTS:
-        segment.add_argument(f"--{contrast}", metavar="FILE", help=f"{validate.display_name(contrast)} volume")
+        segment.add_argument(f"--{contrast}", metavar="FILE", help=f"{contrast_name(contrast)} volume")
     segment.add_argument("--output-dir", required=True, help="folder for the results")
     _common(segment)
     segment.set_defaults(handler=_segment)

@@ -1,18 +1,20 @@
-"""`darefuse`: the command line. Each part registers its own subcommands; heavy imports happen in handlers."""
+"""`darefuse`: the command line, at the top of the layers it drives (which never import it).
+
+Each command module registers its subcommands; heavy imports happen in the handlers:
+segment.py (segment, demo, batch), phantoms.py (phantoms), training.py (train, evaluate).
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import List, Optional
 
-from . import __version__
-from .errors import Cancelled, DareFuseError
+from .. import __version__
+from ..errors import Cancelled, DareFuseError, OptionError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .phantoms import command as phantoms_command
-    from .pipeline import command as pipeline_command
-    from .training import command as training_command
+    from . import phantoms, segment, training
 
     parser = argparse.ArgumentParser(
         prog="darefuse",
@@ -20,13 +22,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (pipeline_command, phantoms_command, training_command):
+    for module in (segment, phantoms, training):
         module.register(subparsers)
     return parser
 
 
+def flag(option: str) -> str:
+    """The command-line flag of a library option: output_dir -> --output-dir."""
+    return "--" + option.replace("_", "-")
+
+
+def user_message(error: DareFuseError) -> str:
+    """The error as the command line says it: library options named by their flags."""
+    return error.naming(flag) if isinstance(error, OptionError) else str(error)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    from .matplotlib_setup import use_temporary_matplotlib_config
+    from ..matplotlib_setup import use_temporary_matplotlib_config
 
     use_temporary_matplotlib_config()  # nothing written in the user's home folder
     parser = build_parser()
@@ -40,10 +52,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("darefuse: interrupted; nothing was written.", file=sys.stderr)
         return 130
     except DareFuseError as error:
-        print(f"darefuse: error: {error}", file=sys.stderr)
+        print(f"darefuse: error: {user_message(error)}", file=sys.stderr)
         return 2
     return int(result or 0)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
