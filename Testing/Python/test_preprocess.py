@@ -66,8 +66,11 @@ def test_grid_is_isotropic_covers_the_brain_and_normalises_inside():
 
 def test_scanner_offset_and_scale_do_not_change_the_normalised_input():
     a, _ = ball_image(scale=100.0)
-    b, _ = ball_image(scale=37.0, offset=0.0)
+    # Another scanner: every voxel, the background too, scaled and offset (b = 0.37 a + 250).
+    b = sitk.ShiftScale(a, shift=250.0 / 0.37, scale=0.37)
+    assert float(sitk.GetArrayViewFromImage(b).min()) == pytest.approx(250.0)  # the offset is really there
     pa, pb = prepare({"flair": a}), prepare({"flair": b})
+    np.testing.assert_array_equal(pa.foreground, pb.foreground)
     np.testing.assert_allclose(pa.array, pb.array, atol=1e-4)
 
 

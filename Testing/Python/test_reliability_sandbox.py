@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import slicer  # noqa: F401  slicer-core is a hard dependency: without it these tests fail, never skip
 
 from DareFuseSlicerLib.constants import BRATS_SUFFIX, CONTRASTS
 from DareFuseSlicerLib.phantoms import sample_case_paths
 
-pytest.importorskip("slicer")
 
 ROOT = Path(__file__).resolve().parents[2]
 # Ignored by git (.gitignore) or written by other work while this test runs (training runs, data).

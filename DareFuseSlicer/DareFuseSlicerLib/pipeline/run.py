@@ -19,7 +19,7 @@ import torch
 from ..constants import CLASSES, CONTRASTS, OUTPUTS, display_contrast
 from ..progress import CancelFn, ProgressFn, check_cancel
 from . import preprocess
-from .inference import WindowPlan, infer, resolve_device
+from .inference import WindowPlan, WindowPredictor, infer, resolve_device
 from .postprocess import PostprocessConfig, config_for_card, gate_closes, postprocess, reported_class, volumes_ml
 from .validate import brain_plausibility, check_images, check_outputs
 
@@ -125,6 +125,55 @@ def _argmax(probabilities: List[np.ndarray]) -> np.ndarray:
     return label
 
 
+@dataclass
+class RunSettings:
+    """What a run computes and with which post-processing (from the caller's arguments and the model's card)."""
+
+    wanted: frozenset  # the optional layers asked for (OUTPUTS)
+    torch_device: torch.device
+    postprocess: PostprocessConfig
+    postprocess_source: str  # where the thresholds come from, for the report and the warnings
+
+
+@dataclass
+class NetworkPass:
+    """The network's one pass over the 2 mm array (stitched outputs) and what it measured."""
+
+    out: Dict[str, torch.Tensor]  # the model's outputs, (1, C, Z, Y, X) on the 2 mm grid
+    plan: WindowPlan
+    predictor: WindowPredictor
+    class_probabilities: np.ndarray  # float64 (4,), the class head's
+    shared_gradcam: Optional[torch.Tensor]  # Grad-CAM++ computed within the pass (one window), else None
+
+    @property
+    def head_index(self) -> int:
+        """The class head's own decision, which Grad-CAM++ explains."""
+        return int(np.argmax(self.class_probabilities))
+
+
+@dataclass
+class Segmentation:
+    """The post-processed label and what it says about the case."""
+
+    label: Optional[sitk.Image]  # on the reference grid; None when the segmentation layer is not wanted
+    volumes_ml: Dict[str, float]
+    predicted_index: int  # the reported class (postprocess.reported_class)
+
+
+@dataclass
+class Grid:
+    """Where the case is: the brain on the 2 mm grid and on the reference grid, and a voxel's volume."""
+
+    inside_low: np.ndarray  # bool (Z, Y, X) on the 2 mm grid
+    inside: np.ndarray  # bool on the reference grid
+    voxel_ml: float  # one reference voxel, mL
+
+    @classmethod
+    def of(cls, prep: preprocess.Prepared) -> "Grid":
+        return cls(prep.foreground.astype(bool), sitk.GetArrayViewFromImage(prep.foreground_reference).astype(bool),
+                   float(np.prod(prep.reference.GetSpacing())) / 1000.0)
+
+
 def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs: Iterable[str] = OUTPUTS,
         device: str = "cpu", progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
         spacing_mm: float = 2.0, postprocess_config: Optional[PostprocessConfig] = None,
@@ -136,22 +185,17 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
     model: a DareFuseNet (or any module honouring its output dict and helpers).
     outputs: which optional layers to compute, among OUTPUTS. The class and volumes are always computed.
     progress(fraction, message), cancel() -> bool: cancel raises errors.Cancelled between stages and between
-    sliding windows. labels: how to name each input in messages (e.g. "--t1 path"); defaults to "T1", ...
+    sliding windows. labels: how to name each input in messages (e.g. a file name); defaults to "T1", ...
     postprocess_config: None uses the thresholds in the model's card (tuned on validation data), else defaults.
     class_gate: False keeps the segmentation even when the class gate of those settings would clear it.
     Raises InputError for unusable inputs (validate.py lists them), Cancelled when cancelled.
+
+    The stages, each a function from one value to the next: settings -> checked images -> Prepared ->
+    NetworkPass -> Segmentation, then the optional layers (uncertainty, prior, Grad-CAM++) -> PipelineResult.
     """
-    wanted = check_outputs(outputs)
-    torch_device = resolve_device(device)
-    if postprocess_config is None:
-        postprocess_config, postprocess_source = config_for_card(getattr(model, "card", None))
-    else:
-        postprocess_source = "given by the caller"
-    if not class_gate and postprocess_config.no_tumour_gate is not None:
-        postprocess_config = replace(postprocess_config, no_tumour_gate=None)
-        postprocess_source += "; class gate turned off"
+    settings = run_settings(model, outputs, device, postprocess_config, class_gate)
     stage_names = ["validate", "preprocess", "network", "segmentation"]
-    stage_names += [n for n in ("uncertainty", "prior", "gradcam") if n in wanted]
+    stage_names += [n for n in ("uncertainty", "prior", "gradcam") if n in settings.wanted]
     stages = _Stages(stage_names, progress, cancel)
     started = time.perf_counter()
 
@@ -161,78 +205,147 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
         prep = preprocess.prepare(checked, spacing_mm=spacing_mm)
         inputs = _describe_inputs(checked, prep.reference_name)
         del checked  # prep.resampled holds what is needed from here on
-    model = model.to(torch_device).eval()
+    model = model.to(settings.torch_device).eval()
+    network = network_stage(stages, model, prep, device, plan, settings, cancel)
+    grid = Grid.of(prep)
+    with stages.stage("segmentation", "segmentation and post-processing"):
+        segmentation = segmentation_stage(model, network, prep, grid, settings, warnings)
+    layers = _Layers()
+    mean_uncertainty = layers.uncertainty_stage(stages, model, network, prep, grid, settings)
+    layers.prior_stage(stages, network, prep, grid, settings)
+    network.out = {}  # the stitched outputs are no longer needed: free them before Grad-CAM++
+    layers.gradcam_stage(stages, model, network, prep, grid, settings)
+    stages.check_cancel()
+
+    doubts = plausibility(grid, prep, mean_uncertainty)
+    if doubts:
+        warnings.append("Low confidence: this may not be a brain MR image (" + "; ".join(doubts) + ").")
+    display = display_contrast(prep.resampled)
+    stages.timings["total"] = round(time.perf_counter() - started, 3)
+    if progress is not None:
+        progress(1.0, "done")
+    return PipelineResult(
+        label=segmentation.label, uncertainty=layers.uncertainty, difference_prior=layers.prior,
+        tumour_free=layers.tumour_free, gradcam=layers.gradcam,
+        predicted_class=CLASSES[segmentation.predicted_index], gradcam_class=CLASSES[network.head_index],
+        class_probabilities={c: round(float(p), 6) for c, p in zip(CLASSES, network.class_probabilities)},
+        volumes_ml={k: round(v, 4) for k, v in segmentation.volumes_ml.items()},
+        warnings=warnings, timings=stages.timings, inputs=inputs, low_confidence=bool(doubts),
+        display_image=prep.resampled[display],
+        settings=_settings_report(settings, spacing_mm, network, display, mean_uncertainty),
+    )
+
+
+def run_settings(model: torch.nn.Module, outputs: Iterable[str], device: str,
+                 postprocess_config: Optional[PostprocessConfig], class_gate: bool) -> RunSettings:
+    """The layers asked for, the device, and the post-processing thresholds (the card's unless given)."""
+    wanted = check_outputs(outputs)
+    torch_device = resolve_device(device)
+    if postprocess_config is None:
+        postprocess_config, postprocess_source = config_for_card(getattr(model, "card", None))
+    else:
+        postprocess_source = "given by the caller"
+    if not class_gate and postprocess_config.no_tumour_gate is not None:
+        postprocess_config = replace(postprocess_config, no_tumour_gate=None)
+        postprocess_source += "; class gate turned off"
+    return RunSettings(wanted, torch_device, postprocess_config, postprocess_source)
+
+
+def network_stage(stages: _Stages, model: torch.nn.Module, prep: preprocess.Prepared, device: str,
+                  plan: Optional[WindowPlan], settings: RunSettings, cancel: Optional[CancelFn]) -> NetworkPass:
+    """The sliding-window pass (with Grad-CAM++ inside it when the brain fits one window)."""
     with stages.stage("network", "network") as report:
         out, plan, predictor = infer(model, prep.array, prep.present, device, plan=plan,
-                                     gradcam="gradcam" in wanted, progress=report, cancel=cancel)
+                                     gradcam="gradcam" in settings.wanted, progress=report, cancel=cancel)
         class_probabilities = model.class_probabilities(out)[0].double().numpy()
     # Grad-CAM++ computed within the network's pass is booked as Grad-CAM++, not as network time.
     stages.timings["network"] = round(stages.timings["network"] - predictor.gradcam_seconds, 3)
     if predictor.first_window_s is not None:  # start-up: process start to the first window (not a stage)
         stages.timings["first_window_s"] = round(predictor.first_window_s, 3)
     shared_gradcam = out.pop("gradcam", None)
+    return NetworkPass(out, plan, predictor, class_probabilities, shared_gradcam)
 
-    head_index = int(np.argmax(class_probabilities))  # Grad-CAM++ explains the class head's own decision
-    inside_low = prep.foreground.astype(bool)
-    inside = sitk.GetArrayViewFromImage(prep.foreground_reference).astype(bool)
-    voxel_ml = float(np.prod(prep.reference.GetSpacing())) / 1000.0
 
-    with stages.stage("segmentation", "segmentation and post-processing"):
-        # Label probabilities are interpolated onto the reference grid before the arg-max, so that the
-        # segmentation follows the reference's finer grid rather than the 2 mm blocks. Linear interpolation
-        # keeps their sum at 1, so the background is 1 - the rest: three resamplings instead of four.
-        tumour = preprocess.to_reference(model.probabilities(out)[0, 1:].numpy(), prep)
-        label = _argmax([1.0 - tumour.sum(0)] + list(tumour))
-        del tumour
-        label[~inside] = 0
-        no_tumour = float(class_probabilities[CLASSES.index("no_tumour")])
-        if gate_closes(postprocess_config, no_tumour):
-            warnings.append(
-                f"No tumour segments: the class head gives no tumour a probability of {no_tumour:.2f}, at least "
-                f"the class gate's {postprocess_config.no_tumour_gate} ({postprocess_source}); "
-                f"{np.count_nonzero(label) * voxel_ml:.1f} mL the segmentation had labelled were cleared."
-            )
-        label = postprocess(label, voxel_ml, postprocess_config, no_tumour)
-        predicted_index = reported_class(postprocess_config, class_probabilities, bool(label.any()))
-        if predicted_index != head_index:
-            warnings.append(
-                f"Class no tumour: no tumour is segmented, and the class rule ({postprocess_source}) then reports "
-                f"no tumour; the class head alone gives {CLASSES[head_index]} "
-                f"{class_probabilities[head_index]:.0%}."
-            )
-        volumes = volumes_ml(label, voxel_ml)
-        label_image = _image_like(label, prep.reference) if "segmentation" in wanted else None
-        del label
+def segmentation_stage(model: torch.nn.Module, network: NetworkPass, prep: preprocess.Prepared, grid: Grid,
+                       settings: RunSettings, warnings: List[str]) -> Segmentation:
+    """The label on the reference grid, post-processed, and the reported class; warnings for the class rules."""
+    config, source = settings.postprocess, settings.postprocess_source
+    probabilities = network.class_probabilities
+    # Label probabilities are interpolated onto the reference grid before the arg-max, so that the
+    # segmentation follows the reference's finer grid rather than the 2 mm blocks. Linear interpolation
+    # keeps their sum at 1, so the background is 1 - the rest: three resamplings instead of four.
+    tumour = preprocess.to_reference(model.probabilities(network.out)[0, 1:].numpy(), prep)
+    label = _argmax([1.0 - tumour.sum(0)] + list(tumour))
+    del tumour
+    label[~grid.inside] = 0
+    no_tumour = float(probabilities[CLASSES.index("no_tumour")])
+    if gate_closes(config, no_tumour):
+        warnings.append(
+            f"No tumour segments: the class head gives no tumour a probability of {no_tumour:.2f}, at least "
+            f"the class gate's {config.no_tumour_gate} ({source}); "
+            f"{np.count_nonzero(label) * grid.voxel_ml:.1f} mL the segmentation had labelled were cleared."
+        )
+    label = postprocess(label, grid.voxel_ml, config, no_tumour)
+    predicted_index = reported_class(config, probabilities, bool(label.any()))
+    head_index = network.head_index
+    if predicted_index != head_index:
+        warnings.append(
+            f"Class no tumour: no tumour is segmented, and the class rule ({source}) then reports "
+            f"no tumour; the class head alone gives {CLASSES[head_index]} "
+            f"{probabilities[head_index]:.0%}."
+        )
+    volumes = volumes_ml(label, grid.voxel_ml)
+    label_image = _image_like(label, prep.reference) if "segmentation" in settings.wanted else None
+    return Segmentation(label_image, volumes, predicted_index)
 
-    uncertainty_low = model.uncertainty(out)[0, 0].numpy()
-    mean_uncertainty = float(uncertainty_low[inside_low].mean())
-    uncertainty_image = None
-    if "uncertainty" in wanted:
-        with stages.stage("uncertainty", "uncertainty"):
-            values = sitk.GetArrayFromImage(preprocess.to_reference(uncertainty_low, prep))
-            uncertainty_image = _image_like(np.where(inside, np.clip(values, 0.0, 1.0), 0.0).astype(np.float32),
-                                            prep.reference)
 
-    prior_image, tumour_free = None, {}
-    if "prior" in wanted:
+class _Layers:
+    """The optional layers on the reference grid, each made by its own stage (None / empty when not asked)."""
+
+    def __init__(self):
+        self.uncertainty: Optional[sitk.Image] = None
+        self.prior: Optional[sitk.Image] = None
+        self.tumour_free: Dict[str, sitk.Image] = {}
+        self.gradcam: Optional[sitk.Image] = None
+
+    def uncertainty_stage(self, stages: _Stages, model: torch.nn.Module, network: NetworkPass,
+                          prep: preprocess.Prepared, grid: Grid, settings: RunSettings) -> float:
+        """The uncertainty map (when asked for); returns the mean uncertainty in the brain (always)."""
+        uncertainty_low = model.uncertainty(network.out)[0, 0].numpy()
+        mean_uncertainty = float(uncertainty_low[grid.inside_low].mean())
+        if "uncertainty" in settings.wanted:
+            with stages.stage("uncertainty", "uncertainty"):
+                values = sitk.GetArrayFromImage(preprocess.to_reference(uncertainty_low, prep))
+                self.uncertainty = _image_like(
+                    np.where(grid.inside, np.clip(values, 0.0, 1.0), 0.0).astype(np.float32), prep.reference)
+        return mean_uncertainty
+
+    def prior_stage(self, stages: _Stages, network: NetworkPass, prep: preprocess.Prepared, grid: Grid,
+                    settings: RunSettings) -> None:
+        """The difference prior (RMS over given contrasts) and one tumour-free reconstruction per contrast."""
+        if "prior" not in settings.wanted:
+            return
         with stages.stage("prior", "difference prior and tumour-free reconstruction"):
-            difference = out["difference"][0].numpy()
+            difference = network.out["difference"][0].numpy()
             n_given = max(float(prep.present.sum()), 1.0)
             rms = np.sqrt((difference ** 2 * prep.present[:, None, None, None]).sum(0) / n_given)
-            values = sitk.GetArrayFromImage(preprocess.to_reference(np.where(inside_low, rms, 0.0), prep))
-            prior_image = _image_like(np.where(inside, np.maximum(values, 0.0), 0.0).astype(np.float32),
-                                      prep.reference)
-            reconstruction = out["tumour_free"][0].numpy()
+            values = sitk.GetArrayFromImage(preprocess.to_reference(np.where(grid.inside_low, rms, 0.0), prep))
+            self.prior = _image_like(np.where(grid.inside, np.maximum(values, 0.0), 0.0).astype(np.float32),
+                                     prep.reference)
+            reconstruction = network.out["tumour_free"][0].numpy()
             for channel, name in enumerate(CONTRASTS):
                 if prep.present[channel]:
-                    tumour_free[name] = preprocess.to_input_units(reconstruction[channel], prep, name)
-    del out
+                    self.tumour_free[name] = preprocess.to_input_units(reconstruction[channel], prep, name)
 
-    gradcam_image = None
-    if "gradcam" in wanted:
+    def gradcam_stage(self, stages: _Stages, model: torch.nn.Module, network: NetworkPass,
+                      prep: preprocess.Prepared, grid: Grid, settings: RunSettings) -> None:
+        """Grad-CAM++ for the class head's class: from the network's pass, or a pass of its own."""
+        if "gradcam" not in settings.wanted:
+            return
+        head_index = network.head_index
         with stages.stage("gradcam", f"Grad-CAM++ for {CLASSES[head_index]}"):
-            if shared_gradcam is not None:
-                heat = shared_gradcam[0, 0].numpy()
+            if network.shared_gradcam is not None:
+                heat = network.shared_gradcam[0, 0].numpy()
             else:  # several windows: a pass over the whole array for the class head's class
                 from ..network.gradcam import gradcam_pp  # imports pytorch-grad-cam: only when asked for
 
@@ -240,47 +353,31 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
                                   head_index)
             values = sitk.GetArrayFromImage(preprocess.to_reference(heat, prep))
             # Evidence inside the head only: outside it the map is noise that would cover the slice views.
-            gradcam_image = _image_like(np.where(inside, np.clip(values, 0.0, 1.0), 0.0).astype(np.float32),
-                                        prep.reference)
-        stages.timings["gradcam"] = round(stages.timings["gradcam"] + predictor.gradcam_seconds, 3)
-    stages.check_cancel()
+            self.gradcam = _image_like(np.where(grid.inside, np.clip(values, 0.0, 1.0), 0.0).astype(np.float32),
+                                       prep.reference)
+        stages.timings["gradcam"] = round(stages.timings["gradcam"] + network.predictor.gradcam_seconds, 3)
 
-    foreground_ml = float(np.count_nonzero(inside)) * voxel_ml
-    box = np.argwhere(inside)
+
+def plausibility(grid: Grid, prep: preprocess.Prepared, mean_uncertainty: float) -> List[str]:
+    """Reasons to doubt that the input is a brain MR image (validate.brain_plausibility)."""
+    foreground_ml = float(np.count_nonzero(grid.inside)) * grid.voxel_ml
+    box = np.argwhere(grid.inside)
     extent_mm = (box.max(0) - box.min(0) + 1)[::-1] * np.array(prep.reference.GetSpacing())
-    doubts = brain_plausibility(foreground_ml, extent_mm.tolist(), mean_uncertainty)
-    if doubts:
-        warnings.append("Low confidence: this may not be a brain MR image (" + "; ".join(doubts) + ").")
+    return brain_plausibility(foreground_ml, extent_mm.tolist(), mean_uncertainty)
 
-    display_name_ = display_contrast(prep.resampled)
-    stages.timings["total"] = round(time.perf_counter() - started, 3)
-    if progress is not None:
-        progress(1.0, "done")
-    return PipelineResult(
-        label=label_image,
-        uncertainty=uncertainty_image,
-        difference_prior=prior_image,
-        tumour_free=tumour_free,
-        gradcam=gradcam_image,
-        predicted_class=CLASSES[predicted_index],
-        gradcam_class=CLASSES[head_index],
-        class_probabilities={c: round(float(p), 6) for c, p in zip(CLASSES, class_probabilities)},
-        volumes_ml={k: round(v, 4) for k, v in volumes.items()},
-        warnings=warnings,
-        timings=stages.timings,
-        inputs=inputs,
-        low_confidence=bool(doubts),
-        display_image=prep.resampled[display_name_],
-        settings={
-            "spacing_mm": spacing_mm,
-            "window_roi": list(plan.roi),
-            "windows": plan.n_windows,
-            "overlap": plan.overlap,
-            "network_seconds_per_window": round(float(np.mean(predictor.seconds_per_window)), 3),
-            "device": str(torch_device),
-            "outputs": sorted(wanted),
-            "display_contrast": display_name_,
-            "mean_uncertainty_in_brain": round(mean_uncertainty, 4),
-            "postprocess": {**postprocess_config.as_dict(), "source": postprocess_source},
-        },
-    )
+
+def _settings_report(settings: RunSettings, spacing_mm: float, network: NetworkPass, display: str,
+                     mean_uncertainty: float) -> dict:
+    plan, predictor = network.plan, network.predictor
+    return {
+        "spacing_mm": spacing_mm,
+        "window_roi": list(plan.roi),
+        "windows": plan.n_windows,
+        "overlap": plan.overlap,
+        "network_seconds_per_window": round(float(np.mean(predictor.seconds_per_window)), 3),
+        "device": str(settings.torch_device),
+        "outputs": sorted(settings.wanted),
+        "display_contrast": display,
+        "mean_uncertainty_in_brain": round(mean_uncertainty, 4),
+        "postprocess": {**settings.postprocess.as_dict(), "source": settings.postprocess_source},
+    }

@@ -16,7 +16,7 @@ import itertools
 import json
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -389,6 +389,12 @@ def _card_postprocess(card: dict) -> Tuple[PostprocessConfig, Optional[float], O
     return config, tuned.get("tuning_mean_dice"), tuned.get("tuned_on")
 
 
+#: One model to score: its name in the report, its file, the loaded model.
+LoadedModel = Tuple[str, Path, torch.nn.Module]
+#: A model's post-processing: (config, mean Dice on the tuning folder or None, the tuning folder or None).
+ChosenPostprocess = Tuple[PostprocessConfig, Optional[float], Optional[str]]
+
+
 def run_evaluation(data, models: Sequence[str], out, tune: Optional[str] = None, max_cases: Optional[int] = None,
                    device: Optional[str] = None, threads: int = 2, log=print, record: bool = False,
                    contrasts=None) -> Tuple[Path, Path]:
@@ -396,8 +402,11 @@ def run_evaluation(data, models: Sequence[str], out, tune: Optional[str] = None,
     tuned on `tune` when given, else those of each model's card. record: also write the summary into each
     model's card (metrics["held_out"], and the tuned thresholds, which the pipeline then uses). contrasts: the
     ones given to the models (parse_contrasts: None for all four), on the held-out and the tuning cases alike
-    (the others are missing)."""
-    from ..network.store import load_model, record_metrics
+    (the others are missing).
+
+    The stages: models loaded -> post-processing chosen per model -> scores per model -> summary -> reports
+    (and the cards when recording)."""
+    from ..network.store import load_model
 
     contrasts = parse_contrasts(contrasts)
     if record and contrasts != tuple(CONTRASTS):
@@ -409,33 +418,53 @@ def run_evaluation(data, models: Sequence[str], out, tune: Optional[str] = None,
     loaded = [(name, path, load_model(path, device or "cpu")) for name, path in _parse_models(models)]
     started = time.perf_counter()
     log(f"evaluate: {len(rows)} cases of {folder}, {len(loaded)} model(s), contrasts {', '.join(contrasts)}")
+    configs = choose_postprocessing(loaded, tune, contrasts, log)
+    results = score_models(loaded, configs, folder, rows, contrasts, log)
+    summary = {
+        "data": {"folder": str(folder), "cases": len(rows),
+                 "classes": {c: sum(1 for r in rows if r["tumour_class"] == c) for c in CLASSES},
+                 "grids": sorted({r["grid"] for r in rows}), "seeds": [int(r["seed"]) for r in rows],
+                 "contrasts": list(contrasts)},
+        "seconds": round(time.perf_counter() - started, 1),
+        "models": results,
+    }
+    json_path, md_path = write_reports(summary, out)
+    if record:
+        record_in_cards(loaded, summary, json_path)
+    return json_path, md_path
 
-    # Post-processing thresholds per model, tuned on the tuning folder (cases loaded one at a time).
+
+def choose_postprocessing(loaded: List[LoadedModel], tune: Optional[str], contrasts: Sequence[str],
+                          log) -> Dict[str, ChosenPostprocess]:
+    """Each model's post-processing: tuned on the `tune` folder when given (cases loaded one at a time), else
+    the thresholds the pipeline would use with it (its card's)."""
+    if not tune:
+        return {name: _card_postprocess(model.card) for name, _, model in loaded}
     raw: Dict[str, list] = {name: [] for name, _, _ in loaded}
     classed: Dict[str, list] = {name: [] for name, _, _ in loaded}  # for the class rule
-    if tune:
-        for row in read_rows(tune):
-            case = load_case(Path(tune), row, contrasts)
-            voxel_ml = float(np.prod(case.spacing)) / 1000.0
-            for name, _, model in loaded:
-                prediction = predictor_for(model)(model, case)
-                label, truth = _labelled_box(prediction.label, case.truth)
-                no_tumour = _no_tumour_probability(prediction)
-                raw[name].append((label, truth, voxel_ml, no_tumour))
-                if prediction.class_probabilities is not None:
-                    classed[name].append((label, voxel_ml, no_tumour, prediction.class_probabilities,
-                                          CLASSES.index(case.tumour_class)))
-            del case
-        log(f"tuned post-processing on {tune}")
-    # Without tuning, each model is scored with the thresholds the pipeline would use with it (its card's).
+    for row in read_rows(tune):
+        case = load_case(Path(tune), row, contrasts)
+        voxel_ml = float(np.prod(case.spacing)) / 1000.0
+        for name, _, model in loaded:
+            prediction = predictor_for(model)(model, case)
+            label, truth = _labelled_box(prediction.label, case.truth)
+            no_tumour = _no_tumour_probability(prediction)
+            raw[name].append((label, truth, voxel_ml, no_tumour))
+            if prediction.class_probabilities is not None:
+                classed[name].append((label, voxel_ml, no_tumour, prediction.class_probabilities,
+                                      CLASSES.index(case.tumour_class)))
+        del case
+    log(f"tuned post-processing on {tune}")
     configs = {}
-    for name, _, model in loaded:
-        if tune:
-            config, score = tune_postprocessing(raw[name])
-            configs[name] = (tune_class_rule(config, classed[name]), score, str(tune))
-        else:
-            configs[name] = _card_postprocess(model.card)
+    for name, _, _ in loaded:
+        config, score = tune_postprocessing(raw[name])
+        configs[name] = (tune_class_rule(config, classed[name]), score, str(tune))
+    return configs
 
+
+def score_models(loaded: List[LoadedModel], configs: Dict[str, ChosenPostprocess], folder: Path, rows: List[dict],
+                 contrasts: Sequence[str], log) -> Dict[str, dict]:
+    """Every model's report on the held-out cases (loaded one at a time), with its model and post-processing."""
     scorers = {name: ModelScores(model, configs[name][0], hasattr(model, "generator")) for name, _, model in loaded}
     for i, row in enumerate(rows):
         case = load_case(folder, row, contrasts)
@@ -453,29 +482,30 @@ def run_evaluation(data, models: Sequence[str], out, tune: Optional[str] = None,
                                  "tuning_mean_dice": configs[name][1]}
         results[name] = report
         log(f"{name}: post Dice WT/TC/ET " + "/".join(f"{report['post'][r]['dice']:.3f}" for r in REGIONS))
+    return results
 
-    summary = {
-        "data": {"folder": str(folder), "cases": len(rows),
-                 "classes": {c: sum(1 for r in rows if r["tumour_class"] == c) for c in CLASSES},
-                 "grids": sorted({r["grid"] for r in rows}), "seeds": [int(r["seed"]) for r in rows],
-                 "contrasts": list(contrasts)},
-        "seconds": round(time.perf_counter() - started, 1),
-        "models": results,
-    }
+
+def write_reports(summary: dict, out) -> Tuple[Path, Path]:
+    """OUT.json and OUT.md."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
     json_path.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
     md_path.write_text(markdown_report(summary))
-    if record:
-        for name, path, _ in loaded:
-            r = results[name]
-            record_metrics(path, "held_out", {
-                "data": summary["data"], "report": str(json_path),
-                **{k: r[k] for k in ("raw", "post", "uncertainty", "postprocess", "cases")},
-                **{k: r[k] for k in ("classification", "false_positive_ml_tumour_free") if k in r},
-            }, postprocess=r["postprocess"] if r["postprocess"]["tuned_on"] else None)
     return json_path, md_path
+
+
+def record_in_cards(loaded: List[LoadedModel], summary: dict, json_path: Path) -> None:
+    """Each model's held-out summary into its card (and its tuned thresholds, which the pipeline then uses)."""
+    from ..network.store import record_metrics
+
+    for name, path, _ in loaded:
+        r = summary["models"][name]
+        record_metrics(path, "held_out", {
+            "data": summary["data"], "report": str(json_path),
+            **{k: r[k] for k in ("raw", "post", "uncertainty", "postprocess", "cases")},
+            **{k: r[k] for k in ("classification", "false_positive_ml_tumour_free") if k in r},
+        }, postprocess=r["postprocess"] if r["postprocess"]["tuned_on"] else None)
 
 
 def _json_default(value):

@@ -28,7 +28,7 @@ import random
 import shlex
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -268,8 +268,109 @@ def _format_seconds(seconds: float) -> str:
 
 
 # -- the run --------------------------------------------------------------------------------------------
+@dataclass
+class TrainData:
+    """The cached cases, which of them keep their labels, and the validation cases (rank 0 only)."""
+
+    cases: list
+    flags: List[bool]
+    val_cases: list
+
+
+@dataclass
+class TrainState:
+    """The run as it goes: the networks, the optimiser and the counters a checkpoint keeps."""
+
+    model: torch.nn.Module
+    ema: torch.nn.Module  # the mean teacher: the weights that are saved
+    optimizer: torch.optim.Optimizer
+    loss_fn: torch.nn.Module = field(default_factory=DareFuseLoss)
+    start_epoch: int = 0
+    step: int = 0
+    elapsed_before: float = 0.0  # seconds of training before a resume
+    history: List[dict] = field(default_factory=list)  # one metrics row per epoch
+    epoch: int = 0
+    step_times: List[float] = field(default_factory=list)
+    started: float = 0.0  # time.perf_counter() when this process's training loop started
+    stop: bool = False  # the time budget is spent
+
+    def elapsed(self, now: Optional[float] = None) -> float:
+        return self.elapsed_before + ((time.perf_counter() if now is None else now) - self.started)
+
+
+@dataclass
+class Batches:
+    """The augmented crops, epoch by epoch, and the run's budget in epochs and seconds."""
+
+    dataset: TrainDataset
+    sampler: torch.utils.data.distributed.DistributedSampler
+    loader: torch.utils.data.DataLoader
+    steps_per_epoch: int
+    budget_s: Optional[float]
+    total_epochs: int
+
+
 def train(options: TrainOptions) -> Optional[Path]:
-    """Run the training; returns the saved model's path (on rank 0; None on other ranks)."""
+    """Run the training; returns the saved model's path (on rank 0; None on other ranks).
+
+    The stages: options checked -> runtime -> TrainData -> TrainState (new, fine-tuned or resumed) ->
+    Batches -> epochs (steps, then metrics and a checkpoint) -> the EMA model and its card."""
+    check_options(options)
+    # Checked before the run folder exists, so a refused --init leaves nothing behind.
+    start = stored_start(options.arch, options.init) if options.init is not None else None
+    runtime = setup_runtime(options)
+    out_dir = Path(options.out)
+    if runtime.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    runtime.barrier()
+    log = run_log(out_dir / "train.log", runtime, options.progress)
+
+    seed_everything(options.seed)
+    data = load_data(options, runtime, log)
+    torch.manual_seed(options.seed)
+    state = build_state(options, runtime, start[0] if start else None, out_dir / CHECKPOINT, log)
+    net = state.model
+    if runtime.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            state.model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
+        )
+    batches = make_batches(options, runtime, data.cases)
+    log(
+        f"{options.arch}: {count_parameters(state.model)} parameters; {len(data.cases)} cases "
+        f"({sum(data.flags)} labelled), {len(data.val_cases)} validation; {runtime.world} process(es) on "
+        f"{runtime.device}, {torch.get_num_threads()} threads each; roi {options.roi}; command: {options.command_line()}"
+    )
+    bar = None
+    if runtime.main and options.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=batches.steps_per_epoch * options.epochs if options.epochs else None, initial=state.step,
+                   unit="step", dynamic_ncols=True)
+
+    state.started = time.perf_counter()
+    state.epoch = state.start_epoch
+    last_metrics: Dict[str, float] = state.history[-1] if state.history else {}
+    while state.epoch < batches.total_epochs and not state.stop:
+        sums, count = run_epoch(options, runtime, net, state, batches, bar)
+        row = end_epoch(options, runtime, state, data, sums, count, out_dir, log)
+        last_metrics = row if row is not None else last_metrics
+        runtime.barrier()
+        state.epoch += 1
+
+    if bar is not None:
+        bar.close()
+    result = None
+    if runtime.main:
+        result = save_result(options, runtime, state, data, start[1] if start else None, last_metrics, out_dir)
+        log(f"saved {result}")
+    runtime.barrier()
+    if runtime.world > 1:
+        dist.destroy_process_group()
+    return result
+
+
+def check_options(options: TrainOptions) -> None:
+    """OptionError for options that cannot work, before anything is read or written."""
     if options.epochs is None and options.minutes is None:
         raise OptionError("Give a budget: {epochs} N and/or {minutes} M.", "epochs", "minutes")
     if options.epochs is not None and options.epochs < 1:
@@ -284,24 +385,24 @@ def train(options: TrainOptions) -> Optional[Path]:
         raise OptionError(f"{{loader_workers}} must be 0 or more, got {options.loader_workers}.", "loader_workers")
     if options.precision not in PRECISIONS:
         raise OptionError(f"{{precision}} must be fp32 or bf16, got {options.precision!r}.", "precision")
-    # Checked before the run folder exists, so a refused --init leaves nothing behind.
-    start = stored_start(options.arch, options.init) if options.init is not None else None
-    runtime = setup_runtime(options)
-    out_dir = Path(options.out)
-    if runtime.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    runtime.barrier()
-    log_file = out_dir / "train.log"
+
+
+def run_log(path: Path, runtime: Runtime, progress_bar: bool):
+    """log(message): a time-stamped line in train.log (rank 0), also printed when there is no progress bar."""
 
     def log(message: str) -> None:
         if runtime.main:
             stamp = time.strftime("%H:%M:%S")
-            with open(log_file, "a") as fh:
+            with open(path, "a") as fh:
                 fh.write(f"{stamp} {message}\n")
-            if not options.progress:
+            if not progress_bar:
                 print(message, flush=True)
 
-    seed_everything(options.seed)
+    return log
+
+
+def load_data(options: TrainOptions, runtime: Runtime, log) -> TrainData:
+    """The training cases from the cache (labels kept for the labelled fraction) and the validation cases."""
     cache_dir = cache_dir_for(options.data, options.cache)
     # Pre-processing is per case: one process per core (DDP ranks split the cases instead).
     workers = 1 if runtime.world > 1 else max(1, os.cpu_count() or 1)
@@ -315,36 +416,35 @@ def train(options: TrainOptions) -> Optional[Path]:
             options.val, cache_dir_for(options.val, options.cache), Runtime(runtime.device), options.val_cases, workers, log
         )
     runtime.barrier()
+    return TrainData(cases, flags, val_cases)
 
-    torch.manual_seed(options.seed)
-    model = (start[0] if start else build_model(options.arch)).to(runtime.device)
+
+def build_state(options: TrainOptions, runtime: Runtime, start: Optional[torch.nn.Module], checkpoint_path: Path,
+                log) -> TrainState:
+    """A new model (or the --init one), its EMA copy and the optimiser; restored from the checkpoint on resume."""
+    model = (start if start is not None else build_model(options.arch)).to(runtime.device)
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
-    mean_teacher = options.labelled_fraction < 1.0
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=1e-4)
-    loss_fn = DareFuseLoss()
-
-    start_epoch, step, elapsed_before, history = 0, 0, 0.0, []
-    checkpoint_path = out_dir / CHECKPOINT
+    state = TrainState(model, ema, optimizer)
     if options.resume:
         if not checkpoint_path.is_file():
-            raise OptionError(f"{{resume}}: no {CHECKPOINT} in {out_dir} to resume from.", "resume")
-        state = torch.load(checkpoint_path, map_location=runtime.device, weights_only=True)
-        if state["arch"] != options.arch:
-            raise OptionError(f"{{resume}}: {checkpoint_path} is a {state['arch']} run, not {options.arch}.", "resume")
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, step, elapsed_before = state["next_epoch"], state["step"], state["elapsed"]
-        history = list(state["history"])
-        log(f"resumed from {checkpoint_path} at epoch {start_epoch}, step {step}")
+            raise OptionError(f"{{resume}}: no {CHECKPOINT} in {checkpoint_path.parent} to resume from.", "resume")
+        saved = torch.load(checkpoint_path, map_location=runtime.device, weights_only=True)
+        if saved["arch"] != options.arch:
+            raise OptionError(f"{{resume}}: {checkpoint_path} is a {saved['arch']} run, not {options.arch}.", "resume")
+        model.load_state_dict(saved["model"])
+        ema.load_state_dict(saved["ema"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state.start_epoch, state.step, state.elapsed_before = saved["next_epoch"], saved["step"], saved["elapsed"]
+        state.history = list(saved["history"])
+        log(f"resumed from {checkpoint_path} at epoch {state.start_epoch}, step {state.step}")
+    return state
 
-    net = model
-    if runtime.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
-        )
+
+def make_batches(options: TrainOptions, runtime: Runtime, cases: list) -> Batches:
+    """The dataset of augmented crops, its distributed sampler and loader, and the budget."""
     dataset = TrainDataset(cases, options.roi, options.seed, options.contrast_dropout)
     sampler = torch.utils.data.distributed.DistributedSampler(
         dataset, num_replicas=runtime.world, rank=runtime.rank, shuffle=True, seed=options.seed, drop_last=True
@@ -356,147 +456,146 @@ def train(options: TrainOptions) -> Optional[Path]:
     if steps_per_epoch == 0:
         raise InputError(f"{options.data}: {len(cases)} cases are too few for {runtime.world} process(es) x batch {options.batch_size}.")
     budget_s = options.minutes * 60.0 if options.minutes else None
-    total_epochs = options.epochs or 10**6
+    return Batches(dataset, sampler, loader, steps_per_epoch, budget_s, options.epochs or 10**6)
 
-    log(
-        f"{options.arch}: {count_parameters(model)} parameters; {len(cases)} cases ({sum(flags)} labelled), "
-        f"{len(val_cases)} validation; {runtime.world} process(es) on {runtime.device}, "
-        f"{torch.get_num_threads()} threads each; roi {options.roi}; command: {options.command_line()}"
-    )
-    bar = None
-    if runtime.main and options.progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=steps_per_epoch * options.epochs if options.epochs else None, initial=step, unit="step", dynamic_ncols=True)
+def run_epoch(options: TrainOptions, runtime: Runtime, net: torch.nn.Module, state: TrainState, batches: Batches,
+              bar) -> Tuple[Dict[str, float], int]:
+    """One epoch's steps (fewer when the time budget runs out); returns the summed loss terms and the count."""
+    batches.sampler.set_epoch(state.epoch)
+    batches.dataset.set_epoch(state.epoch)
+    state.model.train()
+    sums: Dict[str, float] = {}
+    count = 0
+    kl_weight = kl_annealing(state.epoch, options.kl_anneal_epochs)
+    for batch in batches.loader:
+        t0 = time.perf_counter()
+        elapsed = state.elapsed(t0)
+        progress = max((state.epoch + count / batches.steps_per_epoch) / batches.total_epochs,
+                       elapsed / batches.budget_s if batches.budget_s else 0.0)
+        for group in state.optimizer.param_groups:
+            group["lr"] = _schedule(options.lr, state.step, progress)
+        terms = train_step(options, runtime, net, state, batch, progress, kl_weight)
+        state.step += 1
+        count += 1
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + float(value.detach())
+        state.step_times.append(time.perf_counter() - t0)
 
-    started = time.perf_counter()
-    stop = False
-    epoch = start_epoch
-    last_metrics: Dict[str, float] = history[-1] if history else {}
-    step_times: List[float] = []
-    while epoch < total_epochs and not stop:
-        sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
-        model.train()
-        sums: Dict[str, float] = {}
-        count = 0
-        kl_weight = kl_annealing(epoch, options.kl_anneal_epochs)
-        for batch in loader:
-            t0 = time.perf_counter()
-            elapsed = elapsed_before + (t0 - started)
-            progress = max((epoch + count / steps_per_epoch) / total_epochs, elapsed / budget_s if budget_s else 0.0)
-            for group in optimizer.param_groups:
-                group["lr"] = _schedule(options.lr, step, progress)
-            x = batch["image"].to(runtime.device)
-            present = batch["present"].to(runtime.device)
-            label = batch["label"].to(runtime.device)
-            free = batch["tumour_free"].to(runtime.device)
-            class_index = batch["class_index"].to(runtime.device)
-            labelled = batch["labelled"].to(runtime.device)
-            # Every random draw of a step is seeded by (seed, step, rank): a resumed run continues exactly.
-            torch.manual_seed(seed_for(options.seed, step, runtime.rank))
-            # Prior dropout (same draw on every rank): keeps the "without the prior" ablation in distribution.
-            use_prior = np.random.RandomState(seed_for(options.seed, epoch, step)).rand() >= options.prior_dropout
-            with autocast(runtime.device, options.precision):
-                out = _float32(net(x, present, use_prior=bool(use_prior)))
-            terms = loss_fn(out, x, present, label, free, class_index, labelled, kl_weight)
-            total = terms["total"]
-            if mean_teacher:
-                unlabelled = ~labelled.bool()
-                # Ramp the consistency weight up over the first third of the run (Tarvainen & Valpola).
-                ramp = math.exp(-5.0 * (1.0 - min(progress / 0.3, 1.0)) ** 2)
-                if unlabelled.any():
-                    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed_for(options.seed, step)))
-                    noisy = (x + 0.1 * noise.to(x.device)) * present[:, :, None, None, None]
-                    with torch.no_grad(), autocast(runtime.device, options.precision):
-                        teacher_out = _float32(ema(noisy, present, use_prior=bool(use_prior)))
-                    terms["consistency"] = consistency_loss(_select(out, unlabelled), _select(teacher_out, unlabelled))
-                else:
-                    terms["consistency"] = total * 0.0
-                total = total + options.consistency * ramp * terms["consistency"]
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
-            optimizer.step()
-            update_ema(ema, model, min(options.ema_decay, (1.0 + step) / (10.0 + step)))
-            step += 1
-            count += 1
-            for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach())
-            step_times.append(time.perf_counter() - t0)
+        elapsed = state.elapsed()
+        if batches.budget_s is not None:
+            # Stop when the next step would overrun (rank 0 decides, every rank follows).
+            mean_step = float(np.mean(state.step_times[-20:]))
+            flag = torch.tensor([1.0 if elapsed + mean_step > batches.budget_s else 0.0])
+            if runtime.world > 1:
+                dist.broadcast(flag, 0)
+            state.stop = bool(flag.item())
+        if bar is not None:
+            if batches.budget_s is not None:
+                left = batches.budget_s - elapsed
+            else:
+                left = float(np.mean(state.step_times[-20:])) * (batches.steps_per_epoch * batches.total_epochs - state.step)
+            bar.set_postfix(epoch=state.epoch, loss=f"{sums['total'] / count:.3f}", left=_format_seconds(left))
+            bar.update(1)
+        if state.stop:
+            break
+    return sums, count
 
-            elapsed = elapsed_before + (time.perf_counter() - started)
-            if budget_s is not None:
-                # Stop when the next step would overrun (rank 0 decides, every rank follows).
-                mean_step = float(np.mean(step_times[-20:]))
-                flag = torch.tensor([1.0 if elapsed + mean_step > budget_s else 0.0])
-                if runtime.world > 1:
-                    dist.broadcast(flag, 0)
-                stop = bool(flag.item())
-            if bar is not None:
-                if budget_s is not None:
-                    left = budget_s - elapsed
-                else:
-                    left = float(np.mean(step_times[-20:])) * (steps_per_epoch * total_epochs - step)
-                bar.set_postfix(epoch=epoch, loss=f"{sums['total'] / count:.3f}", left=_format_seconds(left))
-                bar.update(1)
-            if stop:
-                break
 
-        # End of epoch (or of the budget): metrics, CSV row, checkpoint.
-        row = {"epoch": epoch, "steps": step, "elapsed_s": round(elapsed_before + time.perf_counter() - started, 1),
-               "lr": optimizer.param_groups[0]["lr"], "step_s": round(float(np.mean(step_times[-count:])), 3)}
-        row.update({f"train_{k}": round(v / max(count, 1), 5) for k, v in sums.items()})
-        if runtime.main:
-            if val_cases:
-                row.update({k: round(v, 4) for k, v in validate(ema, val_cases, runtime.device).items()})
-            history.append(row)
-            last_metrics = row
-            _write_csv(out_dir / "metrics.csv", history)
-            state = {
-                "arch": options.arch, "model": model.state_dict(), "ema": ema.state_dict(),
-                "optimizer": optimizer.state_dict(), "next_epoch": epoch + 1, "step": step,
-                "elapsed": elapsed_before + time.perf_counter() - started, "history": history,
-            }
-            tmp = checkpoint_path.with_suffix(".tmp")
-            torch.save(state, tmp)
-            tmp.replace(checkpoint_path)
-            log(" ".join(f"{k}={v}" for k, v in row.items()))
-        runtime.barrier()
-        epoch += 1
+def train_step(options: TrainOptions, runtime: Runtime, net: torch.nn.Module, state: TrainState, batch: dict,
+               progress: float, kl_weight: float) -> Dict[str, torch.Tensor]:
+    """One optimiser step on a batch (with the mean teacher's consistency term when labels are limited);
+    returns the loss terms."""
+    step, device = state.step, runtime.device
+    x = batch["image"].to(device)
+    present = batch["present"].to(device)
+    label = batch["label"].to(device)
+    free = batch["tumour_free"].to(device)
+    class_index = batch["class_index"].to(device)
+    labelled = batch["labelled"].to(device)
+    # Every random draw of a step is seeded by (seed, step, rank): a resumed run continues exactly.
+    torch.manual_seed(seed_for(options.seed, step, runtime.rank))
+    # Prior dropout (same draw on every rank): keeps the "without the prior" ablation in distribution.
+    use_prior = np.random.RandomState(seed_for(options.seed, state.epoch, step)).rand() >= options.prior_dropout
+    with autocast(device, options.precision):
+        out = _float32(net(x, present, use_prior=bool(use_prior)))
+    terms = state.loss_fn(out, x, present, label, free, class_index, labelled, kl_weight)
+    total = terms["total"]
+    if options.labelled_fraction < 1.0:  # the mean teacher
+        unlabelled = ~labelled.bool()
+        # Ramp the consistency weight up over the first third of the run (Tarvainen & Valpola).
+        ramp = math.exp(-5.0 * (1.0 - min(progress / 0.3, 1.0)) ** 2)
+        if unlabelled.any():
+            noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed_for(options.seed, step)))
+            noisy = (x + 0.1 * noise.to(x.device)) * present[:, :, None, None, None]
+            with torch.no_grad(), autocast(device, options.precision):
+                teacher_out = _float32(state.ema(noisy, present, use_prior=bool(use_prior)))
+            terms["consistency"] = consistency_loss(_select(out, unlabelled), _select(teacher_out, unlabelled))
+        else:
+            terms["consistency"] = total * 0.0
+        total = total + options.consistency * ramp * terms["consistency"]
+    state.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(state.model.parameters(), 12.0)
+    state.optimizer.step()
+    update_ema(state.ema, state.model, min(options.ema_decay, (1.0 + step) / (10.0 + step)))
+    return terms
 
-    if bar is not None:
-        bar.close()
-    result = None
-    if runtime.main:
-        result = out_dir / ARCH_FILES[options.arch]
-        card = {
-            "name": "DARE-FUSE" if options.arch == "darefuse" else "SegResNet baseline",
-            "version": out_dir.name,
-            "training_command": options.command_line(),
-            "launcher": f"torchrun --nproc_per_node {runtime.world}" if runtime.world > 1 else "single process",
-            "seed": options.seed,
-            "initialised_from": start[1] if start else None,
-            "weights": "exponential moving average of the trained weights (the mean teacher's weights)",
-            "data_recipe": _data_recipe(options, cases, flags),
-            "training": {
-                "epochs": epoch - start_epoch + (start_epoch if options.resume else 0), "steps": step,
-                "seconds": round(elapsed_before + time.perf_counter() - started, 1),
-                "mean_step_s": round(float(np.mean(step_times)), 3) if step_times else None,
-                "device": str(runtime.device), "processes": runtime.world, "threads": torch.get_num_threads(),
-                "roi": list(options.roi), "batch_size": options.batch_size, "lr": options.lr,
-                "contrast_dropout": options.contrast_dropout, "prior_dropout": options.prior_dropout,
-                "labelled_fraction": options.labelled_fraction, "mean_teacher": mean_teacher,
-                "precision": options.precision, "loader_workers": options.loader_workers,
-            },
-            "metrics": {"validation_2mm": {k: v for k, v in last_metrics.items() if k.startswith("val_")}},
-            "parameters": count_parameters(model),
-        }
-        save_model(ema, result, card)
-        log(f"saved {result}")
-    runtime.barrier()
-    if runtime.world > 1:
-        dist.destroy_process_group()
+
+def end_epoch(options: TrainOptions, runtime: Runtime, state: TrainState, data: TrainData, sums: Dict[str, float],
+              count: int, out_dir: Path, log) -> Optional[dict]:
+    """The epoch's metrics row (validation on rank 0), metrics.csv and the checkpoint; the row on rank 0."""
+    row = {"epoch": state.epoch, "steps": state.step, "elapsed_s": round(state.elapsed(), 1),
+           "lr": state.optimizer.param_groups[0]["lr"], "step_s": round(float(np.mean(state.step_times[-count:])), 3)}
+    row.update({f"train_{k}": round(v / max(count, 1), 5) for k, v in sums.items()})
+    if not runtime.main:
+        return None
+    if data.val_cases:
+        row.update({k: round(v, 4) for k, v in validate(state.ema, data.val_cases, runtime.device).items()})
+    state.history.append(row)
+    _write_csv(out_dir / "metrics.csv", state.history)
+    checkpoint = {
+        "arch": options.arch, "model": state.model.state_dict(), "ema": state.ema.state_dict(),
+        "optimizer": state.optimizer.state_dict(), "next_epoch": state.epoch + 1, "step": state.step,
+        "elapsed": state.elapsed(), "history": state.history,
+    }
+    checkpoint_path = out_dir / CHECKPOINT
+    tmp = checkpoint_path.with_suffix(".tmp")
+    torch.save(checkpoint, tmp)
+    tmp.replace(checkpoint_path)
+    log(" ".join(f"{k}={v}" for k, v in row.items()))
+    return row
+
+
+def save_result(options: TrainOptions, runtime: Runtime, state: TrainState, data: TrainData,
+                initialised_from: Optional[dict], last_metrics: Dict[str, float], out_dir: Path) -> Path:
+    """The EMA model as <arch>.safetensors with its card (rank 0)."""
+    result = out_dir / ARCH_FILES[options.arch]
+    step_times = state.step_times
+    card = {
+        "name": "DARE-FUSE" if options.arch == "darefuse" else "SegResNet baseline",
+        "version": out_dir.name,
+        "training_command": options.command_line(),
+        "launcher": f"torchrun --nproc_per_node {runtime.world}" if runtime.world > 1 else "single process",
+        "seed": options.seed,
+        "initialised_from": initialised_from,
+        "weights": "exponential moving average of the trained weights (the mean teacher's weights)",
+        "data_recipe": _data_recipe(options, data.cases, data.flags),
+        "training": {
+            "epochs": state.epoch - state.start_epoch + (state.start_epoch if options.resume else 0),
+            "steps": state.step,
+            "seconds": round(state.elapsed(), 1),
+            "mean_step_s": round(float(np.mean(step_times)), 3) if step_times else None,
+            "device": str(runtime.device), "processes": runtime.world, "threads": torch.get_num_threads(),
+            "roi": list(options.roi), "batch_size": options.batch_size, "lr": options.lr,
+            "contrast_dropout": options.contrast_dropout, "prior_dropout": options.prior_dropout,
+            "labelled_fraction": options.labelled_fraction, "mean_teacher": options.labelled_fraction < 1.0,
+            "precision": options.precision, "loader_workers": options.loader_workers,
+        },
+        "metrics": {"validation_2mm": {k: v for k, v in last_metrics.items() if k.startswith("val_")}},
+        "parameters": count_parameters(state.model),
+    }
+    save_model(state.ema, result, card)
     return result
 
 
