@@ -194,5 +194,5 @@ def test_labelled_subset_per_class():
     assert sum(keep) == 12 and all(sum(k for k, c in zip(keep, cases) if c.class_index == j) == 3 for j in range(4))
     assert keep == labelled_subset(cases, 0.25, seed=1) and keep != labelled_subset(cases, 0.25, seed=2)
     assert sum(labelled_subset(cases, 0.01, seed=1)) == 4  # at least one per class
-    with pytest.raises(InputError, match="labelled-fraction"):
+    with pytest.raises(InputError, match="^labelled_fraction must be in"):
         labelled_subset(cases, 0.0, seed=1)
