@@ -3,17 +3,12 @@
 A run's label image (0 background, 1 NETC, 2 SNFH, 3 ET) becomes a vtkMRMLSegmentationNode with the segments
 NETC, SNFH and ET (always all three, empty ones included, so the user can paint a missed part), the BraTS colours,
 SNOMED CT terminology from Resources/Terminology/DareFuseSlicer.term.json, and the input volume as reference
-geometry (the Segment Editor and DICOM SEG export need it).
-
-Terminology: NETC is coded as Necrosis (SCT 6574001), SNFH as Edema (SCT 79654002) and ET as Neoplasm
-(SCT 108369006), all "Morphologically Altered Structure" (SCT 49755003) in the brain (SCT 12738006). SNOMED CT has
-no concept for "enhancing" or "non-enhancing tumour core"; these are the nearest codes in DICOM CID 7159
-(the lesion segmentation types Slicer's DICOM master list uses).
+geometry (the Segment Editor and DICOM SEG export need it). The codes (terminology.py) are the same as in the
+command line's DICOM SEG.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -25,13 +20,13 @@ from vtkmodules.vtkCommonMath import vtkMatrix4x4
 
 import slicer
 
+from .. import terminology
 from ..constants import LABEL_COLOURS, LABELS
+from ..terminology import TERMINOLOGY_PATH
 from . import volumes
 
-TERMINOLOGY_PATH = Path(__file__).resolve().parents[2] / "Resources" / "Terminology" / "DareFuseSlicer.term.json"
-#: Slicer's anatomic context (loaded by the Terminologies module in the application) and the region coded.
+#: Slicer's anatomic context (loaded by the Terminologies module in the application).
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
-BRAIN = ("SCT", "12738006", "Brain")
 BINARY_LABELMAP = "Binary labelmap"  # vtkSegmentationConverter::GetBinaryLabelmapRepresentationName()
 
 
@@ -45,8 +40,8 @@ class SegmentTerm:
     entry: str  # Slicer's serialized terminology entry (the segment's TerminologyEntry tag)
 
 
-def _code(item: dict) -> str:
-    return "^".join((item.get("CodingSchemeDesignator", ""), item.get("CodeValue", ""), item.get("CodeMeaning", "")))
+def _code(code: terminology.Code) -> str:
+    return "^".join((code.scheme, code.value, code.meaning))
 
 
 def load_terminology(path: Optional[Path] = None) -> Dict[str, SegmentTerm]:
@@ -55,19 +50,11 @@ def load_terminology(path: Optional[Path] = None) -> Dict[str, SegmentTerm]:
     The serialized entry follows vtkSlicerTerminologiesModuleLogic::SerializeTerminologyEntry (context~category~
     type~modifier~anatomic context~region~region modifier), so it is read back by the Segment Editor in Slicer.
     """
-    data = json.loads(Path(path or TERMINOLOGY_PATH).read_text(encoding="utf-8"))
-    context = data["SegmentationCategoryTypeContextName"]
-    terms: Dict[str, SegmentTerm] = {}
-    for category in data["SegmentationCodes"]["Category"]:
-        for type_ in category["Type"]:
-            name = type_["3dSlicerLabel"]
-            entry = "~".join((context, _code(category), _code(type_), "^^", ANATOMIC_CONTEXT, "^".join(BRAIN), "^^"))
-            colour = tuple(channel / 255.0 for channel in type_["recommendedDisplayRGBValue"])
-            terms[name] = SegmentTerm(name, int(type_["3dSlicerIntegerLabel"]), colour, entry)
-    missing = set(LABELS.values()) - set(terms)
-    if missing:
-        raise ValueError(f"{path or TERMINOLOGY_PATH}: no terminology for {sorted(missing)}")
-    return terms
+    context, segments = terminology.load(path)
+    region = _code(terminology.BRAIN)
+    return {name: SegmentTerm(name, codes.label, codes.colour, "~".join(
+                (context, _code(codes.category), _code(codes.type), "^^", ANATOMIC_CONTEXT, region, "^^")))
+            for name, codes in segments.items()}
 
 
 def oriented_image(array: np.ndarray, reference: sitk.Image) -> "slicer.vtkOrientedImageData":
