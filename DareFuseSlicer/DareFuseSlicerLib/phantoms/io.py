@@ -23,6 +23,9 @@ MANIFEST_COLUMNS = ("case_id", "tumour_class", "seed", "grid", "size", "spacing"
                     "t1n", "t1c", "t2w", "t2f", "seg", "t1n_free", "t1c_free", "t2w_free", "t2f_free",
                     "subtype")
 
+#: What a data set can be written as.
+FILE_FORMATS = ("nifti", "dicom")
+
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "Resources" / "SampleData"
 SAMPLE_PREFIX = "DareFuseSample-glioma"
 
@@ -66,7 +69,7 @@ def write_case(case, out_dir, tumour_free: bool = True) -> dict:
     return paths
 
 
-def _manifest_row(case, paths) -> dict:
+def _manifest_row(case, paths, out: Path) -> dict:
     v = case.meta["volumes_ml"]
     row = {
         "case_id": case.case_id, "tumour_class": case.tumour_class, "seed": case.meta["seed"],
@@ -75,22 +78,37 @@ def _manifest_row(case, paths) -> dict:
         "netc_ml": f"{v['NETC']:.3f}", "snfh_ml": f"{v['SNFH']:.3f}", "et_ml": f"{v['ET']:.3f}",
         "subtype": case.meta["subtype"],
     }
-    row.update({key: Path(p).name for key, p in paths.items()})
+    row.update({key: Path(p).relative_to(out).as_posix() for key, p in paths.items()})
     return row
 
 
-def _make_and_write(seed: int, tumour_class: str, grid: str, out: Path) -> dict:
+def _write_dicom(case, out: Path) -> dict:
+    """The case as a DICOM study (one series folder per contrast) and its label as NIfTI; manifest key -> path.
+    No tumour-free twins: DICOM studies are inputs for `darefuse segment`, not training data."""
+    from ..dicom.synthetic import write_case as write_study
+
+    written = write_study(case, out)
+    paths = {BRATS_SUFFIX[c]: written[c] for c in CONTRASTS}
+    paths["seg"] = written["seg"]
+    return paths
+
+
+def _make_and_write(seed: int, tumour_class: str, grid: str, out: Path, file_format: str = "nifti") -> dict:
     case = make_case(seed, tumour_class, grid)
-    return _manifest_row(case, write_case(case, out))
+    paths = _write_dicom(case, out) if file_format == "dicom" else write_case(case, out)
+    return _manifest_row(case, paths, out)
 
 
-def generate(out_dir, n: int, seed: int, progress=True, grids=None, overwrite: bool = False, workers: int = 1) -> Path:
+def generate(out_dir, n: int, seed: int, progress=True, grids=None, overwrite: bool = False, workers: int = 1,
+             file_format: str = "nifti") -> Path:
     """Write n cases (classes balanced: case i has class CLASSES[i % 4], seed seed + i) and manifest.csv.
 
     progress: True for a tqdm bar, False for none, or a callable progress(fraction, message).
     grids: grid names cycled per block of four cases (default GRID_MIX).
     workers: processes making cases at once. Each case depends on its own seed alone, so the files and the
     manifest are byte-identical for any number of workers.
+    file_format: "nifti" (BraTS 2023 files) or "dicom" (a DICOM study per case, <id>/NN_<series>/0001.dcm ...,
+    the label as <id>-seg.nii.gz; the manifest's contrast columns name the series folders).
     """
     if int(n) < 1:
         raise InputError(f"n: the number of cases must be at least 1, got {n}")
@@ -98,6 +116,8 @@ def generate(out_dir, n: int, seed: int, progress=True, grids=None, overwrite: b
         raise InputError(f"seed: must be >= 0, got {seed}")
     if int(workers) < 1:
         raise InputError(f"workers: must be at least 1, got {workers}")
+    if file_format not in FILE_FORMATS:
+        raise InputError(f"format: must be one of {', '.join(FILE_FORMATS)}, got {file_format!r}")
     grids = tuple(grids) if grids else GRID_MIX
     for g in grids:
         grid_by_name(g)
@@ -113,7 +133,7 @@ def generate(out_dir, n: int, seed: int, progress=True, grids=None, overwrite: b
         from tqdm import tqdm
         bar = tqdm(total=int(n), desc="phantoms", unit="case")
     manifest = out / "manifest.csv"
-    jobs = [(int(seed) + i, CLASSES[i % len(CLASSES)], grids[(i // len(CLASSES)) % len(grids)], out)
+    jobs = [(int(seed) + i, CLASSES[i % len(CLASSES)], grids[(i // len(CLASSES)) % len(grids)], out, file_format)
             for i in range(int(n))]
     pool = ProcessPoolExecutor(min(int(workers), len(jobs))) if int(workers) > 1 else None
     try:
