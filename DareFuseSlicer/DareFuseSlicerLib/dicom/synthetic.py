@@ -232,3 +232,18 @@ def write_case(case, folder) -> Dict[str, Path]:
     written["seg"] = folder / f"{case.case_id}-seg.nii.gz"
     sitk.WriteImage(sitk.Cast(case.label, sitk.sitkUInt8), str(written["seg"]), True)
     return written
+
+
+#: Seed of the bundled sample case's synthetic patient and UIDs.
+SAMPLE_SEED = 1
+
+
+def write_sample_study(folder) -> Dict[str, Path]:
+    """The bundled sample case (SHA256-checked NIfTI) as a DICOM study under `folder` (the sample itself stays
+    NIfTI: four series of 155 slices would add megabytes to the extension)."""
+    from ..constants import BRATS_SUFFIX
+    from ..phantoms.io import SAMPLE_PREFIX, sample_case_paths
+
+    paths = sample_case_paths()
+    images = {c: sitk.ReadImage(str(paths[BRATS_SUFFIX[c]])) for c in CONTRASTS if BRATS_SUFFIX[c] in paths}
+    return write_study(images, folder, SAMPLE_PREFIX, SAMPLE_SEED)
