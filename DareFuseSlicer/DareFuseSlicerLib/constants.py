@@ -1,7 +1,8 @@
 """Names and rules shared by the data engine, the network, the pipeline and the Slicer side (one home each)."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Union
+import re
+from typing import Any, Iterable, Mapping, Optional, Tuple, Union
 
 # Input contrasts in network channel order.
 CONTRASTS = ("t1", "t1ce", "t2", "flair")
@@ -56,3 +57,57 @@ def display_contrast(inputs: Union[Mapping[str, Any], Iterable[str]]) -> str:
     """The given contrast shown beneath the overlays (DISPLAY_ORDER)."""
     given = _given(inputs)
     return next(name for name in DISPLAY_ORDER if name in given)
+
+
+# -- which contrast a name says: Slicer volume names, file names, DICOM series descriptions -----------------------
+#: Name tokens for each contrast, checked in this order (FLAIR before T2 so "t2_flair" is FLAIR; T1ce before T1).
+#: "tirm" and "dark fluid" are Siemens' FLAIR names.
+NAME_TOKENS = (
+    ("flair", ("flair", "t2f", "t2flair", "tirm", "darkfluid")),
+    ("t1ce", ("t1ce", "t1c", "t1gd", "t1post")),
+    ("t2", ("t2", "t2w")),
+    ("t1", ("t1", "t1n", "t1w")),
+)
+#: Beside a T1 token, these say a contrast agent was given ("T1 MPRAGE post Gd", "Ax T1 FSPGR +C", "T1 SE KM")...
+AGENT_TOKENS = frozenset(("post", "gd", "gad", "gado", "contrast", "ce", "c", "km", "postcontrast", "postgd"))
+#: ...unless one of these says it was not ("T1 pre Gd", "T1 native", "T1 WO").
+NO_AGENT_TOKENS = frozenset(("pre", "precontrast", "native", "nativ", "without", "wo"))
+#: Series of other kinds whose names carry a T1/T2 token: diffusion, susceptibility, perfusion, angiography, T2*,
+#: localizers. A name with one of these is none of the four contrasts.
+OTHER_KIND_TOKENS = frozenset(("dwi", "diff", "adc", "trace", "dti", "swi", "star", "t2star", "perfusion", "perf",
+                               "pwi", "dsc", "dce", "asl", "tof", "mra", "localizer", "loc", "scout", "survey"))
+_EXTENSIONS = re.compile(r"\.(nii\.gz|nii|nrrd|nhdr|mha|mhd|seg\.nrrd)$", re.IGNORECASE)
+
+
+def _contrast_tokens(tokens: list) -> Tuple[Optional[str], set]:
+    """The contrast the tokens name and the indices of the tokens that say it."""
+    for contrast, words in NAME_TOKENS:
+        for index, token in enumerate(tokens):
+            if token in words:
+                return contrast, {index}
+        # "T2 FLAIR" and "dark fluid" split into two tokens: also try neighbouring pairs
+        for index in range(len(tokens) - 1):
+            if tokens[index] + tokens[index + 1] in words:
+                return contrast, {index, index + 1}
+    return None, set()
+
+
+def contrast_of_name(name: str) -> Tuple[Optional[str], str]:
+    """(contrast, case stem) for a volume name such as 'BraTS-GLI-00001-000-t1c.nii.gz', 'T2 FLAIR' or a DICOM
+    series description such as 'T1 MPRAGE post Gd'. The one rule for assigning inputs by name, in Slicer
+    (inputs.auto_assign_inputs) and for DICOM series (dicom/assign.py).
+
+    The stem is the name without the tokens that say the contrast, to group volumes of one case (so 'T1 MPRAGE'
+    and 'T1 MPRAGE post Gd' share the stem 'mprage'). (None, name) if no token, or a token of another kind.
+    """
+    plain = _EXTENSIONS.sub("", name.strip())
+    tokens = [token for token in re.split(r"[^0-9a-zA-Z]+", plain.lower()) if token]
+    if OTHER_KIND_TOKENS.intersection(tokens):
+        return None, plain.lower()
+    contrast, used = _contrast_tokens(tokens)
+    if contrast == "t1" and AGENT_TOKENS.intersection(tokens) and not NO_AGENT_TOKENS.intersection(tokens):
+        contrast = "t1ce"
+        used |= {index for index, token in enumerate(tokens) if token in AGENT_TOKENS}
+    if contrast is None:
+        return None, plain.lower()
+    return contrast, "-".join(token for index, token in enumerate(tokens) if index not in used)

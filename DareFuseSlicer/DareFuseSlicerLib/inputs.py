@@ -2,14 +2,13 @@
 loading the bundled sample case. Reads nodes, never torch (this runs in the process that holds the scene)."""
 from __future__ import annotations
 
-import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
 import slicer
 
-from .constants import BRATS_SUFFIX, CONTRASTS
+from .constants import BRATS_SUFFIX, CONTRASTS, contrast_of_name
 from .errors import InputError
 from .pipeline import validate
 from .scene import nodes, volumes
@@ -50,40 +49,11 @@ def _name(node: Any) -> str:
 
 
 # -- assigning inputs by name, loading the sample case -------------------------------------------------------
-#: Name tokens for each contrast, checked in this order (FLAIR before T2 so "t2_flair" is FLAIR; T1ce before T1).
-NAME_TOKENS = (
-    ("flair", ("flair", "t2f", "t2flair")),
-    ("t1ce", ("t1ce", "t1c", "t1gd", "t1post")),
-    ("t2", ("t2", "t2w")),
-    ("t1", ("t1", "t1n", "t1w")),
-)
-_EXTENSIONS = re.compile(r"\.(nii\.gz|nii|nrrd|nhdr|mha|mhd|seg\.nrrd)$", re.IGNORECASE)
-
-
-def contrast_of_name(name: str) -> Tuple[Optional[str], str]:
-    """(contrast, case stem) for a volume name such as 'BraTS-GLI-00001-000-t1c.nii.gz' or 'T2 FLAIR'.
-
-    The stem is the name without the contrast's token, to group volumes of one case. (None, name) if no token.
-    """
-    plain = _EXTENSIONS.sub("", name.strip())
-    tokens = [token for token in re.split(r"[^0-9a-zA-Z]+", plain.lower()) if token]
-    for contrast, words in NAME_TOKENS:
-        for index, token in enumerate(tokens):
-            if token in words:
-                stem = "-".join(tokens[:index] + tokens[index + 1:])
-                return contrast, stem
-        # "T2 FLAIR" splits into two tokens: also try neighbouring pairs
-        for index in range(len(tokens) - 1):
-            if tokens[index] + tokens[index + 1] in words:
-                return contrast, "-".join(tokens[:index] + tokens[index + 2:])
-    return None, plain.lower()
-
-
 def auto_assign_inputs(scene: slicer.vtkMRMLScene) -> Dict[str, slicer.vtkMRMLScalarVolumeNode]:
     """Guess T1, T1ce, T2 and FLAIR from the names of the scene's scalar volumes.
 
-    Names match t1/t1n/t1w, t1ce/t1c/t1gd, t2/t2w, flair/t2f (any case, BraTS file names such as CASE-t1c.nii.gz
-    too). Label maps and this module's outputs are skipped. When several cases are loaded, the case (volumes
+    Names are read with constants.contrast_of_name (BraTS file names such as CASE-t1c.nii.gz, and scanner series
+    descriptions such as 'T1 MPRAGE post Gd' or 't2_tirm_tra_dark-fluid'). Label maps and this module's outputs are skipped. When several cases are loaded, the case (volumes
     sharing a name stem) with the most contrasts wins, the most recently added on a tie.
     Returns contrast -> node for the contrasts found.
     """

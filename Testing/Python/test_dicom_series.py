@@ -167,7 +167,8 @@ def test_a_localizer_series_beside_the_volume_is_left_aside_with_a_warning(tmp_p
     synthetic.write_localizer(image, tmp_path / "study" / "loc", study(), 1, "1.2.3.4")
     read_back, stack = read(tmp_path / "study")
     assert_same(read_back, image)
-    assert "the folder also holds series 1.2.3.4 ('localizer'), a localizer series; it was left aside" in stack.warnings[0]
+    assert "the folder also holds series 1.2.3.4 ('localizer'), a localizer series; it was left aside" \
+        in stack.warnings[0]
 
 
 def test_a_compressed_transfer_syntax_that_cannot_be_read(tmp_path):
@@ -195,7 +196,7 @@ def test_mixed_series_in_one_folder(tmp_path):
     t1 = write_series(small_image(), tmp_path / "study" / "a", "t1")
     write_series(small_image(seed=3), tmp_path / "study" / "b", "flair", number=5)
     message = refused(tmp_path / "study", "holds 2 series", "('T1 MPRAGE', 18 images)", "('FLAIR ax', 18 images)",
-                      "Pick one with --series UID", "--dicom")
+                      "Pick one by its UID (series)", "with dicom")
     flair_uid = message.split("; ")[1].split(" (")[0]
     read_back, stack = read(tmp_path / "study", wanted=[flair_uid, "1.2.3"])
     assert stack.series.uid == flair_uid and stack.series.description == "FLAIR ax"

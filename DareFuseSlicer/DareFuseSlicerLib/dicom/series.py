@@ -22,7 +22,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from . import privacy
 
 #: Transfer syntaxes ITK's GDCM reader decodes (uncompressed, deflate, JPEG, JPEG-LS, JPEG 2000, RLE).
@@ -182,15 +182,16 @@ def pick(series: Sequence[Series], label: str, wanted: Sequence[str] = ()) -> Tu
     Returns it and warnings about the other series left aside (localizers, multi-frame objects)."""
     chosen = [s for s in series if s.uid in set(wanted)]
     if len(chosen) > 1:
-        raise InputError(f"{label}: the folder holds several of the --series UIDs given "
-                         f"({', '.join(s.uid for s in chosen)}); give each contrast its own series.")
+        raise OptionError(f"{label}: the folder holds several of the series given with {{series}} "
+                          f"({', '.join(s.uid for s in chosen)}); give each contrast its own series.", "series")
     if chosen:
         return chosen[0], []
     volumes = [s for s in series if s.kind == "volume"]
     if len(volumes) > 1:
-        raise InputError(
+        raise OptionError(
             f"{label}: the folder holds {len(volumes)} series: {'; '.join(s.listing() for s in volumes)}. Pick one "
-            "with --series UID, or give the study folder with --dicom to assign its series by their descriptions.")
+            "by its UID ({series}), or give the study folder with {dicom} to assign its series by their descriptions.",
+            "series", "dicom")
     if not volumes:
         refuse_non_volume(series[0], label)
     others = [s for s in series if s is not volumes[0]]
