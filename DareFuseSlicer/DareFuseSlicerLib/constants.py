@@ -28,6 +28,8 @@ CLASSES = ("no_tumour", "glioma", "meningioma", "metastasis")
 
 #: The optional layers a run can produce (the class and the volumes are always computed).
 OUTPUTS = ("segmentation", "uncertainty", "prior", "gradcam")
+#: What the data engine writes a data set as: BraTS 2023 NIfTI files, or a DICOM study per case.
+DATASET_FORMATS = ("nifti", "dicom")
 
 
 def contrast_name(contrast: str) -> str:

@@ -1,25 +1,27 @@
 """One case from files to an output folder, headless: the module's logic on a fresh slicer-core MRML scene.
 
-The files are read into volume nodes through Slicer's storage nodes, the same DareFuseLogic as in the module
-panel processes them, and the result is written, all or nothing, as NIfTI layers, report.json, overview.png,
-the .seg.nrrd and the scene bundle (pipeline/outputs.py). The command line (`darefuse segment`, `demo`,
+The files are read into volume nodes through Slicer's storage nodes (DICOM series through dicom/series.py),
+the same DareFuseLogic as in the module panel processes them, and the result is written, all or nothing, as
+NIfTI layers, report.json, overview.png, the .seg.nrrd and the scene bundle, and/or as DICOM SEG and
+Parametric Maps (pipeline/outputs.py, dicom/export.py). The command line (`darefuse segment`, `demo`,
 `batch`) drives this module.
 
 Every check that needs only the file headers (missing or unreadable files, truncated NIfTI, 2-D or 4-D
-volumes, the memory guard, an output folder that already holds results) runs before torch or Slicer is
-imported, so a bad call fails within a second.
+volumes, DICOM series that cannot be stacked, the memory guard, an output folder that already holds results)
+runs before torch or Slicer is imported, so a bad call fails within a second.
 """
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence
 
-from .constants import CONTRASTS, OUTPUTS
+from .constants import CONTRASTS, OUTPUTS, contrast_name, reference_contrast
+from .dicom.case import CaseInputs, gather
 from .errors import InputError, OptionError
 from .pipeline import validate
-from .pipeline.outputs import check_output_dir
+from .pipeline.outputs import OUTPUT_FORMATS, ExtraWriter, check_output_dir
 from .progress import CancelFn, ProgressFn
 
 
@@ -36,29 +38,102 @@ def input_labels(paths: Dict[str, str]) -> Dict[str, str]:
     return {contrast: f"{contrast} {path}" for contrast, path in paths.items()}
 
 
-def check_inputs(paths: Dict[str, Optional[str]], labels: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-    """The given input files, checked from their headers (existence, format, shape, completeness, memory).
-    Returns contrast -> path for the given contrasts."""
+def check_inputs(paths: Dict[str, Optional[str]], labels: Optional[Dict[str, str]] = None,
+                 series: Sequence[str] = (), dicom: Optional[str] = None) -> CaseInputs:
+    """The given inputs, checked from their headers (existence, format, shape, completeness, memory): image
+    files, DICOM series folders (one series each, or the one of `series`), and a DICOM study folder `dicom`
+    whose series are assigned to the contrasts not given otherwise by their descriptions.
+    labels: contrast (and "dicom") -> how to name each input in messages."""
     given = {c: str(paths[c]) for c in CONTRASTS if paths.get(c)}
-    if not given:
-        raise OptionError("No input image: give at least one of {t1}, {t1ce}, {t2}, {flair}.", *CONTRASTS)
-    validate.check_input_files(given, labels or input_labels(given))
-    return given
+    if not given and not dicom:
+        raise OptionError("No input image: give at least one of {t1}, {t1ce}, {t2}, {flair}, or a DICOM study "
+                          "folder ({dicom}).", *CONTRASTS, "dicom")
+    labels = labels or input_labels(given)
+    inputs = gather(given, labels, series, dicom, labels.get("dicom") or f"dicom {dicom}")
+    validate.check_input_files(inputs.files, inputs.labels, inputs.geometries())
+    return inputs
+
+
+def check_output_format(output_format: str, inputs: CaseInputs) -> None:
+    """DICOM results reference the reference contrast's source series: that contrast must come from DICOM."""
+    if output_format not in OUTPUT_FORMATS:
+        raise OptionError(f"{{output_format}} must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}.",
+                          "output_format")
+    reference = reference_contrast(inputs.given)
+    if output_format != "nifti" and reference not in inputs.stacks:
+        raise OptionError(f"{{output_format}} {output_format}: the DICOM results reference the source series of "
+                          f"the reference contrast ({contrast_name(reference)}), which was given as a file, not a "
+                          "DICOM series.", "output_format")
+
+
+def _load(scene, inputs: CaseInputs) -> dict:
+    """contrast -> volume node: files through Slicer's storage nodes, DICOM stacks through dicom.series."""
+    from .dicom import series as dicom_series
+    from .scene import files, volumes
+
+    nodes = {}
+    with files.vtk_messages_kept_off_stderr():
+        for contrast in inputs.given:
+            if contrast in inputs.stacks:
+                stack = inputs.stacks[contrast]
+                name = stack.series.description or contrast_name(contrast)
+                nodes[contrast] = volumes.add_volume(scene, dicom_series.read(stack), name)
+                continue
+            try:
+                nodes[contrast] = files.load_volume(scene, inputs.files[contrast])
+            except InputError:
+                raise InputError(f"{inputs.labels[contrast]} could not be read as a volume (damaged or "
+                                 "unsupported file).") from None
+    return nodes
+
+
+def _writers(processed, scene, inputs: CaseInputs, output_format: str) -> List[ExtraWriter]:
+    """The writers of the Slicer files (.seg.nrrd, scene.mrb) and of the DICOM objects, as the format asks."""
+    from .scene import files
+
+    writers: List[ExtraWriter] = []
+    if output_format != "dicom":
+        if processed.segmentation is not None:
+            writers.append(lambda staging: [files.save_segmentation(
+                processed.segmentation, staging / "segmentation.seg.nrrd").name])
+        writers.append(lambda staging: [files.save_scene_bundle(scene, staging / "scene.mrb").name])
+    if output_format != "nifti":
+        from .dicom import export
+
+        stack = inputs.stacks[reference_contrast(inputs.given)]
+        model = processed.report.get("model")
+        writers.append(lambda staging: export.write_results(processed.result, stack, model, staging))
+    return writers
+
+
+def _record_inputs(result, inputs: CaseInputs) -> None:
+    """Where each input came from in report.json: the file, or the DICOM series (UIDs and descriptions)."""
+    for contrast in inputs.given:
+        if contrast in inputs.stacks:
+            result.inputs[contrast]["dicom"] = inputs.report(contrast)
+        else:
+            result.inputs[contrast]["path"] = str(Path(inputs.files[contrast]).absolute())
+    result.warnings[:0] = inputs.warnings
 
 
 def segment_case(paths: Dict[str, Optional[str]], output_dir, overwrite: bool = False, device: str = "cpu",
                  model_path=None, outputs=OUTPUTS, progress: Optional[ProgressFn] = None,
                  cancel: Optional[CancelFn] = None, logic=None, threads: Optional[int] = None,
-                 class_gate: bool = True, labels: Optional[Dict[str, str]] = None) -> dict:
-    """Segment one case from files into `output_dir`; returns the report written as report.json.
+                 class_gate: bool = True, labels: Optional[Dict[str, str]] = None, series: Sequence[str] = (),
+                 dicom: Optional[str] = None, output_format: str = "nifti",
+                 extra_writers: Sequence[ExtraWriter] = ()) -> dict:
+    """Segment one case from files or DICOM folders into `output_dir`; returns the report written as report.json.
 
     `logic` is a DareFuseLogic to reuse (its model stays loaded between cases); a new one when None.
     `threads`: CPU threads for the network (torch.set_num_threads); None leaves torch's setting.
-    `labels`: contrast -> how to name each file in messages (input_labels by default).
+    `labels`: contrast (and "dicom") -> how to name each input in messages (input_labels by default).
+    `series`, `dicom`: DICOM series UIDs picked by the user, a study folder to assign by descriptions
+    (check_inputs). `output_format`: "nifti" (NIfTI layers, .seg.nrrd, scene.mrb), "dicom" (DICOM SEG and
+    Parametric Maps) or "both"; report.json and overview.png always. `extra_writers`: further results.
     Raises InputError for bad inputs, Cancelled when cancelled; either way nothing is written.
     """
-    given = check_inputs(paths, labels)
-    labels = labels or input_labels(given)
+    inputs = check_inputs(paths, labels, series, dicom)
+    check_output_format(output_format, inputs)
     target = check_output_dir(output_dir, overwrite)
 
     from .logic import DareFuseLogic
@@ -68,14 +143,7 @@ def segment_case(paths: Dict[str, Optional[str]], output_dir, overwrite: bool = 
     scene = files.new_scene()
     loading = time.perf_counter()
     try:
-        nodes = {}
-        with files.vtk_messages_kept_off_stderr():
-            for contrast, path in given.items():
-                try:
-                    nodes[contrast] = files.load_volume(scene, path)
-                except InputError:
-                    raise InputError(f"{labels[contrast]} could not be read as a volume (damaged or "
-                                     "unsupported file).") from None
+        nodes = _load(scene, inputs)
         load_seconds = round(time.perf_counter() - loading, 3)
         # torch and MONAI from here on (seconds of imports): a file that fails its header checks or that Slicer
         # cannot read is reported without waiting for them.
@@ -88,19 +156,14 @@ def segment_case(paths: Dict[str, Optional[str]], output_dir, overwrite: bool = 
                                   model_path=model_path, class_gate=class_gate)
         result = processed.result
         result.timings["load"] = load_seconds
-        for contrast, path in given.items():
-            result.inputs[contrast]["path"] = str(Path(path).absolute())
-
-        writers = []
-        if processed.segmentation is not None:
-            writers.append(lambda staging: [files.save_segmentation(
-                processed.segmentation, staging / "segmentation.seg.nrrd").name])
-        writers.append(lambda staging: [files.save_scene_bundle(scene, staging / "scene.mrb").name])
+        _record_inputs(result, inputs)
         if progress is not None:
             progress(1.0, "writing the results")
         write_outputs(result, target, overwrite=overwrite, model_info=processed.report.get("model"),
-                      extra_writers=writers, cancel=cancel)
+                      extra_writers=_writers(processed, scene, inputs, output_format) + list(extra_writers),
+                      cancel=cancel, nifti=output_format != "dicom",
+                      report_extra={"dicom_study": {"folder": str(Path(dicom).absolute()),
+                                                    "series": inputs.assignment}} if dicom else None)
         return json.loads((target / "report.json").read_text())
     finally:
         scene.Clear(0)  # the nodes hold the images: free them now, not at the next garbage collection
-

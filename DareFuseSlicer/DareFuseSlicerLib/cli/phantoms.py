@@ -5,6 +5,7 @@ import argparse
 import shutil
 from pathlib import Path
 
+from ..constants import DATASET_FORMATS
 from ..errors import InputError
 from ..phantoms.grids import GRIDS  # not the engine (SciPy): the parser is built for every command
 
@@ -24,6 +25,11 @@ def register(subparsers) -> argparse.ArgumentParser:
                              "matrices and thick-slice scans)")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="processes making cases at once (default 1); the files are the same for any N")
+    parser.add_argument("--format", dest="file_format", choices=DATASET_FORMATS, default="nifti",
+                        help="nifti (default): BraTS 2023 files; dicom: each case as a DICOM study (a localizer "
+                             "and one MR series per contrast, SeriesDescription 'T1 MPRAGE', 'T1 MPRAGE post Gd', "
+                             "'T2 TSE ax', 'FLAIR ax'; a synthetic patient) in DIR/<case id>/, its label as "
+                             "<case id>-seg.nii.gz, no tumour-free twins")
     parser.add_argument("--overwrite", action="store_true", help="empty a non-empty DIR first")
     parser.set_defaults(handler=run)  # cli.main calls args.handler(args)
     return parser
@@ -47,6 +53,6 @@ def run(args) -> int:
     from ..phantoms.io import generate
 
     manifest = generate(out, args.n, args.seed, progress=True, grids=[args.grid] if args.grid else None,
-                        workers=args.workers)
+                        workers=args.workers, file_format=args.file_format)
     print(f"wrote {args.n} cases and {manifest}")
     return 0

@@ -9,25 +9,31 @@ import argparse
 import csv
 import gc
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from ..constants import BRATS_SUFFIX, CONTRASTS, OUTPUTS, contrast_name
 from ..errors import Cancelled, DareFuseError, InputError
 from ..headless import segment_case, set_threads
+from ..pipeline.outputs import OUTPUT_FORMATS
 from ..pipeline.process_stats import resident_mb, unmap_large_blocks
 from ..progress import ConsoleProgress
 from . import user_message
 
 BATCH_COLUMNS = ("case_id", "t1", "t1ce", "t2", "flair", "output_dir")
+#: Optional: a DICOM study folder whose series are assigned to the contrasts left empty.
+OPTIONAL_BATCH_COLUMNS = ("dicom",)
 DEMO_OUTPUT_DIR = "darefuse-demo"
 
 
-def flag_labels(paths) -> Dict[str, str]:
-    """Inputs named in messages as given on the command line: '--t1 PATH'."""
-    return {c: f"--{c} {paths[c]}" for c in CONTRASTS if paths.get(c)}
+def flag_labels(paths, dicom: Optional[str] = None) -> Dict[str, str]:
+    """Inputs named in messages as given on the command line: '--t1 PATH', '--dicom FOLDER'."""
+    labels = {c: f"--{c} {paths[c]}" for c in CONTRASTS if paths.get(c)}
+    return dict(labels, dicom=f"--dicom {dicom}") if dicom else labels
 
 
 def summary(report: dict, output_dir) -> str:
@@ -39,12 +45,17 @@ def summary(report: dict, output_dir) -> str:
 
 
 # -- handlers --------------------------------------------------------------------------------------------------
-def _segment(args) -> int:
+def _segment(args, extra_writers=()) -> int:
     unmap_large_blocks()
     paths = {c: getattr(args, c) for c in CONTRASTS}
+    dicom = getattr(args, "dicom", None)
     report = segment_case(paths, args.output_dir, overwrite=args.overwrite, device=args.device,
                           model_path=args.model, outputs=_outputs(args), progress=ConsoleProgress(quiet=args.quiet),
-                          threads=args.threads, class_gate=not args.no_class_gate, labels=flag_labels(paths))
+                          threads=args.threads, class_gate=not args.no_class_gate, labels=flag_labels(paths, dicom),
+                          series=getattr(args, "series", None) or (), dicom=dicom, output_format=args.output_format,
+                          extra_writers=extra_writers)
+    for line in report.get("dicom_study", {}).get("series", []):
+        print(f"darefuse: DICOM series {line}", file=sys.stderr)
     for warning in report["warnings"]:
         print(f"darefuse: warning: {warning}", file=sys.stderr)
     print(summary(report, Path(args.output_dir)))
@@ -52,12 +63,27 @@ def _segment(args) -> int:
 
 
 def _demo(args) -> int:
+    """The sample case; for DICOM results, written as a DICOM study first, which goes with the results (the
+    SEG and maps reference it)."""
     from ..phantoms import sample_case_paths
 
-    sample = sample_case_paths()
-    paths = {c: str(sample[BRATS_SUFFIX[c]]) for c in CONTRASTS if BRATS_SUFFIX[c] in sample}
-    args.t1, args.t1ce, args.t2, args.flair = (paths.get(c) for c in CONTRASTS)
-    return _segment(args)
+    if args.output_format == "nifti":
+        sample = sample_case_paths()
+        paths = {c: str(sample[BRATS_SUFFIX[c]]) for c in CONTRASTS if BRATS_SUFFIX[c] in sample}
+        args.t1, args.t1ce, args.t2, args.flair = (paths.get(c) for c in CONTRASTS)
+        return _segment(args)
+    from ..dicom.synthetic import SAMPLE_STUDY_DIR, write_sample_study
+
+    with tempfile.TemporaryDirectory(prefix="darefuse-sample-dicom-") as study:
+        write_sample_study(study)
+        args.t1 = args.t1ce = args.t2 = args.flair = None
+        args.dicom = study
+
+        def copy_study(staging: Path) -> List[str]:
+            shutil.copytree(study, staging / SAMPLE_STUDY_DIR)
+            return [SAMPLE_STUDY_DIR]
+
+        return _segment(args, extra_writers=[copy_study])
 
 
 def read_batch(csv_path) -> List[Dict[str, str]]:
@@ -82,15 +108,16 @@ def read_batch(csv_path) -> List[Dict[str, str]]:
     cases = []
     for number, row in enumerate(rows, start=1):
         case = {"case_id": row["case_id"] or f"row{number}"}
-        for column in BATCH_COLUMNS[1:]:
-            value = row[column]
+        for column in BATCH_COLUMNS[1:] + OPTIONAL_BATCH_COLUMNS:
+            value = row.get(column, "")
             case[column] = str(base / value) if value and not os.path.isabs(value) else value
         cases.append(case)
     return cases
 
 
 def run_batch(cases: List[Dict[str, str]], overwrite: bool = False, device: str = "cpu", model_path=None,
-              outputs=OUTPUTS, quiet: bool = False, stream=None, class_gate: bool = True) -> List[dict]:
+              outputs=OUTPUTS, quiet: bool = False, stream=None, class_gate: bool = True,
+              output_format: str = "nifti") -> List[dict]:
     """Run every case, continuing past failures. Returns one row per case: case_id, status ("ok", "failed",
     "error"), message, seconds, predicted_class, WT/TC/ET mL, resident memory after the case (MB)."""
     from ..logic import DareFuseLogic
@@ -106,11 +133,11 @@ def run_batch(cases: List[Dict[str, str]], overwrite: bool = False, device: str 
         try:
             if not case["output_dir"]:
                 raise InputError("no output_dir given for this case.")
-            paths = {c: case[c] for c in CONTRASTS}
+            paths, dicom = {c: case[c] for c in CONTRASTS}, case.get("dicom") or None
             report = segment_case(paths, case["output_dir"], overwrite=overwrite,
                                   device=device, model_path=model_path, outputs=outputs, logic=logic,
-                                  class_gate=class_gate, labels=flag_labels(paths),
-                                  progress=ConsoleProgress(prefix + " ", quiet=quiet))
+                                  class_gate=class_gate, labels=flag_labels(paths, dicom), dicom=dicom,
+                                  output_format=output_format, progress=ConsoleProgress(prefix + " ", quiet=quiet))
             row.update(predicted_class=report["predicted_class"], wt_ml=report["volumes_ml"]["WT"],
                        tc_ml=report["volumes_ml"]["TC"], et_ml=report["volumes_ml"]["ET"])
             row["message"] = summary(report, case["output_dir"])
@@ -150,7 +177,8 @@ def _batch(args) -> int:
     set_threads(args.threads)
     unmap_large_blocks()
     rows = run_batch(cases, overwrite=args.overwrite, device=args.device, model_path=args.model,
-                     outputs=_outputs(args), quiet=args.quiet, class_gate=not args.no_class_gate)
+                     outputs=_outputs(args), quiet=args.quiet, class_gate=not args.no_class_gate,
+                     output_format=args.output_format)
     if args.report:
         write_batch_report(rows, args.report)
     failed = [r for r in rows if r["status"] != "ok"]
@@ -173,6 +201,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for the network (default: torch's)")
     parser.add_argument("--skip", action="append", choices=[o for o in OUTPUTS if o != "segmentation"],
                         help="leave out an optional layer (repeatable); the class and volumes are always reported")
+    parser.add_argument("--output-format", choices=OUTPUT_FORMATS, default="nifti",
+                        help="nifti (default): NIfTI layers, .seg.nrrd and scene.mrb; dicom: a DICOM SEG (NETC, SNFH, "
+                             "ET) and the uncertainty and Grad-CAM++ maps as DICOM Parametric Maps in the source "
+                             "study (needs the reference contrast as a DICOM series); both. report.json and "
+                             "overview.png always")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.add_argument("--no-class-gate", action="store_true",
                         help="keep the tumour segments even when the class head says no tumour (the model card's "
@@ -185,9 +218,16 @@ def register(subparsers) -> None:
         description="Segment, measure and explain one case. Writes, on the reference grid (T1 when given, else "
                     "the first given of T1ce, T2, FLAIR): segmentation.nii.gz / .seg.nrrd, uncertainty.nii.gz, "
                     "difference_prior.nii.gz, tumour_free.nii.gz, gradcam.nii.gz, report.json, scene.mrb, "
-                    "overview.png. All files appear together when complete, or none.")
+                    "overview.png (and with --output-format dicom or both: segmentation.dcm, uncertainty.dcm, "
+                    "gradcam.dcm). All files appear together when complete, or none.")
     for contrast in CONTRASTS:
-        segment.add_argument(f"--{contrast}", metavar="FILE", help=f"{contrast_name(contrast)} volume")
+        segment.add_argument(f"--{contrast}", metavar="FILE|DIR",
+                             help=f"{contrast_name(contrast)} volume: an image file, or a folder of DICOM slices")
+    segment.add_argument("--series", action="append", metavar="UID",
+                         help="the DICOM series to use (SeriesInstanceUID) where a folder holds several (repeatable)")
+    segment.add_argument("--dicom", metavar="DIR",
+                         help="a DICOM study folder: its series are assigned to the contrasts not given otherwise, "
+                              "by their descriptions (SeriesDescription, ProtocolName); the choice is reported")
     segment.add_argument("--output-dir", required=True, help="folder for the results")
     _common(segment)
     segment.set_defaults(handler=_segment)
@@ -201,8 +241,10 @@ def register(subparsers) -> None:
     batch = subparsers.add_parser(
         "batch", help="segment the cases of a CSV file, continuing past failures",
         description="Segment every case of a CSV file with the columns case_id,t1,t1ce,t2,flair,output_dir "
-                    "(empty cells for missing contrasts; relative paths are relative to the CSV file). A case "
-                    "that fails is reported and the others go on; the exit status is 1 if any case failed.")
+                    "(image files or DICOM series folders; empty cells for missing contrasts; relative paths are "
+                    "relative to the CSV file) and optionally dicom (a study folder assigned by series "
+                    "descriptions). A case that fails is reported and the others go on; the exit status is 1 if "
+                    "any case failed.")
     batch.add_argument("csv", help="the cases")
     batch.add_argument("--report", default=None, help="also write the per-case results to this CSV file")
     _common(batch)

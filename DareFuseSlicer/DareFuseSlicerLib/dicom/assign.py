@@ -1,5 +1,5 @@
 """Which series of a study is which contrast: the module's name rule (constants.contrast_of_name, the one that
-assigns Slicer volumes by their names) applied to SeriesDescription, then to ProtocolName.
+assigns Slicer volumes by their names) applied to SeriesDescription, then to ProtocolName (Series.contrast).
 
 Only volume series take part (localizers, multi-frame objects and unplaced images are left aside). Where several
 series look like one contrast, the one the user named (series UIDs) wins, else an original acquisition over
@@ -9,18 +9,9 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..constants import CONTRASTS, contrast_name, contrast_of_name
+from ..constants import CONTRASTS, contrast_name
 from ..errors import OptionError
 from .series import Series
-
-
-def contrast_of_series(series: Series) -> Optional[str]:
-    """The contrast its description names, else the one its protocol name names, else None."""
-    for text in (series.description, series.protocol):
-        contrast = contrast_of_name(text)[0] if text else None
-        if contrast is not None:
-            return contrast
-    return None
 
 
 def _original(series: Series) -> bool:
@@ -47,7 +38,7 @@ def assign(series: Sequence[Series], label: str, skip: Sequence[str] = (),
     candidates: Dict[str, List[Series]] = {}
     notes: Dict[str, str] = {}  # series UID -> what became of it
     for item in series:
-        contrast = contrast_of_series(item) if item.kind == "volume" else None
+        contrast = item.contrast if item.kind == "volume" else None
         if item.kind != "volume":
             notes[item.uid] = f"left aside ({item.kind})"
         elif contrast is None:

@@ -22,6 +22,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from ..constants import contrast_of_name
 from ..errors import InputError, OptionError
 from . import privacy
 
@@ -78,6 +79,16 @@ class Series:
     def number(self) -> int:
         value = self.headers[0].get("SeriesNumber")
         return int(value) if value not in (None, "") else 0
+
+    @property
+    def contrast(self) -> Optional[str]:
+        """The contrast its description names, else the one its protocol name names (constants.contrast_of_name,
+        the module's one name rule), else None."""
+        for text in (self.description, self.protocol):
+            contrast = contrast_of_name(text)[0] if text else None
+            if contrast is not None:
+                return contrast
+        return None
 
     @property
     def kind(self) -> str:
@@ -177,10 +188,14 @@ def refuse_non_volume(series: Series, label: str) -> None:
                      "they cannot be placed in space.")
 
 
-def pick(series: Sequence[Series], label: str, wanted: Sequence[str] = ()) -> Tuple[Series, List[str]]:
-    """The one series of a folder to use: the one whose UID is in `wanted`, else the only volume series.
+def pick(series: Sequence[Series], label: str, wanted: Sequence[str] = (),
+         contrast: Optional[str] = None) -> Tuple[Series, List[str]]:
+    """The one series of a folder to use: the one whose UID is in `wanted` (where several are, the one whose
+    description names `contrast`), else the only volume series.
     Returns it and warnings about the other series left aside (localizers, multi-frame objects)."""
     chosen = [s for s in series if s.uid in set(wanted)]
+    if len(chosen) > 1 and contrast is not None:
+        chosen = [s for s in chosen if s.contrast == contrast] or chosen
     if len(chosen) > 1:
         raise OptionError(f"{label}: the folder holds several of the series given with {{series}} "
                           f"({', '.join(s.uid for s in chosen)}); give each contrast its own series.", "series")
@@ -373,9 +388,9 @@ def read(stack: Stack) -> sitk.Image:
     return image
 
 
-def load(folder, label: str, wanted: Sequence[str] = ()) -> Stack:
-    """The checked stack of the one series to use in `folder`; its warnings say what was left aside."""
-    series, warnings = pick(discover(folder, label), label, wanted)
+def load(folder, label: str, wanted: Sequence[str] = (), contrast: Optional[str] = None) -> Stack:
+    """The checked stack of the one series to use in `folder` (see pick); its warnings say what was left aside."""
+    series, warnings = pick(discover(folder, label), label, wanted, contrast)
     stack = check(series, label)
     stack.warnings = warnings + stack.warnings
     return stack

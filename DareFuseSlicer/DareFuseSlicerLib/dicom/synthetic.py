@@ -236,6 +236,8 @@ def write_case(case, folder) -> Dict[str, Path]:
 
 #: Seed of the bundled sample case's synthetic patient and UIDs.
 SAMPLE_SEED = 1
+#: Where `darefuse demo` puts the sample's DICOM study among its results (the SEG references it).
+SAMPLE_STUDY_DIR = "sample-dicom"
 
 
 def write_sample_study(folder) -> Dict[str, Path]:

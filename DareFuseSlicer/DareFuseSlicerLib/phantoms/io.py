@@ -9,7 +9,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from ..constants import BRATS_SUFFIX, CLASSES, CONTRASTS
+from ..constants import BRATS_SUFFIX, CLASSES, CONTRASTS, DATASET_FORMATS
 from ..errors import InputError, OptionError
 from .acquisition import grid_by_name
 from .engine import make_case
@@ -22,9 +22,6 @@ MANIFEST_COLUMNS = ("case_id", "tumour_class", "seed", "grid", "size", "spacing"
                     "netc_ml", "snfh_ml", "et_ml",
                     "t1n", "t1c", "t2w", "t2f", "seg", "t1n_free", "t1c_free", "t2w_free", "t2f_free",
                     "subtype")
-
-#: What a data set can be written as.
-FILE_FORMATS = ("nifti", "dicom")
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "Resources" / "SampleData"
 SAMPLE_PREFIX = "DareFuseSample-glioma"
@@ -116,8 +113,9 @@ def generate(out_dir, n: int, seed: int, progress=True, grids=None, overwrite: b
         raise InputError(f"seed: must be >= 0, got {seed}")
     if int(workers) < 1:
         raise InputError(f"workers: must be at least 1, got {workers}")
-    if file_format not in FILE_FORMATS:
-        raise InputError(f"format: must be one of {', '.join(FILE_FORMATS)}, got {file_format!r}")
+    if file_format not in DATASET_FORMATS:
+        raise OptionError(f"{{file_format}} must be one of {', '.join(DATASET_FORMATS)}, got {file_format!r}",
+                          "file_format")
     grids = tuple(grids) if grids else GRID_MIX
     for g in grids:
         grid_by_name(g)

@@ -21,6 +21,8 @@ import SimpleITK as sitk
 
 from .. import __version__
 from ..constants import LABEL_COLOURS, LABELS
+from ..dicom.export import MAP_FILES, SEG_FILE
+from ..dicom.synthetic import SAMPLE_STUDY_DIR
 from ..errors import OptionError
 from ..progress import CancelFn, check_cancel
 
@@ -29,7 +31,11 @@ PathLike = Union[str, Path]
 RESULT_FILES = (
     "segmentation.nii.gz", "segmentation.seg.nrrd", "uncertainty.nii.gz", "difference_prior.nii.gz",
     "tumour_free.nii.gz", "gradcam.nii.gz", "report.json", "scene.mrb", "overview.png",
+    SEG_FILE, *MAP_FILES.values(), SAMPLE_STUDY_DIR,
 )
+#: What a run writes besides report.json and overview.png: today's NIfTI layers and Slicer files, the DICOM
+#: objects (SEG, Parametric Maps), or both.
+OUTPUT_FORMATS = ("nifti", "dicom", "both")
 #: Writes a file into the staging folder and returns the names it wrote (e.g. the .seg.nrrd and scene.mrb).
 ExtraWriter = Callable[[Path], Iterable[str]]
 #: Writing is gzip-bound and SimpleITK releases the GIL while it compresses, so the files are written in
@@ -167,12 +173,13 @@ def _move_into_place(staging: Path, target: Path, overwrite: bool, written: Sequ
 
 def write_outputs(result, output_dir: PathLike, overwrite: bool = False, model_info: Optional[dict] = None,
                   extra_writers: Sequence[ExtraWriter] = (), cancel: Optional[CancelFn] = None,
-                  overview: bool = True) -> Dict[str, Path]:
+                  overview: bool = True, nifti: bool = True, report_extra: Optional[dict] = None) -> Dict[str, Path]:
     """Write a PipelineResult into `output_dir`, all or nothing (see the module docstring).
 
-    extra_writers(staging_folder) write further files (the .seg.nrrd and scene.mrb of the Slicer side) into
-    the same staging folder so that they appear together with the rest; they run in a worker thread, in
-    parallel with the NIfTI files and the overview. Returns name -> final path.
+    extra_writers(staging_folder) write further files (the .seg.nrrd and scene.mrb of the Slicer side, DICOM
+    objects) into the same staging folder so that they appear together with the rest; they run in a worker
+    thread, in parallel with the NIfTI files and the overview. nifti=False leaves the NIfTI layers out.
+    report_extra: further entries of report.json. Returns name -> final path.
     """
     target = check_output_dir(output_dir, overwrite)
     started = time.perf_counter()
@@ -187,13 +194,13 @@ def write_outputs(result, output_dir: PathLike, overwrite: bool = False, model_i
 
         # The slow writers first, so the pool's threads finish together.
         tasks = [lambda w=writer: w(staging) for writer in extra_writers]
-        tasks += [nifti(name, make) for name, make in _image_layers(result)]
+        tasks += [nifti(name, make) for name, make in (_image_layers(result) if nifti else [])]
         if overview:
             tasks.append(lambda: (render_overview(result, staging / "overview.png"), ["overview.png"])[1])
         with ThreadPoolExecutor(WRITER_THREADS) as pool:
             written = [name for names in pool.map(task, tasks) for name in names]
         result.timings["write"] = round(time.perf_counter() - started, 3)
-        report = build_report(result, model_info, written + ["report.json"])
+        report = dict(build_report(result, model_info, written + ["report.json"]), **(report_extra or {}))
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         written.append("report.json")
         check_cancel(cancel)

@@ -199,14 +199,17 @@ def read_header(label: str, path: str) -> Geometry:
     return Geometry(tuple(reader.GetSize()), tuple(reader.GetSpacing()), reader.GetNumberOfComponents(), pixel_type)
 
 
-def check_input_files(paths: Dict[str, str], labels: Dict[str, str]) -> None:
+def check_input_files(paths: Dict[str, str], labels: Dict[str, str],
+                      known: Optional[Dict[str, Geometry]] = None) -> None:
     """Every check the file headers allow (existence, format, shape, the memory guard, completeness), before
-    any voxel is read. paths: contrast -> file for the given contrasts; labels: how to name each in messages."""
-    geometries = {}
+    any voxel is read. paths: contrast -> file for the given contrasts; labels: how to name each in messages;
+    known: contrast -> geometry of inputs already read from other headers (DICOM series), checked alike."""
+    geometries = dict(known or {})
     for contrast, path in paths.items():
         geometries[contrast] = read_header(labels[contrast], path)
-        check_geometry(labels[contrast], geometries[contrast])
-    check_memory(geometries, reference_contrast(paths), labels)
+    for contrast, geometry in geometries.items():
+        check_geometry(labels[contrast], geometry)
+    check_memory(geometries, reference_contrast(geometries), labels)
     for contrast, path in paths.items():
         check_nifti_complete(labels[contrast], path)
 
