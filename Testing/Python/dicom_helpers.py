@@ -70,3 +70,29 @@ def assert_no_patient_data(texts: Iterable[str]) -> None:
     for text in texts:
         for value in values:
             assert not re.search(re.escape(value), text, re.IGNORECASE), (value, text)
+
+
+def geometry_of(image: sitk.Image):
+    """The image's grid as highdicom's volume geometry (axes: slice, row, column)."""
+    import highdicom as hd
+
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    spacing = np.array(image.GetSpacing())
+    affine = np.eye(4)
+    for axis in range(3):
+        affine[:3, 2 - axis] = direction[:, axis] * spacing[axis]
+    affine[:3, 3] = image.GetOrigin()
+    return hd.VolumeGeometry(affine, image.GetSize()[::-1], coordinate_system="PATIENT")
+
+
+def assert_on_grid(volume, image: sitk.Image, atol_mm: float = 1e-3) -> None:
+    """A highdicom volume lies on the image's grid: its axes are the image's (up to sign) and its first voxel
+    is one of the image's voxel centres, within atol_mm."""
+    source = np.array(image.GetDirection()).reshape(3, 3)
+    directions = np.array(volume.direction)  # unit vectors of the (slice, row, column) axes
+    for axis in range(3):
+        assert min(np.abs(directions[:, axis] - sign * source[:, 2 - axis]).max() for sign in (1, -1)) < atol_mm
+    corner = volume.map_indices_to_reference(np.array([[0, 0, 0]]))[0]
+    index = np.array(image.TransformPhysicalPointToContinuousIndex([float(v) for v in corner]))
+    nearest = image.TransformIndexToPhysicalPoint([int(i) for i in np.round(index)])
+    assert np.linalg.norm(np.array(nearest) - corner) < atol_mm, (nearest, corner)

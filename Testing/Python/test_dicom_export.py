@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from DareFuseSlicerLib import terminology
 from DareFuseSlicerLib.dicom import export, series
-from dicom_helpers import rotation, small_image, write_series
+from dicom_helpers import assert_on_grid, geometry_of, rotation, small_image, write_series
 
 MODEL = {"name": "darefuse-test", "version": "7", "sha256": "ab" * 32}
 
@@ -42,17 +42,6 @@ def written(tmp_path_factory):
     return SimpleNamespace(folder=folder, stack=stack, image=image, labels=labels, maps=maps, names=names)
 
 
-def geometry_of(image: sitk.Image) -> "hd.VolumeGeometry":
-    """The image's grid as highdicom's volume geometry (axes: slice, row, column)."""
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    spacing = np.array(image.GetSpacing())
-    affine = np.eye(4)
-    for axis in range(3):
-        affine[:3, 2 - axis] = direction[:, axis] * spacing[axis]
-    affine[:3, 3] = image.GetOrigin()
-    return hd.VolumeGeometry(affine, image.GetSize()[::-1], coordinate_system="PATIENT")
-
-
 def test_the_segmentation_reads_back_onto_the_source_grid(written):
     assert written.names == [export.SEG_FILE, export.MAP_FILES["uncertainty"], export.MAP_FILES["gradcam"]]
     seg = hd.seg.segread(str(written.folder / export.SEG_FILE))
@@ -62,15 +51,7 @@ def test_the_segmentation_reads_back_onto_the_source_grid(written):
     # refuses when the grids differ by more than its tolerance), every voxel is the label written.
     matched = volume.match_geometry(expected, tol=1e-3)
     assert np.array_equal(matched.array, written.labels)
-    first = int(np.argmax(written.labels.any(axis=(1, 2))))
-    corner = volume.map_indices_to_reference(np.array([[0, 0, 0]]))[0]
-    candidates = [written.image.TransformIndexToPhysicalPoint((c, r, s)) for s in range(first, first + 7)
-                  for r in (0, 19) for c in (0, 23)]
-    assert min(np.linalg.norm(np.array(p) - corner) for p in candidates) < 1e-3  # origin within 1e-3 mm
-    directions = np.array(volume.direction)  # unit vectors of its (slice, row, column) axes
-    source = np.array(written.image.GetDirection()).reshape(3, 3)
-    for axis in range(3):
-        assert min(np.abs(directions[:, axis] - sign * source[:, 2 - axis]).max() for sign in (1, -1)) < 1e-3
+    assert_on_grid(volume, written.image)  # origin and direction within 1e-3 mm
 
 
 def test_segments_codes_and_algorithm(written):
@@ -110,7 +91,7 @@ def test_parametric_maps_read_back_as_values(written):
     expected = geometry_of(written.image)
     for kind, image in written.maps.items():
         pmap = hd.imread(str(written.folder / export.MAP_FILES[kind]))
-        assert pmap.ContentLabel == kind.upper()
+        assert pmap.ContentLabel == kind.upper() and pmap.file_meta.TransferSyntaxUID == export.MAP_TRANSFER_SYNTAX
         values = pmap.get_volume().match_geometry(expected, tol=1e-3).array  # real-world values (slope applied)
         assert np.abs(values - sitk.GetArrayFromImage(image)).max() <= 0.5 / export.MAP_SCALE + 1e-9
 

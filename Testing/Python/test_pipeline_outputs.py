@@ -148,3 +148,27 @@ def test_overview_orientation_matches_dicom_orient_without_copying():
                 view, spacing = _lps_array(image)
                 assert np.array_equal(view, sitk.GetArrayFromImage(expected))
                 assert np.allclose(spacing, expected.GetSpacing()) and not view.flags.owndata
+
+
+def test_dicom_format_leaves_out_nifti_and_a_result_folder_is_replaced_whole(case, tmp_path):
+    """--output-format dicom writes no NIfTI layer; a folder among the results (the demo's sample-dicom study)
+    appears, and is replaced with --overwrite, like a file."""
+    _, result, model_info = case
+
+    def study(marker: str):
+        def write(staging: Path):
+            (staging / "sample-dicom" / "02_T1").mkdir(parents=True)
+            (staging / "sample-dicom" / "02_T1" / "0001.dcm").write_text(marker)
+            return ["sample-dicom"]
+        return write
+
+    target = tmp_path / "out"
+    written = write_outputs(result, target, model_info=model_info, nifti=False, extra_writers=[study("first")],
+                            report_extra={"dicom_study": {"series": ["a: T1"]}}, overview=False)
+    assert sorted(written) == ["report.json", "sample-dicom"]
+    assert json.loads((target / "report.json").read_text())["dicom_study"] == {"series": ["a: T1"]}
+    with pytest.raises(InputError, match="already holds results"):
+        write_outputs(result, target, nifti=False, extra_writers=[study("second")], overview=False)
+    write_outputs(result, target, overwrite=True, nifti=False, extra_writers=[study("second")], overview=False)
+    assert (target / "sample-dicom" / "02_T1" / "0001.dcm").read_text() == "second"
+    assert not leftovers(tmp_path)

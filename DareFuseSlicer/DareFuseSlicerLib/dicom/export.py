@@ -26,6 +26,9 @@ MANUFACTURER = "DareFuseSlicer"
 #: Maps in [0, 1] are stored as 16-bit integers with a real-world-value slope of 1/65535 (half the size of
 #: float32 pixels; steps of 1.5e-5).
 MAP_SCALE = 65535
+#: JPEG-LS Lossless (pyjpegls, which highdicom installs): the maps are zero outside the head, so the files are a
+#: fraction of their uncompressed size, and no value is lost (test_dicom_export reads them back).
+MAP_TRANSFER_SYNTAX = "1.2.840.10008.1.2.4.80"
 #: The results must lie on the source slices' grid, as the pipeline writes them (mm).
 GRID_TOLERANCE_MM = 1e-3
 
@@ -128,7 +131,8 @@ def write_parametric_map(image: sitk.Image, stack, model_info: Optional[dict], p
         contains_recognizable_visual_features=False, real_world_value_mappings=[mapping],
         voi_lut_transformations=[hd.VOILUTTransformation(window_center=MAP_SCALE / 2, window_width=MAP_SCALE)],
         content_label=kind.upper()[:16], content_description=explanation[:64],
-        series_description=f"DareFuse {explanation}"[:64], **_equipment(model_info))
+        series_description=f"DareFuse {explanation}"[:64], transfer_syntax_uid=MAP_TRANSFER_SYNTAX,
+        **_equipment(model_info))
     pmap.SharedFunctionalGroupsSequence[0].FrameAnatomySequence = [_frame_anatomy()]
     pmap.save_as(str(path))
     return Path(path)

@@ -172,7 +172,8 @@ def discover(folder, label: str) -> List[Series]:
         series.files.append(path)
         series.headers.append(header)
     if not groups:
-        raise InputError(f"{label}: {folder} holds no DICOM image files.")
+        raise InputError(f"{label}: {folder} is a folder that holds no DICOM image files; give an image file "
+                         "(NIfTI, NRRD) or a folder of DICOM slices.")
     return sorted(groups.values(), key=lambda s: (s.number, s.uid))
 
 

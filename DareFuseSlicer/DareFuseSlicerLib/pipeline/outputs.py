@@ -28,11 +28,13 @@ from ..progress import CancelFn, check_cancel
 
 PathLike = Union[str, Path]
 #: Every file a run may write; any of them in a folder means the folder "already holds results".
-RESULT_FILES = (
+#: What a run with every layer writes in the default format (nifti), and what the DICOM format adds.
+NIFTI_RESULT_FILES = (
     "segmentation.nii.gz", "segmentation.seg.nrrd", "uncertainty.nii.gz", "difference_prior.nii.gz",
     "tumour_free.nii.gz", "gradcam.nii.gz", "report.json", "scene.mrb", "overview.png",
-    SEG_FILE, *MAP_FILES.values(), SAMPLE_STUDY_DIR,
 )
+DICOM_RESULT_FILES = (SEG_FILE, *MAP_FILES.values())
+RESULT_FILES = NIFTI_RESULT_FILES + DICOM_RESULT_FILES + (SAMPLE_STUDY_DIR,)
 #: What a run writes besides report.json and overview.png: today's NIfTI layers and Slicer files, the DICOM
 #: objects (SEG, Parametric Maps), or both.
 OUTPUT_FORMATS = ("nifti", "dicom", "both")
@@ -189,12 +191,12 @@ def write_outputs(result, output_dir: PathLike, overwrite: bool = False, model_i
             check_cancel(cancel)
             return list(write())
 
-        def nifti(name: str, make: Callable[[], sitk.Image]) -> Callable[[], List[str]]:
+        def write_nifti(name: str, make: Callable[[], sitk.Image]) -> Callable[[], List[str]]:
             return lambda: (sitk.WriteImage(make(), str(staging / name), useCompression=True), [name])[1]
 
         # The slow writers first, so the pool's threads finish together.
         tasks = [lambda w=writer: w(staging) for writer in extra_writers]
-        tasks += [nifti(name, make) for name, make in (_image_layers(result) if nifti else [])]
+        tasks += [write_nifti(name, make) for name, make in (_image_layers(result) if nifti else [])]
         if overview:
             tasks.append(lambda: (render_overview(result, staging / "overview.png"), ["overview.png"])[1])
         with ThreadPoolExecutor(WRITER_THREADS) as pool:
