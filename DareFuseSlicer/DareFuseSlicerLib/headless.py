@@ -60,10 +60,15 @@ def check_output_format(output_format: str, inputs: CaseInputs) -> None:
         raise OptionError(f"{{output_format}} must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}.",
                           "output_format")
     reference = reference_contrast(inputs.given)
-    if output_format != "nifti" and reference not in inputs.stacks:
+    if output_format == "nifti":
+        return
+    if reference not in inputs.stacks:
         raise OptionError(f"{{output_format}} {output_format}: the DICOM results reference the source series of "
                           f"the reference contrast ({contrast_name(reference)}), which was given as a file, not a "
                           "DICOM series.", "output_format")
+    from .dicom.export import check_source
+
+    check_source(inputs.stacks[reference])
 
 
 def _load(scene, inputs: CaseInputs) -> dict:

@@ -13,7 +13,8 @@ import SimpleITK as sitk
 
 from DareFuseSlicerLib import terminology
 from DareFuseSlicerLib.dicom import export, series
-from dicom_helpers import assert_on_grid, geometry_of, rotation, small_image, write_series
+from DareFuseSlicerLib.errors import InputError
+from dicom_helpers import assert_on_grid, files, geometry_of, rotation, small_image, write_series
 
 MODEL = {"name": "darefuse-test", "version": "7", "sha256": "ab" * 32}
 
@@ -125,3 +126,31 @@ def test_dciodvfy_finds_no_error(written):
         assert iod in report, report
         errors = [line for line in report.splitlines() if line.startswith("Error")]
         assert not errors, (name, errors)
+
+
+def test_a_de_identified_source_without_patient_attributes_still_gets_a_valid_seg(tmp_path):
+    folder = write_series(small_image(size=(8, 8, 4)), tmp_path / "t1")
+    for path in files(folder):
+        dataset = pydicom.dcmread(str(path))
+        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "StudyDate", "StudyID", "AccessionNumber"):
+            delattr(dataset, keyword)
+        dataset.save_as(str(path))
+    stack = series.load(folder, "--t1 t1")
+    export.check_source(stack)
+    label = sitk.Image(stack.size, sitk.sitkUInt8)
+    label.CopyInformation(series.read(stack))
+    label[2, 3, 1] = 3
+    path = export.write_segmentation(label, stack, MODEL, tmp_path / "seg.dcm")
+    assert pydicom.dcmread(str(path)).PatientName == ""
+    if shutil.which("dciodvfy"):
+        assert "Error" not in dciodvfy(path)
+
+
+def test_a_source_without_frame_of_reference_is_refused_before_a_run(tmp_path):
+    folder = write_series(small_image(size=(8, 8, 4)), tmp_path / "t1")
+    for path in files(folder):
+        dataset = pydicom.dcmread(str(path))
+        del dataset.FrameOfReferenceUID
+        dataset.save_as(str(path))
+    with pytest.raises(InputError, match=r"^--t1 t1: series .* has no FrameOfReferenceUID, which DICOM results"):
+        export.check_source(series.load(folder, "--t1 t1"))

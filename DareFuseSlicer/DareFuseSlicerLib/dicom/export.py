@@ -16,6 +16,7 @@ import SimpleITK as sitk
 
 from .. import __version__, terminology
 from ..constants import LABELS
+from ..errors import InputError
 
 #: File names in the results folder.
 SEG_FILE = "segmentation.dcm"
@@ -31,6 +32,32 @@ MAP_SCALE = 65535
 MAP_TRANSFER_SYNTAX = "1.2.840.10008.1.2.4.80"
 #: The results must lie on the source slices' grid, as the pipeline writes them (mm).
 GRID_TOLERANCE_MM = 1e-3
+
+
+#: Patient and study attributes a SEG or map copies from its source (DICOM type 2: present, maybe empty).
+#: De-identified series sometimes lack them; highdicom needs them present.
+COPIED_TYPE_2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                 "ReferringPhysicianName", "StudyID", "AccessionNumber")
+#: What the source series must carry for the results to land in its study, on its frame of reference.
+REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
+
+
+def check_source(stack) -> None:
+    """InputError unless the results can reference this series (before a run, not after minutes of work)."""
+    missing = sorted({k for header in stack.headers for k in REQUIRED if not str(header.get(k, "") or "")})
+    if missing:
+        raise InputError(f"{stack.label}: {stack.series.name()} has no {', '.join(missing)}, which DICOM results "
+                         "need to reference it; write NIfTI results instead.")
+
+
+def _sources(stack) -> list:
+    """The source slices' headers, with the type-2 attributes the SEG copies set empty where absent (the headers
+    are this run's copies, read from the files; the files are not touched)."""
+    for header in stack.headers:
+        for keyword in COPIED_TYPE_2:
+            if keyword not in header:
+                setattr(header, keyword, "")
+    return stack.headers
 
 
 def _codes(code: terminology.Code):
@@ -92,7 +119,7 @@ def write_segmentation(label: sitk.Image, stack, model_info: Optional[dict], pat
 
     frames = _frames(label, stack).astype(np.uint8)
     seg = hd.seg.Segmentation(
-        source_images=stack.headers, pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        source_images=_sources(stack), pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=segment_descriptions(model_info), series_instance_uid=hd.UID(),
         series_number=SERIES_NUMBERS["segmentation"], sop_instance_uid=hd.UID(), instance_number=1,
         series_description="DareFuse tumour segmentation", content_label="DAREFUSE",
@@ -126,7 +153,7 @@ def write_parametric_map(image: sitk.Image, stack, model_info: Optional[dict], p
         lut_label=kind[:16], lut_explanation=explanation[:64], unit=codes.UCUM.NoUnits, value_range=(0, MAP_SCALE),
         slope=1.0 / MAP_SCALE, intercept=0.0)
     pmap = hd.pm.ParametricMap(
-        source_images=stack.headers, pixel_array=frames, series_instance_uid=hd.UID(),
+        source_images=_sources(stack), pixel_array=frames, series_instance_uid=hd.UID(),
         series_number=SERIES_NUMBERS[kind], sop_instance_uid=hd.UID(), instance_number=1,
         contains_recognizable_visual_features=False, real_world_value_mappings=[mapping],
         voi_lut_transformations=[hd.VOILUTTransformation(window_center=MAP_SCALE / 2, window_width=MAP_SCALE)],
