@@ -274,62 +274,75 @@ def _check_syntax(series: Series, headers: List, label: str) -> None:
                              "which cannot be read here; decompress it first (e.g. gdcmconv --raw or dcmdjpeg).")
 
 
-def _plane(series: Series, headers: List, label: str) -> Tuple[np.ndarray, np.ndarray, Tuple[int, int]]:
+def _vector(header, keyword: str, length: int, where: str) -> np.ndarray:
+    try:
+        values = np.array([float(v) for v in header.get(keyword)], float)
+    except (TypeError, ValueError):
+        values = np.array([])
+    if values.shape != (length,) or not np.all(np.isfinite(values)):
+        raise InputError(f"{where} has a damaged {keyword} ({length} numbers expected); the header is damaged.")
+    return values
+
+
+def _plane(headers: List, where: str) -> Tuple[np.ndarray, np.ndarray, Tuple[int, int]]:
     """Row direction, column direction (unit vectors), pixel spacing (row, column) and matrix, the same for all."""
-    first = headers[0]
-    orientation = np.array(first.ImageOrientationPatient, float)
+    orientation = _vector(headers[0], "ImageOrientationPatient", 6, where)
+    pixel_spacing = _vector(headers[0], "PixelSpacing", 2, where)
+    matrix = (int(headers[0].Rows), int(headers[0].Columns))
     for header in headers[1:]:
-        if not np.allclose(np.array(header.ImageOrientationPatient, float), orientation,
+        if not np.allclose(_vector(header, "ImageOrientationPatient", 6, where), orientation,
                            atol=ORIENTATION_TOLERANCE):
-            raise InputError(f"{_where(series, label)} holds images in several orientations (a localizer or "
-                             "several stacks in one series); export one stack per series.")
-    matrix = (int(first.Rows), int(first.Columns))
-    pixel_spacing = np.array(first.PixelSpacing, float)
-    for header in headers[1:]:
+            raise InputError(f"{where} holds images in several orientations (a localizer or several stacks in one "
+                             "series); export one stack per series.")
         if (int(header.Rows), int(header.Columns)) != matrix or not np.allclose(
-                np.array(header.PixelSpacing, float), pixel_spacing, atol=1e-4):
-            raise InputError(f"{_where(series, label)} mixes images of different sizes or pixel spacings; "
-                             "export one stack per series.")
+                _vector(header, "PixelSpacing", 2, where), pixel_spacing, atol=1e-4):
+            raise InputError(f"{where} mixes images of different sizes or pixel spacings; export one stack per "
+                             "series.")
     row, column = orientation[:3], orientation[3:]
     if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(column) - 1) > 1e-3 or abs(row @ column) > 1e-3:
-        raise InputError(f"{_where(series, label)} has an ImageOrientationPatient that is not two orthogonal "
-                         "unit vectors; the header is damaged.")
+        raise InputError(f"{where} has an ImageOrientationPatient that is not two orthogonal unit vectors; the "
+                         "header is damaged.")
     return np.stack([row / np.linalg.norm(row), column / np.linalg.norm(column)]), pixel_spacing, matrix
 
 
-def _order_and_spacing(series: Series, headers: List, normal: np.ndarray, label: str) -> Tuple[np.ndarray, float]:
-    """Slice order along the normal and the slice spacing, after the checks for gaps, unevenness and tilt."""
-    positions = np.array([np.array(h.ImagePositionPatient, float) for h in headers])
-    along = positions @ normal
-    order = np.argsort(along, kind="stable")
-    along, positions = along[order], positions[order]
-    if len(headers) < 2:
-        return order, float(headers[0].get("SpacingBetweenSlices") or headers[0].get("SliceThickness") or 1.0)
-    steps = np.diff(along)
+def _check_steps(steps: np.ndarray, where: str) -> None:
+    """Distances between neighbouring slices: no two at one place, no gap (missing slices), even spacing."""
     median = float(np.median(steps))
     if np.min(steps) < 1e-3 or median < 1e-3:
-        repeated = int(np.sum(steps < 1e-3))
-        raise InputError(f"{_where(series, label)} has {repeated} image(s) at a position another image already "
+        raise InputError(f"{where} has {int(np.sum(steps < 1e-3))} image(s) at a position another image already "
                          "takes (several echoes, time points or stacks in one series); export one volume per series.")
-    where = f"{_where(series, label)}"
     if np.max(steps) > GAP_FACTOR * median:
         gaps = np.flatnonzero(steps > GAP_FACTOR * median)
         missing = int(sum(round(steps[i] / median) - 1 for i in gaps))
-        first = int(gaps[0])
-        raise InputError(f"{where} has about {max(missing, 1)} missing slice(s): a gap of {steps[first]:.2f} mm after "
-                         f"slice {first + 1} of {len(headers)}, where the others are {median:.2f} mm apart.")
+        raise InputError(f"{where} has about {max(missing, 1)} missing slice(s): a gap of {steps[gaps[0]]:.2f} mm "
+                         f"after slice {gaps[0] + 1} of {len(steps) + 1}, where the others are {median:.2f} mm apart.")
     relative, absolute = SPACING_TOLERANCE
     if np.max(np.abs(steps - median)) > relative * median + absolute:
         raise InputError(f"{where} has non-uniform slice spacing ({np.min(steps):.3f} to {np.max(steps):.3f} mm); "
                          "resample it to even slices first.")
+
+
+def _check_tilt(positions: np.ndarray, normal: np.ndarray, where: str) -> None:
+    """The slices must be stacked along their normal; a stack sheared sideways is a gantry tilt."""
     offsets = positions - positions[0]
     drift = offsets - np.outer(offsets @ normal, normal)
     if np.max(np.linalg.norm(drift, axis=1)) > TILT_TOLERANCE_MM:
-        angle = float(np.degrees(np.arctan2(np.linalg.norm(drift[-1]), along[-1] - along[0])))
+        angle = float(np.degrees(np.arctan2(np.linalg.norm(drift[-1]), offsets[-1] @ normal)))
         raise InputError(f"{where} is tilted: its slices are stacked {angle:.1f} degrees off the slice normal "
                          "(gantry tilt), so they do not form a regular volume; resample it first (e.g. dcm2niix "
                          "corrects gantry tilt).")
-    return order, float((along[-1] - along[0]) / (len(headers) - 1))
+
+
+def _order_and_spacing(headers: List, normal: np.ndarray, where: str) -> Tuple[np.ndarray, float]:
+    """Slice order along the normal (never file names or InstanceNumber) and the slice spacing, checked."""
+    positions = np.array([_vector(h, "ImagePositionPatient", 3, where) for h in headers])
+    along = positions @ normal
+    order = np.argsort(along, kind="stable")
+    if len(headers) < 2:
+        return order, float(headers[0].get("SpacingBetweenSlices") or headers[0].get("SliceThickness") or 1.0)
+    _check_steps(np.diff(along[order]), where)
+    _check_tilt(positions[order], normal, where)
+    return order, float((along[order][-1] - along[order][0]) / (len(headers) - 1))
 
 
 def _needs_float(headers: List) -> bool:
@@ -341,16 +354,17 @@ def check(series: Series, label: str) -> Stack:
     """The series' slices checked and sorted along the normal, with the geometry they make."""
     files, headers, warnings = _leave_out_mixed_in(series, label)
     _check_syntax(series, headers, label)
-    (row, column), pixel_spacing, (rows, columns) = _plane(series, headers, label)
+    where = _where(series, label)
+    (row, column), pixel_spacing, (rows, columns) = _plane(headers, where)
     normal = np.cross(row, column)
-    order, slice_spacing = _order_and_spacing(series, headers, normal, label)
+    order, slice_spacing = _order_and_spacing(headers, normal, where)
     headers = [headers[i] for i in order]
     direction = np.stack([row, column, normal], axis=1)  # columns: index axes x, y, z in LPS
     return Stack(
         series=series, label=label, files=[str(files[i]) for i in order], headers=headers,
         size=(columns, rows, len(headers)),
         spacing=(float(pixel_spacing[1]), float(pixel_spacing[0]), slice_spacing),
-        origin=tuple(float(v) for v in np.array(headers[0].ImagePositionPatient, float)),
+        origin=tuple(float(v) for v in _vector(headers[0], "ImagePositionPatient", 3, where)),
         direction=tuple(float(v) for v in direction.ravel()), float_pixels=_needs_float(headers),
         warnings=warnings)
 
