@@ -213,6 +213,21 @@ def test_folders_without_dicom(tmp_path):
     refused(tmp_path / "absent", "does not exist")
 
 
+def test_odd_patient_values_reach_no_warning_or_log(tmp_path, recwarn, caplog):
+    folder = write_series(small_image(size=(8, 8, 4)), tmp_path / "t1")
+    for path in files(folder):
+        dataset = pydicom.dcmread(str(path))
+        dataset["PatientBirthDate"].value = "01.02.1945x"  # not a valid DA: a validating reader would quote it
+        dataset.save_as(str(path))
+    recwarn.clear()
+    caplog.clear()
+    stack = series.load(folder, "--t1 t1")
+    series.read(stack)
+    texts = [str(w.message) for w in recwarn] + [r.getMessage() for r in caplog.records] + [str(stack.series.summary())]
+    assert not any("1945" in text for text in texts), texts
+    assert_no_patient_data(texts)
+
+
 def test_descriptions_quoting_the_patient_are_redacted(tmp_path):
     folder = write_series(small_image(size=(8, 8, 4)), tmp_path / "t1")
     for path in files(folder):
