@@ -19,7 +19,7 @@ from .head import build_head, draw_head
 from .headspace import head_space
 from .protocol import REFERENCE, draw_protocol
 from .sampling import StackGrid, SubjectMap, index_box, warp
-from .tissues import apply_gamma, draw_intensities, scale_lesions
+from .tissues import LESION_CODE, apply_gamma, draw_intensities, probe_intensities, scale_lesions
 from .tumours import paint, plan_tumours
 
 _INT16_MAX = 32767
@@ -180,11 +180,11 @@ def acquisition_meta(acq) -> dict:
             "shift_mm": acq.motion.shift_mm, "to_reference": acq.motion.to_reference()}
 
 
-def make_clinical_case(seed: int, tumour_class=None, randomise: bool = True):
-    """One clinical case (engine.make_case checks the arguments)."""
-    from .engine import Case, case_id_for, label_volumes  # engine imports this module lazily
-
-    rng = np.random.default_rng([int(seed), 20261122])  # the BraTS-style engine's stream, for the plan
+def _draw_case(seed: int, tumour_class, randomise: bool, probe: int = 0):
+    """Class, tumour plan (the BraTS-style engine's draws for this seed), then the clinical stream's
+    intensities and the template channels. probe=k: tissue codes to the power k instead of intensities
+    (the same draws are taken, so the geometry is the case's)."""
+    rng = np.random.default_rng([int(seed), 20261122])
     if tumour_class is None:
         tumour_class = CLASSES[int(rng.integers(len(CLASSES)))]
     anatomy = load_anatomy()
@@ -193,8 +193,23 @@ def make_clinical_case(seed: int, tumour_class=None, randomise: bool = True):
     rng = np.random.default_rng([int(seed), *_STREAM])
     intensities = draw_intensities(rng, randomise)
     intracranial(plan, anatomy)
-    scale_lesions(plan, intensities)
-    channels, healthy, box, label_t = template_channels(plan, intensities, draw_head(rng), rng, anatomy)
+    if probe:
+        intensities = probe_intensities(probe)
+        for lesion in plan.lesions:
+            lesion.tissue = {v: {c: float(LESION_CODE + v) ** probe for c in CONTRASTS} for v in lesion.tissue}
+            lesion.texture = np.zeros_like(lesion.texture)
+    else:
+        scale_lesions(plan, intensities)
+    template = template_channels(plan, intensities, draw_head(rng), rng, anatomy)
+    return tumour_class, plan, rng, intensities, anatomy, template
+
+
+def make_clinical_case(seed: int, tumour_class=None, randomise: bool = True):
+    """One clinical case (engine.make_case checks the arguments)."""
+    from .engine import Case, case_id_for, label_volumes  # engine imports this module lazily
+
+    tumour_class, plan, rng, intensities, anatomy, template = _draw_case(seed, tumour_class, randomise, False)
+    channels, healthy, box, label_t = template
     subject = SubjectMap(rng, plan.lesions)
     protocol = draw_protocol(rng, subject.brain_centre, subject.scale)
     scanner = draw_scanner(rng, CONTRASTS)
@@ -221,3 +236,24 @@ def make_clinical_case(seed: int, tumour_class=None, randomise: bool = True):
         "randomised": bool(randomise), "contrasts": {c: acquisition_meta(protocol[c]) for c in CONTRASTS},
     }
     return Case(case_id_for(seed), images, free, label, tumour_class, meta, brain, None, subject, "clinical")
+
+
+def tissue_maps(seed: int, tumour_class=None):
+    """What each voxel of the case's grids holds, sampled exactly like the case (same geometry, motion
+    and slice profile, no noise): (codes, spread), each contrast -> float32 image. codes: the mean tissue
+    code (tissues.TISSUE_CODES; lesion label v: LESION_CODE + v; 0 air outside the head); spread: the
+    standard deviation of the codes mixed in the voxel, 0 where it holds one tissue only."""
+    maps = []
+    for power in (1, 2):
+        _, plan, rng, _, _, template = _draw_case(seed, tumour_class, False, power)
+        subject = SubjectMap(rng, plan.lesions)
+        protocol = draw_protocol(rng, subject.brain_centre, subject.scale)
+        maps.append({c: signals(protocol[c], subject, _image(template[0][c], head_space().reference), None, None)[0]
+                     for c in CONTRASTS})
+    codes, spread = {}, {}
+    for c in CONTRASTS:
+        grid = protocol[c].grid.reference()
+        codes[c] = _image(maps[0][c].astype(np.float32), grid)
+        variance = maps[1][c].astype(np.float64) - maps[0][c].astype(np.float64) ** 2
+        spread[c] = _image(np.sqrt(np.maximum(variance, 0)).astype(np.float32), grid)
+    return codes, spread

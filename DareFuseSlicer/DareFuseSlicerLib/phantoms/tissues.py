@@ -41,6 +41,9 @@ RANGES = {
     "air":      {"t1": (0.0, 0.0), "t2": (0.0, 0.0), "flair": (0.0, 0.0), "enhance": (0.0, 0.0)},
 }
 TISSUES = tuple(RANGES)
+# Codes of the tissue maps (clinical.tissue_maps): tissue -> 1.. ; lesion label v -> LESION_CODE + v.
+TISSUE_CODES = {tissue: i + 1 for i, tissue in enumerate(TISSUES)}
+LESION_CODE = 20
 
 # Strength of each tissue's own smooth texture (relative modulation at one standard deviation).
 TEXTURE = {"fat": 0.05, "muscle": 0.07, "skin": 0.04, "diploe": 0.14, "marrow": 0.12, "mucosa": 0.06,
@@ -64,20 +67,31 @@ class Intensities:
 
 
 def draw_intensities(rng, randomise: bool = True) -> Intensities:
-    """One case's tissue values (a draw inside each range, or the middles)."""
-    values = {}
-    for tissue, ranges in RANGES.items():
-        u = rng.random(len(BASE) + 1) if randomise else np.full(len(BASE) + 1, 0.5)
-        row = {c: float(lo + (hi - lo) * ui) for (c, (lo, hi)), ui in zip(ranges.items(), u)}
-        row["t1ce"] = row["t1"] + row.pop("enhance")
-        values[tissue] = row
-    if not randomise:
-        return Intensities(values, dict(BRAIN_TEXTURE), 1.0, BRAIN_ENHANCEMENT,
-                           {c: 1.0 for c in WM_LEVEL}, np.ones((16, 4)))
+    """One case's tissue values: a draw inside each range, or (randomise=False) the middles. The same
+    draws are taken either way, so the rest of the case (its geometry) does not depend on randomise."""
+    u = rng.random((len(RANGES), len(BASE) + 1))
     gain = {c: g * float(rng.uniform(0.75, 1.25)) for c, g in BRAIN_TEXTURE.items()}
     gamma = {c: float(np.exp(rng.uniform(np.log(0.8), np.log(1.25)))) for c in WM_LEVEL}
-    return Intensities(values, gain, float(rng.uniform(0.6, 1.6)), BRAIN_ENHANCEMENT * float(rng.uniform(0.8, 1.2)),
-                       gamma, rng.uniform(0.88, 1.12, (16, 4)))
+    texture, enhancement = float(rng.uniform(0.6, 1.6)), BRAIN_ENHANCEMENT * float(rng.uniform(0.8, 1.2))
+    lesion_scale = rng.uniform(0.88, 1.12, (16, 4))
+    if not randomise:
+        u = np.full_like(u, 0.5)
+        gain, gamma, texture, enhancement = dict(BRAIN_TEXTURE), {c: 1.0 for c in WM_LEVEL}, 1.0, BRAIN_ENHANCEMENT
+        lesion_scale = np.ones_like(lesion_scale)
+    values = {}
+    for (tissue, ranges), row_u in zip(RANGES.items(), u):
+        row = {c: float(lo + (hi - lo) * ui) for (c, (lo, hi)), ui in zip(ranges.items(), row_u)}
+        row["t1ce"] = row["t1"] + row.pop("enhance")
+        values[tissue] = row
+    return Intensities(values, gain, texture, enhancement, gamma, lesion_scale)
+
+
+def probe_intensities(power: int = 1) -> Intensities:
+    """Every tissue's value is its code (TISSUE_CODES) to the given power in every contrast, with no
+    texture, enhancement or curve: sampled like a case, codes give each grid's tissue map and squared
+    codes tell pure voxels from blends (clinical.tissue_maps)."""
+    values = {t: {c: float(code) ** power for c in WM_LEVEL} for t, code in TISSUE_CODES.items()}
+    return Intensities(values, {c: 0.0 for c in WM_LEVEL}, 0.0, 0.0, {c: 1.0 for c in WM_LEVEL}, np.ones((16, 4)))
 
 
 def scale_lesions(plan, intensities: Intensities) -> None:
