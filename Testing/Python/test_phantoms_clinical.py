@@ -20,7 +20,7 @@ from DareFuseSlicerLib.phantoms.clinical import intracranial, tissue_maps
 from DareFuseSlicerLib.phantoms.contrasts import draw_healthy
 from DareFuseSlicerLib.phantoms.headspace import head_space
 from DareFuseSlicerLib.phantoms.protocol import MAX_ROTATION_DEG, MAX_SHIFT_MM, PLANES, draw_protocol
-from DareFuseSlicerLib.phantoms.tissues import LESION_CODE, TISSUE_CODES
+from DareFuseSlicerLib.phantoms.tissues import LESION_CODE, RANGES, TISSUE_CODES, apply_gamma, draw_intensities
 from DareFuseSlicerLib.phantoms.tumours import plan_tumours
 
 GLIOMA_SEED = 5000  # a high-grade glioma whose T2 and FLAIR are 2-D stacks (asserted below)
@@ -263,3 +263,41 @@ BRATS_HASHES = {
 def test_brats_style_cases_keep_their_bytes(tmp_path):
     paths = write_case(make_case(21, "glioma", "test_2mm"), tmp_path)
     assert {key: sha(path) for key, path in paths.items()} == BRATS_HASHES
+
+
+def test_randomised_intensities_keep_the_radiological_order():
+    """Any draw keeps the orders that define the contrasts; draws differ between seeds; randomise=False
+    gives the middle of every range and takes the same draws (the geometry does not depend on it)."""
+    draws = [draw_intensities(np.random.default_rng(seed)) for seed in range(400)]
+    for d in draws:
+        v = {t: d.values[t] for t in RANGES}
+        for c in ("t1", "t1ce"):
+            assert v["fat"][c] > v["wm"][c] > v["gm"][c] > v["muscle"][c] > v["csf"][c] > v["bone"][c]
+        assert v["vitreous"]["t2"] > v["fat"]["t2"] > v["gm"]["t2"] > v["wm"]["t2"] > v["muscle"]["t2"] > v["bone"]["t2"]
+        assert v["fat"]["flair"] > v["gm"]["flair"] > v["wm"]["flair"] > v["muscle"]["flair"] > v["csf"]["flair"]
+        assert v["diploe"]["t1"] > v["muscle"]["t1"] and v["dura"]["t1ce"] > v["dura"]["t1"] + 0.4
+    assert len({d.values["fat"]["t1"] for d in draws}) == len(draws)
+    assert len({round(d.gamma["t2"], 6) for d in draws}) == len(draws)
+    rng_a, rng_b = np.random.default_rng(1), np.random.default_rng(1)
+    middle = draw_intensities(rng_a, randomise=False)
+    draw_intensities(rng_b, randomise=True)
+    assert rng_a.random() == rng_b.random()
+    assert middle.values["wm"]["t1"] == pytest.approx(sum(RANGES["wm"]["t1"]) / 2)
+    x = np.linspace(0, 2, 50, dtype=np.float32)
+    for d in draws[:20]:
+        curve = apply_gamma(x, "t2", d)
+        assert np.all(np.diff(curve) > 0)                               # monotone
+        assert apply_gamma(np.float32([0.38]), "t2", d)[0] == pytest.approx(0.38, rel=1e-5)  # WM fixed
+
+
+def test_brats_style_randomisation_is_an_option():
+    plain = make_case(21, "glioma", "test_2mm")
+    first = make_case(21, "glioma", "test_2mm", randomise=True)
+    second = make_case(21, "glioma", "test_2mm", randomise=True)
+    assert first.meta["randomised"] and not plain.meta["randomised"]
+    np.testing.assert_array_equal(arr(first.label), arr(plain.label))      # same anatomy and lesion
+    np.testing.assert_array_equal(arr(first.brain_mask), arr(plain.brain_mask))
+    for c in CONTRASTS:
+        np.testing.assert_array_equal(arr(first.images[c]), arr(second.images[c]))
+        brain = arr(plain.brain_mask) > 0
+        assert np.mean(arr(first.images[c])[brain] != arr(plain.images[c])[brain]) > 0.5, c

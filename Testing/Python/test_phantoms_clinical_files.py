@@ -18,7 +18,7 @@ import SimpleITK as sitk
 
 from DareFuseSlicerLib.errors import InputError
 from DareFuseSlicerLib.phantoms import CLINICAL_SHARE, MANIFEST_COLUMNS, generate, make_case, read_manifest, to_reference
-from DareFuseSlicerLib.phantoms.command import register
+from DareFuseSlicerLib.cli.phantoms import register
 from DareFuseSlicerLib.phantoms.io import case_acquisition
 from DareFuseSlicerLib.training.dataset import read_rows
 
@@ -56,6 +56,9 @@ def test_bad_options_give_one_line_errors(tmp_path):
         "darefuse: error: --grid: clinical cases draw each contrast's own grid; leave --grid out"]
     result = run_cli("--out", str(out), "--n", "1", "--seed", "1", "--acquisition", "raw")
     assert result.returncode == 2 and "--acquisition: invalid choice: 'raw'" in result.stderr.strip().splitlines()[-1]
+    result = run_cli("--out", str(out), "--n", "1", "--seed", "1", "--acquisition", "clinical", "--randomise-brats")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("darefuse: error: --randomise-brats:")
     assert "Traceback" not in result.stderr and not out.exists()
 
 
@@ -89,6 +92,7 @@ def test_old_manifests_still_load(tmp_path):
     for rows in (read_manifest(folder / "manifest.csv"), read_rows(folder)):
         assert set(rows[0]) == set(MANIFEST_COLUMNS)
         assert rows[0]["acquisition"] == "brats" and rows[0]["reference"] == "t1n" and rows[0]["brainmask"] == ""
+        assert rows[0]["randomised"] == "0"
         np.testing.assert_array_equal(to_reference(rows[0], "t2w"), np.eye(3, 4))
 
 
@@ -112,6 +116,7 @@ def test_mixed_data_set_from_the_command_line(tmp_path):
     clinical, brats = rows
     assert (clinical["acquisition"], brats["acquisition"]) == ("clinical", "brats")
     assert clinical["grid"] == "clinical" and brats["grid"] == "test_2mm" and brats["brainmask"] == ""
+    assert (clinical["randomised"], brats["randomised"]) == ("1", "0")
     mask = sitk.ReadImage(str(out / clinical["brainmask"]))
     seg = sitk.ReadImage(str(out / clinical["seg"]))
     t1 = sitk.ReadImage(str(out / clinical["t1n"]))

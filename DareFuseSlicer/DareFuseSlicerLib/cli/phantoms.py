@@ -27,6 +27,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--grid", choices=sorted(GRIDS), default=None,
                         help="put every BraTS-style case on this grid (default: mostly the BraTS grid, some "
                              "other matrices and thick-slice scans); not with --acquisition clinical")
+    parser.add_argument("--randomise-brats", action="store_true",
+                        help="domain-randomise the tissue intensities of BraTS-style cases too (per tissue, "
+                             "non-linear; clinical cases always are; default off: the same bytes as before)")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="processes making cases at once (default 1); the files are the same for any N")
     parser.add_argument("--format", dest="file_format", choices=DATASET_FORMATS, default="nifti",
@@ -49,6 +52,8 @@ def run(args) -> int:
         raise InputError(f"--workers: must be at least 1, got {args.workers}")
     if args.grid and args.acquisition == "clinical":
         raise InputError("--grid: clinical cases draw each contrast's own grid; leave --grid out")
+    if args.randomise_brats and args.acquisition == "clinical":
+        raise InputError("--randomise-brats: there are no BraTS-style cases with --acquisition clinical")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out: {out} exists and is not a folder")
@@ -59,6 +64,7 @@ def run(args) -> int:
     from ..phantoms.io import generate
 
     manifest = generate(out, args.n, args.seed, progress=True, grids=[args.grid] if args.grid else None,
-                        workers=args.workers, file_format=args.file_format, acquisition=args.acquisition)
+                        workers=args.workers, file_format=args.file_format, acquisition=args.acquisition,
+                        randomise_brats=args.randomise_brats)
     print(f"wrote {args.n} cases and {manifest}")
     return 0

@@ -32,10 +32,10 @@ CONTRAST_COLUMNS = ("size", "spacing", "plane", "tilt_deg", "slice_mm", "rot_deg
 MANIFEST_COLUMNS = ("case_id", "tumour_class", "seed", "grid", "size", "spacing", "lesion_count",
                     "netc_ml", "snfh_ml", "et_ml",
                     "t1n", "t1c", "t2w", "t2f", "seg", "t1n_free", "t1c_free", "t2w_free", "t2f_free",
-                    "subtype", "acquisition", "reference", "brainmask") + tuple(
+                    "subtype", "acquisition", "randomised", "reference", "brainmask") + tuple(
     f"{BRATS_SUFFIX[c]}_{column}" for c in CONTRASTS for column in CONTRAST_COLUMNS)
 # Columns that manifests written before the clinical engine lack, with the value they mean there.
-_DEFAULTS = {"acquisition": "brats", "reference": BRATS_SUFFIX[CONTRASTS[0]]}
+_DEFAULTS = {"acquisition": "brats", "randomised": "0", "reference": BRATS_SUFFIX[CONTRASTS[0]]}
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "Resources" / "SampleData"
 SAMPLE_PREFIX = "DareFuseSample-glioma"
@@ -119,6 +119,7 @@ def _manifest_row(case, paths, out: Path) -> dict:
         "spacing": "x".join(f"{s:g}" for s in case.meta["spacing"]), "lesion_count": case.meta["lesion_count"],
         "netc_ml": f"{v['NETC']:.3f}", "snfh_ml": f"{v['SNFH']:.3f}", "et_ml": f"{v['ET']:.3f}",
         "subtype": case.meta["subtype"], "acquisition": case.meta.get("acquisition", "brats"),
+        "randomised": int(bool(case.meta.get("randomised", False))),
         "reference": BRATS_SUFFIX[case.meta.get("reference", CONTRASTS[0])], "brainmask": "",
     }
     row.update({key: Path(p).relative_to(out).as_posix() for key, p in paths.items()})
@@ -146,22 +147,23 @@ def _write_dicom(case, out: Path) -> dict:
 
 
 def _make_and_write(seed: int, tumour_class: str, grid: str, out: Path, file_format: str = "nifti",
-                    acquisition: str = "brats") -> dict:
+                    acquisition: str = "brats", randomise_brats: bool = False) -> dict:
     if acquisition == "clinical":
         case = make_case(seed, tumour_class, acquisition="clinical")
     else:
-        case = make_case(seed, tumour_class, grid)
+        case = make_case(seed, tumour_class, grid, randomise=randomise_brats)
     paths = _write_dicom(case, out) if file_format == "dicom" else write_case(case, out)
     return _manifest_row(case, paths, out)
 
 
 def generate(out_dir, n: int, seed: int, progress=True, grids=None, overwrite: bool = False, workers: int = 1,
-             file_format: str = "nifti", acquisition: str = "brats") -> Path:
+             file_format: str = "nifti", acquisition: str = "brats", randomise_brats: bool = False) -> Path:
     """Write n cases (classes balanced: case i has class CLASSES[i % 4], seed seed + i) and manifest.csv.
 
     progress: True for a tqdm bar, False for none, or a callable progress(fraction, message).
     grids: grid names of BraTS-style cases, cycled per block of four cases (default GRID_MIX).
     acquisition: "brats", "clinical" (each contrast on its own grid) or "mixed" (see case_acquisition).
+    randomise_brats: domain-randomised intensities for BraTS-style cases too (clinical ones always are).
     workers: processes making cases at once. Each case depends on its own seed alone, so the files and the
     manifest are byte-identical for any number of workers.
     file_format: "nifti" (BraTS 2023 files) or "dicom" (a DICOM study per case, <id>/NN_<series>/0001.dcm ...,
@@ -197,7 +199,7 @@ def generate(out_dir, n: int, seed: int, progress=True, grids=None, overwrite: b
         bar = tqdm(total=int(n), desc="phantoms", unit="case")
     manifest = out / "manifest.csv"
     jobs = [(int(seed) + i, CLASSES[i % len(CLASSES)], grids[(i // len(CLASSES)) % len(grids)], out, file_format,
-             case_acquisition(int(seed) + i, acquisition)) for i in range(int(n))]
+             case_acquisition(int(seed) + i, acquisition), bool(randomise_brats)) for i in range(int(n))]
     pool = ProcessPoolExecutor(min(int(workers), len(jobs))) if int(workers) > 1 else None
     try:
         # map() yields in case order, so the manifest's rows are in the same order for any pool.
