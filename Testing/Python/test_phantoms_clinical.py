@@ -43,6 +43,7 @@ def meningioma():
     return make_case(MENINGIOMA_SEED, "meningioma", acquisition="clinical")
 
 
+@pytest.mark.slow
 def test_each_contrast_on_its_own_grid(glioma):
     case, maps, spread = glioma
     sizes = set()
@@ -89,6 +90,7 @@ def _lesion_centroid(case, c) -> np.ndarray:
     return np.array(case.images[c].TransformContinuousIndexToPhysicalPoint(zyx[:, ::-1].mean(0).tolist()))
 
 
+@pytest.mark.slow
 def test_recorded_motion_is_the_one_applied(glioma):
     """The lesion seen on each contrast, mapped through the manifest's to_reference, lands where the T1
     sees it: within 0.5 mm on the 3-D T1ce, 1.5 mm on the 2-D stacks (their thick slices)."""
@@ -103,6 +105,7 @@ def test_recorded_motion_is_the_one_applied(glioma):
             assert np.linalg.norm(_lesion_centroid(case, c) - reference) > moved
 
 
+@pytest.mark.slow
 def test_air_noise_is_rician(glioma):
     """Air (FOV corners) holds the magnitude of complex Gaussian noise: Rayleigh, mean/sd = 1.913."""
     case, maps, spread = glioma
@@ -136,6 +139,7 @@ def _medians(case, maps, spread, c, tissues) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_tissue_order_per_contrast(glioma):
     """Radiological order of the pure tissues, measured on the noisy, biased, randomised images."""
     case, maps, spread = glioma
@@ -154,6 +158,7 @@ def test_tissue_order_per_contrast(glioma):
     assert t1["csf"] < 0.5 * t1["wm"] and flair.get("csf", 0) < 0.5 * flair["wm"]
 
 
+@pytest.mark.slow
 def test_head_surrounds_the_brain(glioma):
     """Skull and scalp lie outside the brain mask, and every ray from the brain centre leaves the brain,
     then crosses the skull (tables or diploë) and soft tissue before reaching the air."""
@@ -180,6 +185,7 @@ def test_head_surrounds_the_brain(glioma):
         assert crossed & {TISSUE_CODES["skin"], TISSUE_CODES["fat"], TISSUE_CODES["muscle"]}, d
 
 
+@pytest.mark.slow
 def test_brain_mask_is_the_brain_and_holds_the_tumour(glioma):
     case, maps, spread = glioma
     code, brain, label = np.rint(arr(maps["t1"])), arr(case.brain_mask) > 0, arr(case.label) > 0
@@ -192,6 +198,7 @@ def test_brain_mask_is_the_brain_and_holds_the_tumour(glioma):
         assert np.mean(brain[pure & (code == TISSUE_CODES[t])]) > 0.995, t
 
 
+@pytest.mark.slow
 def test_meningioma_is_inside_the_brain_mask(meningioma):
     case = meningioma
     label, brain = arr(case.label) > 0, arr(case.brain_mask) > 0
@@ -218,6 +225,7 @@ def test_meningiomas_are_moved_under_the_skull(seed):
     assert before > 3.0 and protrusion() <= 1.0
 
 
+@pytest.mark.slow
 def test_tumour_free_twins(glioma):
     """Same grid and noise; they differ from the case only near the lesion, where the lesion is gone."""
     case, maps, spread = glioma
@@ -236,6 +244,7 @@ def sha(path) -> str:
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_bytes(glioma, tmp_path):
     case, _, _ = glioma
     first = write_case(case, tmp_path / "a")

@@ -25,7 +25,7 @@ from .tissues import TEXTURE, Intensities
 # Texture grid (mm) and the smoothing (grid units) of the tissue texture and of the deep fat planes.
 _TEXTURE_MM = 3
 _TEXTURE_SIGMA = 0.8
-_BLOB_SIGMA = 2.0
+_BLOB_SIGMA = (4.0, 1.2, 1.2)  # long along z: fat planes between the neck's muscles run up and down
 
 
 @dataclass
@@ -112,7 +112,7 @@ def _soft_tissue_layers(plan: HeadPlan, pts: Points, s: np.ndarray, blobs: np.nd
     body = inside(s)
     return [
         Layer("muscle", None, body),
-        Layer("fat", None, body * below * np.clip((blobs - 0.7) * 2.5, 0, 1)),
+        Layer("fat", None, body * below * np.clip((blobs - 0.9) * 2.5, 0, 1)),
         Layer("fat", None, band(depth, plan.skin, plan.skin + fat_depth)),
         Layer("skin", None, body * inside(depth - plan.skin)),
     ]
@@ -136,8 +136,9 @@ def _meningeal_layers(pts: Points, th: dict) -> List[Layer]:
     ]
 
 
-def _noise(rng, sigma: float, pts: Points) -> np.ndarray:
-    """A smooth ~N(0, 1) field at the points, drawn on a coarse grid and interpolated."""
+def _noise(rng, sigma, pts: Points) -> np.ndarray:
+    """A smooth ~N(0, 1) field at the points, drawn on a coarse grid and interpolated (sigma in coarse
+    voxels, one value or z, y, x)."""
     shape = [int(np.ceil(n / _TEXTURE_MM)) + 2 for n in head_space().shape]
     coarse = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
     coarse /= coarse.std() + 1e-8

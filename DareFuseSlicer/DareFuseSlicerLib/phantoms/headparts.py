@@ -14,8 +14,8 @@ from .headspace import cord_centre_y
 from .shapes import Layer, ellipsoid, inside, segment
 
 SIDES = (-1.0, 1.0)
-# Cervical levels: (top z, bottom z) of the vertebral bodies (C2 to C5); discs fill the gaps.
-LEVELS = ((-76.0, -93.0), (-98.0, -112.0), (-117.0, -131.0), (-136.0, -150.0))
+# Cervical levels: (top z, bottom z) of the vertebral bodies (C2 to C6); discs fill the gaps.
+LEVELS = ((-76.0, -93.0), (-98.0, -112.0), (-117.0, -131.0), (-136.0, -150.0), (-155.0, -169.0))
 
 
 def draw_parts(rng) -> dict:
@@ -119,7 +119,7 @@ def _mandible(parts: dict, pts) -> List:
 def neck_layers(parts: dict, pts, th) -> List:
     """Vertebral bodies (marrow in a cortical rim) and discs, the airway, carotids and jugular veins."""
     bx, by = parts["body"]
-    idx, x, y, z = _local(pts, (-bx - 2, -60, -160), (bx + 2, 10, -56))
+    idx, x, y, z = _local(pts, (-bx - 2, -60, -170), (bx + 2, 10, -56))
     centre_y = cord_centre_y(z) + 10 + by
     radial = (np.sqrt((x / bx) ** 2 + ((y - centre_y) / by) ** 2) - 1) * np.float32(by)
     body = np.full(len(idx), np.float32(1e3))
@@ -130,21 +130,21 @@ def neck_layers(parts: dict, pts, th) -> List:
     disc = np.maximum(radial, np.maximum(z - LEVELS[0][1], LEVELS[-1][0] - z))
     layers = [Layer("disc", idx, inside(disc)), Layer("bone", idx, inside(body)), Layer("marrow", idx, inside(body + 1.2))]
     ax, ay = parts["airway"]
-    idx, x, y, z = _local(pts, (-ax - 14, -40, -160), (ax + 14, 40, -40))
+    idx, x, y, z = _local(pts, (-ax - 14, -40, -170), (ax + 14, 40, -40))
     airway_y = cord_centre_y(np.minimum(z, -64)) + 10 + 2 * by + 4 + ay
     tube = np.maximum((np.sqrt((x / ax) ** 2 + ((y - airway_y) / ay) ** 2) - 1) * np.float32(min(ax, ay)), z + 58)
     tube = np.minimum(tube, ellipsoid(x, y, z, (0, 12, -58), (12, 20, 8)))
     layers += [Layer("mucosa", idx, inside(tube - 1.0)), Layer("air", idx, inside(tube))]
     for side in SIDES:
-        idx, x, y, z = _local(pts, (side * 30 - 12, -35, -160), (side * 30 + 12, 22, -55))
-        d, _ = segment(x, y, z, (side * 19, 8, -160), (side * 21, 12, -62))
+        idx, x, y, z = _local(pts, (side * 30 - 12, -35, -170), (side * 30 + 12, 22, -55))
+        d, _ = segment(x, y, z, (side * 19, 8, -170), (side * 21, 12, -62))
         layers.append(Layer("vessel", idx, inside(d - parts["carotid"])))
-        d, _ = segment(x, y, z, (side * 27, -6, -160), (side * 31, -18, -68))
+        d, _ = segment(x, y, z, (side * 27, -6, -170), (side * 31, -18, -68))
         layers.append(Layer("vessel", idx, inside(d - parts["jugular"])))
     return layers
 
 
 def cord_layers(parts: dict, pts) -> List:
-    idx, x, y, z = _local(pts, (-8, -60, -160), (8, -25, -60))
+    idx, x, y, z = _local(pts, (-8, -60, -170), (8, -25, -60))
     s = (np.sqrt((x / 4.5) ** 2 + ((y - cord_centre_y(z)) / 3.8) ** 2) - 1) * np.float32(3.8)
     return [Layer("nerve", idx, inside(s) * inside(z + 64))]

@@ -18,7 +18,7 @@ from .anatomy import load_anatomy
 # RAS extent of the head grid (mm, inclusive); it contains the MNI152 grid (x -98..98, y -134..98, z -72..116).
 X_RANGE = (-98, 98)
 Y_RANGE = (-136, 121)
-Z_RANGE = (-152, 116)
+Z_RANGE = (-168, 116)  # down to C6: below every field of view the protocol draws
 # Spinal cord below the template's cut brainstem: RAS centre line y(z), semi-axes (x, y) in mm.
 CORD_TOP_Z = -64.0
 CORD_SEMI_AXES = (6.5, 5.5)

@@ -106,7 +106,7 @@ def _volume(rng, contrast: str, centre: np.ndarray, motion: Motion) -> Acquisiti
     fov = rng.uniform(240.0, 256.0, 2)
     slab = rng.uniform(165.0, 192.0) if plane == "sagittal" else rng.uniform(160.0, 185.0)
     size = (np.round(fov[0] / pixel), np.round(fov[1] / pixel), np.round(slab / thickness))
-    offset = np.array([rng.uniform(-4, 4), rng.uniform(-8, 4), rng.uniform(-22, -8) if plane == "sagittal" else rng.uniform(-6, 4)])
+    offset = np.array([rng.uniform(-4, 4), rng.uniform(-8, 4), rng.uniform(-16, -6) if plane == "sagittal" else rng.uniform(-6, 4)])
     grid = _grid(_direction(rng, plane, tilt), size, (pixel, pixel, thickness), centre + offset)
     return Acquisition(contrast, "3d", plane, float(tilt), grid, float(thickness), motion)
 
