@@ -88,9 +88,9 @@ def main(argv=None) -> Path:
             ax = axes[row, col]
             ax.imshow(img, cmap="gray", vmin=0, vmax=hi, aspect=aspect, interpolation="nearest")
             if m.any():
-                ax.contour(m, levels=[0.5], colors=["cyan"], linewidths=0.6)
+                ax.contour(m, levels=[0.5], colors=["cyan"], linewidths=0.9)
             if lab.any():
-                ax.contour(lab > 0, levels=[0.5], colors=["yellow"], linewidths=0.6)
+                ax.contour(lab > 0, levels=[0.5], colors=["yellow"], linewidths=0.9)
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_xlabel(plane, color="white", fontsize=9)
@@ -101,6 +101,10 @@ def main(argv=None) -> Path:
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=72, facecolor="black")
+    # Noise in the air compresses badly: a 128-colour palette keeps the figure small in the repository.
+    from PIL import Image
+
+    Image.open(args.out).convert("RGB").quantize(colors=128).save(args.out, optimize=True)
     print(f"wrote {args.out}")
     return args.out
 
