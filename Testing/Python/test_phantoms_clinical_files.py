@@ -133,3 +133,24 @@ def test_mixed_data_set_from_the_command_line(tmp_path):
         assert brats[f"{suffix}_size"] == "96x112x88" and brats[f"{suffix}_rot_deg"] == "0.0000"
     np.testing.assert_array_equal(to_reference(clinical, "t1n"), np.eye(3, 4))
     assert len(list(out.iterdir())) == 1 + 10 + 9
+
+
+@pytest.mark.slow
+def test_clinical_case_as_a_dicom_study(tmp_path):
+    """--format dicom writes a clinical case as a study: one series per contrast on its own grid, with the
+    label and the brain mask as NIfTI beside it."""
+    from DareFuseSlicerLib.dicom.series import load, read
+
+    out = tmp_path / "dicom"
+    p = parser()
+    args = p.parse_args(["phantoms", "--out", str(out), "--n", "1", "--seed", "5003", "--acquisition", "clinical",
+                         "--format", "dicom"])
+    assert args.handler(args) == 0
+    row = read_manifest(out / "manifest.csv")[0]
+    assert row["acquisition"] == "clinical" and (out / row["brainmask"]).is_file() and (out / row["seg"]).is_file()
+    sizes = set()
+    for suffix, contrast in (("t1n", "t1"), ("t1c", "t1ce"), ("t2w", "t2"), ("t2f", "flair")):
+        image = read(load(out / row[suffix], contrast))
+        assert "x".join(str(n) for n in image.GetSize()) == row[f"{suffix}_size"]
+        sizes.add(image.GetSize())
+    assert len(sizes) == 4

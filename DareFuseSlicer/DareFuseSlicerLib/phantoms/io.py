@@ -143,6 +143,9 @@ def _write_dicom(case, out: Path) -> dict:
     written = write_study(case, out)
     paths = {BRATS_SUFFIX[c]: written[c] for c in CONTRASTS}
     paths["seg"] = written["seg"]
+    if getattr(case, "acquisition", "brats") == "clinical":  # the brain mask stays NIfTI too, beside the label
+        paths["brainmask"] = out / file_names(case.case_id)["brainmask"]
+        _write(sitk.Cast(case.brain_mask, sitk.sitkUInt8), paths["brainmask"])
     return paths
 
 
