@@ -19,9 +19,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (new or empty)")
     parser.add_argument("--n", required=True, type=int, metavar="N", help="number of cases (>= 1)")
     parser.add_argument("--seed", required=True, type=int, metavar="S", help="seed of the first case (>= 0)")
+    parser.add_argument("--acquisition", choices=("brats", "clinical", "mixed"), default="brats",
+                        help="brats: skull-stripped, co-registered, one grid (default); clinical: the whole "
+                             "head, each contrast on its own grid with its own motion, noise in the air, "
+                             "brain mask written; mixed: about half of each, decided by each case's seed")
     parser.add_argument("--grid", choices=sorted(GRIDS), default=None,
-                        help="put every case on this grid (default: mostly the BraTS grid, some other "
-                             "matrices and thick-slice scans)")
+                        help="put every BraTS-style case on this grid (default: mostly the BraTS grid, some "
+                             "other matrices and thick-slice scans); not with --acquisition clinical")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="processes making cases at once (default 1); the files are the same for any N")
     parser.add_argument("--overwrite", action="store_true", help="empty a non-empty DIR first")
@@ -37,6 +41,8 @@ def run(args) -> int:
         raise InputError(f"--seed: must be >= 0, got {args.seed}")
     if args.workers < 1:
         raise InputError(f"--workers: must be at least 1, got {args.workers}")
+    if args.grid and args.acquisition == "clinical":
+        raise InputError("--grid: clinical cases draw each contrast's own grid; leave --grid out")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out: {out} exists and is not a folder")
@@ -47,6 +53,6 @@ def run(args) -> int:
     from ..phantoms.io import generate
 
     manifest = generate(out, args.n, args.seed, progress=True, grids=[args.grid] if args.grid else None,
-                        workers=args.workers)
+                        workers=args.workers, acquisition=args.acquisition)
     print(f"wrote {args.n} cases and {manifest}")
     return 0

@@ -13,16 +13,18 @@ from typing import TYPE_CHECKING, Any, List
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily
     from .engine import Case, make_case
     from .grids import GRIDS
-    from .io import GRID_MIX, MANIFEST_COLUMNS, file_names, generate, read_manifest, sample_case_paths, write_case
+    from .io import (CLINICAL_SHARE, GRID_MIX, MANIFEST_COLUMNS, file_names, generate, read_manifest,
+                     sample_case_paths, to_reference, write_case)
 
 #: Public name -> the submodule defining it.
 _SOURCES = {
     "GRIDS": "grids", "Case": "engine", "make_case": "engine", "GRID_MIX": "io", "MANIFEST_COLUMNS": "io",
     "file_names": "io", "generate": "io", "read_manifest": "io", "sample_case_paths": "io", "write_case": "io",
+    "CLINICAL_SHARE": "io", "to_reference": "io",
 }
 
-__all__ = ["GRIDS", "GRID_MIX", "MANIFEST_COLUMNS", "Case", "make_case", "write_case", "generate", "file_names",
-           "read_manifest", "sample_case_paths"]
+__all__ = ["GRIDS", "GRID_MIX", "MANIFEST_COLUMNS", "CLINICAL_SHARE", "Case", "make_case", "write_case", "generate",
+           "file_names", "read_manifest", "sample_case_paths", "to_reference"]
 
 
 def __getattr__(name: str) -> Any:

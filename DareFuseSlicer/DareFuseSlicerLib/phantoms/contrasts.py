@@ -37,15 +37,25 @@ LESION_TISSUE = {
 OEDEMA_TRANSPARENCY = 0.25
 
 
+def draw_healthy(rng) -> dict:
+    """The random draws of healthy_contrasts, in their order (the clinical engine draws them too, so that
+    a seed gives the same tumour plan in both acquisitions)."""
+    gamma = rng.uniform(0.9, 1.1)  # keeps T1 order while varying GM/WM contrast
+    enhancement = rng.uniform(0.8, 1.2)
+    jitter = {contrast: rng.uniform(0.95, 1.05, size=3).astype(np.float32) for contrast in TISSUE}
+    return {"gamma": gamma, "enhancement": enhancement, "jitter": jitter}
+
+
 def healthy_contrasts(anatomy, rng) -> dict:
     """Four healthy contrasts in template space, with a per-case tissue-contrast jitter (+-5 %)."""
     mask = anatomy.mask
-    gamma = rng.uniform(0.9, 1.1)  # keeps T1 order while varying GM/WM contrast
+    draws = draw_healthy(rng)
+    gamma = draws["gamma"]
     t1 = np.power(anatomy.t1, gamma, dtype=np.float32) * np.float32(0.87 / 0.87 ** gamma)
     out = {"t1": t1 * mask}
-    out["t1ce"] = (t1 + np.float32(NORMAL_ENHANCEMENT * rng.uniform(0.8, 1.2)) * anatomy.enhancement) * mask
+    out["t1ce"] = (t1 + np.float32(NORMAL_ENHANCEMENT * draws["enhancement"]) * anatomy.enhancement) * mask
     for contrast, (v_csf, v_gm, v_wm) in TISSUE.items():
-        j = rng.uniform(0.95, 1.05, size=3).astype(np.float32)
+        j = draws["jitter"][contrast]
         img = anatomy.csf * (v_csf * j[0]) + anatomy.gm * (v_gm * j[1]) + anatomy.wm * (v_wm * j[2])
         img += np.float32(TEXTURE_GAIN[contrast]) * anatomy.texture
         out[contrast] = np.clip(img, 0, None) * mask

@@ -12,6 +12,7 @@ from ..errors import InputError
 from .acquisition import Warp, bias_field, draw_pose, draw_scanner, grid_by_name, rician, slice_blur
 from .anatomy import load_anatomy
 from .contrasts import healthy_contrasts
+from .tissues import apply_gamma, draw_intensities, reweight_brain, scale_lesions
 from .tumours import paint, plan_tumours
 
 # Largest value an int16 file can hold: images are rounded to whole scanner units and clipped to it.
@@ -21,14 +22,15 @@ _INT16_MAX = 32767
 @dataclass
 class Case:
     case_id: str
-    images: dict              # contrast -> sitk.Image float32, scanner units (whole numbers)
+    images: dict              # contrast -> sitk.Image float32, scanner units (whole numbers); clinical: own grids
     tumour_free: dict         # contrast -> sitk.Image float32, same anatomy, pose and acquisition
-    label: sitk.Image         # uint8: 0 bg, 1 NETC, 2 SNFH, 3 ET
+    label: sitk.Image         # uint8: 0 bg, 1 NETC, 2 SNFH, 3 ET (clinical: on the reference's grid)
     tumour_class: str
     meta: dict = field(default_factory=dict)
-    brain_mask: sitk.Image = None   # uint8, the skull-stripping mask without the lesions
+    brain_mask: sitk.Image = None   # uint8, skull-stripping mask: without the lesions (BraTS-style), with them (clinical)
     lesion_zone: sitk.Image = None  # uint8, every voxel the lesion can change (images == tumour_free elsewhere)
-    warp: object = None             # acquisition.Warp: output -> template mapping (diagnostics, tests)
+    warp: object = None             # acquisition.Warp (BraTS-style) or sampling.SubjectMap (clinical): diagnostics
+    acquisition: str = "brats"      # "brats" or "clinical"
 
 
 def case_id_for(seed: int) -> str:
@@ -90,29 +92,60 @@ def _warp_label(label_t: np.ndarray, anatomy, warp, ref: sitk.Image, pose) -> np
     return np.where(lesion, np.argmax(shares, axis=0) + 1, 0).astype(np.uint8)
 
 
-def make_case(seed: int, tumour_class: str = None, grid: str = "brats"):
-    """One case; the same (seed, tumour_class, grid) always gives the same voxels."""
+ACQUISITIONS = ("brats", "clinical")
+# Seed of the stream of BraTS-style intensity randomisation (apart, so the default cases keep their bytes).
+_RANDOMISE_STREAM = (20261122, 17)
+
+
+def label_volumes(label: sitk.Image) -> dict:
+    """mL of NETC, SNFH, ET and of the regions WT and TC, rounded to 0.001 mL."""
+    label_arr = sitk.GetArrayViewFromImage(label)
+    voxel_ml = float(np.prod(label.GetSpacing())) / 1000.0
+    vol = {name: float((label_arr == v).sum()) * voxel_ml for v, name in ((1, "NETC"), (2, "SNFH"), (3, "ET"))}
+    vol["WT"] = vol["NETC"] + vol["SNFH"] + vol["ET"]
+    vol["TC"] = vol["NETC"] + vol["ET"]
+    return {k: round(v, 3) for k, v in vol.items()}
+
+
+def make_case(seed: int, tumour_class: str = None, grid: str = None, acquisition: str = "brats",
+              randomise: bool = None):
+    """One case; the same arguments always give the same voxels.
+
+    acquisition: "brats" (skull-stripped, co-registered, every contrast on `grid`, default the BraTS grid)
+    or "clinical" (whole head, each contrast on its own grid with its own motion: clinical.py; no grid).
+    randomise: domain-randomised tissue intensities (tissues.py); default on for clinical cases and off
+    for BraTS-style ones, whose default output never changes.
+    """
     if tumour_class is not None and tumour_class not in CLASSES:
         raise InputError(f"tumour_class: unknown class {tumour_class!r}; choose one of {', '.join(CLASSES)}")
-    spec = grid_by_name(grid)
+    if acquisition not in ACQUISITIONS:
+        raise InputError(f"acquisition: unknown acquisition {acquisition!r}; choose one of {', '.join(ACQUISITIONS)}")
     if int(seed) < 0:
         raise InputError(f"seed: must be >= 0, got {seed}")
-    rng = np.random.default_rng([int(seed), 20261122])
-    if tumour_class is None:
-        tumour_class = CLASSES[int(rng.integers(len(CLASSES)))]
-    anatomy = load_anatomy()
+    if acquisition == "clinical":
+        if grid is not None:
+            raise InputError("grid: clinical cases draw each contrast's own grid; give no grid")
+        from .clinical import make_clinical_case
 
-    # Template space: healthy contrasts, then the lesions painted into a copy.
+        return make_clinical_case(seed, tumour_class, randomise is not False)
+    return _brats_case(int(seed), tumour_class, grid or "brats", bool(randomise))
+
+
+def _brats_template(anatomy, rng, tumour_class: str, intensities):
+    """Template space: healthy contrasts, then the lesions painted into a copy."""
     healthy = healthy_contrasts(anatomy, rng)
     plan = plan_tumours(rng, anatomy, tumour_class)
+    if intensities is not None:
+        healthy = reweight_brain(healthy, anatomy, intensities)
+        scale_lesions(plan, intensities)
     label_t = np.zeros(anatomy.shape, np.uint8)
     lesioned = {c: a.copy() for c, a in healthy.items()} if plan.lesions else healthy
     paint(lesioned, label_t, plan)
+    return healthy, lesioned, label_t, plan
 
-    # Geometry: pose, scale, deformation, mass effect; thick slices get their partial volume first.
-    ref = spec.reference()
-    pose = draw_pose(rng)
-    warp = Warp(rng, anatomy, ref, pose, plan.lesions)
+
+def _brats_crops(anatomy, warp, ref, pose, plan, healthy, lesioned, label_t):
+    """Case, twin, mask and label on the output crop; thick slices get their partial volume first."""
     channels = [lesioned[c] for c in CONTRASTS] + ([healthy[c] for c in CONTRASTS] if plan.lesions else [])
     channels = slice_blur(channels + [anatomy.mask], ref, pose)
     warped = [sitk.GetArrayFromImage(warp.apply(_template_image(a, anatomy))) for a in channels[:4] + channels[-1:]]
@@ -133,8 +166,12 @@ def make_case(seed: int, tumour_class: str = None, grid: str = "brats"):
             twin = case_channel.copy()
             twin[box][inside] = sub[inside]
             free_crop.append(twin)
+    return case_crop, free_crop, mask_crop, label_crop, zone_crop
 
-    # Acquisition, identical for the case and its tumour-free twin (same bias, same noise draws).
+
+def _brats_acquire(rng, ref, warp, crops, intensities):
+    """Bias, noise, scanner units: identical for the case and its tumour-free twin (same draws)."""
+    case_crop, free_crop, mask_crop, label_crop, _ = crops
     scanner = draw_scanner(rng, CONTRASTS)
     crop_shape = label_crop.shape
     head_case = mask_crop | (label_crop > 0)  # skull-stripped like BraTS: the lesion stays in the mask
@@ -144,27 +181,44 @@ def make_case(seed: int, tumour_class: str = None, grid: str = "brats"):
         noise = rng.standard_normal((2,) + crop_shape, dtype=np.float32)
         outs = []
         for signal, head in ((case_crop[i], head_case), (free_crop[i], mask_crop)):
+            if intensities is not None:
+                signal = apply_gamma(signal, contrast, intensities)
             value = rician(signal * bias, scanner.noise_sd[contrast], noise)
             value = value * np.float32(scanner.gain[contrast]) + np.float32(scanner.offset[contrast])
             value = np.clip(np.rint(value), 0, _INT16_MAX) * head
             outs.append(_to_image(warp.paste(value.astype(np.float32)), ref))
         images[contrast], free[contrast] = outs
+    return images, free
+
+
+def _brats_case(seed: int, tumour_class: str, grid: str, randomise: bool) -> Case:
+    spec = grid_by_name(grid)
+    rng = np.random.default_rng([seed, 20261122])
+    if tumour_class is None:
+        tumour_class = CLASSES[int(rng.integers(len(CLASSES)))]
+    anatomy = load_anatomy()
+    intensities = draw_intensities(np.random.default_rng([seed, *_RANDOMISE_STREAM])) if randomise else None
+    healthy, lesioned, label_t, plan = _brats_template(anatomy, rng, tumour_class, intensities)
+    # Geometry: pose, scale, deformation, mass effect.
+    ref = spec.reference()
+    pose = draw_pose(rng)
+    warp = Warp(rng, anatomy, ref, pose, plan.lesions)
+    crops = _brats_crops(anatomy, warp, ref, pose, plan, healthy, lesioned, label_t)
+    images, free = _brats_acquire(rng, ref, warp, crops, intensities)
+    _, _, mask_crop, label_crop, zone_crop = crops
     label = _to_image(warp.paste(label_crop, np.uint8), ref)
     brain = _to_image(warp.paste(mask_crop.astype(np.uint8), np.uint8), ref)
-    zone = _to_image(warp.paste(zone_crop if zone_crop is not None else np.zeros(crop_shape, np.uint8), np.uint8), ref)
-
-    label_arr = sitk.GetArrayViewFromImage(label)
-    voxel_ml = float(np.prod(ref.GetSpacing())) / 1000.0
-    vol = {name: float((label_arr == v).sum()) * voxel_ml for v, name in ((1, "NETC"), (2, "SNFH"), (3, "ET"))}
-    vol["WT"] = vol["NETC"] + vol["SNFH"] + vol["ET"]
-    vol["TC"] = vol["NETC"] + vol["ET"]
+    zone = zone_crop if zone_crop is not None else np.zeros(label_crop.shape, np.uint8)
     meta = {
-        "seed": int(seed),
+        "seed": seed,
         "grid": grid,
         "spacing": tuple(float(s) for s in ref.GetSpacing()),
         "size": tuple(int(s) for s in ref.GetSize()),
         "lesion_count": sum(1 for lesion in plan.lesions if lesion.counts),
         "subtype": plan.subtype,
-        "volumes_ml": {k: round(v, 3) for k, v in vol.items()},
+        "volumes_ml": label_volumes(label),
+        "acquisition": "brats",
+        "randomised": randomise,
     }
-    return Case(case_id_for(seed), images, free, label, tumour_class, meta, brain, zone, warp)
+    return Case(case_id_for(seed), images, free, label, tumour_class, meta, brain,
+                _to_image(warp.paste(zone, np.uint8), ref), warp)

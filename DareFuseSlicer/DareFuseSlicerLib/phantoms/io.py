@@ -7,6 +7,7 @@ import json
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 from ..constants import BRATS_SUFFIX, CLASSES, CONTRASTS
@@ -18,10 +19,23 @@ from .engine import make_case
 # every class sees every grid: 70 % BraTS grid, then a 1 mm RAS-stored matrix, 3 mm and 5 mm slices.
 GRID_MIX = ("brats",) * 7 + ("iso_ras", "ax_3mm", "ax_thick")
 
+# Share of clinical cases in a "mixed" data set; each case decides from its own seed (MIX_STREAM).
+CLINICAL_SHARE = 0.5
+MIX_STREAM = (20261122, 2)
+ACQUISITION_MODES = ("brats", "clinical", "mixed")
+
+# Per-contrast acquisition columns, each prefixed with the contrast's BraTS suffix (t1n_size, ...):
+# grid size and spacing (x y z), plane and tilt (clinical), slice thickness, motion summary (rotation angle
+# in degrees, brain-centre shift in mm) and to_ref: the 3x4 affine [A | b] (12 numbers, row-major) taking
+# this contrast's LPS points to the reference's (x_ref = A x + b).
+CONTRAST_COLUMNS = ("size", "spacing", "plane", "tilt_deg", "slice_mm", "rot_deg", "shift_mm", "to_ref")
 MANIFEST_COLUMNS = ("case_id", "tumour_class", "seed", "grid", "size", "spacing", "lesion_count",
                     "netc_ml", "snfh_ml", "et_ml",
                     "t1n", "t1c", "t2w", "t2f", "seg", "t1n_free", "t1c_free", "t2w_free", "t2f_free",
-                    "subtype")
+                    "subtype", "acquisition", "reference", "brainmask") + tuple(
+    f"{BRATS_SUFFIX[c]}_{column}" for c in CONTRASTS for column in CONTRAST_COLUMNS)
+# Columns that manifests written before the clinical engine lack, with the value they mean there.
+_DEFAULTS = {"acquisition": "brats", "reference": BRATS_SUFFIX[CONTRASTS[0]]}
 
 SAMPLE_DIR = Path(__file__).resolve().parents[2] / "Resources" / "SampleData"
 SAMPLE_PREFIX = "DareFuseSample-glioma"
@@ -35,6 +49,7 @@ def file_names(case_id: str) -> dict:
         names[suffix] = f"{case_id}-{suffix}.nii.gz"
         names[f"{suffix}_free"] = f"{case_id}-{suffix}-tumourfree.nii.gz"
     names["seg"] = f"{case_id}-seg.nii.gz"
+    names["brainmask"] = f"{case_id}-brainmask.nii.gz"  # clinical cases only
     return names
 
 
@@ -63,7 +78,37 @@ def write_case(case, out_dir, tumour_free: bool = True) -> dict:
             _write(sitk.Cast(image, sitk.sitkInt16), paths[key])
     paths["seg"] = out / names["seg"]
     _write(sitk.Cast(case.label, sitk.sitkUInt8), paths["seg"])
+    if getattr(case, "acquisition", "brats") == "clinical":
+        paths["brainmask"] = out / names["brainmask"]
+        _write(sitk.Cast(case.brain_mask, sitk.sitkUInt8), paths["brainmask"])
     return paths
+
+
+def _numbers(values, fmt: str = "g") -> str:
+    return "x".join(format(float(v), fmt) for v in values)
+
+
+def _contrast_columns(case) -> dict:
+    row = {}
+    acquisitions = case.meta.get("contrasts")
+    for contrast in CONTRASTS:
+        key = BRATS_SUFFIX[contrast]
+        if acquisitions is None:  # BraTS-style: every contrast on the segmentation's grid, no motion
+            geometry = case.images[contrast]
+            info = {"size": geometry.GetSize(), "spacing": geometry.GetSpacing(), "plane": "", "tilt_deg": "",
+                    "slice_mm": geometry.GetSpacing()[2], "rot_deg": 0.0, "shift_mm": 0.0,
+                    "to_reference": np.eye(3, 4)}
+        else:
+            info = acquisitions[contrast]
+        row[f"{key}_size"] = "x".join(str(int(n)) for n in info["size"])
+        row[f"{key}_spacing"] = _numbers(info["spacing"], ".6g")
+        row[f"{key}_plane"] = info["plane"]
+        row[f"{key}_tilt_deg"] = "" if info["tilt_deg"] == "" else f"{info['tilt_deg']:.3f}"
+        row[f"{key}_slice_mm"] = f"{info['slice_mm']:.6g}"
+        row[f"{key}_rot_deg"] = f"{info['rot_deg']:.4f}"
+        row[f"{key}_shift_mm"] = f"{info['shift_mm']:.4f}"
+        row[f"{key}_to_ref"] = " ".join(repr(float(v)) for v in np.asarray(info["to_reference"]).ravel())
+    return row
 
 
 def _manifest_row(case, paths) -> dict:
@@ -73,22 +118,37 @@ def _manifest_row(case, paths) -> dict:
         "grid": case.meta["grid"], "size": "x".join(str(s) for s in case.meta["size"]),
         "spacing": "x".join(f"{s:g}" for s in case.meta["spacing"]), "lesion_count": case.meta["lesion_count"],
         "netc_ml": f"{v['NETC']:.3f}", "snfh_ml": f"{v['SNFH']:.3f}", "et_ml": f"{v['ET']:.3f}",
-        "subtype": case.meta["subtype"],
+        "subtype": case.meta["subtype"], "acquisition": case.meta.get("acquisition", "brats"),
+        "reference": BRATS_SUFFIX[case.meta.get("reference", CONTRASTS[0])], "brainmask": "",
     }
     row.update({key: Path(p).name for key, p in paths.items()})
+    row.update(_contrast_columns(case))
     return row
 
 
-def _make_and_write(seed: int, tumour_class: str, grid: str, out: Path) -> dict:
-    case = make_case(seed, tumour_class, grid)
+def case_acquisition(seed: int, mode: str) -> str:
+    """The acquisition of the case with this seed in a data set of the given mode (mixed: CLINICAL_SHARE
+    of the cases are clinical, decided by the seed alone, so any worker count gives the same set)."""
+    if mode != "mixed":
+        return mode
+    return "clinical" if np.random.default_rng([int(seed), *MIX_STREAM]).random() < CLINICAL_SHARE else "brats"
+
+
+def _make_and_write(seed: int, tumour_class: str, grid: str, out: Path, acquisition: str = "brats") -> dict:
+    if acquisition == "clinical":
+        case = make_case(seed, tumour_class, acquisition="clinical")
+    else:
+        case = make_case(seed, tumour_class, grid)
     return _manifest_row(case, write_case(case, out))
 
 
-def generate(out_dir, n: int, seed: int, progress=True, grids=None, overwrite: bool = False, workers: int = 1) -> Path:
+def generate(out_dir, n: int, seed: int, progress=True, grids=None, overwrite: bool = False, workers: int = 1,
+             acquisition: str = "brats") -> Path:
     """Write n cases (classes balanced: case i has class CLASSES[i % 4], seed seed + i) and manifest.csv.
 
     progress: True for a tqdm bar, False for none, or a callable progress(fraction, message).
-    grids: grid names cycled per block of four cases (default GRID_MIX).
+    grids: grid names of BraTS-style cases, cycled per block of four cases (default GRID_MIX).
+    acquisition: "brats", "clinical" (each contrast on its own grid) or "mixed" (see case_acquisition).
     workers: processes making cases at once. Each case depends on its own seed alone, so the files and the
     manifest are byte-identical for any number of workers.
     """
@@ -98,6 +158,10 @@ def generate(out_dir, n: int, seed: int, progress=True, grids=None, overwrite: b
         raise InputError(f"seed: must be >= 0, got {seed}")
     if int(workers) < 1:
         raise InputError(f"workers: must be at least 1, got {workers}")
+    if acquisition not in ACQUISITION_MODES:
+        raise InputError(f"acquisition: unknown mode {acquisition!r}; choose one of {', '.join(ACQUISITION_MODES)}")
+    if grids and acquisition == "clinical":
+        raise InputError("grids: clinical cases draw each contrast's own grid; give no grid")
     grids = tuple(grids) if grids else GRID_MIX
     for g in grids:
         grid_by_name(g)
@@ -113,8 +177,8 @@ def generate(out_dir, n: int, seed: int, progress=True, grids=None, overwrite: b
         from tqdm import tqdm
         bar = tqdm(total=int(n), desc="phantoms", unit="case")
     manifest = out / "manifest.csv"
-    jobs = [(int(seed) + i, CLASSES[i % len(CLASSES)], grids[(i // len(CLASSES)) % len(grids)], out)
-            for i in range(int(n))]
+    jobs = [(int(seed) + i, CLASSES[i % len(CLASSES)], grids[(i // len(CLASSES)) % len(grids)], out,
+             case_acquisition(int(seed) + i, acquisition)) for i in range(int(n))]
     pool = ProcessPoolExecutor(min(int(workers), len(jobs))) if int(workers) > 1 else None
     try:
         # map() yields in case order, so the manifest's rows are in the same order for any pool.
@@ -138,8 +202,23 @@ def generate(out_dir, n: int, seed: int, progress=True, grids=None, overwrite: b
 
 
 def read_manifest(path) -> list:
+    """Rows as dicts; manifests from before the clinical engine read as BraTS-style (their new columns
+    filled: acquisition brats, reference t1n, the others empty)."""
     with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        for column in MANIFEST_COLUMNS:
+            row.setdefault(column, _DEFAULTS.get(column, ""))
+    return rows
+
+
+def to_reference(row: dict, suffix: str) -> np.ndarray:
+    """A manifest row's 3x4 affine taking contrast `suffix`'s (t1n, t1c, t2w, t2f) LPS points to the
+    reference's; the identity where the row has none (BraTS-style cases, older manifests)."""
+    text = row.get(f"{suffix}_to_ref", "")
+    if not text:
+        return np.eye(3, 4)
+    return np.array([float(v) for v in text.split()]).reshape(3, 4)
 
 
 def sha256(path) -> str:
