@@ -30,7 +30,13 @@ BORDER_MM = 2.0
 
 
 def anti_aliased(image: sitk.Image, spacing_mm: float) -> sitk.Image:
-    """Gaussian smoothing so that sampling at spacing_mm does not alias (sigma per axis, from the FWHM)."""
+    """Smoothing so that sampling at spacing_mm does not alias: block averages down to about half of it first
+    (a 0.4 mm T2 stack is 14 M voxels; smoothing it whole took most of the stage), then a Gaussian for the
+    rest (sigma per axis, from the FWHM)."""
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    shrink = [max(int(spacing_mm / 2.0 / s), 1) for s in image.GetSpacing()]
+    if max(shrink) > 1:
+        image = sitk.BinShrink(image, shrink)
     sigma = [float(np.sqrt(max(spacing_mm ** 2 - s ** 2, 0.0)) / 2.355) for s in image.GetSpacing()]
     if max(sigma) <= 0.0:
         return image
