@@ -49,12 +49,14 @@ def check_inputs(paths: Dict[str, Optional[str]], labels: Optional[Dict[str, str
 def segment_case(paths: Dict[str, Optional[str]], output_dir, overwrite: bool = False, device: str = "cpu",
                  model_path=None, outputs=OUTPUTS, progress: Optional[ProgressFn] = None,
                  cancel: Optional[CancelFn] = None, logic=None, threads: Optional[int] = None,
-                 class_gate: bool = True, labels: Optional[Dict[str, str]] = None) -> dict:
+                 class_gate: bool = True, labels: Optional[Dict[str, str]] = None,
+                 save_registered: bool = False) -> dict:
     """Segment one case from files into `output_dir`; returns the report written as report.json.
 
     `logic` is a DareFuseLogic to reuse (its model stays loaded between cases); a new one when None.
     `threads`: CPU threads for the network (torch.set_num_threads); None leaves torch's setting.
     `labels`: contrast -> how to name each file in messages (input_labels by default).
+    `save_registered`: also write the contrasts co-registered onto the reference grid (whole-head input).
     Raises InputError for bad inputs, Cancelled when cancelled; either way nothing is written.
     """
     given = check_inputs(paths, labels)
@@ -99,7 +101,7 @@ def segment_case(paths: Dict[str, Optional[str]], output_dir, overwrite: bool = 
         if progress is not None:
             progress(1.0, "writing the results")
         write_outputs(result, target, overwrite=overwrite, model_info=processed.report.get("model"),
-                      extra_writers=writers, cancel=cancel)
+                      extra_writers=writers, cancel=cancel, save_registered=save_registered)
         return json.loads((target / "report.json").read_text())
     finally:
         scene.Clear(0)  # the nodes hold the images: free them now, not at the next garbage collection

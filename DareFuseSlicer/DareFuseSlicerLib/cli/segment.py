@@ -44,7 +44,8 @@ def _segment(args) -> int:
     paths = {c: getattr(args, c) for c in CONTRASTS}
     report = segment_case(paths, args.output_dir, overwrite=args.overwrite, device=args.device,
                           model_path=args.model, outputs=_outputs(args), progress=ConsoleProgress(quiet=args.quiet),
-                          threads=args.threads, class_gate=not args.no_class_gate, labels=flag_labels(paths))
+                          threads=args.threads, class_gate=not args.no_class_gate, labels=flag_labels(paths),
+                          save_registered=getattr(args, "save_registered", False))
     for warning in report["warnings"]:
         print(f"darefuse: warning: {warning}", file=sys.stderr)
     print(summary(report, Path(args.output_dir)))
@@ -185,10 +186,14 @@ def register(subparsers) -> None:
         description="Segment, measure and explain one case. Writes, on the reference grid (T1 when given, else "
                     "the first given of T1ce, T2, FLAIR): segmentation.nii.gz / .seg.nrrd, uncertainty.nii.gz, "
                     "difference_prior.nii.gz, tumour_free.nii.gz, gradcam.nii.gz, report.json, scene.mrb, "
-                    "overview.png. All files appear together when complete, or none.")
+                    "overview.png; for whole-head (not skull-stripped) input also brain_mask.nii.gz. All files "
+                    "appear together when complete, or none.")
     for contrast in CONTRASTS:
         segment.add_argument(f"--{contrast}", metavar="FILE", help=f"{contrast_name(contrast)} volume")
     segment.add_argument("--output-dir", required=True, help="folder for the results")
+    segment.add_argument("--save-registered", action="store_true",
+                         help="whole-head input: also write each contrast co-registered onto the reference grid "
+                              "(registered_<contrast>.nii.gz)")
     _common(segment)
     segment.set_defaults(handler=_segment)
 
