@@ -57,6 +57,7 @@ def register(subparsers) -> None:
     mask.add_argument("--batch-size", type=int, default=2)
     mask.add_argument("--lr", type=float, default=2e-3)
     mask.add_argument("--threads", type=int, default=2)
+    mask.add_argument("--crop", type=int, default=48, help="training window inside the 64^3 cube (0: the whole cube)")
     mask.add_argument("--cache", help="sample cache folder (default: the first DATA/.brainmask-cache)")
     mask.set_defaults(handler=_train_brainmask)
 
@@ -106,7 +107,7 @@ def _train_brainmask(args: argparse.Namespace) -> int:
 
     options = BrainMaskTrainOptions(
         data=args.data, val=args.val, out=args.out, minutes=args.minutes, seed=args.seed, batch_size=args.batch_size,
-        lr=args.lr, threads=args.threads, cache=args.cache,
+        lr=args.lr, threads=args.threads, cache=args.cache, crop=args.crop,
         command="darefuse " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
     print(f"model: {train_brainmask(options, log=lambda line: print(line, flush=True))}")

@@ -5,8 +5,7 @@ on the head left-right and front-back, its top 16 mm above the top of the head (
 the head; a field of view reaching down the neck would otherwise push the vertex out of the cube). It
 predicts the share of each 4 mm voxel inside the brain; that share, interpolated linearly onto the native grid
 and thresholded at 0.5, is the mask (a perfect 4 mm share map gives Dice 0.992-0.993 against the engine's
-1 mm masks this way: benchmarks/frontend_clinical.py --resolution-bound). The largest connected part is kept
-and its holes filled.
+1 mm masks this way). The largest connected part is kept and its holes filled, on the cube.
 
 Everything here but `predict_share` is torch-free: training builds its inputs with the same functions.
 """
@@ -102,14 +101,24 @@ def share_on_grid(share: np.ndarray, cube: sitk.Image, grid: sitk.Image) -> np.n
                                                 sitk.sitkFloat32))
 
 
+def clean_share(share: np.ndarray) -> np.ndarray:
+    """The share with everything but the largest connected brain part set to 0 and that part's holes to 1,
+    done on the 64^3 cube (on a 1 mm grid of 12 M voxels, hole filling alone took seconds)."""
+    inside = sitk.GetImageFromArray((share > 0.5).astype(np.uint8))
+    if not sitk.GetArrayViewFromImage(inside).any():
+        return np.zeros_like(share)
+    largest = sitk.RelabelComponent(sitk.ConnectedComponent(inside), sortByObjectSize=True) == 1
+    filled = sitk.BinaryFillhole(sitk.Cast(largest, sitk.sitkUInt8))
+    near = sitk.GetArrayFromImage(sitk.BinaryDilate(filled, [1, 1, 1])) > 0  # keeps the partial-volume rim
+    core = sitk.GetArrayFromImage(sitk.BinaryErode(filled, [1, 1, 1])) > 0
+    return np.where(core, 1.0, np.where(near, share, 0.0)).astype(np.float32)
+
+
 def refine(share: np.ndarray, cube: sitk.Image, reference: sitk.Image) -> sitk.Image:
-    """The mask on the reference grid: share > 0.5, the largest connected part, holes filled (uint8)."""
-    inside = share_on_grid(share, cube, reference) > 0.5
+    """The mask on the reference grid: the cleaned share interpolated linearly, > 0.5 (uint8)."""
+    inside = share_on_grid(clean_share(share), cube, reference) > 0.5
     mask = sitk.GetImageFromArray(inside.astype(np.uint8))
     mask.CopyInformation(reference)
-    if inside.any():
-        parts = sitk.RelabelComponent(sitk.ConnectedComponent(mask), sortByObjectSize=True)
-        mask = sitk.BinaryFillhole(sitk.Cast(parts == 1, sitk.sitkUInt8))
     return mask
 
 

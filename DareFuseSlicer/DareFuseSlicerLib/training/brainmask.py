@@ -150,6 +150,17 @@ def random_pose(x, y, generator):
     return (F.grid_sample(x, grid, align_corners=False), F.grid_sample(y, grid, align_corners=False))
 
 
+def random_crop(x, y, size: int, generator):
+    """The same random size^3 window of images and targets (the whole cube when size is 0 or larger)."""
+    import torch
+
+    if not size or size >= x.shape[-1]:
+        return x, y
+    start = [int(torch.randint(0, n - size + 1, (1,), generator=generator)) for n in x.shape[2:]]
+    window = (slice(None), slice(None)) + tuple(slice(s, s + size) for s in start)
+    return x[window], y[window]
+
+
 def loss_fn(logits, target):
     import torch
     import torch.nn.functional as F
@@ -171,6 +182,7 @@ class BrainMaskTrainOptions:
     lr: float = 2e-3
     threads: int = 2
     cache: Optional[str] = None
+    crop: int = 48  # training windows of the 64^3 cube (the network is fully convolutional): 0.42x the cost
     command: str = ""
 
 
@@ -227,7 +239,7 @@ def train_brainmask(options: BrainMaskTrainOptions, log=print) -> Path:
     model.train()
     while time.perf_counter() - train_start < budget:
         pick = torch.randint(len(x_all), (options.batch_size,), generator=generator)
-        x, y = random_pose(x_all[pick], y_all[pick], generator)
+        x, y = random_crop(*random_pose(x_all[pick], y_all[pick], generator), options.crop, generator)
         x = randomise_contrast(x, generator)
         loss = loss_fn(model(x), y)
         optimiser.zero_grad()
@@ -254,6 +266,7 @@ def train_brainmask(options: BrainMaskTrainOptions, log=print) -> Path:
                         "cases": len(paths), "samples": len(images), "train_seeds": seeds,
                         "validation_seeds": val_seeds, "input": "one contrast, 64^3 cube of 4 mm around the head"},
         "training": {"steps": step, "seconds": round(seconds, 1), "batch_size": options.batch_size,
+                     "crop": options.crop,
                      "lr": options.lr, "threads": options.threads, "final_loss": round(float(np.mean(losses[-50:])), 4)},
         "metrics": metrics,
     }
