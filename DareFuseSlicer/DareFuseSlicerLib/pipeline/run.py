@@ -24,9 +24,11 @@ from .postprocess import PostprocessConfig, config_for_card, gate_closes, postpr
 from .validate import brain_plausibility, check_images, check_outputs
 
 #: Share of the run's progress bar per stage: measured stage times of `darefuse demo` (BraTS-size sample
-#: case, one window, 2 CPU threads), rounded.
+#: case, one window, 2 CPU threads), rounded. The front end's two stages (whole-head input only) in the same
+#: units, from their times against preprocess's in one clinical run (benchmarks/bench_segment.py --clinical,
+#: case DareFuse-005001: brain mask 2.9 s, registration 26.6 s, preprocess 3.9 s).
 STAGE_WEIGHTS = {
-    "validate": 0.01, "brain_mask": 0.08, "registration": 0.40, "preprocess": 0.38, "network": 0.22, "segmentation": 0.12, "uncertainty": 0.02,
+    "validate": 0.01, "brain_mask": 0.29, "registration": 2.6, "preprocess": 0.38, "network": 0.22, "segmentation": 0.12, "uncertainty": 0.02,
     "prior": 0.10, "gradcam": 0.15,
 }
 
