@@ -123,11 +123,13 @@ def main(argv=None) -> Path:
     _show(axes[2, 1], flair, spacing, "ground truth (data engine)", overlay=colours[np.clip(truth_slice, 0, 3)])
     for ax in axes[2, 2:]:
         ax.set_axis_off()
-    axes[2, 2].text(0.0, 0.5, "NETC red, SNFH green, ET yellow\nbrain mask outline cyan\naxial, radiological "
-                    "convention\n" + ("LOW CONFIDENCE: " + "; ".join(result.warnings) if result.low_confidence else ""),
-                    fontsize=8, va="center", wrap=True)
+    axes[2, 2].text(0.0, 0.5, "NETC red, SNFH green, ET yellow\nbrain mask outline cyan\n"
+                    "axial, radiological convention", fontsize=8, va="center")
+    if result.low_confidence:
+        axes[2, 3].text(0.0, 0.5, "LOW CONFIDENCE\n(see report.json's warnings)", fontsize=8, va="center",
+                        color="darkred")
     figure.suptitle(f"{case_id}: a raw whole-head study through the front end and the bundled model", fontsize=10)
-    figure.tight_layout()
+    figure.subplots_adjust(left=0.02, right=0.98, top=0.92, bottom=0.02, wspace=0.08, hspace=0.3)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(str(args.out), dpi=90)
     print(f"wrote {args.out}; brain-mask Dice {dice:.4f}; Dice WT/TC/ET {wt:.3f}/{tc:.3f}/{et:.3f}; "
