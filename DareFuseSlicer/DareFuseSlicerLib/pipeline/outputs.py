@@ -25,11 +25,13 @@ from ..errors import OptionError
 from ..progress import CancelFn, check_cancel
 
 PathLike = Union[str, Path]
+#: Written for whole-head (raw) studies only: the brain mask, and with save_registered the co-registered contrasts.
+FRONT_END_FILES = ("brain_mask.nii.gz",) + tuple(f"registered_{contrast}.nii.gz" for contrast in CONTRASTS)
 #: Every file a run may write; any of them in a folder means the folder "already holds results".
 RESULT_FILES = (
     "segmentation.nii.gz", "segmentation.seg.nrrd", "uncertainty.nii.gz", "difference_prior.nii.gz",
-    "tumour_free.nii.gz", "gradcam.nii.gz", "report.json", "scene.mrb", "overview.png", "brain_mask.nii.gz",
-) + tuple(f"registered_{contrast}.nii.gz" for contrast in CONTRASTS)
+    "tumour_free.nii.gz", "gradcam.nii.gz", "report.json", "scene.mrb", "overview.png",
+) + FRONT_END_FILES
 #: Writes a file into the staging folder and returns the names it wrote (e.g. the .seg.nrrd and scene.mrb).
 ExtraWriter = Callable[[Path], Iterable[str]]
 #: Writing is gzip-bound and SimpleITK releases the GIL while it compresses, so the files are written in
