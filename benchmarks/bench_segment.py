@@ -1,6 +1,7 @@
 """Issue 5: the whole `darefuse segment` run against a plain MONAI SegResNet segmentation, same case, same threads.
 
     .venv/bin/python benchmarks/bench_segment.py --runs 3 [--scales 0.5 1 1.5] [--only darefuse] [--json out.json]
+    .venv/bin/python benchmarks/bench_segment.py --runs 3 --clinical T1 T1CE T2 FLAIR   # a raw whole-head study
 
 Each run is its own process, so its peak resident memory (ru_maxrss) is its own. The case is the bundled
 BraTS-grid sample; the scaled versions resample it to 0.5x and 1.5x the voxel count (same field of view).
@@ -100,7 +101,9 @@ def segresnet(case: dict, threads: int, folder: Path) -> dict:
     command = [sys.executable, str(ROOT / "benchmarks" / "segresnet_plain.py"), "--out", str(folder / "sr.nii.gz"),
                "--threads", str(threads)]
     for key in CONTRAST_KEYS:
-        command += [f"--{key}", case[key]]
+        # A whole-head study's contrasts have grids of their own: SegResNet gets the reference (T1) four times,
+        # the same voxel count as the outputs of DareFuse's run.
+        command += [f"--{key}", case["t1"] if case.get("clinical") else case[key]]
     wall, stdout, cpu = run_child(command)
     timings = json.loads(stdout.strip().splitlines()[-1])
     timings["wall"] = wall
@@ -130,6 +133,9 @@ def main() -> None:
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0])
     parser.add_argument("--json", type=Path)
     parser.add_argument("--only", choices=("darefuse", "segresnet"), help="run one side only (n/a for the other)")
+    parser.add_argument("--clinical", nargs=4, metavar=("T1", "T1CE", "T2", "FLAIR"),
+                        help="a raw whole-head study instead of the sample (each contrast on its own grid; the "
+                             "front end runs; SegResNet gets the T1's voxel count, four channels); --scales 1 only")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
 
@@ -140,6 +146,8 @@ def main() -> None:
         paths = {k: sample_case_paths()[BRATS_SUFFIX[k]] for k in CONTRAST_KEYS}
         for scale in args.scales:
             case = scaled_case(paths, scale, folder)
+            if args.clinical:
+                case = {**dict(zip(CONTRAST_KEYS, args.clinical)), "clinical": True}
             row = {"voxels": sitk.ReadImage(case["t1"]).GetNumberOfPixels(), "runs": args.runs}
             for name, measure in (("darefuse", ours), ("segresnet", segresnet)):
                 if args.only in (None, name):

@@ -126,7 +126,7 @@ def segment_case(paths: Dict[str, Optional[str]], output_dir, overwrite: bool = 
                  cancel: Optional[CancelFn] = None, logic=None, threads: Optional[int] = None,
                  class_gate: bool = True, labels: Optional[Dict[str, str]] = None, series: Sequence[str] = (),
                  dicom: Optional[str] = None, output_format: str = "nifti",
-                 extra_writers: Sequence[ExtraWriter] = ()) -> dict:
+                 extra_writers: Sequence[ExtraWriter] = (), save_registered: bool = False) -> dict:
     """Segment one case from files or DICOM folders into `output_dir`; returns the report written as report.json.
 
     `logic` is a DareFuseLogic to reuse (its model stays loaded between cases); a new one when None.
@@ -135,6 +135,7 @@ def segment_case(paths: Dict[str, Optional[str]], output_dir, overwrite: bool = 
     `series`, `dicom`: DICOM series UIDs picked by the user, a study folder to assign by descriptions
     (check_inputs). `output_format`: "nifti" (NIfTI layers, .seg.nrrd, scene.mrb), "dicom" (DICOM SEG and
     Parametric Maps) or "both"; report.json and overview.png always. `extra_writers`: further results.
+    `save_registered`: also write the contrasts co-registered onto the reference grid (whole-head input).
     Raises InputError for bad inputs, Cancelled when cancelled; either way nothing is written.
     """
     inputs = check_inputs(paths, labels, series, dicom)
@@ -166,7 +167,7 @@ def segment_case(paths: Dict[str, Optional[str]], output_dir, overwrite: bool = 
             progress(1.0, "writing the results")
         write_outputs(result, target, overwrite=overwrite, model_info=processed.report.get("model"),
                       extra_writers=_writers(processed, scene, inputs, output_format) + list(extra_writers),
-                      cancel=cancel, nifti=output_format != "dicom",
+                      cancel=cancel, nifti=output_format != "dicom", save_registered=save_registered,
                       report_extra={"dicom_study": {"folder": str(Path(dicom).absolute()),
                                                     "series": inputs.assignment}} if dicom else None)
         return json.loads((target / "report.json").read_text())

@@ -285,6 +285,8 @@ class DareFuseLogic:
             for contrast, image in (getattr(result, "tumour_free", None) or {}).items():
                 built[f"tumour_free_{contrast}"] = volumes.image_to_volume_node(
                     image, f"{base} tumour-free {CONTRAST_NAMES.get(contrast, contrast)}")
+        if getattr(result, "brain_mask", None) is not None:  # whole-head input: the front end's brain mask
+            built["brain_mask"] = volumes.image_to_volume_node(result.brain_mask, f"{base} brain mask")
         if "gradcam" in wanted:
             if getattr(result, "gradcam", None) is None:
                 missing("Grad-CAM++ map")

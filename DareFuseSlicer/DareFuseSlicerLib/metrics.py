@@ -17,3 +17,10 @@ def region_dice(label: np.ndarray, truth: np.ndarray, empty: Optional[float] = 1
         p, t = np.isin(label, labels), np.isin(truth, labels)
         dice.append(empty if not p.any() and not t.any() else 2.0 * (p & t).sum() / (p.sum() + t.sum()))
     return dice
+
+
+def mask_dice(mask: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two binary masks (1.0 when both are empty), e.g. a brain mask against the engine's."""
+    p, t = np.asarray(mask) > 0, np.asarray(truth) > 0
+    total = int(p.sum()) + int(t.sum())
+    return 1.0 if total == 0 else 2.0 * float(np.count_nonzero(p & t)) / total

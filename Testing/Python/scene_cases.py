@@ -98,6 +98,9 @@ class DrawnResult:
     display_image: Optional[sitk.Image] = None
     settings: dict = field(default_factory=dict)
     gradcam_class: str = ""
+    brain_mask: Optional[sitk.Image] = None
+    registered: Dict[str, sitk.Image] = field(default_factory=dict)
+    front_end: dict = field(default_factory=dict)
 
 
 def drawn_pipeline(images, model, outputs=("segmentation", "uncertainty", "prior", "gradcam"), device="cpu",

@@ -159,7 +159,7 @@ def test_usage_errors(files, tmp_path, capsys):
 def test_segment_writes_every_result_and_never_overwrites(files, tmp_path, capsys):
     out = tmp_path / "case"
     assert segment(files, out, t1=files["t1"], flair=files["flair"]) == 0
-    assert sorted(os.listdir(out)) == sorted(NIFTI_RESULT_FILES)
+    assert sorted(os.listdir(out)) == sorted(NIFTI_RESULT_FILES)  # skull-stripped input: no front-end files
     t1 = sitk.ReadImage(files["t1"])
     seg = sitk.ReadImage(str(out / "segmentation.seg.nrrd"))
     assert same_grid(sitk.ReadImage(str(out / "segmentation.nii.gz")), t1)

@@ -115,13 +115,14 @@ def test_tuning_turns_the_class_rule_on_only_where_it_raises_the_accuracy():
 @pytest.mark.slow
 def test_report_on_a_tiny_folder(tmp_path):
     folder = make_folder(tmp_path / "held-out", n_cases=4, seed=11)
+    tune = make_folder(tmp_path / "val", n_cases=2, seed=31)  # never the held-out folder (frontend_eval)
     torch.manual_seed(0)
     net_path = tmp_path / "m" / "darefuse.safetensors"
     save_model(DareFuseNet(NetConfig()), net_path, {"training_command": "test", "seed": 0})
     base_path = tmp_path / "m" / "segresnet.safetensors"
     save_model(SegResNetBaseline(), base_path, {"training_command": "test", "seed": 0})
     json_path, md_path = run_evaluation(folder, [f"darefuse={net_path}", f"baseline={base_path}"], tmp_path / "report",
-                                        tune=folder, log=lambda *_: None, record=True)
+                                        tune=tune, log=lambda *_: None, record=True)
     report = json.loads(json_path.read_text())
     assert report["data"]["cases"] == 4
     dare, base = report["models"]["darefuse"], report["models"]["baseline"]
@@ -142,8 +143,8 @@ def test_report_on_a_tiny_folder(tmp_path):
     card = json.loads((tmp_path / "m" / "darefuse.card.json").read_text())
     assert card["metrics"]["held_out"]["post"] == dare["post"]
     # The tuned thresholds go into the card, and the pipeline then uses them with this model.
-    assert card["postprocess"]["config"] == dare["postprocess"]["config"] and card["postprocess"]["tuned_on"] == str(folder)
-    assert config_for_card(load_model(net_path).card) == (PostprocessConfig(**dare["postprocess"]["config"]), f"tuned on {folder}")
+    assert card["postprocess"]["config"] == dare["postprocess"]["config"] and card["postprocess"]["tuned_on"] == str(tune)
+    assert config_for_card(load_model(net_path).card) == (PostprocessConfig(**dare["postprocess"]["config"]), f"tuned on {tune}")
     text = md_path.read_text()
     assert "| darefuse | none |" in text and "| baseline |" in text and "HD95" in text
 
@@ -174,7 +175,8 @@ def test_only_the_given_contrasts_reach_the_network(tmp_path, monkeypatch):
         return forward(self, x, present, use_prior)
 
     monkeypatch.setattr(DareFuseNet, "forward", recording)
-    json_path, md_path = run_evaluation(folder, [f"darefuse={path}"], tmp_path / "report", tune=folder,
+    tune = make_folder(tmp_path / "val", n_cases=1, seed=32)
+    json_path, md_path = run_evaluation(folder, [f"darefuse={path}"], tmp_path / "report", tune=tune,
                                         log=lambda *_: None, contrasts=("t2", "flair"))
     assert seen and all(row.tolist() == [0.0, 0.0, 1.0, 1.0] for batch in seen for row in batch)
     assert json.loads(json_path.read_text())["data"]["contrasts"] == ["t2", "flair"]

@@ -53,7 +53,7 @@ def _segment(args, extra_writers=()) -> int:
                           model_path=args.model, outputs=_outputs(args), progress=ConsoleProgress(quiet=args.quiet),
                           threads=args.threads, class_gate=not args.no_class_gate, labels=flag_labels(paths, dicom),
                           series=getattr(args, "series", None) or (), dicom=dicom, output_format=args.output_format,
-                          extra_writers=extra_writers)
+                          extra_writers=extra_writers, save_registered=getattr(args, "save_registered", False))
     for line in report.get("dicom_study", {}).get("series", []):
         print(f"darefuse: DICOM series {line}", file=sys.stderr)
     for warning in report["warnings"]:
@@ -219,7 +219,8 @@ def register(subparsers) -> None:
                     "the first given of T1ce, T2, FLAIR): segmentation.nii.gz / .seg.nrrd, uncertainty.nii.gz, "
                     "difference_prior.nii.gz, tumour_free.nii.gz, gradcam.nii.gz, report.json, scene.mrb, "
                     "overview.png (and with --output-format dicom or both: segmentation.dcm, uncertainty.dcm, "
-                    "gradcam.dcm). All files appear together when complete, or none.")
+                    "gradcam.dcm); for whole-head (not skull-stripped) input also brain_mask.nii.gz. All files "
+                    "appear together when complete, or none.")
     for contrast in CONTRASTS:
         segment.add_argument(f"--{contrast}", metavar="FILE|DIR",
                              help=f"{contrast_name(contrast)} volume: an image file, or a folder of DICOM slices")
@@ -229,6 +230,9 @@ def register(subparsers) -> None:
                          help="a DICOM study folder: its series are assigned to the contrasts not given otherwise, "
                               "by their descriptions (SeriesDescription, ProtocolName); the choice is reported")
     segment.add_argument("--output-dir", required=True, help="folder for the results")
+    segment.add_argument("--save-registered", action="store_true",
+                         help="whole-head input: also write each contrast co-registered onto the reference grid "
+                              "(registered_<contrast>.nii.gz)")
     _common(segment)
     segment.set_defaults(handler=_segment)
 

@@ -43,6 +43,24 @@ def register(subparsers) -> None:
     train.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     train.set_defaults(handler=_train)
 
+    mask = subparsers.add_parser(
+        "train-brainmask",
+        help="train the brain-mask network on the data engine's whole-head (clinical) cases",
+        description="Every contrast of every clinical case is a sample (randomised contrast and pose); writes "
+        "OUT/brainmask.safetensors and its card (validation Dice per reference contrast).",
+    )
+    mask.add_argument("--data", required=True, action="append", help="clinical training folder (repeatable)")
+    mask.add_argument("--val", help="clinical validation folder, scored at the end")
+    mask.add_argument("--out", required=True, help="run folder")
+    mask.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget for the training steps")
+    mask.add_argument("--seed", type=int, default=0)
+    mask.add_argument("--batch-size", type=int, default=2)
+    mask.add_argument("--lr", type=float, default=2e-3)
+    mask.add_argument("--threads", type=int, default=2)
+    mask.add_argument("--crop", type=int, default=48, help="training window inside the 64^3 cube (0: the whole cube)")
+    mask.add_argument("--cache", help="sample cache folder (default: the first DATA/.brainmask-cache)")
+    mask.set_defaults(handler=_train_brainmask)
+
     evaluate = subparsers.add_parser(
         "evaluate",
         help="score models on held-out engine cases at the BraTS grid (JSON + markdown report)",
@@ -78,6 +96,21 @@ def _train(args: argparse.Namespace) -> int:
     path = train(options)
     if path is not None:
         print(f"model: {path}")
+    return 0
+
+
+def _train_brainmask(args: argparse.Namespace) -> int:
+    import shlex
+    import sys
+
+    from ..training.brainmask import BrainMaskTrainOptions, train_brainmask
+
+    options = BrainMaskTrainOptions(
+        data=args.data, val=args.val, out=args.out, minutes=args.minutes, seed=args.seed, batch_size=args.batch_size,
+        lr=args.lr, threads=args.threads, cache=args.cache, crop=args.crop,
+        command="darefuse " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    )
+    print(f"model: {train_brainmask(options, log=lambda line: print(line, flush=True))}")
     return 0
 
 

@@ -40,9 +40,11 @@ def _builders() -> Dict[str, Tuple[Callable[[dict], nn.Module], Callable[[nn.Mod
     """Architecture name -> (build from config dict, config dict of a model). The baseline lives in
     training/baseline.py; imported lazily so that inference needs nothing from training."""
     from ..training.baseline import BaselineConfig, SegResNetBaseline
+    from .brainmask_net import BrainMaskConfig, BrainMaskNet
 
     return {
         "DareFuseNet": (lambda c: DareFuseNet(NetConfig.from_dict(c)), lambda m: m.config.to_dict()),
+        "BrainMaskNet": (lambda c: BrainMaskNet(BrainMaskConfig.from_dict(c)), lambda m: m.config.to_dict()),
         "SegResNetBaseline": (lambda c: SegResNetBaseline(BaselineConfig.from_dict(c)), lambda m: m.config.to_dict()),
     }
 

@@ -20,21 +20,22 @@ import numpy as np
 import SimpleITK as sitk
 
 from .. import __version__
-from ..constants import LABEL_COLOURS, LABELS
+from ..constants import CONTRASTS, LABEL_COLOURS, LABELS
 from ..dicom.export import MAP_FILES, SEG_FILE
 from ..dicom.synthetic import SAMPLE_STUDY_DIR
 from ..errors import OptionError
 from ..progress import CancelFn, check_cancel
 
 PathLike = Union[str, Path]
-#: Every file a run may write; any of them in a folder means the folder "already holds results".
+#: Written for whole-head (raw) studies only: the brain mask, and with save_registered the co-registered contrasts.
+FRONT_END_FILES = ("brain_mask.nii.gz",) + tuple(f"registered_{contrast}.nii.gz" for contrast in CONTRASTS)
 #: What a run with every layer writes in the default format (nifti), and what the DICOM format adds.
 NIFTI_RESULT_FILES = (
     "segmentation.nii.gz", "segmentation.seg.nrrd", "uncertainty.nii.gz", "difference_prior.nii.gz",
     "tumour_free.nii.gz", "gradcam.nii.gz", "report.json", "scene.mrb", "overview.png",
 )
 DICOM_RESULT_FILES = (SEG_FILE, *MAP_FILES.values())
-RESULT_FILES = NIFTI_RESULT_FILES + DICOM_RESULT_FILES + (SAMPLE_STUDY_DIR,)
+RESULT_FILES = NIFTI_RESULT_FILES + FRONT_END_FILES + DICOM_RESULT_FILES + (SAMPLE_STUDY_DIR,)
 #: What a run writes besides report.json and overview.png: today's NIfTI layers and Slicer files, the DICOM
 #: objects (SEG, Parametric Maps), or both.
 OUTPUT_FORMATS = ("nifti", "dicom", "both")
@@ -82,7 +83,7 @@ def describe_model(model) -> Dict[str, Optional[str]]:
     }
 
 
-def _image_layers(result) -> List[Tuple[str, Callable[[], sitk.Image]]]:
+def _image_layers(result, save_registered: bool = False) -> List[Tuple[str, Callable[[], sitk.Image]]]:
     """(file name, function making the image) per NIfTI layer: the 4-D reconstruction is assembled only when
     its turn to be written comes, so that it does not sit in memory while the other files are written."""
     layers: List[Tuple[str, Callable[[], sitk.Image]]] = []
@@ -96,6 +97,12 @@ def _image_layers(result) -> List[Tuple[str, Callable[[], sitk.Image]]]:
     if result.tumour_free:
         # One 4-D file over the given contrasts; their order is in report.json ("tumour_free_contrasts").
         layers.append(("tumour_free.nii.gz", lambda: sitk.JoinSeries(list(result.tumour_free.values()))))
+    brain_mask = getattr(result, "brain_mask", None)
+    if brain_mask is not None:
+        layers.append(("brain_mask.nii.gz", lambda: sitk.Cast(brain_mask, sitk.sitkUInt8)))
+    if save_registered:  # the contrasts co-registered onto the reference grid (whole-head input)
+        for contrast, image in (getattr(result, "registered", None) or {}).items():
+            layers.append((f"registered_{contrast}.nii.gz", lambda image=image: image))
     return layers
 
 
@@ -111,6 +118,7 @@ def build_report(result, model_info: Optional[dict], files: Sequence[str]) -> di
         "reference": result.inputs.get("reference"),
         "inputs": result.inputs,
         "tumour_free_contrasts": list(result.tumour_free),
+        "front_end": getattr(result, "front_end", None) or {"input_kind": "preprocessed"},
         "warnings": result.warnings,
         "timings_s": result.timings,
         "model": model_info or {},
@@ -175,7 +183,8 @@ def _move_into_place(staging: Path, target: Path, overwrite: bool, written: Sequ
 
 def write_outputs(result, output_dir: PathLike, overwrite: bool = False, model_info: Optional[dict] = None,
                   extra_writers: Sequence[ExtraWriter] = (), cancel: Optional[CancelFn] = None,
-                  overview: bool = True, nifti: bool = True, report_extra: Optional[dict] = None) -> Dict[str, Path]:
+                  overview: bool = True, nifti: bool = True, report_extra: Optional[dict] = None,
+                  save_registered: bool = False) -> Dict[str, Path]:
     """Write a PipelineResult into `output_dir`, all or nothing (see the module docstring).
 
     extra_writers(staging_folder) write further files (the .seg.nrrd and scene.mrb of the Slicer side, DICOM
@@ -196,7 +205,7 @@ def write_outputs(result, output_dir: PathLike, overwrite: bool = False, model_i
 
         # The slow writers first, so the pool's threads finish together.
         tasks = [lambda w=writer: w(staging) for writer in extra_writers]
-        tasks += [write_nifti(name, make) for name, make in (_image_layers(result) if nifti else [])]
+        tasks += [write_nifti(name, make) for name, make in (_image_layers(result, save_registered) if nifti else [])]
         if overview:
             tasks.append(lambda: (render_overview(result, staging / "overview.png"), ["overview.png"])[1])
         with ThreadPoolExecutor(WRITER_THREADS) as pool:

@@ -45,7 +45,8 @@ def _background_value(array: np.ndarray) -> float:
     return float(np.median(faces))
 
 
-def _foreground(array: np.ndarray) -> np.ndarray:
+def differs_from_background(array: np.ndarray) -> np.ndarray:
+    """Voxels that differ from the background value (the brain, in a skull-stripped image)."""
     background = _background_value(array)
     low, high = np.percentile(array, [0.5, 99.5])  # one partial sort for both
     spread = float(high - low)
@@ -129,8 +130,12 @@ def down_sample(image: sitk.Image, grid: sitk.Image, spacing_mm: float) -> sitk.
     return resample(_anti_alias(_around(image, grid, KERNEL_WIDTH // 2 + 2), spacing_mm), grid)
 
 
-def prepare(images: Dict[str, Optional[sitk.Image]], spacing_mm: float = 2.0) -> Prepared:
-    """Resample, crop, down-sample and normalise the given contrasts (see the module docstring)."""
+def prepare(images: Dict[str, Optional[sitk.Image]], spacing_mm: float = 2.0,
+            brain_mask: Optional[sitk.Image] = None) -> Prepared:
+    """Resample, crop, down-sample and normalise the given contrasts (see the module docstring).
+
+    brain_mask: the brain on the reference grid (the front end's, for whole-head studies); without it the
+    brain is the voxels that differ from the background value in any contrast (skull-stripped input)."""
     unknown = set(images) - set(CONTRASTS)
     if unknown:
         raise InputError(f"Unknown contrast name(s) {sorted(unknown)}; expected some of {list(CONTRASTS)}.")
@@ -150,8 +155,11 @@ def prepare(images: Dict[str, Optional[sitk.Image]], spacing_mm: float = 2.0) ->
         else:
             on_reference = resample(sitk.Cast(image, sitk.sitkFloat32), reference)
         resampled[name] = on_reference
-        fg = _foreground(sitk.GetArrayViewFromImage(on_reference))
-        mask = fg if mask is None else (mask | fg)
+        if brain_mask is None:
+            fg = differs_from_background(sitk.GetArrayViewFromImage(on_reference))
+            mask = fg if mask is None else (mask | fg)
+    if brain_mask is not None:
+        mask = sitk.GetArrayFromImage(brain_mask) > 0
 
     foreground_reference = sitk.GetImageFromArray(mask.astype(np.uint8))
     foreground_reference.CopyInformation(reference)

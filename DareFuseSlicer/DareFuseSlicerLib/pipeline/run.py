@@ -16,17 +16,19 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..constants import CLASSES, CONTRASTS, OUTPUTS, display_contrast
+from ..constants import CLASSES, CONTRASTS, OUTPUTS, contrast_name, display_contrast
 from ..progress import CancelFn, ProgressFn, check_cancel
-from . import preprocess
+from . import frontend, preprocess
 from .inference import WindowPlan, WindowPredictor, infer, resolve_device
 from .postprocess import PostprocessConfig, config_for_card, gate_closes, postprocess, reported_class, volumes_ml
 from .validate import brain_plausibility, check_images, check_outputs
 
 #: Share of the run's progress bar per stage: measured stage times of `darefuse demo` (BraTS-size sample
-#: case, one window, 2 CPU threads), rounded.
+#: case, one window, 2 CPU threads), rounded. The front end's two stages (whole-head input only) in the same
+#: units, from their times against preprocess's in one clinical run (benchmarks/bench_segment.py --clinical,
+#: case DareFuse-005001: brain mask 2.9 s, registration 26.6 s, preprocess 3.9 s).
 STAGE_WEIGHTS = {
-    "validate": 0.01, "preprocess": 0.38, "network": 0.22, "segmentation": 0.12, "uncertainty": 0.02,
+    "validate": 0.01, "brain_mask": 0.29, "registration": 2.6, "preprocess": 0.38, "network": 0.22, "segmentation": 0.12, "uncertainty": 0.02,
     "prior": 0.10, "gradcam": 0.15,
 }
 
@@ -50,6 +52,9 @@ class PipelineResult:
     display_image: Optional[sitk.Image] = None  # the contrast shown beneath overlays, on the reference grid
     settings: dict = field(default_factory=dict)  # spacing, windows, device, post-processing thresholds
     gradcam_class: str = ""  # the class the Grad-CAM++ map explains: the class head's decision
+    brain_mask: Optional[sitk.Image] = None  # uint8 on the reference grid: the front end's (whole-head input)
+    registered: Dict[str, sitk.Image] = field(default_factory=dict)  # co-registered contrasts (whole-head input)
+    front_end: dict = field(default_factory=dict)  # input kind, brain-mask volume, registrations (report.json)
 
     @property
     def reference(self) -> str:
@@ -60,12 +65,20 @@ class _Stages:
     """Times the stages, maps each stage's own 0..1 progress onto the run's, checks cancel between stages."""
 
     def __init__(self, names: Iterable[str], progress: Optional[ProgressFn], cancel: Optional[CancelFn]):
-        names = list(names)
-        total = sum(STAGE_WEIGHTS[n] for n in names)
-        self.share = {n: STAGE_WEIGHTS[n] / total for n in names}
+        self.names = list(names)
+        self._share()
         self.progress, self.cancel = progress, cancel
         self.timings: Dict[str, float] = {}
         self.done = 0.0
+
+    def _share(self) -> None:
+        total = sum(STAGE_WEIGHTS[n] for n in self.names)
+        self.share = {n: STAGE_WEIGHTS[n] / total for n in self.names}
+
+    def add(self, names: Iterable[str]) -> None:
+        """Stages known only once the input is seen (the front end's, for whole-head studies)."""
+        self.names += list(names)
+        self._share()
 
     def check_cancel(self) -> None:
         check_cancel(self.cancel)
@@ -85,6 +98,10 @@ class _Stages:
         yield self.report(name)
         self.timings[name] = round(time.perf_counter() - start, 3)
         self.done += self.share[name]
+
+
+def _labels(images: Dict[str, sitk.Image], labels: Optional[Dict[str, str]]) -> Dict[str, str]:
+    return {name: (labels or {}).get(name, contrast_name(name)) for name in images}
 
 
 def _describe_inputs(images: Dict[str, sitk.Image], reference: str) -> Dict[str, dict]:
@@ -178,7 +195,7 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
         device: str = "cpu", progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
         spacing_mm: float = 2.0, postprocess_config: Optional[PostprocessConfig] = None,
         plan: Optional[WindowPlan] = None, labels: Optional[Dict[str, str]] = None,
-        class_gate: bool = True) -> PipelineResult:
+        class_gate: bool = True, brainmask_model: Optional[torch.nn.Module] = None) -> PipelineResult:
     """Segment, measure and explain one case.
 
     images: contrast name -> image or None (any non-empty subset of constants.CONTRASTS, any grids).
@@ -188,9 +205,11 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
     sliding windows. labels: how to name each input in messages (e.g. a file name); defaults to "T1", ...
     postprocess_config: None uses the thresholds in the model's card (tuned on validation data), else defaults.
     class_gate: False keeps the segmentation even when the class gate of those settings would clear it.
+    brainmask_model: the brain-mask network for whole-head studies (default: the bundled one, loaded when needed).
     Raises InputError for unusable inputs (validate.py lists them), Cancelled when cancelled.
 
-    The stages, each a function from one value to the next: settings -> checked images -> Prepared ->
+    The stages, each a function from one value to the next: settings -> checked images -> (whole-head studies:
+    brain mask -> registered contrasts, pipeline/frontend.py) -> Prepared ->
     NetworkPass -> Segmentation, then the optional layers (uncertainty, prior, Grad-CAM++) -> PipelineResult.
     """
     settings = run_settings(model, outputs, device, postprocess_config, class_gate)
@@ -201,8 +220,14 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
 
     with stages.stage("validate", "checking the inputs"):
         checked, warnings = check_images(images, labels)
+        kind = frontend.study_kind(checked, _labels(checked, labels))
+    if kind == "raw":
+        stages.add(["brain_mask", "registration"])
+    front = frontend.run_front_end(checked, _labels(checked, labels), brainmask_model, stage=stages.stage,
+                                   cancel=cancel, kind=kind)
+    warnings += front.warnings
     with stages.stage("preprocess", "resampling and normalising"):
-        prep = preprocess.prepare(checked, spacing_mm=spacing_mm)
+        prep = preprocess.prepare(front.images, spacing_mm=spacing_mm, brain_mask=front.brain_mask)
         inputs = _describe_inputs(checked, prep.reference_name)
         del checked  # prep.resampled holds what is needed from here on
     model = model.to(settings.torch_device).eval()
@@ -220,6 +245,10 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
     doubts = plausibility(grid, prep, mean_uncertainty)
     if doubts:
         warnings.append("Low confidence: this may not be a brain MR image (" + "; ".join(doubts) + ").")
+    front_doubts = front.doubts + [f"{contrast_name(n)} was left out" for n, r in front.registrations.items()
+                                   if not r.accepted]
+    if front_doubts:
+        warnings.append("Low confidence: the whole-head front end is in doubt (" + "; ".join(front_doubts) + ").")
     display = display_contrast(prep.resampled)
     stages.timings["total"] = round(time.perf_counter() - started, 3)
     if progress is not None:
@@ -230,9 +259,11 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
         predicted_class=CLASSES[segmentation.predicted_index], gradcam_class=CLASSES[network.head_index],
         class_probabilities={c: round(float(p), 6) for c, p in zip(CLASSES, network.class_probabilities)},
         volumes_ml={k: round(v, 4) for k, v in segmentation.volumes_ml.items()},
-        warnings=warnings, timings=stages.timings, inputs=inputs, low_confidence=bool(doubts),
+        warnings=warnings, timings=stages.timings, inputs=inputs, low_confidence=bool(doubts or front_doubts),
         display_image=prep.resampled[display],
         settings=_settings_report(settings, spacing_mm, network, display, mean_uncertainty),
+        brain_mask=front.brain_mask, front_end=front.report(),
+        registered={n: prep.resampled[n] for n, r in front.registrations.items() if r.accepted},
     )
 
 

@@ -33,6 +33,8 @@ DISPLAY = {
     # The difference prior is in z-score units with no fixed top: window to its robust range.
     "difference_prior": (COLOUR_IDS["difference_prior"], None, 0.1),
     "tumour_free": (COLOUR_IDS["tumour_free"], None, 0.0),
+    # The front end's brain mask (0/1, whole-head input): grey, its inside only.
+    "brain_mask": (COLOUR_IDS["tumour_free"], (0.0, 1.0), 0.5),
 }
 #: Which map goes over the image in the slice views, first present wins.
 FOREGROUND_PREFERENCE = ("uncertainty", "gradcam", "difference_prior")

@@ -28,9 +28,10 @@ from monai.metrics import compute_dice, compute_hausdorff_distance
 from ..constants import BRATS_SUFFIX, CLASSES, CONTRASTS, REGIONS, reference_contrast
 from ..errors import InputError, OptionError
 from ..metrics import region_dice
-from ..pipeline import preprocess
+from ..pipeline import frontend, preprocess
 from ..pipeline.postprocess import (CARD_KEY, PostprocessConfig, config_for_card, gate_closes, postprocess,
                                     reported_class)
+from . import frontend_eval
 from .dataset import read_rows
 
 #: BraTS convention for HD95 when exactly one of prediction and truth is empty (the image diagonal, mm).
@@ -63,6 +64,7 @@ class Case:
     spacing: Tuple[float, float, float]  # (z, y, x) mm
     prep: preprocess.Prepared
     truth_low: np.ndarray
+    front: object = None  # pipeline.frontend.FrontEnd: what the front end did (brain mask, registrations)
 
 
 def parse_contrasts(text) -> Tuple[str, ...]:
@@ -90,11 +92,11 @@ def load_case(folder: Path, row: dict, contrasts: Sequence[str] = CONTRASTS) -> 
         raise InputError(f"Case {row['case_id']}: its {reference} image (the reference for contrasts "
                          f"{', '.join(c for c in CONTRASTS if images[c] is not None)}) is not on the segmentation's grid; "
                          "evaluate on BraTS-grid cases (phantoms made on the grid 'brats') or give a T1.")
-    prep = preprocess.prepare(images)
+    prep, front = frontend.prepare_study(images)  # whole-head cases: brain mask and registration first
     return Case(
         case_id=row["case_id"], tumour_class=row["tumour_class"], images=images,
         truth=sitk.GetArrayFromImage(seg).astype(np.uint8), spacing=tuple(seg.GetSpacing()[::-1]), prep=prep,
-        truth_low=preprocess.resample_label_to_grid(seg, prep),
+        truth_low=preprocess.resample_label_to_grid(seg, prep), front=front,
     )
 
 
@@ -416,6 +418,8 @@ def run_evaluation(data, models: Sequence[str], out, tune: Optional[str] = None,
     folder = Path(data)
     rows = read_rows(folder)[: max_cases or None]
     loaded = [(name, path, load_model(path, device or "cpu")) for name, path in _parse_models(models)]
+    frontend_eval.check_held_out(rows, {name: model.card for name, _, model in loaded})
+    frontend_eval.check_tuning_folder(folder, Path(tune) if tune else None, rows, read_rows(tune) if tune else [])
     started = time.perf_counter()
     log(f"evaluate: {len(rows)} cases of {folder}, {len(loaded)} model(s), contrasts {', '.join(contrasts)}")
     configs = choose_postprocessing(loaded, tune, contrasts, log)
@@ -466,10 +470,12 @@ def score_models(loaded: List[LoadedModel], configs: Dict[str, ChosenPostprocess
                  contrasts: Sequence[str], log) -> Dict[str, dict]:
     """Every model's report on the held-out cases (loaded one at a time), with its model and post-processing."""
     scorers = {name: ModelScores(model, configs[name][0], hasattr(model, "generator")) for name, _, model in loaded}
+    front_scores = []
     for i, row in enumerate(rows):
         case = load_case(folder, row, contrasts)
         for scorer in scorers.values():
             scorer.add(case)
+        front_scores.append(frontend_eval.case_scores(folder, row, case.front, case.truth))
         del case
         log(f"case {i + 1}/{len(rows)} {row['case_id']}")
     results = {}
@@ -481,6 +487,9 @@ def score_models(loaded: List[LoadedModel], configs: Dict[str, ChosenPostprocess
         report["postprocess"] = {"config": configs[name][0].as_dict(), "tuned_on": configs[name][2],
                                  "tuning_mean_dice": configs[name][1]}
         results[name] = report
+        front = frontend_eval.summary(front_scores)
+        if front is not None:  # the front end's scores do not depend on the model; each row shows them
+            report["front_end"] = {**front, "per_case": [c for c in front_scores if c is not None]}
         log(f"{name}: post Dice WT/TC/ET " + "/".join(f"{report['post'][r]['dice']:.3f}" for r in REGIONS))
     return results
 
@@ -566,4 +575,17 @@ def markdown_report(summary: dict) -> str:
               "FP: tumour volume predicted on tumour-free cases after post-processing without the class gate; "
               "without prior = the encoders fed a zero prior (the network is trained with prior dropout); after "
               "class gate = with every tuned setting, the gate included.", ""]
+    front = next((r["front_end"] for r in summary["models"].values() if r.get("front_end")), None)
+    if front is not None:
+        reg, dice = front["registration_error_mm"], front["brain_mask_dice"]
+        lines += ["## Whole-head front end (clinical cases)", "",
+                  "| clinical cases | registrations | registration error median (mm) | worst (mm) | contrasts left "
+                  "out | brain-mask Dice mean | worst | tumour voxels outside the mask | of them meningioma |",
+                  "|---|---|---|---|---|---|---|---|---|",
+                  f"| {front['cases']} | {reg['registrations']} | {_f(reg['median'], 2)} | {_f(reg['worst'], 2)} | "
+                  f"{front['contrasts_left_out']} | {_f(dice['mean'], 4)} | {_f(dice['worst'], 4)} | "
+                  f"{front['tumour_voxels_outside_mask']} | {front['meningioma_voxels_outside_mask']} |", "",
+                  "Registration error: mean distance over the engine's brain mask between the recovered rigid "
+                  "transform and the engine's recorded motion; brain-mask Dice against the engine's mask (brain "
+                  "and every tumour voxel) on the reference grid.", ""]
     return "\n".join(lines)

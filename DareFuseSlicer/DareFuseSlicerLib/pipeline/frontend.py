@@ -1,0 +1,151 @@
+"""The front end: a raw whole-head study in, skull-stripped co-registered contrasts on the reference grid out.
+
+Two kinds of input are told apart from the images themselves (`study_kind`):
+
+- preprocessed (BraTS-style: skull-stripped, every voxel outside the brain one background value): nothing
+  here runs; the pipeline's own path takes the images as they are.
+- raw (whole head, noise in the air, each contrast on its own grid, the patient moved between sequences):
+  the brain mask of the reference contrast (pipeline/brainmask.py), then a rigid registration of every other
+  contrast to it over the brain region (pipeline/register.py). A contrast whose registration is not believed
+  is left out with a warning naming it; the model handles missing contrasts. The network then sees the
+  contrasts inside the brain mask, on the reference's own grid, and every output stays on that grid.
+
+`prepare_study` is the same path as one call, for training on the front end's output.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..constants import CONTRASTS, contrast_name, reference_contrast
+from ..errors import InputError
+from ..progress import CancelFn, check_cancel
+from . import brainmask, preprocess, register
+
+#: The bundled brain-mask network (its card beside it): Resources/Models of the module.
+BRAINMASK_MODEL = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "brainmask.safetensors"
+#: Skull-stripped input: at most this many mL differ from the background value. BraTS-style phantoms reach
+#: 2.2 L (brains scaled up, tumours included); a whole head with skull and scalp has 3.5 L or more even where
+#: the scanner zeroed the air, and with noise in the air the whole field of view differs (7-11 L in the
+#: engine's clinical cases).
+STRIPPED_MAX_ML = 3000.0
+#: A mask smaller than this finds no brain at all: the image is not a head (an error, not a doubt).
+NO_BRAIN_ML = 300.0
+
+
+@dataclass
+class FrontEnd:
+    """What the front end did to one study (everything on the reference grid)."""
+
+    kind: str  # "preprocessed" or "raw"
+    images: Dict[str, sitk.Image]  # the contrasts to use: on the reference grid for raw studies
+    brain_mask: Optional[sitk.Image] = None  # uint8 on the reference grid (raw studies)
+    registrations: Dict[str, register.Registration] = field(default_factory=dict)
+    warnings: List[str] = field(default_factory=list)
+    doubts: List[str] = field(default_factory=list)  # reasons for low confidence
+
+    def report(self) -> dict:
+        """For report.json."""
+        out = {"input_kind": self.kind}
+        if self.brain_mask is not None:
+            out["brain_mask_ml"] = round(brainmask.mask_volume_ml(self.brain_mask), 1)
+            out["registration"] = {name: r.as_dict() for name, r in self.registrations.items()}
+            out["left_out"] = sorted(n for n, r in self.registrations.items() if not r.accepted)
+        return out
+
+
+def looks_skull_stripped(image: sitk.Image) -> bool:
+    """Skull-stripped: at most STRIPPED_MAX_ML differ from the background value (preprocess's own rule for
+    the brain of a skull-stripped image)."""
+    inside = preprocess.differs_from_background(sitk.GetArrayViewFromImage(image))
+    return float(np.count_nonzero(inside)) * float(np.prod(image.GetSpacing())) / 1000.0 <= STRIPPED_MAX_ML
+
+
+def study_kind(images: Dict[str, sitk.Image], labels: Dict[str, str]) -> str:
+    """'preprocessed' when every given contrast is skull-stripped, 'raw' when none is; InputError for a mix."""
+    stripped = {name: looks_skull_stripped(image) for name, image in images.items()}
+    if all(stripped.values()):
+        return "preprocessed"
+    if not any(stripped.values()):
+        return "raw"
+    yes = ", ".join(labels[n] for n, s in stripped.items() if s)
+    no = ", ".join(labels[n] for n, s in stripped.items() if not s)
+    raise InputError(f"{yes} skull-stripped but {no} whole-head: give every contrast skull-stripped and "
+                     "co-registered (BraTS-style), or every contrast as acquired.")
+
+
+def load_brainmask_model(path: Optional[Path] = None):
+    """The brain-mask network from the model store (SHA256 checked against its card)."""
+    from ..network.store import load_model
+
+    return load_model(path or BRAINMASK_MODEL)
+
+
+def brain_mask_stage(reference: sitk.Image, label: str, model) -> Tuple[sitk.Image, List[str]]:
+    """The reference's brain mask and the doubts about it; InputError when no brain is found at all."""
+    mask = brainmask.extract_brain(model, reference)[0]
+    volume = brainmask.mask_volume_ml(mask)
+    if volume < NO_BRAIN_ML:
+        raise InputError(f"{label}: no brain found in this image (brain mask {volume:.0f} mL); is it a head MR "
+                         "image? A skull-stripped study must have one background value outside the brain.")
+    return mask, brainmask.mask_problems(mask, label)
+
+
+def registration_stage(images: Dict[str, sitk.Image], reference_name: str, mask: sitk.Image,
+                       labels: Dict[str, str], cancel: Optional[CancelFn] = None,
+                       progress: Optional[Callable[[float, str], None]] = None
+                       ) -> Tuple[Dict[str, sitk.Image], Dict[str, register.Registration], List[str]]:
+    """Every other contrast registered to the reference and resampled onto its grid; failures left out."""
+    reference = images[reference_name]
+    region = register.brain_region(mask)
+    on_reference = {reference_name: sitk.Cast(reference, sitk.sitkFloat32)}
+    results: Dict[str, register.Registration] = {}
+    warnings: List[str] = []
+    others = [n for n in CONTRASTS if n in images and n != reference_name]
+    for i, name in enumerate(others):
+        check_cancel(cancel)
+        if progress is not None:
+            progress(i / max(len(others), 1), f"registering {labels[name]} to {labels[reference_name]}")
+        result = register.register(reference, images[name], region, contrast=name, cancel=cancel)
+        results[name] = result
+        if result.accepted:
+            on_reference[name] = register.apply(images[name], reference, result.transform)
+        else:
+            warnings.append(f"{labels[name]} left out: its registration to {labels[reference_name]} (the reference) "
+                            f"is not believed ({'; '.join(result.problems)}).")
+    return on_reference, results, warnings
+
+
+def run_front_end(images: Dict[str, sitk.Image], labels: Optional[Dict[str, str]] = None, model=None,
+                  stage=None, cancel: Optional[CancelFn] = None, kind: Optional[str] = None) -> FrontEnd:
+    """Detect the kind of study (unless `kind` says it) and, for a raw one, mask and register it (see the
+    module docstring). stage(name, message): a context manager that times and reports a stage (run.py's);
+    None runs untimed."""
+    from contextlib import nullcontext
+
+    labels = {name: (labels or {}).get(name, contrast_name(name)) for name in images}
+    kind = kind or study_kind(images, labels)
+    if kind == "preprocessed":
+        return FrontEnd(kind, dict(images))
+    stage = stage or (lambda name, message: nullcontext())
+    reference_name = reference_contrast(images)
+    with stage("brain_mask", f"brain mask of {labels[reference_name]}"):
+        model = model if model is not None else load_brainmask_model()
+        mask, doubts = brain_mask_stage(images[reference_name], labels[reference_name], model)
+    with stage("registration", "co-registering the contrasts") as report:
+        on_reference, results, warnings = registration_stage(images, reference_name, mask, labels, cancel, report)
+    return FrontEnd(kind, on_reference, mask, results, warnings, doubts)
+
+
+def prepare_study(images: Dict[str, Optional[sitk.Image]], spacing_mm: float = 2.0, model=None,
+                  cancel: Optional[CancelFn] = None) -> Tuple[preprocess.Prepared, FrontEnd]:
+    """What the pipeline feeds the network for this study (raw or preprocessed), and the front end's report:
+    the same path as `darefuse segment`, for training on the front end's output."""
+    given = {name: image for name, image in images.items() if image is not None}
+    front = run_front_end(given, model=model, cancel=cancel)
+    prep = preprocess.prepare(front.images, spacing_mm=spacing_mm, brain_mask=front.brain_mask)
+    return prep, front

@@ -1,0 +1,117 @@
+"""What `darefuse evaluate` adds for whole-head (clinical) cases and for honest held-out sets.
+
+- The front end against the engine's truth: registration error in mm per contrast (mean displacement of the
+  brain's points between the recovered transform and the manifest's motion), brain-mask Dice against the
+  engine's mask, and tumour voxels left outside the mask (meningiomas sit at the brain's surface).
+- Refusals: held-out seeds that a model's card lists among its training or validation seeds, and a tuning
+  folder that is, or shares cases with, the held-out folder.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Set
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..constants import BRATS_SUFFIX
+from ..errors import OptionError
+from ..metrics import mask_dice
+from ..pipeline import register
+
+
+def _seed_set(value) -> Set[int]:
+    """A card's seeds: [first, last] (a range, as data_recipe.seeds is written) or a longer list of seeds."""
+    if not value:
+        return set()
+    values = [int(v) for v in value]
+    if len(values) == 2 and values[1] >= values[0]:
+        return set(range(values[0], values[1] + 1))
+    return set(values)
+
+
+def card_seeds(card: dict) -> Dict[str, Set[int]]:
+    """Training and validation seeds a model's card records (data_recipe: seeds or train_seeds,
+    validation_seeds)."""
+    recipe = card.get("data_recipe") or {}
+    return {"training": _seed_set(recipe.get("seeds") or recipe.get("train_seeds")),
+            "validation": _seed_set(recipe.get("validation_seeds"))}
+
+
+def check_held_out(rows: Sequence[dict], cards: Dict[str, dict]) -> None:
+    """OptionError when a held-out case's seed is among a model's training or validation seeds."""
+    held_out = {int(row["seed"]) for row in rows}
+    for name, card in cards.items():
+        for role, seeds in card_seeds(card).items():
+            shared = sorted(held_out & seeds)
+            if shared:
+                raise OptionError(f"{{data}} is not held out for model {name}: {len(shared)} of its seeds "
+                                  f"({_seed_text(shared)}) are among the model's {role} seeds in its card.", "data")
+
+
+def check_tuning_folder(data: Path, tune: Optional[Path], rows: Sequence[dict], tune_rows: Sequence[dict]) -> None:
+    """OptionError when the tuning folder is the held-out folder or shares seeds with it: thresholds chosen
+    on the held-out cases would make its figures a development result."""
+    if tune is None:
+        return
+    if Path(tune).resolve() == Path(data).resolve():
+        raise OptionError("{tune} points at the held-out folder {data}: tune on validation cases instead.",
+                          "tune", "data")
+    shared = sorted({int(r["seed"]) for r in rows} & {int(r["seed"]) for r in tune_rows})
+    if shared:
+        raise OptionError(f"{{tune}} shares {len(shared)} case seeds ({_seed_text(shared)}) with the held-out "
+                          "folder {data}: tune on validation cases instead.", "tune", "data")
+
+
+def _seed_text(seeds: List[int]) -> str:
+    return ", ".join(str(s) for s in seeds[:5]) + (", ..." if len(seeds) > 5 else "")
+
+
+def true_transform(row: dict, contrast: str) -> sitk.AffineTransform:
+    """The engine's motion as a reference -> contrast map (the inverse of the manifest's to_ref)."""
+    from ..phantoms.io import to_reference
+
+    full = np.vstack([to_reference(row, BRATS_SUFFIX[contrast]), [0.0, 0.0, 0.0, 1.0]])
+    inverse = np.linalg.inv(full)
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix(inverse[:3, :3].ravel().tolist())
+    transform.SetTranslation(inverse[:3, 3].tolist())
+    return transform
+
+
+def case_scores(folder: Path, row: dict, front, truth: np.ndarray) -> Optional[dict]:
+    """The front end's scores on one clinical case (None for a BraTS-style case, where it does nothing)."""
+    if front is None or front.brain_mask is None or row.get("acquisition") != "clinical":
+        return None
+    engine_mask = sitk.ReadImage(str(Path(folder) / row["brainmask"]))
+    mask = sitk.GetArrayViewFromImage(front.brain_mask) > 0
+    points = register.mask_points(engine_mask, step=4)
+    errors = {name: round(register.mean_displacement_mm(result.transform, true_transform(row, name), points), 4)
+              for name, result in front.registrations.items()}
+    outside = int(np.count_nonzero((truth > 0) & ~mask))
+    return {
+        "registration_error_mm": errors,
+        "left_out": sorted(n for n, r in front.registrations.items() if not r.accepted),
+        "brain_mask_dice": round(mask_dice(mask, sitk.GetArrayViewFromImage(engine_mask)), 5),
+        "tumour_voxels_outside_mask": outside,
+        "tumour_class": row["tumour_class"],
+    }
+
+
+def summary(per_case: Iterable[Optional[dict]]) -> Optional[dict]:
+    """Median and worst registration error, brain-mask Dice, tumour voxels outside the mask (clinical cases)."""
+    cases = [c for c in per_case if c is not None]
+    if not cases:
+        return None
+    errors = [e for c in cases for e in c["registration_error_mm"].values()]
+    dice = [c["brain_mask_dice"] for c in cases]
+    meningioma = [c["tumour_voxels_outside_mask"] for c in cases if c["tumour_class"] == "meningioma"]
+    return {
+        "cases": len(cases),
+        "registration_error_mm": {"median": float(np.median(errors)) if errors else None,
+                                  "worst": float(np.max(errors)) if errors else None, "registrations": len(errors)},
+        "contrasts_left_out": sum(len(c["left_out"]) for c in cases),
+        "brain_mask_dice": {"mean": float(np.mean(dice)), "worst": float(np.min(dice))},
+        "tumour_voxels_outside_mask": sum(c["tumour_voxels_outside_mask"] for c in cases),
+        "meningioma_voxels_outside_mask": sum(meningioma),
+    }

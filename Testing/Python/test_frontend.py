@@ -1,0 +1,190 @@
+"""The whole-head front end: telling preprocessed from raw studies, rigid registration and its refusals, the
+brain mask's checks, and evaluate's refusals. Heads are built around the bundled sample brain at 2 mm
+(clinical_helpers), so each test takes seconds."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from clinical_helpers import brain_mask_of, pad_for_head, rigid, study, thick_slice_grid, whole_head
+
+from DareFuseSlicerLib.constants import BRATS_SUFFIX
+from DareFuseSlicerLib.errors import InputError, OptionError
+from DareFuseSlicerLib.phantoms import sample_case_paths
+from DareFuseSlicerLib.pipeline import brainmask, frontend, preprocess, register
+from DareFuseSlicerLib.training import frontend_eval
+
+
+@pytest.fixture(scope="module")
+def brains():
+    """The sample case's T1 and T2 at 2 mm, padded so that a head fits around the brain."""
+    paths = sample_case_paths()
+    out = {}
+    for contrast in ("t1", "t2"):
+        image = sitk.ReadImage(str(paths[BRATS_SUFFIX[contrast]]), sitk.sitkFloat32)
+        out[contrast] = pad_for_head(sitk.BinShrink(image, [2, 2, 2]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def mask(brains):
+    return brain_mask_of(brains["t1"])
+
+
+def _moved_study(brains, mask, rotation_deg, shift_mm):
+    centre = register.brain_centre(mask)
+    motion = rigid(rotation_deg, shift_mm, centre)
+    return study(brains, mask, {"t2": motion}, thick=("t2",)), motion
+
+
+def test_registration_recovers_known_motion_of_a_thick_slice_t2(brains, mask):
+    heads, motion = _moved_study(brains, mask, (3.0, -2.0, 2.5), (2.0, -3.0, 1.5))
+    assert heads["t2"].GetSpacing()[2] == pytest.approx(5.0)
+    result = register.register(heads["t1"], heads["t2"], register.brain_region(mask), "t2")
+    error = register.mean_displacement_mm(result.transform, motion.GetInverse(), register.mask_points(mask))
+    assert result.accepted, result.problems
+    assert error < 1.0
+    assert result.final_metric < result.initial_metric
+    report = result.as_dict()
+    assert np.array(report["matrix_lps"]).shape == (4, 4) and report["accepted"]
+
+
+def test_a_rotation_beyond_head_motion_is_not_believed(brains, mask):
+    heads, _ = _moved_study(brains, mask, (0.0, 0.0, 35.0), (0.0, 0.0, 0.0))
+    result = register.register(heads["t1"], heads["t2"], register.brain_region(mask), "t2")
+    assert not result.accepted
+    assert result.problems
+
+
+def test_contrasts_that_do_not_overlap_are_refused(brains, mask):
+    heads, _ = _moved_study(brains, mask, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0))
+    far = sitk.Image(heads["t2"])
+    far.SetOrigin([o + 400.0 for o in far.GetOrigin()])
+    result = register.register(heads["t1"], far, register.brain_region(mask), "t2")
+    assert not result.accepted
+    assert "do not overlap" in result.problems[0]
+
+
+def test_a_failed_registration_leaves_that_contrast_out_with_a_warning(brains, mask):
+    heads, _ = _moved_study(brains, mask, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0))
+    far = sitk.Image(heads["t2"])
+    far.SetOrigin([o + 400.0 for o in far.GetOrigin()])
+    images = {"t1": heads["t1"], "t2": far}
+    on_reference, results, warnings = frontend.registration_stage(images, "t1", mask, {"t1": "T1", "t2": "T2"})
+    assert set(on_reference) == {"t1"}
+    assert not results["t2"].accepted
+    assert len(warnings) == 1 and warnings[0].startswith("T2 left out")
+
+
+def test_skull_stripped_and_whole_head_studies_are_told_apart(brains, mask):
+    labels = {"t1": "T1", "t2": "T2"}
+    assert frontend.study_kind(brains, labels) == "preprocessed"
+    heads = {name: whole_head(image, mask, name) for name, image in brains.items()}
+    assert frontend.study_kind(heads, labels) == "raw"
+    with pytest.raises(InputError, match="T1 skull-stripped but T2 whole-head"):
+        frontend.study_kind({"t1": brains["t1"], "t2": heads["t2"]}, labels)
+
+
+def test_skull_stripped_input_takes_todays_path_unchanged():
+    paths = sample_case_paths()
+    images = {c: sitk.ReadImage(str(paths[s])) for c, s in BRATS_SUFFIX.items()}
+    prep, front = frontend.prepare_study(images)
+    plain = preprocess.prepare(images)
+    assert front.kind == "preprocessed" and front.brain_mask is None
+    assert np.array_equal(prep.array, plain.array)
+    assert np.array_equal(prep.foreground, plain.foreground)
+
+
+def test_brain_mask_checks(mask):
+    assert brainmask.mask_problems(mask) == []
+    small = sitk.BinaryErode(mask, [12, 12, 12])
+    assert "outside the adult range" in brainmask.mask_problems(small)[0]
+    centre_x = int(np.argwhere(sitk.GetArrayViewFromImage(mask))[:, 2].mean())
+    clipped = sitk.RegionOfInterest(mask, [centre_x] + list(mask.GetSize()[1:]), [0, 0, 0])  # half a brain
+    assert any("edge of the field of view (left/right)" in p for p in brainmask.mask_problems(clipped))
+
+
+def test_evaluate_refuses_seeds_a_model_was_trained_or_validated_on(tmp_path):
+    card = {"data_recipe": {"seeds": [1000, 1159], "validation_seeds": [2000, 2023]}}
+    frontend_eval.check_held_out([{"seed": "700000"}], {"m": card})
+    for seed in ("1005", "2003"):
+        with pytest.raises(OptionError, match="not held out for model m"):
+            frontend_eval.check_held_out([{"seed": seed}], {"m": card})
+    with pytest.raises(OptionError, match="points at the held-out folder"):
+        frontend_eval.check_tuning_folder(tmp_path, tmp_path, [], [])
+    with pytest.raises(OptionError, match="shares 1 case seeds"):
+        frontend_eval.check_tuning_folder(tmp_path / "a", tmp_path / "b", [{"seed": "5"}], [{"seed": "5"}])
+
+
+def test_registration_error_against_the_manifest_motion(mask):
+    """The engine's to_ref (contrast -> reference) read back as the reference -> contrast map."""
+    motion = rigid((2.0, 0.0, -1.0), (1.0, 2.0, 0.0), register.brain_centre(mask))
+    to_ref = motion.GetInverse()  # acquire() shows the head at motion(x): the contrast -> reference map
+    matrix = register.transform_matrix(to_ref)[:3]
+    row = {"t2w_to_ref": " ".join(repr(float(v)) for v in matrix.ravel())}
+    truth = frontend_eval.true_transform(row, "t2")
+    points = register.mask_points(mask)
+    assert register.mean_displacement_mm(truth, motion, points) < 1e-6
+    assert register.mean_displacement_mm(truth, sitk.Euler3DTransform(), points) > 1.0
+
+
+def test_thick_slice_grid_covers_the_head(brains):
+    grid = thick_slice_grid(brains["t1"])
+    assert grid.GetSpacing()[2] == pytest.approx(5.0)
+    extent = np.array(grid.GetSize()) * np.array(grid.GetSpacing())
+    assert np.all(extent >= np.array(brains["t1"].GetSize()) * np.array(brains["t1"].GetSpacing()) - 5.0)
+
+
+# -- with the bundled brain-mask network --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mask_model():
+    return frontend.load_brainmask_model()
+
+
+def test_a_non_head_image_is_refused_or_doubted(mask_model):
+    """A water-bottle phantom: noise in the air, a uniform cylinder, no brain."""
+    rng = np.random.default_rng(0)
+    z, y, x = np.indices((90, 120, 120)).astype(np.float32)
+    bottle = ((y - 60) ** 2 + (x - 60) ** 2 < 45 ** 2) & (z > 10) & (z < 80)
+    array = np.abs(np.where(bottle, 800.0, 0.0) + 20.0 * rng.standard_normal(z.shape)).astype(np.float32)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((2.0, 2.0, 2.0))
+    assert frontend.study_kind({"t1": image}, {"t1": "T1"}) == "raw"
+    try:
+        _, doubts = frontend.brain_mask_stage(image, "T1", mask_model)
+    except InputError as error:
+        assert "no brain found" in str(error)
+    else:
+        assert doubts, "a bottle's mask must not be believed"
+
+
+def test_a_raw_study_runs_through_the_front_end(brains, mask, mask_model, tmp_path):
+    from pipeline_helpers import tiny_model
+
+    from DareFuseSlicerLib.pipeline.outputs import write_outputs
+    from DareFuseSlicerLib.pipeline.run import run
+
+    heads, motion = _moved_study(brains, mask, (2.0, -1.0, 3.0), (1.5, 2.0, -2.0))
+    stages = []
+    result = run(heads, tiny_model(), outputs=("segmentation",), brainmask_model=mask_model,
+                 progress=lambda fraction, message: stages.append(message))
+    assert result.front_end["input_kind"] == "raw"
+    assert {"brain_mask", "registration"} <= set(result.timings)
+    assert any(m.startswith("registering T2") for m in stages)
+    assert preprocess.grids_match(result.brain_mask, heads["t1"]) and preprocess.grids_match(result.label, heads["t1"])
+    assert set(result.registered) == {"t2"} and result.front_end["registration"]["t2"]["accepted"]
+    found = _matrix_transform(result.front_end["registration"]["t2"]["matrix_lps"])
+    error = register.mean_displacement_mm(found, motion.GetInverse(), register.mask_points(mask))
+    assert error < 1.5
+    written = write_outputs(result, tmp_path / "out", overview=False, save_registered=True)
+    assert {"brain_mask.nii.gz", "registered_t2.nii.gz", "segmentation.nii.gz"} <= set(written)
+    report = __import__("json").loads((tmp_path / "out" / "report.json").read_text())
+    assert report["front_end"]["input_kind"] == "raw" and "registration" in report["front_end"]
+
+
+def _matrix_transform(matrix) -> sitk.AffineTransform:
+    matrix = np.asarray(matrix)
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix(matrix[:3, :3].ravel().tolist())
+    transform.SetTranslation(matrix[:3, 3].tolist())
+    return transform

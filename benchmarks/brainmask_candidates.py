@@ -1,0 +1,112 @@
+"""Issue 16: the brain-extraction candidates measured on the data engine's whole-head cases.
+
+    .venv/bin/python benchmarks/brainmask_candidates.py --data CLINICAL_FOLDER [--max-cases N]
+        [--deepbet-path DIR] [--model Resources/Models/brainmask.safetensors]
+
+For each clinical case: the bundled brain-mask network on every contrast as the reference (Dice against the
+engine's mask brought onto that contrast's grid, seconds) and, when --deepbet-path holds deepbet 1.0.2 (MIT;
+`pip install --no-deps --target DIR deepbet==1.0.2 connected-components-3d fill_voids`), deepbet on the T1
+(T1 only). deepbet's weights are TorchScript archives: their SHA256 is checked against the values recorded
+below, but TorchScript cannot be loaded with torch.load(weights_only=True) (the archive carries the code it
+runs), which is one reason it is measured here and not made a dependency. Prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "DareFuseSlicer"))
+
+from DareFuseSlicerLib.constants import BRATS_SUFFIX, CONTRASTS  # noqa: E402
+from DareFuseSlicerLib.metrics import mask_dice  # noqa: E402
+from DareFuseSlicerLib.pipeline import brainmask, frontend  # noqa: E402
+from DareFuseSlicerLib.training.brainmask import clinical_rows  # noqa: E402
+from DareFuseSlicerLib.training.frontend_eval import true_transform  # noqa: E402
+
+#: SHA256 of deepbet 1.0.2's weight files (the wheel on PyPI, measured 2026-12).
+DEEPBET_SHA256 = {
+    "model.pt": "de8ee7c69654d0dd3935dc4a5d84571d8ecf4637a6bfc01df399c4c2bc86e0fd",
+    "bbox_model.pt": "39a7b2b5f799faa1391ea97bfcdc0b9299f20d84f2316a4ff8918dc4685e40aa",
+}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def truth_on(image: sitk.Image, mask_ref: sitk.Image, row: dict, contrast: str) -> np.ndarray:
+    """The engine's mask (reference grid) on this contrast's grid, through the known motion."""
+    to_ref = true_transform(row, contrast).GetInverse()  # contrast point -> reference point
+    on = sitk.Resample(mask_ref, image, to_ref, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.GetArrayViewFromImage(on) > 0
+
+
+def deepbet_mask(folder: Path, path: Path, deepbet_path: Path):
+    sys.path.insert(0, str(deepbet_path))
+    for name, digest in DEEPBET_SHA256.items():
+        actual = _sha256(deepbet_path / "data" / "models" / name)
+        if actual != digest:
+            raise SystemExit(f"deepbet weights {name}: SHA256 {actual}, expected {digest}; not loading them.")
+    import nibabel as nib
+    from deepbet.bet import BrainExtraction
+
+    bet = BrainExtraction(no_gpu=True)
+    _, mask, _ = bet.run(nib.load(str(path)))
+    out = folder / "_deepbet_mask.nii.gz"
+    nib.save(mask, str(out))
+    image = sitk.ReadImage(str(out))
+    out.unlink()
+    return sitk.GetArrayFromImage(image) > 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--max-cases", type=int)
+    parser.add_argument("--model", default=str(frontend.BRAINMASK_MODEL))
+    parser.add_argument("--deepbet-path")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    folder = Path(args.data)
+    model = frontend.load_brainmask_model(Path(args.model))
+    rows = clinical_rows(folder)[: args.max_cases or None]
+    print("| case | class | reference | method | brain-mask Dice | tumour voxels outside | seconds |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        mask_ref = sitk.ReadImage(str(folder / row["brainmask"]))
+        seg = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / row["seg"]))) > 0
+        for contrast in CONTRASTS:
+            path = folder / row[BRATS_SUFFIX[contrast]]
+            image = sitk.ReadImage(str(path), sitk.sitkFloat32)
+            truth = truth_on(image, mask_ref, row, contrast)
+            started = time.perf_counter()
+            mask = sitk.GetArrayFromImage(brainmask.extract_brain(model, image)[0]) > 0
+            seconds = time.perf_counter() - started
+            outside = int(np.count_nonzero(seg & ~mask)) if contrast == "t1" else ""
+            print(f"| {row['case_id']} | {row['tumour_class']} | {contrast} | DareFuse brain mask | "
+                  f"{mask_dice(mask, truth):.4f} | {outside} | {seconds:.1f} |", flush=True)
+            if contrast == "t1" and args.deepbet_path:
+                started = time.perf_counter()
+                mask = deepbet_mask(folder, path, Path(args.deepbet_path))
+                seconds = time.perf_counter() - started
+                print(f"| {row['case_id']} | {row['tumour_class']} | t1 | deepbet 1.0.2 | "
+                      f"{mask_dice(mask, truth):.4f} | {int(np.count_nonzero(seg & ~mask))} | {seconds:.1f} |",
+                      flush=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\npeak resident memory of this process: {peak:.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

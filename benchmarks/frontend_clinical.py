@@ -1,0 +1,85 @@
+"""Issue 16: the whole-head front end alone on the data engine's clinical cases (no segmentation network).
+
+    .venv/bin/python benchmarks/frontend_clinical.py --data CLINICAL_FOLDER [--max-cases N] [--contrasts t1,t2]
+
+Per case: `frontend.prepare_study` (brain mask of the reference, rigid registration of the others, what the
+network is fed), then the same scores `darefuse evaluate` reports (training/frontend_eval.py): registration
+error in mm against the manifest's motion, brain-mask Dice against the engine's mask, tumour voxels outside
+the mask; and the stage times (wall and CPU). Prints a markdown table and the summary.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import SimpleITK as sitk
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "DareFuseSlicer"))
+
+from DareFuseSlicerLib.constants import BRATS_SUFFIX  # noqa: E402
+from DareFuseSlicerLib.pipeline import frontend, preprocess  # noqa: E402
+from DareFuseSlicerLib.training import frontend_eval  # noqa: E402
+from DareFuseSlicerLib.training.brainmask import clinical_rows  # noqa: E402
+from DareFuseSlicerLib.training.evaluate import parse_contrasts  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--max-cases", type=int)
+    parser.add_argument("--contrasts", help="comma-separated subset (default: all four)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
+    contrasts = parse_contrasts(args.contrasts)
+    folder = Path(args.data)
+    model = frontend.load_brainmask_model()
+    rows = clinical_rows(folder)[: args.max_cases or None]
+    scores, times = [], []
+
+    def stage_timer(record):
+        @contextmanager
+        def stage(name, message):
+            wall, cpu = time.perf_counter(), time.process_time()
+            yield None
+            record[name] = (round(time.perf_counter() - wall, 2), round(time.process_time() - cpu, 2))
+        return stage
+
+    print("| case | class | brain-mask Dice | registration error (mm) | left out | tumour voxels outside | "
+          "brain mask wall/CPU (s) | registration wall/CPU (s) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        images = {c: sitk.ReadImage(str(folder / row[BRATS_SUFFIX[c]])) for c in contrasts}
+        record = {}
+        front = frontend.run_front_end(images, model=model, stage=stage_timer(record))
+        preprocess.prepare(front.images, brain_mask=front.brain_mask)  # what the network would be fed
+        truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / row["seg"])))
+        case = frontend_eval.case_scores(folder, row, front, truth)
+        scores.append(case)
+        times.append(record)
+        errors = ", ".join(f"{c} {e:.2f}" for c, e in case["registration_error_mm"].items())
+        print(f"| {row['case_id']} | {row['tumour_class']} | {case['brain_mask_dice']:.4f} | {errors} | "
+              f"{', '.join(case['left_out']) or '-'} | {case['tumour_voxels_outside_mask']} | "
+              f"{record['brain_mask'][0]}/{record['brain_mask'][1]} | "
+              f"{record['registration'][0]}/{record['registration'][1]} |", flush=True)
+    summary = frontend_eval.summary(scores)
+    summary["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0)
+    summary["contrasts"] = list(contrasts)
+    print("\n" + json.dumps(summary, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps({"summary": summary, "per_case": scores, "times": times}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
