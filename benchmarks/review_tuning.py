@@ -1,0 +1,49 @@
+"""The review-region settings (issue 18) tuned on cached predictions (benchmarks/review_cache.py): the margin
+calibration, then every setting of review_efficiency.TUNE_GRID scored by review efficiency; prints the grid and
+the chosen setting's efficiency against the baselines. `darefuse evaluate --tune` makes the same choice from the
+pipeline's own predictions; this script makes the experiments cheap.
+
+    PYTHONPATH=DareFuseSlicer .venv/bin/python benchmarks/review_tuning.py --cache /work/data/review/cache/val
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "DareFuseSlicer"))
+from DareFuseSlicerLib.pipeline.review import top_two_margin  # noqa: E402
+from DareFuseSlicerLib.training import review_efficiency as efficiency  # noqa: E402
+
+
+def load(folder: Path):
+    cases = []
+    for path in sorted(folder.glob("*.npz")):
+        data = np.load(path)
+        tumour = data["tumour"].astype(np.float32)
+        margin = top_two_margin([1.0 - tumour.sum(0)] + list(tumour))
+        cases.append({"case_id": path.stem, "tumour_class": str(data["tumour_class"]), "label": data["label"],
+                      "truth": data["truth"], "uncertainty": data["uncertainty"].astype(np.float32),
+                      "margin": margin, "spacing_zyx": tuple(data["spacing"][::-1].tolist())})
+    return cases
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cache", required=True)
+    parser.add_argument("--json", help="also write the result here")
+    args = parser.parse_args()
+    cases = load(Path(args.cache))
+    config, summary, rows = efficiency.tune_review(cases, log=print)
+    print("chosen:", json.dumps(config.as_dict()))
+    print(json.dumps(summary, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"config": config.as_dict(), "summary": summary, "grid": rows},
+                                              indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
