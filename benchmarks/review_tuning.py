@@ -34,15 +34,23 @@ def load(folder: Path):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", required=True)
+    parser.add_argument("--check", help="another cache folder: the chosen setting scored on it")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args()
     cases = load(Path(args.cache))
     config, summary, rows = efficiency.tune_review(cases, log=print)
+    del cases
     print("chosen:", json.dumps(config.as_dict()))
     print(json.dumps(summary, indent=1))
+    result = {"config": config.as_dict(), "summary": summary, "grid": rows}
+    if args.check:
+        checked = [efficiency.case_efficiency(efficiency.efficiency_case(
+            c["label"], c["truth"], c["uncertainty"], c["margin"], c["spacing_zyx"], config, seed=i), config)
+            for i, c in enumerate(load(Path(args.check)))]
+        result["check"] = {"folder": args.check, "summary": efficiency.summarise(checked)}
+        print(f"on {args.check}:", json.dumps(result["check"]["summary"], indent=1))
     if args.json:
-        Path(args.json).write_text(json.dumps({"config": config.as_dict(), "summary": summary, "grid": rows},
-                                              indent=1) + "\n")
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

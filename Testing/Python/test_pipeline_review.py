@@ -15,7 +15,7 @@ SHAPE = (30, 40, 36)  # z, y, x
 SPACING = (0.9, 1.1, 1.3)  # x, y, z as SimpleITK gives it
 #: A plain threshold on the error probability: no calibration subtleties in these tests.
 CONFIG = ReviewConfig(threshold=0.2, near_mm=4.0, min_ml=0.0, island_max_ml=0.05, gap_mm=2.5, max_extent_mm=None,
-                      calibration_margin=(0.0, 1.0), calibration_error=(0.5, 0.0))
+                      calibration_margin=(0.0, 1.0), calibration_error=((0.5, 0.0),) * 4)
 
 
 def reference() -> sitk.Image:
@@ -55,14 +55,17 @@ def test_top_two_margin_on_any_values(p):
     assert np.allclose(top_two_margin(list(p)), ordered[-1] - ordered[-2])
 
 
-def test_error_probability_follows_the_calibration_and_never_rises_with_the_margin():
+def test_error_probability_follows_each_labels_curve_and_never_rises_with_the_margin():
     config = ReviewConfig()
     margins = np.linspace(0, 1, 101)
-    values = review.error_probability(margins, config)
-    assert values[0] == pytest.approx(config.calibration_error[0])
-    assert values[-1] == pytest.approx(config.calibration_error[-1])
-    assert np.all(np.diff(values) <= 1e-7)
-    assert review.error_probability(np.array([0.5]), CONFIG)[0] == pytest.approx(0.25)
+    for value, curve in enumerate(config.calibration_error):
+        values = review.error_probability(margins, np.full(margins.shape, value), config)
+        assert values[0] == pytest.approx(curve[0]) and values[-1] == pytest.approx(curve[-1])
+        assert np.all(np.diff(values) <= 1e-7)
+    # Background and tumour voxels with the same margin get their own label's probability.
+    mixed = review.error_probability(np.array([0.1, 0.1]), np.array([0, 2]), config)
+    assert mixed.tolist() == pytest.approx([config.calibration_error[0][1], config.calibration_error[2][1]])
+    assert review.error_probability(np.array([0.5]), np.array([3]), CONFIG)[0] == pytest.approx(0.25)
 
 
 def test_a_doubtful_patch_is_one_region_with_its_centre_in_ras():
@@ -155,3 +158,7 @@ def test_settings_come_from_the_card_and_unknown_ones_are_refused():
         ReviewConfig.from_dict({"threshold": 0.2, "bogus": 1})
     with pytest.raises(ValueError, match="ranking"):
         ReviewConfig(rank_by="colour")
+    with pytest.raises(ValueError, match="one curve per label"):
+        ReviewConfig(calibration_margin=(0.0, 1.0), calibration_error=((0.5, 0.0),))
+    again = ReviewConfig.from_dict(CONFIG.as_dict())  # what a card holds (JSON lists) reads back the same
+    assert again == CONFIG

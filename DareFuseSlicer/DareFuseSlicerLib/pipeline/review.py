@@ -1,10 +1,13 @@
 """Review regions: the places a reviewer should check first, ranked (issue 18). numpy and SciPy only.
 
 A voxel's error probability is read from the margin between its two most probable labels (expected Dirichlet
-probabilities), through a calibration table measured on validation cases: on the bundled model's validation
-cases, voxels with a margin under 0.1 were wrong about 45 % of the time, voxels with a margin over 0.8 almost
-never (benchmarks/review_tuning.py prints the table). The uncertainty K / sum(alpha) predicts errors far less
-well here: it is high through whole tumours, not only where the labels are in doubt.
+probabilities) and its predicted label, through calibration curves measured on validation cases (one per label).
+On the bundled model's validation cases, background voxels next to a tumour with a margin under 0.1 were wrong
+about 55 % of the time, tumour voxels with the same margin about 35 %, and voxels with a margin over 0.8 almost
+never (benchmarks/review_tuning.py prints the curves). The predicted label matters because the model tends to
+stop short of the tumour's edge: a doubtful background voxel beside it is more often tumour than a doubtful tumour
+voxel is background. The uncertainty K / sum(alpha) predicts errors far less well here: it is high through whole
+tumours, not only where the labels are in doubt.
 
 Three kinds of place, merged where they touch, within `near_mm` of the tumour segments:
 - doubtful: voxels whose error probability reaches `threshold`;
@@ -49,26 +52,35 @@ class ReviewConfig:
     max_extent_mm: Optional[float] = 30.0  # a place longer than this along an axis is cut into equal parts
     rank_by: str = "expected_error"
     max_regions: int = 20  # regions listed and drawn in review_regions.nii.gz
-    #: error probability as a function of the top-two margin: piecewise linear through these points
-    #: (the defaults: a round version of the bundled model's validation table).
+    #: Error probability as a function of the top-two margin, one curve per predicted label (0 background, 1 NETC,
+    #: 2 SNFH, 3 ET), piecewise linear through these points. The defaults are a rounded version of the bundled
+    #: model's validation curves, for a model whose card has none.
     calibration_margin: Tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
-    calibration_error: Tuple[float, ...] = (0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.03, 0.01, 0.0)
+    calibration_error: Tuple[Tuple[float, ...], ...] = (
+        (0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.01, 0.0),
+        (0.45, 0.3, 0.2, 0.1, 0.02, 0.0, 0.0, 0.0, 0.0),
+        (0.35, 0.25, 0.15, 0.1, 0.05, 0.01, 0.0, 0.0, 0.0),
+        (0.35, 0.25, 0.15, 0.1, 0.05, 0.01, 0.0, 0.0, 0.0),
+    )
     overlay_threshold: float = 0.3  # uncertainty below this is drawn transparent in the slice views
 
     def __post_init__(self):
         if self.rank_by not in RANK_KEYS:
             raise ValueError(f"unknown review ranking {self.rank_by!r}; known: {sorted(RANK_KEYS)}")
-        if len(self.calibration_margin) != len(self.calibration_error) or len(self.calibration_margin) < 2:
-            raise ValueError("the review calibration needs as many error rates as margins, at least two")
+        rows = [list(row) for row in self.calibration_error]
+        if len(rows) != 1 + len(LABELS) or any(len(row) != len(self.calibration_margin) for row in rows) \
+                or len(self.calibration_margin) < 2:
+            raise ValueError("the review calibration needs one curve per label (background, NETC, SNFH, ET), each "
+                             "with an error rate for every margin, at least two")
         if np.any(np.diff(self.calibration_margin) <= 0):
             raise ValueError("the review calibration's margins must increase")
         self.calibration_margin = tuple(float(v) for v in self.calibration_margin)
-        self.calibration_error = tuple(float(v) for v in self.calibration_error)
+        self.calibration_error = tuple(tuple(float(v) for v in row) for row in rows)
 
     def as_dict(self) -> dict:
         values = asdict(self)
         values["calibration_margin"] = list(self.calibration_margin)
-        values["calibration_error"] = list(self.calibration_error)
+        values["calibration_error"] = [list(row) for row in self.calibration_error]
         return values
 
     @classmethod
@@ -127,9 +139,13 @@ def top_two_margin(probabilities: Sequence[np.ndarray]) -> np.ndarray:
     return best - second
 
 
-def error_probability(margin: np.ndarray, config: ReviewConfig) -> np.ndarray:
-    """The calibrated probability that a voxel's label is wrong, from its top-two margin."""
-    return np.interp(margin, config.calibration_margin, config.calibration_error).astype(np.float32)
+def error_probability(margin: np.ndarray, label: np.ndarray, config: ReviewConfig) -> np.ndarray:
+    """The calibrated probability that a voxel's label is wrong, from its top-two margin and its label."""
+    probability = np.zeros(np.shape(margin), np.float32)
+    for value, curve in enumerate(config.calibration_error):
+        where = label == value
+        probability[where] = np.interp(margin[where], config.calibration_margin, curve)
+    return probability
 
 
 # -- where to look ---------------------------------------------------------------------------------------------
@@ -184,17 +200,40 @@ def gaps(label: np.ndarray, spacing: Sequence[float], gap_mm: float) -> np.ndarr
     return found
 
 
-def _candidates(label: np.ndarray, probability: np.ndarray, spacing: Sequence[float],
-                config: ReviewConfig) -> Dict[str, np.ndarray]:
-    """The three kinds of place (boolean masks) on a box around the tumour."""
-    tumour = label > 0
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    near = ndimage.distance_transform_edt(~tumour, sampling=spacing) <= config.near_mm
-    return {
-        "doubtful": near & (probability >= config.threshold),
-        "island": islands(label, int(np.floor(config.island_max_ml / voxel_ml))),
-        "gap": gaps(label, spacing, config.gap_mm),
-    }
+@dataclass
+class CaseMaps:
+    """What a case's places are cut from, on a box around the tumour: computed once for any threshold, extent
+    limit or ranking (the settings tuned together), from the calibration, near_mm, island_max_ml and gap_mm."""
+
+    box: Tuple[slice, ...]  # where the maps lie on the reference grid
+    spacing_zyx: Tuple[float, float, float]
+    probability: np.ndarray  # calibrated error probability
+    uncertainty: np.ndarray
+    near: np.ndarray  # within near_mm of the tumour segments
+    island: np.ndarray
+    gap: np.ndarray
+    beside: Dict[str, np.ndarray]  # segment name -> voxels in that segment or next to it
+
+
+def case_maps(label: np.ndarray, uncertainty: np.ndarray, margin: np.ndarray, spacing_zyx: Sequence[float],
+              config: ReviewConfig) -> Optional[CaseMaps]:
+    """The maps of one case ((z, y, x) arrays on one grid); None when nothing is segmented."""
+    spacing_zyx = tuple(float(s) for s in spacing_zyx)
+    reach = [int(np.ceil(max(config.near_mm, config.gap_mm) / s)) + 1 for s in spacing_zyx]
+    box = _box(label > 0, reach)
+    if box is None:
+        return None
+    label_box = label[box]
+    voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
+    return CaseMaps(
+        box=box, spacing_zyx=spacing_zyx,
+        probability=error_probability(margin[box], label_box, config),
+        uncertainty=np.asarray(uncertainty[box], np.float32),
+        near=ndimage.distance_transform_edt(label_box == 0, sampling=spacing_zyx) <= config.near_mm,
+        island=islands(label_box, int(np.floor(config.island_max_ml / voxel_ml + 1e-9))),
+        gap=gaps(label_box, spacing_zyx, config.gap_mm),
+        beside={name: ndimage.binary_dilation(label_box == value, FULL_CONNECTIVITY) for value, name in LABELS.items()},
+    )
 
 
 def split_places(components: np.ndarray, spacing_zyx: Sequence[float], max_extent_mm: float) -> Tuple[np.ndarray, int]:
@@ -240,26 +279,19 @@ class Places:
         return np.argsort(-values, kind="stable")
 
 
-def find_places(label: np.ndarray, uncertainty: np.ndarray, margin: np.ndarray, spacing_zyx: Sequence[float],
-                config: ReviewConfig) -> Optional[Places]:
-    """Candidate regions of one case; None when nothing is segmented. Arrays are (z, y, x) on one grid."""
-    reach = [int(np.ceil(max(config.near_mm, config.gap_mm) / s)) + 1 for s in spacing_zyx]
-    box = _box(label > 0, reach)
-    if box is None:
-        return None
-    label_box = label[box]
-    probability = error_probability(margin[box], config)
-    kinds = _candidates(label_box, probability, spacing_zyx, config)
+def find_places(maps: CaseMaps, config: ReviewConfig) -> Places:
+    """Every candidate region of a case (see the module docstring), with the statistics the ranking needs."""
+    kinds = {"doubtful": maps.near & (maps.probability >= config.threshold), "island": maps.island, "gap": maps.gap}
     components, count = ndimage.label(kinds["doubtful"] | kinds["island"] | kinds["gap"], FULL_CONNECTIVITY)
     if config.max_extent_mm:
-        components, count = split_places(components, spacing_zyx, config.max_extent_mm)
+        components, count = split_places(components, maps.spacing_zyx, config.max_extent_mm)
     flat = components.ravel()
     voxels = np.bincount(flat, minlength=count + 1).astype(np.float64)
-    voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
+    voxel_ml = float(np.prod(maps.spacing_zyx)) / 1000.0
     ids = np.flatnonzero(voxels >= max(config.min_ml / voxel_ml, 1.0))
     ids = ids[ids > 0]
-    u = uncertainty[box]
-    expected = np.bincount(flat, probability.ravel(), count + 1)
+    expected = np.bincount(flat, maps.probability.ravel(), count + 1)
+    u = maps.uncertainty
     stats = {
         "voxels": voxels[ids],
         "expected_error": expected[ids] * voxel_ml,
@@ -267,12 +299,10 @@ def find_places(label: np.ndarray, uncertainty: np.ndarray, margin: np.ndarray, 
         "uncertainty_mean": np.bincount(flat, u.ravel().astype(np.float64), count + 1)[ids] / voxels[ids],
         "uncertainty_peak": np.asarray(ndimage.maximum(u, components, ids), np.float64).reshape(-1),
     }
-    touched = {}
-    for value, name in LABELS.items():
-        beside = ndimage.binary_dilation(label_box == value, FULL_CONNECTIVITY) & (components > 0)
-        touched[name] = np.bincount(components[beside], minlength=count + 1)[ids]
+    touched = {name: np.bincount(components[beside & (components > 0)], minlength=count + 1)[ids]
+               for name, beside in maps.beside.items()}
     has_kind = {kind: np.bincount(flat[kinds[kind].ravel()], minlength=count + 1)[ids] > 0 for kind in KINDS}
-    return Places(box, components.astype(np.int32), ids, stats, touched, has_kind)
+    return Places(maps.box, components.astype(np.int32), ids, stats, touched, has_kind)
 
 
 def _centre_index(places: Places, position: int, extent: Tuple[slice, ...], spacing_zyx: np.ndarray) -> np.ndarray:
@@ -329,9 +359,10 @@ def find_regions(label: np.ndarray, uncertainty: np.ndarray, margin: np.ndarray,
         if np.shape(array) != shape:
             raise ValueError(f"review: the {name} array has shape {np.shape(array)}, not the reference's {shape}")
     settings = {"threshold": config.threshold, "rank_by": config.rank_by, "max_regions": config.max_regions}
-    places = find_places(label, uncertainty, margin, reference.GetSpacing()[::-1], config)
-    if places is None:
+    maps = case_maps(label, uncertainty, margin, reference.GetSpacing()[::-1], config)
+    if maps is None:
         return ReviewResult([], np.zeros(shape, np.uint8), "No review regions: no tumour is segmented.", settings)
+    places = find_places(maps, config)
     if places.ids.size == 0:
         return ReviewResult([], np.zeros(shape, np.uint8),
                             "No review regions: no place in or around the tumour has an estimated error probability "

@@ -14,13 +14,14 @@ whole tumour's boundary. Means are over the cases where the ratio is defined (er
 from __future__ import annotations
 
 import itertools
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
 
-from ..pipeline.review import FULL_CONNECTIVITY, ReviewConfig, error_probability, find_places
+from ..constants import LABELS
+from ..pipeline.review import CaseMaps, ReviewConfig, case_maps, find_places
 
 KS = (1, 3, 5, 10)
 METHODS = ("review", "size", "random")
@@ -28,8 +29,8 @@ METHODS = ("review", "size", "random")
 CALIBRATION_EDGES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 #: Settings searched by tune_review; the calibration is fitted first and shared by all.
 TUNE_GRID = {
-    "threshold": (0.1, 0.15, 0.2, 0.25, 0.3, 0.35),
-    "max_extent_mm": (None, 20.0, 30.0, 45.0),
+    "threshold": (0.2, 0.25, 0.275, 0.3, 0.325, 0.35, 0.4),
+    "max_extent_mm": (None, 30.0, 45.0),
     "rank_by": ("expected_error", "error_density"),
 }
 #: The issue's goals for the top GOAL_K regions.
@@ -45,48 +46,72 @@ def _ball_offsets(volume_mm3: float, spacing_zyx: Sequence[float]) -> np.ndarray
     return grid[((grid * spacing_zyx) ** 2).sum(1) <= radius ** 2]
 
 
-def random_boundary_balls(tumour: np.ndarray, volumes_mm3: Sequence[float], spacing_zyx: Sequence[float],
-                          seed: int) -> List[np.ndarray]:
-    """For each volume, the flat indices of a ball of that volume centred on a boundary voxel of `tumour` drawn at
-    random (distinct centres, seeded). Empty when the tumour is."""
-    boundary = tumour & ~ndimage.binary_erosion(tumour)
-    centres = np.flatnonzero(boundary)
-    if centres.size == 0:
-        return []
-    chosen = np.random.default_rng(seed).choice(centres, size=min(len(volumes_mm3), centres.size), replace=False)
-    shape = np.array(tumour.shape)
+@dataclass
+class EfficiencyCase:
+    """One case's errors and maps, computed once for every review setting scored on it."""
+
+    shape: Tuple[int, int, int]
+    spacing_zyx: Tuple[float, float, float]
+    wrong: np.ndarray  # sorted flat indices of the wrongly labelled voxels
+    tumour_voxels: int
+    tumour_case: bool  # the truth has a tumour
+    maps: Optional[CaseMaps]  # None when nothing is segmented
+    centres: np.ndarray  # flat indices of boundary voxels of the predicted tumour, in a seeded random order
+
+
+def efficiency_case(label: np.ndarray, truth: np.ndarray, uncertainty: np.ndarray, margin: np.ndarray,
+                    spacing_zyx: Sequence[float], config: ReviewConfig, seed: int = 0) -> EfficiencyCase:
+    """(z, y, x) arrays of one case on one grid; config gives the map settings (calibration, near_mm, ...)."""
+    tumour = label > 0
+    boundary = np.flatnonzero(tumour & ~ndimage.binary_erosion(tumour))
+    return EfficiencyCase(
+        shape=tuple(label.shape), spacing_zyx=tuple(float(s) for s in spacing_zyx),
+        wrong=np.flatnonzero(label != truth), tumour_voxels=int(tumour.sum()), tumour_case=bool(truth.any()),
+        maps=case_maps(label, uncertainty, margin, spacing_zyx, config),
+        centres=np.random.default_rng(seed).permutation(boundary),
+    )
+
+
+def random_boundary_balls(case: EfficiencyCase, volumes_mm3: Sequence[float]) -> List[np.ndarray]:
+    """Flat indices of balls of the given volumes centred on the case's random boundary voxels, in order."""
+    shape = np.array(case.shape)
     balls = []
-    for centre, volume in zip(chosen, volumes_mm3):
-        points = np.array(np.unravel_index(centre, tumour.shape)) + _ball_offsets(volume, spacing_zyx)
+    for centre, volume in zip(case.centres, volumes_mm3):
+        points = np.array(np.unravel_index(centre, case.shape)) + _ball_offsets(volume, case.spacing_zyx)
         points = points[np.all((points >= 0) & (points < shape), axis=1)]
-        balls.append(np.ravel_multi_index(points.T, tumour.shape))
+        balls.append(np.ravel_multi_index(points.T, case.shape))
     return balls
 
 
-def case_efficiency(label: np.ndarray, truth: np.ndarray, uncertainty: np.ndarray, margin: np.ndarray,
-                    spacing_zyx: Sequence[float], config: ReviewConfig, seed: int = 0, ks: Sequence[int] = KS) -> dict:
+def _found(case: EfficiencyCase, reviewed: np.ndarray) -> Tuple[int, int]:
+    """(wrong voxels among `reviewed` flat indices (unique), how many were reviewed)."""
+    return int(np.isin(reviewed, case.wrong, assume_unique=True).sum()), int(reviewed.size)
+
+
+def case_efficiency(case: EfficiencyCase, config: ReviewConfig, ks: Sequence[int] = KS) -> dict:
     """Errors found and voxels reviewed by the top k regions of each method, for one case (see the module)."""
-    wrong = label != truth
-    tumour = label > 0
-    result = {"errors": int(wrong.sum()), "tumour_voxels": int(tumour.sum()), "regions": 0,
+    result = {"errors": int(case.wrong.size), "tumour_voxels": case.tumour_voxels, "regions": 0,
+              "tumour_case": case.tumour_case,
               **{m: {k: (0, 0) for k in ks} for m in METHODS}}
-    places = find_places(label, uncertainty, margin, spacing_zyx, config)
-    if places is None or places.ids.size == 0:
+    if case.maps is None:
+        return result
+    places = find_places(case.maps, config)
+    if places.ids.size == 0:
         return result
     result["regions"] = int(places.ids.size)
-    wrong_box = wrong[places.box]
+    # Flat indices on the whole grid of each kept component's voxels, grouped by component.
+    local = np.flatnonzero(places.components)
+    owner = places.components.ravel()[local]
+    grid = np.ravel_multi_index(tuple(i + b.start for i, b in zip(np.unravel_index(local, places.components.shape),
+                                                                   places.box)), case.shape)
     order = {"review": places.ranked(config.rank_by), "size": places.ranked("volume")}
     for method, positions in order.items():
         for k in ks:
-            chosen = np.isin(places.components, places.ids[positions[:k]])
-            result[method][k] = (int((wrong_box & chosen).sum()), int(chosen.sum()))
-    voxel_mm3 = float(np.prod(spacing_zyx))
-    volumes = places.stats["voxels"][order["review"][: max(ks)]] * voxel_mm3
-    balls = random_boundary_balls(tumour, volumes, np.asarray(spacing_zyx, float), seed)
-    flat_wrong = wrong.ravel()
+            result[method][k] = _found(case, grid[np.isin(owner, places.ids[positions[:k]])])
+    volumes = places.stats["voxels"][order["review"][: max(ks)]] * float(np.prod(case.spacing_zyx))
+    balls = random_boundary_balls(case, volumes)
     for k in ks:
-        reviewed = np.unique(np.concatenate(balls[:k])) if balls else np.zeros(0, np.int64)
-        result["random"][k] = (int(flat_wrong[reviewed].sum()), int(reviewed.size))
+        result["random"][k] = _found(case, np.unique(np.concatenate(balls[:k])) if balls else np.zeros(0, np.int64))
     return result
 
 
@@ -94,10 +119,8 @@ def _mean(values: List[float]) -> Optional[float]:
     return float(np.mean(values)) if values else None
 
 
-def summarise(cases: Sequence[dict], ks: Sequence[int] = KS) -> dict:
-    """Means over cases of share of errors, coverage and density per method and k; the review's density over each
-    baseline's; and whether the goals are met at GOAL_K."""
-    summary = {"cases": len(cases)}
+def _means(cases: Sequence[dict], ks: Sequence[int]) -> dict:
+    means = {}
     for k in ks:
         row = {}
         for method in METHODS:
@@ -110,11 +133,19 @@ def summarise(cases: Sequence[dict], ks: Sequence[int] = KS) -> dict:
         for baseline in ("size", "random"):
             ours, theirs = row["review"]["density"], row[baseline]["density"]
             row[f"density_ratio_vs_{baseline}"] = ours / theirs if ours is not None and theirs else None
-        summary[f"top{k}"] = row
-    top = summary.get(f"top{GOAL_K}")
-    if top is not None:
-        summary["goals"] = goals_met(top)
-    return summary
+        means[f"top{k}"] = row
+    if f"top{GOAL_K}" in means:
+        means["goals_met"] = goals_met(means[f"top{GOAL_K}"])
+    return means
+
+
+def summarise(cases: Sequence[dict], ks: Sequence[int] = KS) -> dict:
+    """Means over all cases, and over the cases with a tumour in the truth, of share of errors, coverage and
+    density per method and k; the review's density over each baseline's; whether the goals are met at GOAL_K.
+    (A tumour-free case with a small false positive has a coverage of several times its tiny predicted tumour.)"""
+    tumour_cases = [c for c in cases if c["tumour_case"]]
+    return {"cases": len(cases), "tumour_cases": len(tumour_cases), "ks": list(ks),
+            "all_cases": _means(cases, ks), "tumour_cases_only": _means(tumour_cases, ks)}
 
 
 def goals_met(top: dict) -> Dict[str, Optional[bool]]:
@@ -148,34 +179,37 @@ def _decreasing(rates: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def fit_calibration(cases: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarray, Sequence[float]]],
-                    near_mm: float) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
-    """Error rate per margin bin (CALIBRATION_EDGES) over voxels within `near_mm` of the predicted tumour, over
-    (label, truth, margin, spacing (z, y, x)) cases; non-increasing in the margin. Returns the points
-    (bin centres, rates) for ReviewConfig.calibration_margin / calibration_error."""
+                    near_mm: float) -> Tuple[Tuple[float, ...], Tuple[Tuple[float, ...], ...]]:
+    """Error rate per predicted label and margin bin (CALIBRATION_EDGES) over the voxels within `near_mm` of the
+    predicted tumour, over (label, truth, margin, spacing (z, y, x)) cases; each curve non-increasing in the
+    margin. Returns the points (margins, one row of rates per label) for ReviewConfig's calibration."""
     edges = np.asarray(CALIBRATION_EDGES)
-    counts = np.zeros(len(edges) - 1)
-    errors = np.zeros(len(edges) - 1)
+    n_bins, n_labels = len(edges) - 1, 1 + len(LABELS)
+    counts = np.zeros((n_labels, n_bins))
+    errors = np.zeros((n_labels, n_bins))
     for label, truth, margin, spacing in cases:
         tumour = label > 0
         if not tumour.any():
             continue
         near = ndimage.distance_transform_edt(~tumour, sampling=spacing) <= near_mm
-        bins = np.clip(np.searchsorted(edges, margin[near], side="right") - 1, 0, len(counts) - 1)
-        counts += np.bincount(bins, minlength=len(counts))
-        errors += np.bincount(bins, (label != truth)[near].astype(np.float64), minlength=len(counts))
+        cell = label[near].astype(np.int64) * n_bins + np.clip(np.searchsorted(edges, margin[near], "right") - 1,
+                                                               0, n_bins - 1)
+        counts += np.bincount(cell, minlength=counts.size).reshape(counts.shape)
+        errors += np.bincount(cell, (label != truth)[near].astype(np.float64), counts.size).reshape(counts.shape)
     if counts.sum() == 0:
         config = ReviewConfig()
         return config.calibration_margin, config.calibration_error
-    rates = _decreasing((errors + 0.5) / (counts + 1.0), counts)
-    centres = (edges[:-1] + edges[1:]) / 2.0
-    return (tuple([0.0] + centres.round(4).tolist() + [1.0]),
-            tuple([rates[0]] + np.round(rates, 4).tolist() + [rates[-1]]))
+    centres = ((edges[:-1] + edges[1:]) / 2.0).round(4)
+    # A bin's rate, shrunk towards 1/2 by one pseudo-voxel; then the non-increasing fit of each curve.
+    rates = [_decreasing((errors[k] + 0.5) / (counts[k] + 1.0), counts[k]) for k in range(n_labels)]
+    return (tuple([0.0] + centres.tolist() + [1.0]),
+            tuple(tuple([round(r[0], 4)] + np.round(r, 4).tolist() + [round(r[-1], 4)]) for r in rates))
 
 
 def _score(summary: dict) -> Tuple[int, float]:
-    """Larger is better: the goals' constraints met first (share of errors and coverage at GOAL_K), then the
+    """Larger is better, over the tumour cases: with the goals' share of errors and coverage at GOAL_K met, the
     error found per voxel reviewed; with the coverage alone met, the share; else the density."""
-    top = summary[f"top{GOAL_K}"]["review"]
+    top = summary["tumour_cases_only"][f"top{GOAL_K}"]["review"]
     share, coverage, density = (top[key] or 0.0 for key in ("share_of_errors", "coverage", "density"))
     coverage_ok = coverage <= GOALS["coverage_max"]
     if coverage_ok and share >= GOALS["share_of_errors_min"]:
@@ -186,23 +220,35 @@ def _score(summary: dict) -> Tuple[int, float]:
 def tune_review(cases: Sequence[dict], base: Optional[ReviewConfig] = None, grid: Optional[dict] = None,
                 log=None) -> Tuple[ReviewConfig, dict, List[dict]]:
     """The review settings maximising _score over `cases` (dicts with label, truth, uncertainty, margin,
-    spacing_zyx), the calibration fitted on the same cases. Returns (config, its summary, every setting's row)."""
+    spacing_zyx), the calibration fitted on the same cases first. Returns (config, its summary at KS, every
+    setting's row at GOAL_K)."""
     base = base or ReviewConfig()
     grid = grid or TUNE_GRID
     points = fit_calibration([(c["label"], c["truth"], c["margin"], c["spacing_zyx"]) for c in cases], base.near_mm)
     base = replace(base, calibration_margin=points[0], calibration_error=points[1])
-    best, best_summary, best_score, rows = base, None, None, []
+    prepared = [efficiency_case(c["label"], c["truth"], c["uncertainty"], c["margin"], c["spacing_zyx"], base,
+                                seed=index) for index, c in enumerate(cases)]
+    return choose(prepared, base, grid, log)
+
+
+def choose(prepared: Sequence[EfficiencyCase], base: ReviewConfig, grid: dict,
+           log=None) -> Tuple[ReviewConfig, dict, List[dict]]:
+    """The setting of `grid` (over `base`) with the best _score on the prepared cases."""
+    best, best_score, rows = base, None, []
     names = list(grid)
     for values in itertools.product(*(grid[name] for name in names)):
         config = replace(base, **dict(zip(names, values)))
-        results = [case_efficiency(c["label"], c["truth"], c["uncertainty"], c["margin"], c["spacing_zyx"], config,
-                                   seed=index, ks=(GOAL_K,)) for index, c in enumerate(cases)]
-        summary = summarise(results, ks=(GOAL_K,))
+        summary = summarise([case_efficiency(case, config, ks=(GOAL_K,)) for case in prepared], ks=(GOAL_K,))
         score = _score(summary)
-        rows.append({**dict(zip(names, values)), **summary[f"top{GOAL_K}"]["review"],
-                     "density_ratio_vs_size": summary[f"top{GOAL_K}"]["density_ratio_vs_size"]})
+        top = summary["tumour_cases_only"][f"top{GOAL_K}"]
+        rows.append({**dict(zip(names, values)), **top["review"], "density_ratio_vs_size": top["density_ratio_vs_size"],
+                     "density_ratio_vs_random": top["density_ratio_vs_random"]})
         if log is not None:
-            log(" ".join(f"{k}={v}" for k, v in rows[-1].items()))
+            log(" ".join(f"{k}={_short(v)}" for k, v in rows[-1].items()))
         if best_score is None or score > best_score:
-            best, best_summary, best_score = config, summary, score
-    return best, best_summary, rows
+            best, best_score = config, score
+    return best, summarise([case_efficiency(case, best) for case in prepared]), rows
+
+
+def _short(value):
+    return f"{value:.3f}" if isinstance(value, float) else value
