@@ -372,3 +372,19 @@ def find_regions(label: np.ndarray, uncertainty: np.ndarray, margin: np.ndarray,
     message = (f"{len(regions)} review region(s)" + (f" (the top {len(regions)} of {total})" if total > len(regions)
                                                       else "") + f", ranked by {RANK_KEYS[config.rank_by]}.")
     return ReviewResult(regions, label_map, message, settings)
+
+
+#: review.csv's columns, one row per region (lists joined with spaces, the centre split into R, A, S).
+CSV_COLUMNS = ("rank", "centre_r", "centre_a", "centre_s", "volume_ml", "expected_error_ml", "mean_error_probability",
+               "mean_uncertainty", "peak_uncertainty", "segments", "kinds")
+
+
+def regions_csv(regions: Sequence[dict]) -> str:
+    """review.csv's text for ReviewResult.table() rows (a header alone when there is none)."""
+    lines = [",".join(CSV_COLUMNS)]
+    for region in regions:
+        values = dict(region)
+        values.update(zip(("centre_r", "centre_a", "centre_s"), region["centre_ras"]))
+        values["segments"], values["kinds"] = " ".join(region["segments"]), " ".join(region["kinds"])
+        lines.append(",".join(str(values[column]) for column in CSV_COLUMNS))
+    return "\n".join(lines) + "\n"

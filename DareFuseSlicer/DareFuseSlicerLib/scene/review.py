@@ -149,7 +149,6 @@ def uncertainty_colour_node(threshold: float, name: str = "DareFuse uncertainty"
     node.SetName(name)
     node.SetTypeToUser()
     node.SetNumberOfColors(COLOURS)
-    node.SetNamesInitialised(True)
     set_colours(node, threshold)
     return node
 
@@ -176,6 +175,20 @@ def set_overlay_threshold(volume_node: slicer.vtkMRMLScalarVolumeNode, threshold
     colours = display.GetColorNode()
     if colours is not None and colours.GetAttribute("DareFuseSlicer.Threshold") is not None:
         set_colours(colours, threshold)
+
+
+def use_colours(volume_node: slicer.vtkMRMLScalarVolumeNode, colours: slicer.vtkMRMLColorTableNode,
+                threshold: float) -> None:
+    """Show an uncertainty map (in a scene) through one of our colour tables, windowed to 0..1, transparent below
+    `threshold`."""
+    display = volume_node.GetDisplayNode()
+    if display is None:
+        volume_node.CreateDefaultDisplayNodes()
+        display = volume_node.GetDisplayNode()
+    display.SetAndObserveColorNodeID(colours.GetID())
+    display.SetAutoWindowLevel(0)
+    display.SetWindowLevelMinMax(0.0, 1.0)
+    set_overlay_threshold(volume_node, threshold)
 
 
 def overlay_threshold(volume_node: slicer.vtkMRMLScalarVolumeNode) -> Optional[float]:

@@ -252,3 +252,94 @@ def choose(prepared: Sequence[EfficiencyCase], base: ReviewConfig, grid: dict,
 
 def _short(value):
     return f"{value:.3f}" if isinstance(value, float) else value
+
+
+def case_row(result: dict, k: int = GOAL_K) -> dict:
+    """One case's top-k figures for the per-case report."""
+    errors, tumour = result["errors"], result["tumour_voxels"]
+    row = {"regions": result["regions"], "errors": errors}
+    for method in METHODS:
+        found, reviewed = result[method][k]
+        row[method] = {"share_of_errors": found / errors if errors else None,
+                       "coverage": reviewed / tumour if tumour else None,
+                       "density": found / reviewed if reviewed else None}
+    return row
+
+
+# -- inside `darefuse evaluate --tune` ---------------------------------------------------------------------------
+#: How far around the predicted and true tumour a tuning case is kept: review regions lie within near_mm of the
+#: tumour, and the random baseline's balls (radius about 20 mm for a 30 mL region) mostly within this.
+TUNING_CROP_MM = 30.0
+
+
+def tuning_crop(label: np.ndarray, truth: np.ndarray, uncertainty: np.ndarray, margin: np.ndarray,
+                spacing_zyx: Sequence[float], no_tumour: Optional[float]) -> dict:
+    """What tune_review needs of one tuning case's raw prediction, cropped around the predicted and true tumour
+    (nothing is wrong outside: both are background there); maps as float16 to halve the memory."""
+    reach = [int(np.ceil(TUNING_CROP_MM / s)) for s in spacing_zyx]
+    box = _box_of((label > 0) | (truth > 0), reach) or tuple(slice(0, 1) for _ in label.shape)
+    return {"label": label[box].copy(), "truth": truth[box].copy(), "uncertainty": uncertainty[box].astype(np.float16),
+            "margin": margin[box].astype(np.float16), "spacing_zyx": tuple(float(s) for s in spacing_zyx),
+            "no_tumour": no_tumour}
+
+
+def _box_of(mask: np.ndarray, reach: Sequence[int]) -> Optional[Tuple[slice, ...]]:
+    if not mask.any():
+        return None
+    where = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis))) for axis in range(mask.ndim)]
+    return tuple(slice(max(int(w[0]) - r, 0), min(int(w[-1]) + 1 + r, n))
+                 for w, r, n in zip(where, reach, mask.shape))
+
+
+def post_processed(crop: dict, config) -> dict:
+    """A tuning_crop with its label post-processed as the pipeline would (pipeline.postprocess)."""
+    from ..pipeline.postprocess import postprocess
+
+    voxel_ml = float(np.prod(crop["spacing_zyx"])) / 1000.0
+    return {**crop, "label": postprocess(crop["label"], voxel_ml, config, crop["no_tumour"])}
+
+
+def tuning_summary(summary: dict) -> dict:
+    """The chosen setting's top-GOAL_K figures on the tuning cases, for the model card."""
+    return {subset: summary[subset][f"top{GOAL_K}"] for subset in ("all_cases", "tumour_cases_only")}
+
+
+def _f(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_lines(models: Dict[str, dict]) -> List[str]:
+    """The evaluation report's review section, for each model's report (review_efficiency and review entries)."""
+    lines = ["", "## Review efficiency", "",
+             "Top k review regions: share of the wrongly labelled voxels (any label) they hold, their volume over "
+             "the predicted whole tumour's (coverage) and wrong voxels found per voxel reviewed (density). "
+             "Baselines with as many regions: size = the same candidate places ranked by volume alone; random = "
+             "balls of the same volumes centred on random voxels of the predicted tumour's boundary (seeded). "
+             "Means over the cases where each ratio is defined; the density ratios are of those means.", "",
+             "| model | cases | k | share | coverage | density | size: share | coverage | density | random: share "
+             "| coverage | density | density / size | density / random |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    goals = []
+    for name, report in models.items():
+        efficiency = report.get("review_efficiency")
+        if not efficiency:
+            continue
+        for subset, label in (("all_cases", f"all {efficiency['cases']}"),
+                              ("tumour_cases_only", f"tumour {efficiency['tumour_cases']}")):
+            for k in efficiency["ks"]:
+                row = efficiency[subset][f"top{k}"]
+                cells = [_f(row[m][key]) for m in METHODS for key in ("share_of_errors", "coverage", "density")]
+                lines.append(f"| {name} | {label} | {k} | " + " | ".join(cells) + f" | "
+                             f"{_f(row['density_ratio_vs_size'], 2)} | {_f(row['density_ratio_vs_random'], 2)} |")
+            met = efficiency[subset].get("goals_met", {})
+            goals.append(f"- {name}, {label} cases: " + ", ".join(f"{goal} {'met' if ok else 'not met'}"
+                                                                  for goal, ok in met.items() if ok is not None))
+        settings = report["review"]
+        config = settings["config"]
+        goals.append(f"- {name} review settings: threshold {config['threshold']}, largest extent "
+                     f"{config['max_extent_mm']} mm, ranked by {config['rank_by']} "
+                     + (f"(tuned on `{settings['tuned_on']}`)" if settings["tuned_on"] else "(defaults, not tuned)"))
+    lines += ["", f"Goals at k = {GOAL_K} (issue 18): share of errors at least {GOALS['share_of_errors_min']}, "
+              f"coverage at most {GOALS['coverage_max']}, density at least {GOALS['density_ratio_min']}x each "
+              "baseline's.", ""] + goals + [""]
+    return lines
