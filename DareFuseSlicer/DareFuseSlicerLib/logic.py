@@ -279,9 +279,24 @@ class DareFuseLogic:
         return ReviewSession(segmentation_node, made["review_table"], made.get("review_points"), **extra)
 
     @staticmethod
+    def latest_reviewable(scene: slicer.vtkMRMLScene) -> Optional[slicer.vtkMRMLSegmentationNode]:
+        """The most recently added segmentation of ours whose run left review regions in `scene` (e.g. in a
+        loaded scene, to resume its review), or None."""
+        for index in reversed(range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"))):
+            node = scene.GetNthNodeByClass(index, "vtkMRMLSegmentationNode")
+            if nodes.is_output(node) and "review_table" in DareFuseLogic.run_outputs(node):
+                return node
+        return None
+
+    @staticmethod
     def set_uncertainty_threshold(uncertainty_node: slicer.vtkMRMLScalarVolumeNode, threshold: float) -> None:
         """Uncertainty below `threshold` (0..1) drawn transparent over the image (the panel's slider)."""
         scene_review.set_overlay_threshold(uncertainty_node, threshold)
+
+    @staticmethod
+    def uncertainty_threshold(uncertainty_node: slicer.vtkMRMLScalarVolumeNode) -> Optional[float]:
+        """The threshold an uncertainty map is shown with (None when it shows every value)."""
+        return scene_review.overlay_threshold(uncertainty_node)
 
     @staticmethod
     def _style(kind: str, node: slicer.vtkMRMLNode, prepared: PreparedInputs, built: Mapping[str, slicer.vtkMRMLNode],

@@ -157,23 +157,30 @@ class ReviewSession:
             "regions": regions,
         }
 
-    def export(self, folder, stem: str = "review", overwrite: bool = False) -> Tuple[Path, Path]:
+    @staticmethod
+    def export_names(stem: str = "review") -> Tuple[str, str]:
+        return f"{stem}.json", f"{stem}.csv"
+
+    def segmentation_names(self, stem: Optional[str] = None) -> Tuple[str, str]:
+        stem = stem or self.segmentation.GetName()
+        return f"{stem}.seg.nrrd", f"{stem}.nii.gz"
+
+    def export(self, folder, stem: str = "review", overwrite: bool = False) -> Tuple[Path, ...]:
         """Write <stem>.json and <stem>.csv into `folder` (both or neither); existing files only with overwrite."""
         summary = self.summary()
-        return _write_together(folder, {f"{stem}.json": lambda path: path.write_text(json.dumps(summary, indent=2)
-                                                                                       + "\n"),
-                                        f"{stem}.csv": lambda path: path.write_text(summary_csv(summary))},
-                               overwrite)
+        json_name, csv_name = self.export_names(stem)
+        return _write_together(folder, {json_name: lambda path: path.write_text(json.dumps(summary, indent=2) + "\n"),
+                                        csv_name: lambda path: path.write_text(summary_csv(summary))}, overwrite)
 
-    def save_segmentation(self, folder, stem: Optional[str] = None, overwrite: bool = False) -> Tuple[Path, Path]:
+    def save_segmentation(self, folder, stem: Optional[str] = None, overwrite: bool = False) -> Tuple[Path, ...]:
         """The segmentation as it is now, as <stem>.seg.nrrd (segments, colours, terminology) and <stem>.nii.gz
-        (BraTS labels on the reference grid), both or neither."""
-        stem = stem or self.segmentation.GetName()
+        (BraTS labels on the reference grid), both or neither; the stem defaults to the node's name."""
         image = sitk.GetImageFromArray(self.labels_now())
         image.CopyInformation(self.reference)
+        seg_name, nifti_name = self.segmentation_names(stem)
         return _write_together(folder, {
-            f"{stem}.seg.nrrd": lambda path: files.save_segmentation(self.segmentation, path),
-            f"{stem}.nii.gz": lambda path: sitk.WriteImage(image, str(path), useCompression=True),
+            seg_name: lambda path: files.save_segmentation(self.segmentation, path),
+            nifti_name: lambda path: sitk.WriteImage(image, str(path), useCompression=True),
         }, overwrite)
 
 
@@ -199,6 +206,11 @@ def summary_csv(summary: dict) -> str:
     return text.getvalue()
 
 
+def existing_files(folder, names) -> List[str]:
+    """Which of `names` already exist in `folder` (the panel asks before replacing them)."""
+    return [name for name in names if (Path(folder) / name).exists()]
+
+
 def _write_together(folder, writers: Dict[str, Callable[[Path], object]], overwrite: bool) -> Tuple[Path, ...]:
     """Write every file completely into a staging folder inside `folder` before moving any of them in (renames in
     one folder), so that a failed write leaves neither."""
@@ -218,3 +230,16 @@ def _write_together(folder, writers: Dict[str, Callable[[Path], object]], overwr
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return tuple(target / name for name in writers)
+
+
+# -- what the panel shows (kept here so it is tested without Qt) -----------------------------------------------
+def table_rows(regions: List[dict]) -> List[Tuple[str, str, str, str, str]]:
+    """The panel's review table: rank, segments, volume (mL), expected error (mL), reviewed."""
+    return [(str(r["rank"]), ", ".join(r["segments"]) or "-", f"{r['volume_ml']:.2f}", f"{r['expected_error_ml']:.2f}",
+             "yes" if r["reviewed"] else "") for r in regions]
+
+
+def counts_text(reviewed: int, remaining: int) -> str:
+    if reviewed + remaining == 0:
+        return "No review regions: nothing in this segmentation was found to be in doubt."
+    return f"{reviewed} reviewed, {remaining} remaining of {reviewed + remaining} regions."

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from DareFuseSlicerLib.errors import InputError
 from DareFuseSlicerLib.logic import DareFuseLogic
 from DareFuseSlicerLib.pipeline.review import ReviewConfig, find_regions
-from DareFuseSlicerLib.review_session import ReviewSession
+from DareFuseSlicerLib.review_session import ReviewSession, counts_text, existing_files, table_rows
 from DareFuseSlicerLib.scene import files, review, segmentation, volumes
 
 import scene_cases
@@ -152,3 +152,52 @@ def test_the_edited_segmentation_is_saved_as_seg_nrrd_and_nifti_in_one_call(revi
     with pytest.raises(InputError, match="already exists"):
         session.save_segmentation(tmp_path, "edited")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["edited.nii.gz", "edited.seg.nrrd"]
+
+
+def test_the_logic_starts_a_review_of_a_run_and_finds_it_again_in_a_saved_scene(tmp_path):
+    scene = scene_cases.new_scene()
+    inputs = scene_cases.add_case(scene)
+    logic = DareFuseLogic(pipeline_run=scene_cases.drawn_pipeline, model_loader=scene_cases.drawn_loader)
+    out = logic.process(**inputs)
+    session = logic.start_review(out.segmentation)
+    assert session.table is out.nodes["review_table"] and session.markups is out.nodes["review_points"]
+    assert len(session.regions) == len(out.result.review.regions) > 0
+    session.go_to(0)
+    session.set_reviewed()
+    assert logic.latest_reviewable(scene) is out.segmentation
+    # The uncertainty overlay starts at the run's threshold; the slider's call moves it.
+    uncertainty = out.nodes["uncertainty"]
+    assert logic.uncertainty_threshold(uncertainty) == pytest.approx(scene_cases.DRAWN_REVIEW.overlay_threshold)
+    assert uncertainty.GetDisplayNode().GetColorNode() is out.nodes["uncertainty_colours"]
+    logic.set_uncertainty_threshold(uncertainty, 0.6)
+    assert logic.uncertainty_threshold(uncertainty) == pytest.approx(0.6)
+    # A saved and reloaded scene resumes the review where it stopped.
+    loaded = files.load_scene_bundle(files.save_scene_bundle(scene, tmp_path / "scene.mrb"))
+    again = logic.latest_reviewable(loaded)
+    assert again is not None and again.GetName() == out.segmentation.GetName()
+    assert logic.start_review(again).counts() == session.counts()
+    # A segmentation without review regions says so.
+    from DareFuseSlicerLib.scene import nodes
+
+    other = segmentation.label_to_segmentation_node(scene_cases.truth_label(), "mine", inputs["t1"])
+    scene.AddNode(other)
+    with pytest.raises(InputError, match="no review regions"):
+        logic.start_review(other)
+    assert not nodes.is_output(other)
+
+
+def test_what_the_panel_shows_comes_from_here(reviewed_case, tmp_path):
+    _, _, session, _, result = reviewed_case
+    session.go_to(0)
+    session.set_reviewed()
+    rows = table_rows(session.regions)
+    first = result.regions[0]
+    assert rows[0] == (str(first.rank), ", ".join(first.segments), f"{first.volume_ml:.2f}",
+                       f"{first.expected_error_ml:.2f}", "yes")
+    assert rows[1][4] == "" and len(rows) == len(result.regions)
+    assert counts_text(*session.counts()) == f"1 reviewed, {len(rows) - 1} remaining of {len(rows)} regions."
+    assert counts_text(0, 0).startswith("No review regions")
+    assert existing_files(tmp_path, session.export_names()) == []
+    session.export(tmp_path)
+    assert existing_files(tmp_path, session.export_names()) == ["review.json", "review.csv"]
+    assert session.export(tmp_path, overwrite=True)[0].name == "review.json"
