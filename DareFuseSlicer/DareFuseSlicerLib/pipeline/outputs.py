@@ -303,9 +303,13 @@ def _overview_rows(result) -> List[Tuple[str, Optional[np.ndarray], dict]]:
     review = getattr(result, "review", None)
     if review is not None and review.regions:
         regions = _image_like_label(review.label_map, result.label)
-        rows.append(("review regions", _lps_array(regions)[0], {}))
+        # A copy: _lps_array's view would outlive the temporary image it looks into.
+        rows.append(("review regions", np.array(_lps_array(regions)[0]), {}))
     if result.uncertainty is not None:
-        rows.append(("uncertainty", _lps_array(result.uncertainty)[0], {"cmap": "inferno", "vmin": 0, "vmax": 1}))
+        # Below the overlay threshold (the model card's review settings) transparent, as in the slice views.
+        floor = (result.settings.get("review") or {}).get("overlay_threshold", 0.02)
+        rows.append(("uncertainty", _lps_array(result.uncertainty)[0],
+                     {"cmap": "inferno", "vmin": 0, "vmax": 1, "shown_above": floor}))
     if result.difference_prior is not None:
         prior = _lps_array(result.difference_prior)[0]
         top = float(np.percentile(prior[prior > 0], 99.5)) if np.any(prior > 0) else 1.0
@@ -373,9 +377,10 @@ def render_overview(result, path: PathLike, dpi: int = 110) -> None:
                 _draw_review(ax, col, layer, marks, aspects[col], origins[col])
             elif over is not None:
                 # Shown over the imaged object only (the map itself is kept whole in its file).
-                shown = np.ma.masked_where((over <= 0.02 * style["vmax"]) | (base == background), over)
+                floor = style.get("shown_above", 0.02 * style["vmax"])
+                shown = np.ma.masked_where((over <= floor) | (base == background), over)
                 ax.imshow(shown, alpha=0.55, origin=origins[col], aspect=aspects[col], interpolation="nearest",
-                          **style)
+                          **{k: v for k, v in style.items() if k != "shown_above"})
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
