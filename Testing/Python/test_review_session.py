@@ -201,3 +201,27 @@ def test_what_the_panel_shows_comes_from_here(reviewed_case, tmp_path):
     session.export(tmp_path)
     assert existing_files(tmp_path, session.export_names()) == ["review.json", "review.csv"]
     assert session.export(tmp_path, overwrite=True)[0].name == "review.json"
+
+
+def test_a_segmentation_with_nothing_to_review_gives_an_empty_review_not_an_error(tmp_path):
+    scene = scene_cases.new_scene()
+    inputs = scene_cases.add_case(scene)
+    truth = scene_cases.truth_label()
+    array = sitk.GetArrayFromImage(truth)
+    result = find_regions(array, np.zeros(array.shape, np.float32), np.ones(array.shape, np.float32), truth,
+                          CONFIG)  # the network is sure everywhere: nothing in doubt
+    assert result.regions == [] and "No review regions" in result.message
+    seg = segmentation.label_to_segmentation_node(truth, "sure", inputs["t1"])
+    scene.AddNode(seg)
+    table = review.regions_table_node(result.table(), "regions")
+    points = review.regions_markups_node(result.table(), "points")
+    scene.AddNode(table)
+    scene.AddNode(points)
+    review.style_markups(points)
+    session = ReviewSession(seg, table, points)
+    assert session.counts() == (0, 0) and session.next() is None and session.previous() is None
+    assert counts_text(*session.counts()).startswith("No review regions")
+    exported = json.loads(session.export(tmp_path)[0].read_text())
+    assert exported["regions"] == [] and exported["voxels_changed"]["total_voxels_changed"] == 0
+    with pytest.raises(IndexError, match="no review region is current"):
+        session.set_reviewed()
