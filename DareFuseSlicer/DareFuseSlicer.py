@@ -494,7 +494,7 @@ class DareFuseSlicerTest(_TestBase):
         from DareFuseSlicerLib.constants import REGIONS
         from DareFuseSlicerLib.metrics import region_dice
         from DareFuseSlicerLib.phantoms import sample_case_paths
-        from DareFuseSlicerLib.scene import display, nodes, segmentation, volumes
+        from DareFuseSlicerLib.scene import nodes, segmentation, volumes
 
         self._say("Loading the sample case")
         paths = sample_case_paths()  # raises if a file does not match its SHA256
@@ -532,13 +532,27 @@ class DareFuseSlicerTest(_TestBase):
         self.assertAlmostEqual(sum(report["class_probabilities"].values()), 1.0, places=3)
 
         self._say("Checking the display")
-        self.assertEqual(outputs.nodes["uncertainty"].GetDisplayNode().GetColorNodeID(),
-                         display.COLOUR_IDS["uncertainty"])
+        # The uncertainty's own colour table: transparent below the model card's threshold, so only doubt shows.
+        uncertainty_display = outputs.nodes["uncertainty"].GetDisplayNode()
+        self.assertIs(uncertainty_display.GetColorNode(), outputs.nodes["uncertainty_colours"])
+        self.assertTrue(uncertainty_display.GetApplyThreshold())
+        self.assertAlmostEqual(uncertainty_display.GetLowerThreshold(),
+                               report["settings"]["review"]["overlay_threshold"])
         self.assertTrue(seg.GetDisplayNode().GetVisibility2DOutline())
         composite = self.scene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
         self.assertIsNotNone(composite)
         self.assertEqual(composite.GetBackgroundVolumeID(), inputs["flair"].GetID())
         self.assertEqual(composite.GetForegroundVolumeID(), outputs.nodes["uncertainty"].GetID())
+
+        self._say("Checking the review regions")
+        review = DareFuseSlicerLogic().start_review(seg)
+        self.assertEqual(len(review.regions), len(report["review_regions"]))
+        self.assertGreater(len(review.regions), 0)  # a glioma: its edge is in doubt somewhere
+        first = review.next()
+        red = self.scene.GetNodeByID("vtkMRMLSliceNodeRed").GetSliceToRAS()
+        self.assertAlmostEqual(red.GetElement(2, 3), first["centre_ras"][2], places=1)  # the axial view moved there
+        review.set_reviewed()
+        self.assertEqual(review.counts(), (1, len(review.regions) - 1))
 
         self._say("Running again: the earlier outputs are replaced")
         count = self.scene.GetNumberOfNodes()

@@ -173,7 +173,7 @@ def test_dicom_format_leaves_out_nifti_and_a_result_folder_is_replaced_whole(cas
     target = tmp_path / "out"
     written = write_outputs(result, target, model_info=model_info, nifti=False, extra_writers=[study("first")],
                             report_extra={"dicom_study": {"series": ["a: T1"]}}, overview=False)
-    assert sorted(written) == ["report.json", "sample-dicom"]
+    assert sorted(written) == ["report.json", "review.csv", "sample-dicom"]  # the review table is in every format
     assert json.loads((target / "report.json").read_text())["dicom_study"] == {"series": ["a: T1"]}
     with pytest.raises(InputError, match="already holds results"):
         write_outputs(result, target, nifti=False, extra_writers=[study("second")], overview=False)

@@ -18,7 +18,6 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from .. import __version__
 from ..constants import LABEL_COLOURS, LABELS
@@ -26,7 +25,6 @@ from ..dicom.export import MAP_FILES, SEG_FILE
 from ..dicom.synthetic import SAMPLE_STUDY_DIR
 from ..errors import OptionError
 from ..progress import CancelFn, check_cancel
-from .review import regions_csv
 
 PathLike = Union[str, Path]
 #: Every file a run may write; any of them in a folder means the folder "already holds results".
@@ -208,6 +206,8 @@ def write_outputs(result, output_dir: PathLike, overwrite: bool = False, model_i
         tasks = [lambda w=writer: w(staging) for writer in extra_writers]
         tasks += [write_nifti(name, make) for name, make in (_image_layers(result) if nifti else [])]
         if getattr(result, "review", None) is not None:
+            from .review import regions_csv  # SciPy: not at import, where a bad call is refused within a second
+
             tasks.append(lambda: [_write_text(staging / "review.csv", regions_csv(result.review.table()))])
         if overview:
             tasks.append(lambda: (render_overview(result, staging / "overview.png"), ["overview.png"])[1])
@@ -284,6 +284,8 @@ REVIEW_COLOUR = (0.0, 0.85, 1.0, 0.45)
 def _review_marks(regions: np.ndarray, top: int = OVERVIEW_REGIONS) -> List[Tuple[int, Tuple[int, int, int]]]:
     """(rank, (z, y, x)) of the top regions of an oriented region map: each region's voxel nearest its centre of
     mass, as pipeline/review.py places a region's centre."""
+    from scipy import ndimage
+
     marks = []
     for rank, extent in enumerate(ndimage.find_objects(regions)[:top], start=1):
         if extent is None:

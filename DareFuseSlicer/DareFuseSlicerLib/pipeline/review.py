@@ -2,9 +2,10 @@
 
 A voxel's error probability is read from the margin between its two most probable labels (expected Dirichlet
 probabilities) and its predicted label, through calibration curves measured on validation cases (one per label).
-On the bundled model's validation cases, background voxels next to a tumour with a margin under 0.1 were wrong
-about 55 % of the time, tumour voxels with the same margin about 35 %, and voxels with a margin over 0.8 almost
-never (benchmarks/review_tuning.py prints the curves). The predicted label matters because the model tends to
+On the bundled model's validation cases (its card's review.config.calibration_error, written by `darefuse
+evaluate --tune data/val --record`), background voxels within 5 mm of a tumour with a margin under 0.1 were
+wrong 57-62 % of the time, tumour voxels with the same margin 32-49 %, and voxels with a margin over 0.8 almost
+never. The predicted label matters because the model tends to
 stop short of the tumour's edge: a doubtful background voxel beside it is more often tumour than a doubtful tumour
 voxel is background. The uncertainty K / sum(alpha) predicts errors far less well here: it is high through whole
 tumours, not only where the labels are in doubt.
@@ -15,8 +16,8 @@ Three kinds of place, merged where they touch, within `near_mm` of the tumour se
 - gap: a thin cleft (narrower than about `gap_mm`) in the whole tumour, the tumour core or the enhancing tumour,
   filled by a morphological closing.
 Each connected component of their union is a region, ranked by `rank_by` (RANK_KEYS). The settings live in the
-model card's "review" entry, chosen on validation data (`darefuse evaluate --tune`); ReviewConfig's defaults are
-for a model whose card has none.
+model card's "review" entry, chosen on validation data (`darefuse evaluate --tune`); ReviewConfig's defaults,
+for a model whose card has none, are the bundled model's choice with its curves rounded.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from ..constants import LABELS, REGIONS
 
 #: Where a model card keeps its review settings.
 CARD_KEY = "review"
-#: How regions may be ranked: name -> (description, key of a region's statistics; larger first).
+#: How regions may be ranked (larger first): name -> description.
 RANK_KEYS = {
     "expected_error": "expected wrong volume (sum of the error probability), largest first",
     "error_density": "mean error probability, highest first",
@@ -44,14 +45,14 @@ FULL_CONNECTIVITY = np.ones((3, 3, 3), bool)
 
 @dataclass
 class ReviewConfig:
-    threshold: float = 0.2  # error probability at or above which a voxel is doubtful
+    threshold: float = 0.3  # error probability at or above which a voxel is doubtful
     near_mm: float = 5.0  # doubtful voxels count up to this distance from the tumour segments
     min_ml: float = 0.02  # regions smaller than this are dropped (noise at the voxel scale)
     island_max_ml: float = 0.5  # largest segment component still called an island
     gap_mm: float = 2.0  # clefts narrower than about this are gaps
-    max_extent_mm: Optional[float] = 30.0  # a place longer than this along an axis is cut into equal parts
+    max_extent_mm: Optional[float] = None  # a place longer than this along an axis is cut into equal parts
     rank_by: str = "expected_error"
-    max_regions: int = 20  # regions listed and drawn in review_regions.nii.gz
+    max_regions: int = 20  # regions listed and drawn in review_regions.nii.gz (uint8: at most 255)
     #: Error probability as a function of the top-two margin, one curve per predicted label (0 background, 1 NETC,
     #: 2 SNFH, 3 ET), piecewise linear through these points. The defaults are a rounded version of the bundled
     #: model's validation curves, for a model whose card has none.
@@ -77,6 +78,8 @@ class ReviewConfig:
                              "with an error rate for every margin, at least two")
         if np.any(np.diff(self.calibration_margin) <= 0):
             raise ValueError("the review calibration's margins must increase")
+        if not 1 <= self.max_regions <= 255:
+            raise ValueError(f"max_regions {self.max_regions}: the region map holds 1 to 255 regions")
         self.calibration_margin = tuple(float(v) for v in self.calibration_margin)
         self.calibration_error = tuple(tuple(float(v) for v in row) for row in rows)
 
