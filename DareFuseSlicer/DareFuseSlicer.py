@@ -17,6 +17,7 @@ from DareFuseSlicerLib.dependencies import missing_requirements, protected_const
 from DareFuseSlicerLib.errors import Cancelled, InputError
 from DareFuseSlicerLib.inputs import auto_assign_inputs, load_sample_case
 from DareFuseSlicerLib.logic import BackgroundRun, DareFuseLogic, report_of, report_rows
+from DareFuseSlicerLib.review_session import counts_text, existing_files, table_rows
 
 try:  # the Slicer application; slicer-core has neither Qt nor ScriptedLoadableModule
     import qt
@@ -120,6 +121,8 @@ if IN_SLICER_APP:
             self._parameterNodeGuiTag = None
             self._run = None
             self._state = self.IDLE
+            self._review = None  # a review_session.ReviewSession: all review behaviour is there, tested
+            self._uncertaintyNode = None
 
         def setup(self):
             ScriptedLoadableModuleWidget.setup(self)
@@ -141,6 +144,7 @@ if IN_SLICER_APP:
             self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
             self.ui.autoAssignButton.connect("clicked(bool)", self.onAutoAssign)
             self.ui.loadSampleButton.connect("clicked(bool)", self.onLoadSample)
+            self._setUpReview()
             self.initializeParameterNode()
 
         def cleanup(self):
@@ -150,6 +154,10 @@ if IN_SLICER_APP:
 
         def enter(self):
             self.initializeParameterNode()
+            if self._review is None:  # e.g. a saved scene was loaded: resume its review
+                segmentationNode = self.logic.latest_reviewable(slicer.mrmlScene)
+                if segmentationNode is not None:
+                    self._startReview(segmentationNode)
 
         def exit(self):
             if self._parameterNode:
@@ -160,6 +168,7 @@ if IN_SLICER_APP:
         def onSceneStartClose(self, caller, event):
             if self._run is not None:
                 self._run.request_cancel()
+            self._stopReview()
             self.setParameterNode(None)
 
         def onSceneEndClose(self, caller, event):
@@ -274,19 +283,149 @@ if IN_SLICER_APP:
                 self.ui.statusLabel.text = "Done. " + " ".join(outputs.report.get("warnings") or [])
                 self._showReport(outputs.report)
                 slicer.util.resetSliceViews()
+                if outputs.segmentation is not None:
+                    self._startReview(outputs.segmentation)
             finally:
                 self._setState(self.IDLE)
 
-        def _showReport(self, report):
+        def _showReport(self, report, volumesOnly=False):
             rows = report_rows(report)
-            predicted = (report.get("predicted_class") or "").replace("_", " ")
-            caution = " (low confidence: see the warnings)" if report.get("low_confidence") else ""
-            self.ui.predictionLabel.text = f"Predicted class: {predicted}{caution}"
-            for table, key in ((self.ui.classTable, "classes"), (self.ui.volumeTable, "volumes")):
+            if not volumesOnly:
+                predicted = (report.get("predicted_class") or "").replace("_", " ")
+                caution = " (low confidence: see the warnings)" if report.get("low_confidence") else ""
+                self.ui.predictionLabel.text = f"Predicted class: {predicted}{caution}"
+            tables = ((self.ui.volumeTable, "volumes"),) if volumesOnly else (
+                (self.ui.classTable, "classes"), (self.ui.volumeTable, "volumes"))
+            for table, key in tables:
                 table.setRowCount(len(rows[key]))
                 for row, (name, value) in enumerate(rows[key]):
                     table.setItem(row, 0, qt.QTableWidgetItem(name))
                     table.setItem(row, 1, qt.QTableWidgetItem(value))
+
+        # -- review (issue 18): every action is one call of review_session.ReviewSession or the logic ---------
+        def _setUpReview(self):
+            self.ui.reviewTable.horizontalHeader().setStretchLastSection(True)
+            self.ui.reviewTable.verticalHeader().hide()
+            self._volumeTimer = qt.QTimer()
+            self._volumeTimer.setSingleShot(True)
+            self._volumeTimer.setInterval(500)  # volumes recounted once a paint stroke is over
+            self._volumeTimer.connect("timeout()", self._refreshVolumes)
+            self.ui.reviewTable.connect("cellClicked(int,int)", self.onReviewRowClicked)
+            self.ui.nextRegionButton.connect("clicked(bool)", self.onNextRegion)
+            self.ui.previousRegionButton.connect("clicked(bool)", self.onPreviousRegion)
+            self.ui.reviewedCheckBox.connect("toggled(bool)", self.onReviewedToggled)
+            self.ui.uncertaintyThresholdSlider.connect("valueChanged(double)", self.onThresholdChanged)
+            self.ui.exportReviewButton.connect("clicked(bool)", self.onExportReview)
+            self.ui.saveSegmentationButton.connect("clicked(bool)", self.onSaveSegmentation)
+            self._updateReviewState()
+
+        def _startReview(self, segmentationNode):
+            self._stopReview()
+            try:
+                self._review = self.logic.start_review(segmentationNode)
+            except InputError as error:
+                self.ui.reviewStatusLabel.text = str(error)
+                return
+            self._uncertaintyNode = self.logic.run_outputs(segmentationNode).get("uncertainty")
+            if self._uncertaintyNode is not None:
+                threshold = self.logic.uncertainty_threshold(self._uncertaintyNode)
+                self.ui.uncertaintyThresholdSlider.blockSignals(True)
+                self.ui.uncertaintyThresholdSlider.value = threshold if threshold is not None else 0.0
+                self.ui.uncertaintyThresholdSlider.blockSignals(False)
+            self.addObserver(segmentationNode.GetSegmentation(), slicer.vtkSegmentation.RepresentationModified,
+                             self._onSegmentationEdited)
+            self._showReviewTable()
+
+        def _stopReview(self):
+            if self._review is not None:
+                self.removeObserver(self._review.segmentation.GetSegmentation(),
+                                    slicer.vtkSegmentation.RepresentationModified, self._onSegmentationEdited)
+            self._review, self._uncertaintyNode = None, None
+            self._updateReviewState()
+
+        def _showReviewTable(self):
+            rows = table_rows(self._review.regions)
+            self.ui.reviewTable.setRowCount(len(rows))
+            for row, cells in enumerate(rows):
+                for column, text in enumerate(cells):
+                    self.ui.reviewTable.setItem(row, column, qt.QTableWidgetItem(text))
+            self._updateReviewState()
+
+        def _updateReviewState(self):
+            active = self._review is not None
+            for widget in (self.ui.nextRegionButton, self.ui.previousRegionButton, self.ui.exportReviewButton,
+                           self.ui.saveSegmentationButton):
+                widget.enabled = active
+            self.ui.uncertaintyThresholdSlider.enabled = self._uncertaintyNode is not None
+            current = self._review.current if active else None
+            self.ui.reviewedCheckBox.enabled = current is not None
+            self.ui.reviewedCheckBox.blockSignals(True)
+            self.ui.reviewedCheckBox.checked = current is not None and self._review.regions[current]["reviewed"]
+            self.ui.reviewedCheckBox.blockSignals(False)
+            if active:
+                self.ui.reviewStatusLabel.text = counts_text(*self._review.counts())
+
+        def _goTo(self, region):
+            if region is None:
+                return
+            self.ui.reviewTable.selectRow(self._review.current)
+            if region["segment_id"]:
+                editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+                editor.setSegmentationNode(self._review.segmentation)
+                editor.setCurrentSegmentID(region["segment_id"])
+            self._updateReviewState()
+
+        def onReviewRowClicked(self, row, column):
+            self._goTo(self._review.go_to(row))
+
+        def onNextRegion(self):
+            self._goTo(self._review.next())
+
+        def onPreviousRegion(self):
+            self._goTo(self._review.previous())
+
+        def onReviewedToggled(self, checked):
+            if self._review is None or self._review.current is None:
+                return
+            self._review.set_reviewed(checked)
+            self.ui.reviewTable.setItem(self._review.current, 4, qt.QTableWidgetItem(
+                table_rows(self._review.regions)[self._review.current][4]))
+            self._updateReviewState()
+
+        def onThresholdChanged(self, value):
+            if self._uncertaintyNode is not None:
+                self.logic.set_uncertainty_threshold(self._uncertaintyNode, value)
+
+        def _onSegmentationEdited(self, caller=None, event=None):
+            self._volumeTimer.start()
+
+        def _refreshVolumes(self):
+            if self._review is not None:
+                self._showReport({"volumes_ml": self._review.volumes_ml()}, volumesOnly=True)
+
+        def _askFolder(self, title):
+            return qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), title)
+
+        def onExportReview(self):
+            self._writeFiles(self._askFolder("Export the review into"), self._review.export,
+                             self._review.export_names(), "Review exported")
+
+        def onSaveSegmentation(self):
+            self._writeFiles(self._askFolder("Save the segmentation into"), self._review.save_segmentation,
+                             self._review.segmentation_names(), "Segmentation saved")
+
+        def _writeFiles(self, folder, write, names, done):
+            if not folder:
+                return
+            existing = existing_files(folder, names)
+            if existing and not slicer.util.confirmOkCancelDisplay("Replace " + ", ".join(existing) + "?"):
+                return
+            try:
+                paths = write(folder, overwrite=bool(existing))
+            except InputError as error:
+                slicer.util.errorDisplay(str(error))
+                return
+            self.ui.reviewStatusLabel.text = f"{done}: " + ", ".join(str(path) for path in paths)
 
         def _ensurePythonPackages(self):
             """torch from the PyTorch extension, the rest by pip after asking; never at import, never
@@ -355,7 +494,7 @@ class DareFuseSlicerTest(_TestBase):
         from DareFuseSlicerLib.constants import REGIONS
         from DareFuseSlicerLib.metrics import region_dice
         from DareFuseSlicerLib.phantoms import sample_case_paths
-        from DareFuseSlicerLib.scene import display, nodes, segmentation, volumes
+        from DareFuseSlicerLib.scene import nodes, segmentation, volumes
 
         self._say("Loading the sample case")
         paths = sample_case_paths()  # raises if a file does not match its SHA256
@@ -393,13 +532,27 @@ class DareFuseSlicerTest(_TestBase):
         self.assertAlmostEqual(sum(report["class_probabilities"].values()), 1.0, places=3)
 
         self._say("Checking the display")
-        self.assertEqual(outputs.nodes["uncertainty"].GetDisplayNode().GetColorNodeID(),
-                         display.COLOUR_IDS["uncertainty"])
+        # The uncertainty's own colour table: transparent below the model card's threshold, so only doubt shows.
+        uncertainty_display = outputs.nodes["uncertainty"].GetDisplayNode()
+        self.assertIs(uncertainty_display.GetColorNode(), outputs.nodes["uncertainty_colours"])
+        self.assertTrue(uncertainty_display.GetApplyThreshold())
+        self.assertAlmostEqual(uncertainty_display.GetLowerThreshold(),
+                               report["settings"]["review"]["overlay_threshold"])
         self.assertTrue(seg.GetDisplayNode().GetVisibility2DOutline())
         composite = self.scene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
         self.assertIsNotNone(composite)
         self.assertEqual(composite.GetBackgroundVolumeID(), inputs["flair"].GetID())
         self.assertEqual(composite.GetForegroundVolumeID(), outputs.nodes["uncertainty"].GetID())
+
+        self._say("Checking the review regions")
+        review = DareFuseSlicerLogic().start_review(seg)
+        self.assertEqual(len(review.regions), len(report["review_regions"]))
+        self.assertGreater(len(review.regions), 0)  # a glioma: its edge is in doubt somewhere
+        first = review.next()
+        red = self.scene.GetNodeByID("vtkMRMLSliceNodeRed").GetSliceToRAS()
+        self.assertAlmostEqual(red.GetElement(2, 3), first["centre_ras"][2], places=1)  # the axial view moved there
+        review.set_reviewed()
+        self.assertEqual(review.counts(), (1, len(review.regions) - 1))
 
         self._say("Running again: the earlier outputs are replaced")
         count = self.scene.GetNumberOfNodes()

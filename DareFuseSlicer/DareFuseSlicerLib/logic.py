@@ -30,6 +30,7 @@ from .inputs import check_input_node, node_geometry
 from .pipeline import validate
 from .progress import CancelFn, ProgressFn, check_cancel, scaled
 from .scene import display, nodes, segmentation, volumes
+from .scene import review as scene_review
 
 MODULE_DIR = Path(__file__).resolve().parents[1]
 MODELS_DIR = MODULE_DIR / "Resources" / "Models"
@@ -59,7 +60,8 @@ class ProcessOutputs:
     """What a run added to the scene, and its report (JSON-ready)."""
 
     nodes: Dict[str, slicer.vtkMRMLNode]  # "segmentation", "uncertainty", "difference_prior", "gradcam",
-    #                                      "tumour_free_<contrast>"
+    #                                      "tumour_free_<contrast>", "review_table", "review_points",
+    #                                      "uncertainty_colours" (the uncertainty map's colour table)
     report: Dict[str, Any]
     result: Any = None  # the pipeline's PipelineResult (images on the reference grid), e.g. to write files
     replaced: List[str] = field(default_factory=list)  # names of earlier outputs this run replaced
@@ -230,14 +232,7 @@ class DareFuseLogic:
                 added.append(node)
                 nodes.tag_output(node, kind, reference_node, run_id)
                 nodes.place_in_study(node, reference_node)
-                if kind == "segmentation":
-                    node.CreateDefaultDisplayNodes()
-                    segmentation.set_reference_geometry(node, reference_node)
-                    display.style_segmentation(node)
-                else:
-                    style_kind = "tumour_free" if kind.startswith("tumour_free") else kind
-                    like = prepared.nodes.get(kind[len("tumour_free_"):]) if style_kind == "tumour_free" else None
-                    display.style_volume(node, style_kind, like=like)
+                self._style(kind, node, prepared, built, result)
             report["outputs"] = {kind: node.GetName() for kind, node in built.items()}
             report_holder = built.get("segmentation") or next(iter(built.values()), None)
             if report_holder is not None:
@@ -257,6 +252,71 @@ class DareFuseLogic:
         return ProcessOutputs(nodes=dict(built), report=report, result=result,
                               replaced=[old.GetName() for old in replaceable], kept=[old.GetName() for old in kept])
 
+    # ----------------------------------------------------------------------------------------------------------
+    # Review (issue 18): what the panel's Review section calls
+    @staticmethod
+    def run_outputs(node: slicer.vtkMRMLNode) -> Dict[str, slicer.vtkMRMLNode]:
+        """The outputs of the run that made `node` (kind -> node), found by the run's tag in node's scene."""
+        run_id, scene = node.GetAttribute(nodes.RUN_ATTRIBUTE), node.GetScene()
+        if not run_id or scene is None:
+            return {}
+        found = {}
+        for index in range(scene.GetNumberOfNodes()):
+            other = scene.GetNthNode(index)
+            if nodes.is_output(other) and other.GetAttribute(nodes.RUN_ATTRIBUTE) == run_id:
+                found[other.GetAttribute(nodes.OUTPUT_ATTRIBUTE)] = other
+        return found
+
+    def start_review(self, segmentation_node: slicer.vtkMRMLSegmentationNode, clock=None):
+        """A ReviewSession over the regions of the run that made `segmentation_node` (review_session.py)."""
+        from .review_session import ReviewSession
+
+        made = self.run_outputs(segmentation_node)
+        if "review_table" not in made:
+            raise InputError(f"Segmentation '{segmentation_node.GetName()}' has no review regions in the scene; "
+                             "run DareFuse again to make them.")
+        extra = {"clock": clock} if clock is not None else {}
+        return ReviewSession(segmentation_node, made["review_table"], made.get("review_points"), **extra)
+
+    @staticmethod
+    def latest_reviewable(scene: slicer.vtkMRMLScene) -> Optional[slicer.vtkMRMLSegmentationNode]:
+        """The most recently added segmentation of ours whose run left review regions in `scene` (e.g. in a
+        loaded scene, to resume its review), or None."""
+        for index in reversed(range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"))):
+            node = scene.GetNthNodeByClass(index, "vtkMRMLSegmentationNode")
+            if nodes.is_output(node) and "review_table" in DareFuseLogic.run_outputs(node):
+                return node
+        return None
+
+    @staticmethod
+    def set_uncertainty_threshold(uncertainty_node: slicer.vtkMRMLScalarVolumeNode, threshold: float) -> None:
+        """Uncertainty below `threshold` (0..1) drawn transparent over the image (the panel's slider)."""
+        scene_review.set_overlay_threshold(uncertainty_node, threshold)
+
+    @staticmethod
+    def uncertainty_threshold(uncertainty_node: slicer.vtkMRMLScalarVolumeNode) -> Optional[float]:
+        """The threshold an uncertainty map is shown with (None when it shows every value)."""
+        return scene_review.overlay_threshold(uncertainty_node)
+
+    @staticmethod
+    def _style(kind: str, node: slicer.vtkMRMLNode, prepared: PreparedInputs, built: Mapping[str, slicer.vtkMRMLNode],
+               result: Any) -> None:
+        """How an added output looks (the node is in the scene)."""
+        if kind == "segmentation":
+            node.CreateDefaultDisplayNodes()
+            segmentation.set_reference_geometry(node, prepared.reference_node)
+            display.style_segmentation(node)
+        elif kind == "review_points":
+            scene_review.style_markups(node)
+        elif kind in ("review_table", "uncertainty_colours"):
+            return
+        else:
+            style_kind = "tumour_free" if kind.startswith("tumour_free") else kind
+            like = prepared.nodes.get(kind[len("tumour_free_"):]) if style_kind == "tumour_free" else None
+            display.style_volume(node, style_kind, like=like)
+            if kind == "uncertainty" and "uncertainty_colours" in built:
+                scene_review.use_colours(node, built["uncertainty_colours"], overlay_threshold(result))
+
     def _build_nodes(self, prepared: PreparedInputs, result: Any, wanted: frozenset,
                      warnings: List[str]) -> Dict[str, slicer.vtkMRMLNode]:
         base = prepared.reference_node.GetName()
@@ -274,7 +334,9 @@ class DareFuseLogic:
         if "uncertainty" in wanted:
             if getattr(result, "uncertainty", None) is None:
                 missing("uncertainty map")
-            else:
+            else:  # its colour table first: added before the map that uses it
+                built["uncertainty_colours"] = scene_review.uncertainty_colour_node(
+                    overlay_threshold(result), f"{base} uncertainty colours")
                 built["uncertainty"] = volumes.image_to_volume_node(result.uncertainty, f"{base} uncertainty")
         if "prior" in wanted:
             if getattr(result, "difference_prior", None) is None:
@@ -287,6 +349,10 @@ class DareFuseLogic:
                     image, f"{base} tumour-free {CONTRAST_NAMES.get(contrast, contrast)}")
         if getattr(result, "brain_mask", None) is not None:  # whole-head input: the front end's brain mask
             built["brain_mask"] = volumes.image_to_volume_node(result.brain_mask, f"{base} brain mask")
+        review = getattr(result, "review", None)
+        if "segmentation" in wanted and review is not None:
+            built["review_table"] = scene_review.regions_table_node(review.table(), f"{base} review regions")
+            built["review_points"] = scene_review.regions_markups_node(review.table(), f"{base} review points")
         if "gradcam" in wanted:
             if getattr(result, "gradcam", None) is None:
                 missing("Grad-CAM++ map")
@@ -396,6 +462,15 @@ def report_of(node: slicer.vtkMRMLNode) -> Optional[dict]:
     """The report a run stored on its segmentation (or first output), e.g. to show it after a scene is loaded."""
     text = node.GetAttribute(nodes.REPORT_ATTRIBUTE) if node is not None else None
     return json.loads(text) if text else None
+
+
+def overlay_threshold(result: Any) -> float:
+    """The uncertainty below which the map is transparent: the run's review settings (the model card's), else
+    the defaults (pipeline/review.py)."""
+    from .pipeline.review import ReviewConfig
+
+    settings = (getattr(result, "settings", None) or {}).get("review") or {}
+    return float(settings.get("overlay_threshold", ReviewConfig().overlay_threshold))
 
 
 def display_background(prepared: PreparedInputs) -> slicer.vtkMRMLScalarVolumeNode:

@@ -14,6 +14,7 @@ import SimpleITK as sitk
 
 from DareFuseSlicerLib.constants import CLASSES, CONTRASTS
 from DareFuseSlicerLib.errors import Cancelled
+from DareFuseSlicerLib.pipeline.review import ReviewConfig, find_regions
 from DareFuseSlicerLib.scene import files, volumes
 
 SHAPE = (24, 30, 28)  # z, y, x: small, so a test takes milliseconds
@@ -28,6 +29,11 @@ INTENSITY = {
     "t2": (0, 300, 600, 500, 700),
     "flair": (0, 350, 800, 650, 450),
 }
+
+
+#: Review settings for the drawn case: a plain threshold on the error probability, places cut at 8 mm.
+DRAWN_REVIEW = ReviewConfig(threshold=0.2, near_mm=3.0, min_ml=0.0, max_extent_mm=8.0, island_max_ml=0.0,
+                            calibration_margin=(0.0, 1.0), calibration_error=((0.5, 0.0),) * 4, overlay_threshold=0.25)
 
 
 def drawn_label() -> np.ndarray:
@@ -101,6 +107,8 @@ class DrawnResult:
     brain_mask: Optional[sitk.Image] = None
     registered: Dict[str, sitk.Image] = field(default_factory=dict)
     front_end: dict = field(default_factory=dict)
+    review: Optional[object] = None
+    margin: Optional[np.ndarray] = None
 
 
 def drawn_pipeline(images, model, outputs=("segmentation", "uncertainty", "prior", "gradcam"), device="cpu",
@@ -141,6 +149,8 @@ def drawn_pipeline(images, model, outputs=("segmentation", "uncertainty", "prior
     volumes_ml = {"NETC": counts[1] * voxel_ml, "SNFH": counts[2] * voxel_ml, "ET": counts[3] * voxel_ml,
                   "WT": sum(counts.values()) * voxel_ml, "TC": (counts[1] + counts[3]) * voxel_ml}
     probabilities = np.array([0.05, 0.8, 0.1, 0.05])
+    # Review regions where the drawn edge is blurred: the real region finder on a margin of 1 - uncertainty.
+    review = find_regions(label, uncertainty, 1.0 - uncertainty, reference, DRAWN_REVIEW)
     if progress is not None:
         progress(1.0, "done")
     wanted = set(outputs)
@@ -157,6 +167,8 @@ def drawn_pipeline(images, model, outputs=("segmentation", "uncertainty", "prior
         warnings=[],
         timings={"total": 0.0},
         inputs={"reference": given[0], **{c: {"given": c in given} for c in CONTRASTS}},
+        review=review if "segmentation" in wanted else None,
+        settings={"review": {"overlay_threshold": DRAWN_REVIEW.overlay_threshold}},
     )
 
 

@@ -172,8 +172,10 @@ def test_segment_writes_every_result_and_never_overwrites(files, tmp_path, capsy
     with zipfile.ZipFile(out / "scene.mrb") as bundle:
         names = bundle.namelist()
     assert any(n.endswith(".mrml") for n in names) and any(n.endswith(".seg.nrrd") for n in names)
+    assert any(n.endswith(".mrk.json") for n in names) and any(n.endswith(".tsv") for n in names)  # review nodes
     summary = capsys.readouterr().out
     assert report["predicted_class"] in summary and "WT" in summary
+    assert f"review: {report['review_message']}" in summary
 
     before = {name: (out / name).stat().st_mtime_ns for name in os.listdir(out)}
     status = segment(files, out, t1=files["t1"])

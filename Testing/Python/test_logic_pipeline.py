@@ -36,10 +36,15 @@ def test_real_pipeline_through_the_logic(model_path, tmp_path):
     reference = scene_cases.drawn_images()["t1ce"]
     assert out.report["reference"] == "t1ce"
     assert set(out.nodes) == {"segmentation", "uncertainty", "difference_prior", "gradcam",
-                              "tumour_free_t1ce", "tumour_free_t2", "tumour_free_flair"}
+                              "tumour_free_t1ce", "tumour_free_t2", "tumour_free_flair",
+                              "review_table", "review_points", "uncertainty_colours"}
     for kind, node in out.nodes.items():
-        if kind != "segmentation":
+        if node.IsA("vtkMRMLVolumeNode"):
             assert volumes.same_geometry(reference, node), kind
+    # The real pipeline's review regions reach the scene: one table row and one point per region.
+    regions = out.result.review.table()
+    assert out.nodes["review_table"].GetNumberOfRows() == len(regions) == \
+        out.nodes["review_points"].GetNumberOfControlPoints() == len(out.report["review_regions"])
     for kind in ("uncertainty", "gradcam"):
         values = volumes.volume_array(out.nodes[kind])
         assert np.isfinite(values).all() and values.min() >= 0.0 and values.max() <= 1.0, kind
@@ -58,3 +63,4 @@ def test_real_pipeline_through_the_logic(model_path, tmp_path):
     bundle = files.load_scene_bundle(files.save_scene_bundle(scene, tmp_path / "scene.mrb"))
     assert bundle.GetFirstNodeByName(out.segmentation.GetName()) is not None
     assert bundle.GetFirstNodeByName(out.nodes["gradcam"].GetName()) is not None
+    assert bundle.GetFirstNodeByName(out.nodes["review_table"].GetName()) is not None

@@ -39,12 +39,14 @@ def test_all_outputs_added_tagged_and_shown(logic, case):
     scene, inputs = case
     out = logic.process(**inputs)
     assert set(out.nodes) == {"segmentation", "uncertainty", "difference_prior", "gradcam",
-                              "tumour_free_t1", "tumour_free_t1ce", "tumour_free_t2", "tumour_free_flair"}
+                              "tumour_free_t1", "tumour_free_t1ce", "tumour_free_t2", "tumour_free_flair",
+                              "review_table", "review_points", "uncertainty_colours"}
     for kind, node in out.nodes.items():
         assert node.GetScene() is scene
         assert node.GetAttribute(nodes.OUTPUT_ATTRIBUTE) == kind
         assert node.GetNodeReference(nodes.REFERENCE_ROLE) is inputs["t1"]
-        assert node.GetDisplayNode() is not None
+        if kind not in ("review_table", "uncertainty_colours"):
+            assert node.GetDisplayNode() is not None
     assert _segment_names(out.segmentation) == ["NETC", "SNFH", "ET"]
     truth = scene_cases.truth_label()
     np.testing.assert_array_equal(segmentation.labels_array(out.segmentation, truth), sitk.GetArrayFromImage(truth))
@@ -65,10 +67,13 @@ def test_all_outputs_added_tagged_and_shown(logic, case):
 def test_any_subset_of_contrasts_and_outputs(logic, case):
     scene, inputs = case
     out = logic.process(t2=inputs["t2"], flair=inputs["flair"], outputs=("segmentation", "prior"))
-    assert set(out.nodes) == {"segmentation", "difference_prior", "tumour_free_t2", "tumour_free_flair"}
+    assert set(out.nodes) == {"segmentation", "difference_prior", "tumour_free_t2", "tumour_free_flair",
+                              "review_table", "review_points"}  # review regions come with the segmentation
     assert out.report["reference"] == "t2"
     assert out.segmentation.GetNodeReference(out.segmentation.GetReferenceImageGeometryReferenceRole()) \
         is inputs["t2"]
+    only_maps = logic.process(t2=inputs["t2"], outputs=("uncertainty",))
+    assert set(only_maps.nodes) == {"uncertainty", "uncertainty_colours"}
 
 
 def test_outputs_join_the_inputs_study(logic, case):

@@ -93,7 +93,8 @@ def test_ci_workflow_runs_the_self_test_under_xvfb():
 @pytest.mark.parametrize("name", ["DareFuseSlicer.py", "DareFuseSlicerLib/logic.py", "DareFuseSlicerLib/parameters.py",
                                   "DareFuseSlicerLib/scene/volumes.py", "DareFuseSlicerLib/scene/segmentation.py",
                                   "DareFuseSlicerLib/scene/display.py", "DareFuseSlicerLib/scene/files.py",
-                                  "DareFuseSlicerLib/scene/nodes.py"])
+                                  "DareFuseSlicerLib/scene/nodes.py", "DareFuseSlicerLib/scene/review.py",
+                                  "DareFuseSlicerLib/review_session.py", "DareFuseSlicerLib/pipeline/review.py"])
 def test_python_39_syntax(name):
     """Slicer 5.6 runs Python 3.9: the Slicer-side files must parse as 3.9 (no match, no X | Y at runtime)."""
     import ast

@@ -14,7 +14,7 @@ from DareFuseSlicerLib.pipeline.run import run
 from pipeline_helpers import four_contrasts, same_grid, tiny_model
 
 IMAGE_FILES = ("segmentation.nii.gz", "uncertainty.nii.gz", "difference_prior.nii.gz", "tumour_free.nii.gz",
-               "gradcam.nii.gz")
+               "gradcam.nii.gz", "review_regions.nii.gz")
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +35,9 @@ def test_every_file_is_written_on_the_reference_grid_with_a_full_report(case, tm
     images, result, model_info = case
     target = tmp_path / "out"
     written = write_outputs(result, target, model_info=model_info)
-    assert sorted(written) == sorted(IMAGE_FILES + ("overview.png", "report.json"))
-    for name in ("segmentation.nii.gz", "uncertainty.nii.gz", "difference_prior.nii.gz", "gradcam.nii.gz"):
+    assert sorted(written) == sorted(IMAGE_FILES + ("overview.png", "report.json", "review.csv"))
+    for name in ("segmentation.nii.gz", "uncertainty.nii.gz", "difference_prior.nii.gz", "gradcam.nii.gz",
+                 "review_regions.nii.gz"):
         assert same_grid(sitk.ReadImage(str(target / name)), images["t1"]), name
     assert sitk.ReadImage(str(target / "segmentation.nii.gz")).GetPixelID() == sitk.sitkUInt8
     report = json.loads((target / "report.json").read_text())
@@ -51,6 +52,13 @@ def test_every_file_is_written_on_the_reference_grid_with_a_full_report(case, tm
     assert report["inputs"]["reference"] == "t1" and report["inputs"]["t1ce"] == {"given": False}
     assert report["timings_s"]["write"] > 0 and report["timings_s"]["network"] > 0
     assert isinstance(report["warnings"], list) and report["files"] == sorted(written)
+    # Review regions: the report's list, review.csv's rows and the label map's ranks agree.
+    regions = report["review_regions"]
+    assert regions == result.review.table() and report["review_message"] == result.review.message
+    ranks = sitk.GetArrayFromImage(sitk.ReadImage(str(target / "review_regions.nii.gz")))
+    assert sorted(set(np.unique(ranks).tolist()) - {0}) == [r["rank"] for r in regions]
+    csv_lines = (target / "review.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("rank,centre_r,centre_a,centre_s,volume_ml") and len(csv_lines) == len(regions) + 1
     import matplotlib.image
 
     png = matplotlib.image.imread(str(target / "overview.png"))
@@ -165,7 +173,7 @@ def test_dicom_format_leaves_out_nifti_and_a_result_folder_is_replaced_whole(cas
     target = tmp_path / "out"
     written = write_outputs(result, target, model_info=model_info, nifti=False, extra_writers=[study("first")],
                             report_extra={"dicom_study": {"series": ["a: T1"]}}, overview=False)
-    assert sorted(written) == ["report.json", "sample-dicom"]
+    assert sorted(written) == ["report.json", "review.csv", "sample-dicom"]  # the review table is in every format
     assert json.loads((target / "report.json").read_text())["dicom_study"] == {"series": ["a: T1"]}
     with pytest.raises(InputError, match="already holds results"):
         write_outputs(result, target, nifti=False, extra_writers=[study("second")], overview=False)

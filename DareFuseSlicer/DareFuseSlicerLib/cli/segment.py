@@ -59,6 +59,8 @@ def _segment(args, extra_writers=()) -> int:
     for warning in report["warnings"]:
         print(f"darefuse: warning: {warning}", file=sys.stderr)
     print(summary(report, Path(args.output_dir)))
+    if report.get("review_message"):
+        print(f"review: {report['review_message']} See review.csv and review_regions.nii.gz.")
     return 0
 
 

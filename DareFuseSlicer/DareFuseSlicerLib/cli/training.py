@@ -70,7 +70,8 @@ def register(subparsers) -> None:
     evaluate.add_argument("--data", required=True, help="held-out folder (manifest.csv), seeds never used in training")
     evaluate.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH",
                           help="a .safetensors model (repeat for the baseline, label fractions, ...)")
-    evaluate.add_argument("--tune", help="validation folder on which post-processing thresholds are chosen")
+    evaluate.add_argument("--tune", help="validation folder on which the post-processing thresholds and the review "
+                          "regions' settings are chosen")
     evaluate.add_argument("--out", required=True, help="report stem: writes OUT.json and OUT.md")
     evaluate.add_argument("--max-cases", type=int, help="use only the first N cases")
     evaluate.add_argument("--device", choices=("cpu", "cuda"))

@@ -97,11 +97,12 @@ def read_card(path: PathLike) -> dict:
     return card
 
 
-def record_metrics(path: PathLike, key: str, metrics: dict, postprocess: Optional[dict] = None) -> Path:
+def record_metrics(path: PathLike, key: str, metrics: dict, postprocess: Optional[dict] = None,
+                   review: Optional[dict] = None) -> Path:
     """Add measured metrics (e.g. a held-out evaluation) to a model's card under metrics[key], and the
-    post-processing thresholds those metrics were measured with (card["postprocess"], which the pipeline
-    then uses). The weights are untouched, so the card's SHA256 stays valid; it is checked first, so a
-    card never describes weights other than its own."""
+    post-processing thresholds and review-region settings those metrics were measured with (card["postprocess"],
+    card["review"], which the pipeline then uses). The weights are untouched, so the card's SHA256 stays valid;
+    it is checked first, so a card never describes weights other than its own."""
     path = Path(path)
     card = read_card(path)
     if sha256_of(path) != card["sha256"]:
@@ -109,6 +110,8 @@ def record_metrics(path: PathLike, key: str, metrics: dict, postprocess: Optiona
     card.setdefault("metrics", {})[key] = metrics
     if postprocess is not None:
         card["postprocess"] = postprocess
+    if review is not None:
+        card["review"] = review
     target = card_path(path)
     target.write_text(json.dumps(card, indent=2, default=str) + "\n")
     return target

@@ -32,7 +32,8 @@ FRONT_END_FILES = ("brain_mask.nii.gz",) + tuple(f"registered_{contrast}.nii.gz"
 #: What a run with every layer writes in the default format (nifti), and what the DICOM format adds.
 NIFTI_RESULT_FILES = (
     "segmentation.nii.gz", "segmentation.seg.nrrd", "uncertainty.nii.gz", "difference_prior.nii.gz",
-    "tumour_free.nii.gz", "gradcam.nii.gz", "report.json", "scene.mrb", "overview.png",
+    "tumour_free.nii.gz", "gradcam.nii.gz", "report.json", "scene.mrb", "overview.png", "review.csv",
+    "review_regions.nii.gz",
 )
 DICOM_RESULT_FILES = (SEG_FILE, *MAP_FILES.values())
 RESULT_FILES = NIFTI_RESULT_FILES + FRONT_END_FILES + DICOM_RESULT_FILES + (SAMPLE_STUDY_DIR,)
@@ -94,6 +95,10 @@ def _image_layers(result, save_registered: bool = False) -> List[Tuple[str, Call
                         ("gradcam.nii.gz", result.gradcam)):
         if image is not None:
             layers.append((name, lambda image=image: image))
+    review = getattr(result, "review", None)
+    if review is not None and result.label is not None:
+        # The region of rank k labelled k (at most the review's max_regions), 0 elsewhere.
+        layers.append(("review_regions.nii.gz", lambda: _image_like_label(review.label_map, result.label)))
     if result.tumour_free:
         # One 4-D file over the given contrasts; their order is in report.json ("tumour_free_contrasts").
         layers.append(("tumour_free.nii.gz", lambda: sitk.JoinSeries(list(result.tumour_free.values()))))
@@ -124,6 +129,9 @@ def build_report(result, model_info: Optional[dict], files: Sequence[str]) -> di
         "model": model_info or {},
         "settings": result.settings,
         "labels": {str(value): name for value, name in LABELS.items()},
+        "review_regions": result.review.table() if getattr(result, "review", None) is not None else [],
+        "review_message": result.review.message if getattr(result, "review", None) is not None else
+        "No review regions: the segmentation was not computed.",
         "files": sorted(files),
     }
 
@@ -206,6 +214,10 @@ def write_outputs(result, output_dir: PathLike, overwrite: bool = False, model_i
         # The slow writers first, so the pool's threads finish together.
         tasks = [lambda w=writer: w(staging) for writer in extra_writers]
         tasks += [write_nifti(name, make) for name, make in (_image_layers(result, save_registered) if nifti else [])]
+        if getattr(result, "review", None) is not None:
+            from .review import regions_csv  # SciPy: not at import, where a bad call is refused within a second
+
+            tasks.append(lambda: [_write_text(staging / "review.csv", regions_csv(result.review.table()))])
         if overview:
             tasks.append(lambda: (render_overview(result, staging / "overview.png"), ["overview.png"])[1])
         with ThreadPoolExecutor(WRITER_THREADS) as pool:
@@ -220,6 +232,11 @@ def write_outputs(result, output_dir: PathLike, overwrite: bool = False, model_i
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return {name: target / name for name in written}
+
+
+def _write_text(path: Path, text: str) -> str:
+    path.write_text(text)
+    return path.name
 
 
 # -- overview.png ------------------------------------------------------------------------------------------
@@ -268,8 +285,72 @@ def _slices(array: np.ndarray, centre: Tuple[int, int, int]) -> List[np.ndarray]
     return [array[z], array[:, y, :], array[:, :, x]]  # axial, coronal, sagittal
 
 
+#: How many review regions the overview marks with their rank.
+OVERVIEW_REGIONS = 5
+REVIEW_COLOUR = (0.0, 0.85, 1.0, 0.45)
+
+
+def _review_marks(regions: np.ndarray, top: int = OVERVIEW_REGIONS) -> List[Tuple[int, Tuple[int, int, int]]]:
+    """(rank, (z, y, x)) of the top regions of an oriented region map: each region's voxel nearest its centre of
+    mass, as pipeline/review.py places a region's centre."""
+    from scipy import ndimage
+
+    marks = []
+    for rank, extent in enumerate(ndimage.find_objects(regions)[:top], start=1):
+        if extent is None:
+            continue
+        where = np.argwhere(regions[extent] == rank)
+        nearest = where[int(np.argmin(((where - where.mean(0)) ** 2).sum(1)))]
+        marks.append((rank, tuple(int(v) for v in nearest + [s.start for s in extent])))
+    return marks
+
+
+def _overview_rows(result) -> List[Tuple[str, Optional[np.ndarray], dict]]:
+    """(title, oriented layer, style) per row of the overview."""
+    label = _lps_array(result.label)[0] if result.label is not None else None
+    rows: List[Tuple[str, Optional[np.ndarray], dict]] = [("anatomy", None, {})]
+    if label is not None:
+        rows.append(("segmentation", label, {}))
+    review = getattr(result, "review", None)
+    if review is not None and review.regions:
+        regions = _image_like_label(review.label_map, result.label)
+        # A copy: _lps_array's view would outlive the temporary image it looks into.
+        rows.append(("review regions", np.array(_lps_array(regions)[0]), {}))
+    if result.uncertainty is not None:
+        # Below the overlay threshold (the model card's review settings) transparent, as in the slice views.
+        floor = (result.settings.get("review") or {}).get("overlay_threshold", 0.02)
+        rows.append(("uncertainty", _lps_array(result.uncertainty)[0],
+                     {"cmap": "inferno", "vmin": 0, "vmax": 1, "shown_above": floor}))
+    if result.difference_prior is not None:
+        prior = _lps_array(result.difference_prior)[0]
+        top = float(np.percentile(prior[prior > 0], 99.5)) if np.any(prior > 0) else 1.0
+        rows.append(("difference prior", prior, {"cmap": "viridis", "vmin": 0, "vmax": max(top, 1e-6)}))
+    if result.gradcam is not None:
+        rows.append((f"Grad-CAM++ ({result.gradcam_class})", _lps_array(result.gradcam)[0],
+                     {"cmap": "jet", "vmin": 0, "vmax": 1}))
+    return rows
+
+
+def _image_like_label(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.asarray(array, np.uint8))
+    image.CopyInformation(reference)
+    return image
+
+
+def _draw_review(ax, base_view: int, regions: np.ndarray, marks, aspect: float, origin: str) -> None:
+    """The regions projected onto a view (any region along the line of sight), numbered by rank."""
+    projected = (regions > 0).any(axis=base_view)
+    ax.imshow(np.where(projected[..., None], REVIEW_COLOUR, (0, 0, 0, 0)), origin=origin, aspect=aspect,
+              interpolation="nearest")
+    for rank, (z, y, x) in marks:
+        column, row = ((x, y), (x, z), (y, z))[base_view]
+        ax.text(column, row, str(rank), color="white", fontsize=8, fontweight="bold", ha="center", va="center",
+                bbox={"boxstyle": "circle,pad=0.15", "facecolor": "black", "alpha": 0.6, "linewidth": 0})
+
+
 def render_overview(result, path: PathLike, dpi: int = 110) -> None:
-    """Orthogonal slices through the tumour centre: the anatomy with each layer over it (one row per layer).
+    """Orthogonal slices through the tumour centre: the anatomy with each layer over it (one row per layer);
+    the review regions projected onto each view, the top OVERVIEW_REGIONS numbered by rank.
 
     Axial slices are shown in radiological convention (the patient's right on the left), as Slicer does.
     """
@@ -278,21 +359,8 @@ def render_overview(result, path: PathLike, dpi: int = 110) -> None:
     from matplotlib.figure import Figure
 
     anatomy, spacing = _lps_array(result.display_image)
-    label = _lps_array(result.label)[0] if result.label is not None else None
-    rows: List[Tuple[str, Optional[np.ndarray], dict]] = [("anatomy", None, {})]
-    if label is not None:
-        rows.append(("segmentation", label, {}))
-    if result.uncertainty is not None:
-        rows.append(("uncertainty", _lps_array(result.uncertainty)[0], {"cmap": "inferno", "vmin": 0, "vmax": 1}))
-    if result.difference_prior is not None:
-        prior = _lps_array(result.difference_prior)[0]
-        top = float(np.percentile(prior[prior > 0], 99.5)) if np.any(prior > 0) else 1.0
-        rows.append(("difference prior", prior, {"cmap": "viridis", "vmin": 0, "vmax": max(top, 1e-6)}))
-    if result.gradcam is not None:
-        rows.append((f"Grad-CAM++ ({result.gradcam_class})", _lps_array(result.gradcam)[0],
-                     {"cmap": "jet", "vmin": 0, "vmax": 1}))
-
-    centre = _centre(label, anatomy)
+    rows = _overview_rows(result)
+    centre = _centre(rows[1][1] if len(rows) > 1 and rows[1][0] == "segmentation" else None, anatomy)
     sx, sy, sz = spacing
     aspects = [sy / sx, sz / sx, sz / sy]
     origins = ["upper", "lower", "lower"]
@@ -306,9 +374,9 @@ def render_overview(result, path: PathLike, dpi: int = 110) -> None:
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(rows), 3, squeeze=False)
     for row, (title, layer, style) in enumerate(rows):
-        anatomy_slices = _slices(anatomy, centre)
         layer_slices = _slices(layer, centre) if layer is not None else [None] * 3
-        for col, (view, base, over) in enumerate(zip(("axial", "coronal", "sagittal"), anatomy_slices,
+        marks = _review_marks(layer) if title == "review regions" else []
+        for col, (view, base, over) in enumerate(zip(("axial", "coronal", "sagittal"), _slices(anatomy, centre),
                                                         layer_slices)):
             ax = axes[row, col]
             ax.imshow(base, cmap="gray", vmin=low, vmax=high, origin=origins[col], aspect=aspects[col],
@@ -316,17 +384,26 @@ def render_overview(result, path: PathLike, dpi: int = 110) -> None:
             if title == "segmentation":
                 ax.imshow(colours[np.clip(over, 0, 3)], origin=origins[col], aspect=aspects[col],
                           interpolation="nearest")
+            elif title == "review regions":
+                _draw_review(ax, col, layer, marks, aspects[col], origins[col])
             elif over is not None:
                 # Shown over the imaged object only (the map itself is kept whole in its file).
-                shown = np.ma.masked_where((over <= 0.02 * style["vmax"]) | (base == background), over)
+                floor = style.get("shown_above", 0.02 * style["vmax"])
+                shown = np.ma.masked_where((over <= floor) | (base == background), over)
                 ax.imshow(shown, alpha=0.55, origin=origins[col], aspect=aspects[col], interpolation="nearest",
-                          **style)
+                          **{k: v for k, v in style.items() if k != "shown_above"})
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(view, fontsize=9)
             if col == 0:
                 ax.set_ylabel(title, fontsize=9)
+    _heading(figure, result)
+    figure.tight_layout(rect=(0, 0.02, 1, 0.97))
+    figure.savefig(str(path), dpi=dpi)
+
+
+def _heading(figure, result) -> None:
     probability = result.class_probabilities.get(result.predicted_class, 0.0)
     volumes = result.volumes_ml
     heading = (f"{result.predicted_class} ({probability:.0%})   WT {volumes['WT']:.1f} mL   "
@@ -334,7 +411,6 @@ def render_overview(result, path: PathLike, dpi: int = 110) -> None:
     if result.low_confidence:
         heading += "   LOW CONFIDENCE"
     figure.suptitle(heading, fontsize=10)
-    figure.text(0.5, 0.005, "NETC red, SNFH green, ET yellow; axial in radiological convention (R on the left)",
+    figure.text(0.5, 0.005, "NETC red, SNFH green, ET yellow; review regions cyan, projected onto each view, the "
+                f"top {OVERVIEW_REGIONS} numbered by rank; axial in radiological convention (R on the left)",
                 ha="center", fontsize=7)
-    figure.tight_layout(rect=(0, 0.02, 1, 0.97))
-    figure.savefig(str(path), dpi=dpi)

@@ -21,15 +21,18 @@ from ..progress import CancelFn, ProgressFn, check_cancel
 from . import frontend, preprocess
 from .inference import WindowPlan, WindowPredictor, infer, resolve_device
 from .postprocess import PostprocessConfig, config_for_card, gate_closes, postprocess, reported_class, volumes_ml
+from .review import ReviewConfig, ReviewResult, find_regions, top_two_margin
+from .review import config_for_card as review_config_for_card
 from .validate import brain_plausibility, check_images, check_outputs
 
 #: Share of the run's progress bar per stage: measured stage times of `darefuse demo` (BraTS-size sample
-#: case, one window, 2 CPU threads), rounded. The front end's two stages (whole-head input only) in the same
-#: units, from their times against preprocess's in one clinical run (benchmarks/bench_segment.py --clinical,
-#: case DareFuse-005001: brain mask 2.9 s, registration 26.6 s, preprocess 3.9 s).
+#: case, one window, 2 CPU threads), rounded; "review" 2.1 s of a 43.9 s demo run on a busy 2-core machine. The
+#: front end's two stages (whole-head input only) in the same units, from their times against preprocess's in one
+#: clinical run (benchmarks/bench_segment.py --clinical, case DareFuse-005001: brain mask 2.9 s, registration
+#: 26.6 s, preprocess 3.9 s).
 STAGE_WEIGHTS = {
-    "validate": 0.01, "brain_mask": 0.29, "registration": 2.6, "preprocess": 0.38, "network": 0.22, "segmentation": 0.12, "uncertainty": 0.02,
-    "prior": 0.10, "gradcam": 0.15,
+    "validate": 0.01, "brain_mask": 0.29, "registration": 2.6, "preprocess": 0.38, "network": 0.22,
+    "segmentation": 0.12, "uncertainty": 0.02, "review": 0.04, "prior": 0.10, "gradcam": 0.15,
 }
 
 
@@ -55,6 +58,8 @@ class PipelineResult:
     brain_mask: Optional[sitk.Image] = None  # uint8 on the reference grid: the front end's (whole-head input)
     registered: Dict[str, sitk.Image] = field(default_factory=dict)  # co-registered contrasts (whole-head input)
     front_end: dict = field(default_factory=dict)  # input kind, brain-mask volume, registrations (report.json)
+    review: Optional[ReviewResult] = None  # ranked places to check (with the segmentation layer)
+    margin: Optional[np.ndarray] = None  # top-two label probability margin (z, y, x), when keep_margin
 
     @property
     def reference(self) -> str:
@@ -150,6 +155,8 @@ class RunSettings:
     torch_device: torch.device
     postprocess: PostprocessConfig
     postprocess_source: str  # where the thresholds come from, for the report and the warnings
+    review: ReviewConfig
+    review_source: str
 
 
 @dataclass
@@ -175,6 +182,8 @@ class Segmentation:
     label: Optional[sitk.Image]  # on the reference grid; None when the segmentation layer is not wanted
     volumes_ml: Dict[str, float]
     predicted_index: int  # the reported class (postprocess.reported_class)
+    label_array: np.ndarray  # the post-processed label (z, y, x)
+    margin: np.ndarray  # float32 (z, y, x): the two most probable labels' probability difference, 1 outside
 
 
 @dataclass
@@ -195,7 +204,8 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
         device: str = "cpu", progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
         spacing_mm: float = 2.0, postprocess_config: Optional[PostprocessConfig] = None,
         plan: Optional[WindowPlan] = None, labels: Optional[Dict[str, str]] = None,
-        class_gate: bool = True, brainmask_model: Optional[torch.nn.Module] = None) -> PipelineResult:
+        class_gate: bool = True, brainmask_model: Optional[torch.nn.Module] = None,
+        review_config: Optional[ReviewConfig] = None, keep_margin: bool = False) -> PipelineResult:
     """Segment, measure and explain one case.
 
     images: contrast name -> image or None (any non-empty subset of constants.CONTRASTS, any grids).
@@ -206,15 +216,18 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
     postprocess_config: None uses the thresholds in the model's card (tuned on validation data), else defaults.
     class_gate: False keeps the segmentation even when the class gate of those settings would clear it.
     brainmask_model: the brain-mask network for whole-head studies (default: the bundled one, loaded when needed).
+    review_config: the review regions' settings; None takes the card's (pipeline/review.py). keep_margin: also
+    return the top-two margin map (for `darefuse evaluate`, which scores review regions of its own).
     Raises InputError for unusable inputs (validate.py lists them), Cancelled when cancelled.
 
     The stages, each a function from one value to the next: settings -> checked images -> (whole-head studies:
-    brain mask -> registered contrasts, pipeline/frontend.py) -> Prepared ->
-    NetworkPass -> Segmentation, then the optional layers (uncertainty, prior, Grad-CAM++) -> PipelineResult.
+    brain mask -> registered contrasts, pipeline/frontend.py) -> Prepared -> NetworkPass -> Segmentation, then
+    the optional layers (uncertainty, review regions, prior, Grad-CAM++) -> PipelineResult.
     """
-    settings = run_settings(model, outputs, device, postprocess_config, class_gate)
+    settings = run_settings(model, outputs, device, postprocess_config, class_gate, review_config)
     stage_names = ["validate", "preprocess", "network", "segmentation"]
     stage_names += [n for n in ("uncertainty", "prior", "gradcam") if n in settings.wanted]
+    stage_names += ["review"] if "segmentation" in settings.wanted else []
     stages = _Stages(stage_names, progress, cancel)
     started = time.perf_counter()
 
@@ -237,6 +250,7 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
         segmentation = segmentation_stage(model, network, prep, grid, settings, warnings)
     layers = _Layers()
     mean_uncertainty = layers.uncertainty_stage(stages, model, network, prep, grid, settings)
+    review = review_stage(stages, model, network, prep, grid, settings, segmentation, layers.uncertainty)
     layers.prior_stage(stages, network, prep, grid, settings)
     network.out = {}  # the stitched outputs are no longer needed: free them before Grad-CAM++
     layers.gradcam_stage(stages, model, network, prep, grid, settings)
@@ -264,12 +278,15 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
         settings=_settings_report(settings, spacing_mm, network, display, mean_uncertainty),
         brain_mask=front.brain_mask, front_end=front.report(),
         registered={n: prep.resampled[n] for n, r in front.registrations.items() if r.accepted},
+        review=review, margin=segmentation.margin if keep_margin else None,
     )
 
 
 def run_settings(model: torch.nn.Module, outputs: Iterable[str], device: str,
-                 postprocess_config: Optional[PostprocessConfig], class_gate: bool) -> RunSettings:
-    """The layers asked for, the device, and the post-processing thresholds (the card's unless given)."""
+                 postprocess_config: Optional[PostprocessConfig], class_gate: bool,
+                 review_config: Optional[ReviewConfig] = None) -> RunSettings:
+    """The layers asked for, the device, the post-processing thresholds and the review settings (the card's
+    unless given)."""
     wanted = check_outputs(outputs)
     torch_device = resolve_device(device)
     if postprocess_config is None:
@@ -279,7 +296,11 @@ def run_settings(model: torch.nn.Module, outputs: Iterable[str], device: str,
     if not class_gate and postprocess_config.no_tumour_gate is not None:
         postprocess_config = replace(postprocess_config, no_tumour_gate=None)
         postprocess_source += "; class gate turned off"
-    return RunSettings(wanted, torch_device, postprocess_config, postprocess_source)
+    if review_config is None:
+        review_config, review_source = review_config_for_card(getattr(model, "card", None))
+    else:
+        review_source = "given by the caller"
+    return RunSettings(wanted, torch_device, postprocess_config, postprocess_source, review_config, review_source)
 
 
 def network_stage(stages: _Stages, model: torch.nn.Module, prep: preprocess.Prepared, device: str,
@@ -306,9 +327,12 @@ def segmentation_stage(model: torch.nn.Module, network: NetworkPass, prep: prepr
     # segmentation follows the reference's finer grid rather than the 2 mm blocks. Linear interpolation
     # keeps their sum at 1, so the background is 1 - the rest: three resamplings instead of four.
     tumour = preprocess.to_reference(model.probabilities(network.out)[0, 1:].numpy(), prep)
-    label = _argmax([1.0 - tumour.sum(0)] + list(tumour))
-    del tumour
+    label_probabilities = [1.0 - tumour.sum(0)] + list(tumour)
+    label = _argmax(label_probabilities)
+    margin = top_two_margin(label_probabilities)  # where the review regions look
+    del tumour, label_probabilities
     label[~grid.inside] = 0
+    margin[~grid.inside] = 1.0
     no_tumour = float(probabilities[CLASSES.index("no_tumour")])
     if gate_closes(config, no_tumour):
         warnings.append(
@@ -327,7 +351,23 @@ def segmentation_stage(model: torch.nn.Module, network: NetworkPass, prep: prepr
         )
     volumes = volumes_ml(label, grid.voxel_ml)
     label_image = _image_like(label, prep.reference) if "segmentation" in settings.wanted else None
-    return Segmentation(label_image, volumes, predicted_index)
+    return Segmentation(label_image, volumes, predicted_index, label, margin)
+
+
+def review_stage(stages: _Stages, model: torch.nn.Module, network: NetworkPass, prep: preprocess.Prepared,
+                 grid: Grid, settings: RunSettings, segmentation: Segmentation,
+                 uncertainty: Optional[sitk.Image]) -> Optional[ReviewResult]:
+    """The ranked review regions of the segmentation (pipeline/review.py), when the segmentation is wanted."""
+    if "segmentation" not in settings.wanted:
+        return None
+    with stages.stage("review", "review regions"):
+        if uncertainty is not None:
+            values = sitk.GetArrayViewFromImage(uncertainty)
+        else:  # the map is not an output of this run, but the regions report their uncertainty
+            values = sitk.GetArrayFromImage(preprocess.to_reference(model.uncertainty(network.out)[0, 0].numpy(),
+                                                                    prep))
+            values = np.where(grid.inside, np.clip(values, 0.0, 1.0), 0.0).astype(np.float32)
+        return find_regions(segmentation.label_array, values, segmentation.margin, prep.reference, settings.review)
 
 
 class _Layers:
@@ -411,4 +451,6 @@ def _settings_report(settings: RunSettings, spacing_mm: float, network: NetworkP
         "display_contrast": display,
         "mean_uncertainty_in_brain": round(mean_uncertainty, 4),
         "postprocess": {**settings.postprocess.as_dict(), "source": settings.postprocess_source},
+        "review": {**{key: value for key, value in settings.review.as_dict().items()
+                      if not key.startswith("calibration")}, "source": settings.review_source},
     }

@@ -26,7 +26,8 @@ COLOUR_IDS = {
 #: The threshold fraction hides overlay values below that fraction of the window (they show as transparent).
 DISPLAY = {
     # Dirichlet uncertainty K / sum(alpha) is in [0, 1]; below 0.1 (total evidence above 36 for 4 labels) it is
-    # drawn transparent so that confident voxels leave the image visible.
+    # drawn transparent so that confident voxels leave the image visible. A run's map then gets its own colour
+    # table, transparent below the model card's higher overlay threshold (scene/review.py, logic.commit).
     "uncertainty": (COLOUR_IDS["uncertainty"], (0.0, 1.0), 0.1),
     # Grad-CAM++ maps are normalised to [0, 1]; the weakest fifth is noise around the evidence.
     "gradcam": (COLOUR_IDS["gradcam"], (0.0, 1.0), 0.2),

@@ -26,7 +26,7 @@ def new_scene() -> slicer.vtkMRMLScene:
     """An empty scene set up as the Slicer application sets up its own, minus the GUI.
 
     It has the default colour tables (so colour maps and label colours resolve), a
-    subject hierarchy, a four-up layout with Red/Yellow/Green slice views and their composite nodes (so display
+    subject hierarchy, the markups storage node (so point lists are saved), a four-up layout with Red/Yellow/Green slice views and their composite nodes (so display
     set-up and saved scenes carry the slice layers).
     """
     scene = slicer.vtkMRMLScene()
@@ -39,6 +39,9 @@ def new_scene() -> slicer.vtkMRMLScene:
     colours.SetMRMLScene(scene)
     application.SetColorLogic(colours)
     slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)  # creates the scene's hierarchy
+    # Markups point lists are stored as .mrk.json; the application's Markups module registers that storage node.
+    if not scene.IsNodeClassRegistered("vtkMRMLMarkupsJsonStorageNode"):
+        scene.RegisterNodeClass(slicer.vtkMRMLMarkupsJsonStorageNode())
     layout = slicer.vtkMRMLLayoutLogic()
     layout.SetMRMLScene(scene)
     layout.GetLayoutNode().SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)

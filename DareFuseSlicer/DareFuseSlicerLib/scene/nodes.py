@@ -25,10 +25,18 @@ KEEP_ATTRIBUTE = "DareFuseSlicer.Keep"  # set to "true" by a user to keep an out
 REFERENCE_ROLE = "darefuseReference"  # node reference: the input volume an output was computed from
 
 
+#: Node classes that only present a run (review regions, a colour table): nobody's work is lost when a later run
+#: replaces them, so their digest is of their class alone and they go with the run's other outputs.
+PRESENTATION_CLASSES = ("vtkMRMLTableNode", "vtkMRMLMarkupsNode", "vtkMRMLColorNode")
+
+
 def content_digest(node: slicer.vtkMRMLNode) -> str:
-    """A digest of a segmentation's segments or a volume's voxels and geometry."""
+    """A digest of a segmentation's segments or a volume's voxels and geometry (see PRESENTATION_CLASSES for
+    the other outputs)."""
     if node.IsA("vtkMRMLSegmentationNode"):
         return segmentation.segmentation_digest(node)
+    if any(node.IsA(name) for name in PRESENTATION_CLASSES):
+        return hashlib.sha256(node.GetClassName().encode()).hexdigest()
     digest = hashlib.sha256()
     image_data = node.GetImageData()
     scalars = image_data.GetPointData().GetScalars() if image_data is not None else None

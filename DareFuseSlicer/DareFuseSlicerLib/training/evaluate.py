@@ -2,8 +2,9 @@
 
 Per model: Dice and HD95 (mm) for WT/TC/ET before and after post-processing (thresholds and the class gate
 tuned on a validation folder when given), classification accuracy / macro-F1 / AUROC, uncertainty error-AUROC,
-correlation with error and ECE, and the false-positive volume on tumour-free cases with and without the
-lesion-removal prior. Writes OUT.json and OUT.md.
+correlation with error and ECE, the false-positive volume on tumour-free cases with and without the
+lesion-removal prior, and the review regions' efficiency against two baselines (training/review_efficiency.py;
+their settings tuned on the validation folder too). Writes OUT.json and OUT.md.
 
 DareFuseNet goes through the real inference path, `pipeline.run`, with post-processing switched off so that
 both the raw and the post-processed label can be scored from one pass. Models without a class head (the
@@ -31,7 +32,8 @@ from ..metrics import region_dice
 from ..pipeline import frontend, preprocess
 from ..pipeline.postprocess import (CARD_KEY, PostprocessConfig, config_for_card, gate_closes, postprocess,
                                     reported_class)
-from . import frontend_eval
+from ..pipeline import review
+from . import frontend_eval, review_efficiency
 from .dataset import read_rows
 
 #: BraTS convention for HD95 when exactly one of prediction and truth is empty (the image diagonal, mm).
@@ -53,6 +55,7 @@ class Prediction:
     confidence_low: np.ndarray  # max expected label probability on the 2 mm grid (brain voxels)
     correct_low: np.ndarray  # whether the 2 mm arg-max equals the 2 mm truth (same voxels)
     seconds: float = 0.0
+    margin: Optional[np.ndarray] = None  # float32 (z, y, x): top-two label probability margin (review regions)
 
 
 @dataclass
@@ -134,12 +137,13 @@ def predict_pipeline(model, case: Case) -> Prediction:
     from ..pipeline.run import run
 
     started = time.perf_counter()
-    result = run(case.images, model, outputs=("segmentation", "uncertainty"), postprocess_config=NO_POSTPROCESS)
+    result = run(case.images, model, outputs=("segmentation", "uncertainty"), postprocess_config=NO_POSTPROCESS,
+                 keep_margin=True)
     seconds = time.perf_counter() - started
     probabilities = np.array([result.class_probabilities[c] for c in CLASSES])
     confidence, correct = _low_res_calibration(model, case)
     return Prediction(sitk.GetArrayFromImage(result.label), sitk.GetArrayFromImage(result.uncertainty),
-                      probabilities, confidence, correct, seconds)
+                      probabilities, confidence, correct, seconds, result.margin)
 
 
 def predict_direct(model, case: Case) -> Prediction:
@@ -153,12 +157,14 @@ def predict_direct(model, case: Case) -> Prediction:
     strength = alpha.sum(0, keepdim=True)
     tumour = preprocess.to_reference((alpha / strength)[1:].numpy(), prep)
     label = np.argmax(np.concatenate([1.0 - tumour.sum(0, keepdims=True), tumour]), axis=0).astype(np.uint8)
+    margin = review.top_two_margin([1.0 - tumour.sum(0)] + list(tumour))
     inside = sitk.GetArrayViewFromImage(prep.foreground_reference).astype(bool)
     label[~inside] = 0
+    margin[~inside] = 1.0
     uncertainty = sitk.GetArrayFromImage(preprocess.to_reference((alpha.shape[0] / strength)[0].numpy(), prep))
     uncertainty = np.where(inside, np.clip(uncertainty, 0, 1), 0).astype(np.float32)
     confidence, correct = _low_res_calibration(model, case)
-    return Prediction(label, uncertainty, None, confidence, correct, time.perf_counter() - started)
+    return Prediction(label, uncertainty, None, confidence, correct, time.perf_counter() - started, margin)
 
 
 def predictor_for(model) -> Callable[[object, Case], Prediction]:
@@ -297,8 +303,11 @@ class ModelScores:
     """Scores of one model, accumulated case by case (a BraTS-grid case with its pre-processing holds about
     300 MB: cases are loaded one at a time and dropped)."""
 
-    def __init__(self, model, config: PostprocessConfig, with_prior_ablation: bool):
+    def __init__(self, model, config: PostprocessConfig, with_prior_ablation: bool,
+                 review_config: Optional[review.ReviewConfig] = None):
         self.model, self.config, self.with_prior_ablation = model, config, with_prior_ablation
+        self.review_config = review_config or review.config_for_card(getattr(model, "card", None))[0]
+        self.review_cases: List[dict] = []
         self.predict = predictor_for(model)
         self.per_case, self.per_case_post, self.rows = [], [], []
         self.uncertainty, self.error, self.confidence, self.correct = [], [], [], []
@@ -326,7 +335,7 @@ class ModelScores:
         self.confidence.append(prediction.confidence_low)
         self.correct.append(prediction.correct_low)
         row = {"case_id": case.case_id, "class": case.tumour_class, "seconds": round(prediction.seconds, 2),
-               "raw": raw_scores, "post": post_scores}
+               "raw": raw_scores, "post": post_scores, "review": self._review(case, prediction, processed)}
         if prediction.class_probabilities is not None:
             self.true_class.append(CLASSES.index(case.tumour_class))
             self.head_class.append(int(np.argmax(prediction.class_probabilities)))
@@ -349,6 +358,16 @@ class ModelScores:
                 row["false_positive_ml_without_prior"] = self.fp_without[-1]
         self.rows.append(row)
 
+    def _review(self, case: Case, prediction: Prediction, processed: np.ndarray) -> dict:
+        """The review regions' efficiency on this case (the post-processed label's regions), kept for the means;
+        returns the case's top-GOAL_K figures."""
+        if prediction.margin is None:
+            return {}
+        prepared = review_efficiency.efficiency_case(processed, case.truth, prediction.uncertainty, prediction.margin,
+                                                     case.spacing, self.review_config, seed=len(self.review_cases))
+        self.review_cases.append(review_efficiency.case_efficiency(prepared, self.review_config))
+        return review_efficiency.case_row(self.review_cases[-1])
+
     def report(self) -> dict:
         u, e = np.concatenate(self.uncertainty), np.concatenate(self.error)
         report = {
@@ -364,6 +383,8 @@ class ModelScores:
             },
             "per_case": self.rows,
         }
+        if self.review_cases:
+            report["review_efficiency"] = review_efficiency.summarise(self.review_cases)
         if self.class_probabilities:
             probs = np.stack(self.class_probabilities)
             truth = np.asarray(self.true_class)
@@ -395,6 +416,8 @@ def _card_postprocess(card: dict) -> Tuple[PostprocessConfig, Optional[float], O
 LoadedModel = Tuple[str, Path, torch.nn.Module]
 #: A model's post-processing: (config, mean Dice on the tuning folder or None, the tuning folder or None).
 ChosenPostprocess = Tuple[PostprocessConfig, Optional[float], Optional[str]]
+#: A model's review settings: (config, their efficiency on the tuning folder or None, the tuning folder or None).
+ChosenReview = Tuple[review.ReviewConfig, Optional[dict], Optional[str]]
 
 
 def run_evaluation(data, models: Sequence[str], out, tune: Optional[str] = None, max_cases: Optional[int] = None,
@@ -422,8 +445,10 @@ def run_evaluation(data, models: Sequence[str], out, tune: Optional[str] = None,
     frontend_eval.check_tuning_folder(folder, Path(tune) if tune else None, rows, read_rows(tune) if tune else [])
     started = time.perf_counter()
     log(f"evaluate: {len(rows)} cases of {folder}, {len(loaded)} model(s), contrasts {', '.join(contrasts)}")
-    configs = choose_postprocessing(loaded, tune, contrasts, log)
-    results = score_models(loaded, configs, folder, rows, contrasts, log)
+    configs, tuning_cases = choose_postprocessing(loaded, tune, contrasts, log)
+    reviews = choose_review(loaded, configs, tuning_cases, tune, log)
+    del tuning_cases
+    results = score_models(loaded, configs, reviews, folder, rows, contrasts, log)
     summary = {
         "data": {"folder": str(folder), "cases": len(rows),
                  "classes": {c: sum(1 for r in rows if r["tumour_class"] == c) for c in CLASSES},
@@ -439,11 +464,13 @@ def run_evaluation(data, models: Sequence[str], out, tune: Optional[str] = None,
 
 
 def choose_postprocessing(loaded: List[LoadedModel], tune: Optional[str], contrasts: Sequence[str],
-                          log) -> Dict[str, ChosenPostprocess]:
+                          log) -> Tuple[Dict[str, ChosenPostprocess], Dict[str, list]]:
     """Each model's post-processing: tuned on the `tune` folder when given (cases loaded one at a time), else
-    the thresholds the pipeline would use with it (its card's)."""
+    the thresholds the pipeline would use with it (its card's). Also returns, per model, the tuning cases'
+    predictions as review_efficiency.tuning_crop keeps them (empty without `tune`), for choose_review."""
+    crops: Dict[str, list] = {name: [] for name, _, _ in loaded}
     if not tune:
-        return {name: _card_postprocess(model.card) for name, _, model in loaded}
+        return {name: _card_postprocess(model.card) for name, _, model in loaded}, crops
     raw: Dict[str, list] = {name: [] for name, _, _ in loaded}
     classed: Dict[str, list] = {name: [] for name, _, _ in loaded}  # for the class rule
     for row in read_rows(tune):
@@ -454,6 +481,9 @@ def choose_postprocessing(loaded: List[LoadedModel], tune: Optional[str], contra
             label, truth = _labelled_box(prediction.label, case.truth)
             no_tumour = _no_tumour_probability(prediction)
             raw[name].append((label, truth, voxel_ml, no_tumour))
+            if prediction.margin is not None:
+                crops[name].append(review_efficiency.tuning_crop(prediction.label, case.truth, prediction.uncertainty,
+                                                                 prediction.margin, case.spacing, no_tumour))
             if prediction.class_probabilities is not None:
                 classed[name].append((label, voxel_ml, no_tumour, prediction.class_probabilities,
                                       CLASSES.index(case.tumour_class)))
@@ -463,13 +493,34 @@ def choose_postprocessing(loaded: List[LoadedModel], tune: Optional[str], contra
     for name, _, _ in loaded:
         config, score = tune_postprocessing(raw[name])
         configs[name] = (tune_class_rule(config, classed[name]), score, str(tune))
-    return configs
+    return configs, crops
 
 
-def score_models(loaded: List[LoadedModel], configs: Dict[str, ChosenPostprocess], folder: Path, rows: List[dict],
-                 contrasts: Sequence[str], log) -> Dict[str, dict]:
-    """Every model's report on the held-out cases (loaded one at a time), with its model and post-processing."""
-    scorers = {name: ModelScores(model, configs[name][0], hasattr(model, "generator")) for name, _, model in loaded}
+def choose_review(loaded: List[LoadedModel], configs: Dict[str, ChosenPostprocess], crops: Dict[str, list],
+                  tune: Optional[str], log) -> Dict[str, ChosenReview]:
+    """Each model's review settings: tuned on the `tune` folder's cases, post-processed with the model's chosen
+    thresholds (review_efficiency.tune_review), when given; else its card's."""
+    chosen = {}
+    for name, _, model in loaded:
+        if not tune or not crops[name]:
+            config, _ = review.config_for_card(model.card)
+            tuned = model.card.get(review.CARD_KEY) or {}
+            chosen[name] = (config, tuned.get("tuning"), tuned.get("tuned_on"))
+            continue
+        cases = [review_efficiency.post_processed(crop, configs[name][0]) for crop in crops[name]]
+        config, summary, _ = review_efficiency.tune_review(cases)
+        chosen[name] = (config, review_efficiency.tuning_summary(summary), str(tune))
+        log(f"{name}: review regions tuned on {tune}: threshold {config.threshold}, "
+            f"largest extent {config.max_extent_mm} mm, ranked by {config.rank_by}")
+    return chosen
+
+
+def score_models(loaded: List[LoadedModel], configs: Dict[str, ChosenPostprocess], reviews: Dict[str, ChosenReview],
+                 folder: Path, rows: List[dict], contrasts: Sequence[str], log) -> Dict[str, dict]:
+    """Every model's report on the held-out cases (loaded one at a time), with its model, post-processing and
+    review settings."""
+    scorers = {name: ModelScores(model, configs[name][0], hasattr(model, "generator"), reviews[name][0])
+               for name, _, model in loaded}
     front_scores = []
     for i, row in enumerate(rows):
         case = load_case(folder, row, contrasts)
@@ -486,6 +537,8 @@ def score_models(loaded: List[LoadedModel], configs: Dict[str, ChosenPostprocess
                            "labelled_fraction": model.card.get("training", {}).get("labelled_fraction")}
         report["postprocess"] = {"config": configs[name][0].as_dict(), "tuned_on": configs[name][2],
                                  "tuning_mean_dice": configs[name][1]}
+        report["review"] = {"config": reviews[name][0].as_dict(), "tuned_on": reviews[name][2],
+                            "tuning": reviews[name][1]}
         results[name] = report
         front = frontend_eval.summary(front_scores)
         if front is not None:  # the front end's scores do not depend on the model; each row shows them
@@ -513,8 +566,9 @@ def record_in_cards(loaded: List[LoadedModel], summary: dict, json_path: Path) -
         record_metrics(path, "held_out", {
             "data": summary["data"], "report": str(json_path),
             **{k: r[k] for k in ("raw", "post", "uncertainty", "postprocess", "cases")},
-            **{k: r[k] for k in ("classification", "false_positive_ml_tumour_free") if k in r},
-        }, postprocess=r["postprocess"] if r["postprocess"]["tuned_on"] else None)
+            **{k: r[k] for k in ("classification", "false_positive_ml_tumour_free", "review_efficiency") if k in r},
+        }, postprocess=r["postprocess"] if r["postprocess"]["tuned_on"] else None,
+            review=r["review"] if r["review"]["tuned_on"] else None)
 
 
 def _json_default(value):
@@ -588,4 +642,5 @@ def markdown_report(summary: dict) -> str:
                   "Registration error: mean distance over the engine's brain mask between the recovered rigid "
                   "transform and the engine's recorded motion; brain-mask Dice against the engine's mask (brain "
                   "and every tumour voxel) on the reference grid.", ""]
+    lines += review_efficiency.markdown_lines(summary["models"])
     return "\n".join(lines)
