@@ -129,7 +129,8 @@ def segment_case(paths: Dict[str, Optional[str]], output_dir, overwrite: bool = 
                  extra_writers: Sequence[ExtraWriter] = (), save_registered: bool = False) -> dict:
     """Segment one case from files or DICOM folders into `output_dir`; returns the report written as report.json.
 
-    `logic` is a DareFuseLogic to reuse (its model stays loaded between cases); a new one when None.
+    `logic` is a DareFuseLogic to reuse (its model stays loaded between cases); when None, a new one that runs
+    the pipeline in this process (in_process=True: no inference process, no file round trip).
     `threads`: CPU threads for the network (torch.set_num_threads); None leaves torch's setting.
     `labels`: contrast (and "dicom") -> how to name each input in messages (input_labels by default).
     `series`, `dicom`: DICOM series UIDs picked by the user, a study folder to assign by descriptions
@@ -157,7 +158,7 @@ def segment_case(paths: Dict[str, Optional[str]], output_dir, overwrite: bool = 
         from .pipeline.inference import resolve_device
 
         resolve_device(device)  # before minutes of work
-        logic = logic or DareFuseLogic()
+        logic = logic or DareFuseLogic(in_process=True)  # a command-line process: no GUI to keep responsive
         processed = logic.process(**nodes, outputs=outputs, device=device, progress=progress, cancel=cancel,
                                   model_path=model_path, class_gate=class_gate)
         result = processed.result

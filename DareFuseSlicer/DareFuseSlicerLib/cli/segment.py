@@ -123,7 +123,7 @@ def run_batch(cases: List[Dict[str, str]], overwrite: bool = False, device: str 
     from ..logic import DareFuseLogic
 
     stream = stream or sys.stdout
-    logic = DareFuseLogic()  # one model load for the whole batch
+    logic = DareFuseLogic(in_process=True)  # one model load for the whole batch, in this process
     rows = []
     for number, case in enumerate(cases, start=1):
         prefix = f"[{number}/{len(cases)}] {case['case_id']}"
