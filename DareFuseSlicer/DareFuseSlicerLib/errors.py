@@ -1,4 +1,5 @@
 """The exceptions a user can meet. Anything else is a bug and keeps its traceback."""
+from __future__ import annotations
 
 
 class DareFuseError(Exception):

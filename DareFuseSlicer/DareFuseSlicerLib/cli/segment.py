@@ -68,7 +68,7 @@ def _segment(args, extra_writers=()) -> int:
 def _demo(args) -> int:
     """The sample case; for DICOM results, written as a DICOM study first, which goes with the results (the
     SEG and maps reference it)."""
-    from ..phantoms import sample_case_paths
+    from ..sampledata import sample_case_paths
 
     if args.output_format == "nifti":
         sample = sample_case_paths()
