@@ -126,8 +126,10 @@ if IN_SLICER_APP:
                 try:
                     import PyTorchUtils
                 except ImportError:
-                    return ("DareFuseSlicer needs the PyTorch extension: install it from the Extensions Manager, "
-                            "restart Slicer and press Apply again.")
+                    message = ("DareFuseSlicer needs the PyTorch extension: install it from the Extensions Manager, "
+                               "restart Slicer and press Apply again.")
+                    showError(message)
+                    return message
                 # Its installTorch imports torch into this process once, when it installs it (its return value).
                 if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
                     return "PyTorch was not installed."
@@ -142,12 +144,18 @@ if IN_SLICER_APP:
         except Exception as error:  # noqa: BLE001 - light-the-torch or pip failed: say so, keep the panel usable
             import traceback
 
-            slicer.util.errorDisplay(f"Installing the Python packages failed: {error}",
-                                     detailedText=traceback.format_exc())
+            showError(f"Installing the Python packages failed: {error}", traceback.format_exc())
             return f"Installing the Python packages failed: {error}"
         still = missingPackages()
         return "" if not still else ("Still missing after the install: " + ", ".join(still)
                                      + ". Restart Slicer and press Apply again.")
+
+    def showError(text, details=""):
+        """An error dialog (only logged in testing mode), with the details (a traceback, a log) folded away."""
+        if details:
+            slicer.util.errorDisplay(text, detailedText=details)
+        else:
+            slicer.util.errorDisplay(text)
 
     def _pipInstall(requirements):
         import tempfile
@@ -327,7 +335,7 @@ if IN_SLICER_APP:
             try:
                 self._run = self.logic.start(**arguments)
             except DareFuseError as error:
-                slicer.util.errorDisplay(str(error), detailedText=getattr(error, "details", "") or None)
+                showError(str(error), getattr(error, "details", ""))
                 return
             self.ui.progressBar.setRange(0, 1000)
             self.ui.progressBar.value = 0
@@ -356,12 +364,12 @@ if IN_SLICER_APP:
                 slicer.util.errorDisplay(str(error))
             except (WorkerError, WorkerBug) as error:  # the inference process died, or failed with a bug there
                 self.ui.statusLabel.text = "Failed; nothing was added to the scene."
-                slicer.util.errorDisplay(str(error), detailedText=error.details or None)
+                showError(str(error), error.details)
             except Exception as error:  # a bug here: show it with its traceback, keep Slicer running
                 import traceback
 
                 self.ui.statusLabel.text = "Failed; nothing was added to the scene."
-                slicer.util.errorDisplay(f"DareFuse failed: {error}", detailedText=traceback.format_exc())
+                showError(f"DareFuse failed: {error}", traceback.format_exc())
             else:
                 self.ui.statusLabel.text = "Done. " + " ".join(outputs.report.get("warnings") or [])
                 self._showReport(outputs.report)  # the views stay where the commit put them: on the tumour

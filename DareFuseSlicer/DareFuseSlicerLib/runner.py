@@ -74,9 +74,8 @@ def interpreter() -> str:
     return sys.executable
 
 
-def worker_command(idle_timeout_s: float, home: Path) -> List[str]:
-    return [interpreter(), "-c", _BOOTSTRAP, str(LIB_PARENT), "--home", str(home),
-            "--idle-timeout", str(idle_timeout_s)]
+def worker_command(python: str, idle_timeout_s: float, home: Path) -> List[str]:
+    return [python, "-c", _BOOTSTRAP, str(LIB_PARENT), "--home", str(home), "--idle-timeout", str(idle_timeout_s)]
 
 
 class LineReader:
@@ -170,6 +169,7 @@ class Worker:
 
     def __init__(self, idle_timeout_s: float = IDLE_TIMEOUT_S):
         self.idle_timeout_s = idle_timeout_s
+        python = interpreter()  # before the folder is made: raises WorkerError where there is none
         self.home = Path(tempfile.mkdtemp(prefix="darefuse-worker-"))
         self.log_path = self.home / "worker.log"
         env = dict(os.environ)
@@ -178,7 +178,7 @@ class Worker:
         try:
             with open(self.log_path, "wb") as log:
                 self.process = subprocess.Popen(
-                    worker_command(idle_timeout_s, self.home), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    worker_command(python, idle_timeout_s, self.home), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                     stderr=log, cwd=str(self.home), env=env, close_fds=True, **_session_options())
         except OSError as error:
             shutil.rmtree(self.home, ignore_errors=True)

@@ -59,6 +59,19 @@ def test_no_interpreter_is_a_clear_error(monkeypatch, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_no_pythonslicer_in_slicer_is_a_clear_error(monkeypatch, tmp_path):
+    """Inside the Slicer application the worker must be PythonSlicer (this Python is Slicer's): none found is an
+    error before anything is made."""
+    monkeypatch.setattr(runner.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(runner.sys, "executable", str(tmp_path / "bin" / "SlicerApp-real"))
+    monkeypatch.setattr(runner.shutil, "which", lambda name: None)
+    monkeypatch.setitem(sys.modules, "slicer", type(sys)("slicer"))
+    sys.modules["slicer"].app = object()
+    with pytest.raises(WorkerError, match="^Cannot find Slicer's PythonSlicer"):
+        WorkerPool().take()
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_worker_without_torch_says_so_once(monkeypatch, tmp_path):
     """As on a machine where the packages are missing: the run ends with one message naming what is missing."""
     shadow = tmp_path / "shadow" / "torch"
