@@ -113,7 +113,7 @@ class LineReader:
                 chunk = os.read(self._pipe.fileno(), 1 << 16)
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError:
+            except (OSError, ValueError):  # closed: the worker was ended
                 chunk = b""
             if not chunk:
                 self.eof = True
@@ -127,7 +127,7 @@ class LineReader:
 
     def wait(self, timeout: float) -> None:
         """Until something may be readable, or `timeout` seconds."""
-        if self._queue is None and os.name == "posix" and not self.eof:
+        if self._queue is None and os.name == "posix" and not self.eof and not self._pipe.closed:
             import select
 
             select.select([self._pipe], [], [], max(timeout, 0.0))
@@ -310,8 +310,19 @@ class WorkerPool:
         if idle is not None:
             idle.stop()
 
+
 POOL = WorkerPool()
-atexit.register(POOL.shutdown)
+#: Run folders not yet removed (a run never finished nor cancelled): removed when this process exits.
+_OPEN_FOLDERS: set = set()
+
+
+def _at_exit() -> None:
+    POOL.shutdown()
+    for folder in list(_OPEN_FOLDERS):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+atexit.register(_at_exit)
 
 
 def error_from(message: Mapping[str, Any]) -> BaseException:
@@ -346,6 +357,7 @@ class Run:
         self._worker_pid: Optional[int] = None
         self.id = uuid.uuid4().hex
         self.folder = Path(tempfile.mkdtemp(prefix="darefuse-run-"))
+        _OPEN_FOLDERS.add(self.folder)
         self.worker: Optional[Worker] = None
         try:
             self.worker = self.pool.take()  # a new one starts importing while the inputs are written
@@ -430,7 +442,11 @@ class Run:
         if self.worker is not None:
             self.pool.discard(self.worker)
             self.worker = None
+        self._remove_folder()
+
+    def _remove_folder(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+        _OPEN_FOLDERS.discard(self.folder)
 
     def wait(self, timeout: Optional[float] = None, progress: Optional[ProgressFn] = None,
              cancel: Optional[CancelFn] = None) -> bool:
@@ -480,7 +496,7 @@ class Run:
         if self.worker is not None:
             (self.pool.discard if kill else self.pool.give_back)(self.worker)
             self.worker = None
-        shutil.rmtree(self.folder, ignore_errors=True)
+        self._remove_folder()
 
 
 class LocalRun:
