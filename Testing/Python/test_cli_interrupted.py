@@ -33,7 +33,7 @@ if os.environ.get("DAREFUSE_TEST_SLOW_OVERVIEW"):
     drawn = outputs.render_overview
     def slow(result, path, **kw):
         drawn(result, path, **kw)
-        print("WRITING", file=sys.stderr, flush=True)
+        print("WRITING", flush=True)  # on stdout: stderr is held while the results are written
         time.sleep(3)
     outputs.render_overview = slow
 if os.environ.get("DAREFUSE_TEST_NO_PRECHECK"):
@@ -66,17 +66,18 @@ def _hidden(folder: Path):
 
 def test_sigterm_while_writing_removes_the_partial_folder(files, tmp_path):
     out = tmp_path / "OUT"
-    child = subprocess.Popen([sys.executable, files["wrapper"], *_segment_argv(files, out)], cwd=tmp_path,
-                             env=_env(DAREFUSE_TEST_SLOW_OVERVIEW="1"), stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, files["wrapper"], *_segment_argv(files, out), "--quiet"],
+                             cwd=tmp_path, env=_env(DAREFUSE_TEST_SLOW_OVERVIEW="1"), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
     lines = []
-    for line in child.stderr:
+    for line in child.stdout:
         lines.append(line)
         if line.strip() == "WRITING":
             break
     assert any(name.startswith(".OUT.partial-") for name in _hidden(tmp_path)), lines  # it is writing now
     child.send_signal(signal.SIGTERM)
-    rest = child.stderr.read()
-    assert child.wait(60) == 143, rest
+    _, rest = child.communicate(timeout=60)
+    assert child.returncode == 143, rest
     assert rest.strip().splitlines()[-1] == "darefuse: terminated; nothing was written."
     assert "Traceback" not in rest
     assert sorted(os.listdir(tmp_path)) == []  # no OUT, no .OUT.partial-*, no .darefuse-* staging
