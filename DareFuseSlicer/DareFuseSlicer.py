@@ -5,8 +5,8 @@ application it defines the module, its widget, logic and self-test. Under the he
 (no application, no Qt) it imports too, and then offers the logic and the self-test only; the self-test then
 works on a new scene of its own (pytest runs it: Testing/Python/test_module_selftest.py).
 
-Inference runs in a separate process (DareFuseSlicerLib/runner.py, worker.py): Slicer's own process never imports
-torch, MONAI or pytorch-grad-cam; the panel polls the run with a QTimer.
+Inference runs in a separate process (DareFuseSlicerLib/runner.py, workerpool.py, worker.py): Slicer's own process
+never imports torch, MONAI or pytorch-grad-cam; the panel polls the run with a QTimer.
 """
 import logging
 import os

@@ -3,7 +3,7 @@
 A run has three steps; the scene is touched only by the first and the last, on the caller's thread:
 
 1. prepare(...)  validate the input nodes, copy them to SimpleITK images, take their names (scene read only);
-2. compute       the pipeline, in the inference process (runner.py / worker.py: torch is never imported into
+2. compute       the pipeline, in the inference process (runner.py, workerpool.py -> worker.py: torch is never imported into
                  the process that holds the scene) or, for in_process=True, here (compute(...));
 3. commit(...)   build every output node outside the scene, then add them all, replace this module's earlier
                  unedited outputs for the same reference input, set up the display; roll back on any failure.
@@ -30,8 +30,9 @@ from .errors import InputError
 from .inputs import check_input_node, node_geometry
 from .pipeline import validate
 from .progress import CancelFn, ProgressFn, check_cancel, format_time_left, scaled  # noqa: F401 (re-exported)
-from .runner import POOL, LocalRun, Run, WorkerPool
+from .runner import LocalRun, Run
 from .scene import display, nodes, segmentation, volumes
+from .workerpool import POOL, WorkerPool
 
 MODULE_DIR = Path(__file__).resolve().parents[1]
 MODELS_DIR = MODULE_DIR / "Resources" / "Models"
@@ -80,13 +81,13 @@ def bundled_model_path() -> Path:
 class DareFuseLogic:
     """Runs DARE-FUSE on volume nodes and adds the results to the nodes' scene.
 
-    By default the pipeline runs in the inference process (runner.POOL: one warm worker shared by every logic
+    By default the pipeline runs in the inference process (workerpool.POOL: one warm worker shared by every logic
     of this process), so this process never imports torch: what the Slicer module, its self-test and scripts
     inside Slicer use. in_process=True runs it here instead: the headless command line does (no GUI to keep
     responsive, no file round trip, no second interpreter; `darefuse batch` keeps its model loaded itself).
     pipeline_run and model_loader (defaults DareFuseSlicerLib.pipeline.run.run and network.store.load_model,
     imported on first use) can be replaced, e.g. by a pre-loaded model or a test pipeline; they are callables of
-    this process, so giving either means in_process=True. pool: the workers to use (runner.POOL by default).
+    this process, so giving either means in_process=True. pool: the workers to use (workerpool.POOL by default).
     """
 
     def __init__(self, pipeline_run: Optional[Callable] = None, model_loader: Optional[Callable] = None,

@@ -2,7 +2,7 @@
 
     python -m DareFuseSlicerLib.worker --home DIR [--idle-timeout SECONDS]
 
-runner.py starts it (PythonSlicer inside Slicer, sys.executable headless) and speaks JSON lines with it:
+workerpool.py starts it (PythonSlicer inside Slicer, sys.executable headless) and speaks JSON lines with it:
 
 - on stdin, jobs: {"type": "job", "id", "folder", "inputs": {contrast: file}, "labels", "outputs", "device",
   "model_path", "class_gate"} and {"type": "quit"};
@@ -34,7 +34,7 @@ from typing import Any, Dict, Optional
 from . import exchange
 from .errors import DareFuseError, OptionError
 
-#: Seconds without a job after which the process leaves (runner.py passes its setting).
+#: Seconds without a job after which the process leaves (workerpool.py passes its setting).
 DEFAULT_IDLE_TIMEOUT_S = 600.0
 #: A progress line is sent when the stage changes or the fraction has grown by this much.
 PROGRESS_STEP = 0.005

@@ -13,7 +13,7 @@ import slicer
 from DareFuseSlicerLib import logic as logic_module
 from DareFuseSlicerLib.errors import Cancelled
 from DareFuseSlicerLib.logic import DareFuseLogic
-from DareFuseSlicerLib.runner import WorkerPool
+from DareFuseSlicerLib.workerpool import WorkerPool
 from DareFuseSlicerLib.scene import display, nodes, segmentation, volumes
 
 import scene_cases

@@ -124,7 +124,7 @@ def test_ci_workflow_runs_the_self_test_under_xvfb():
 
 
 @pytest.mark.parametrize("name", ["DareFuseSlicer.py", "DareFuseSlicerLib/logic.py", "DareFuseSlicerLib/parameters.py",
-                                  "DareFuseSlicerLib/runner.py", "DareFuseSlicerLib/worker.py",
+                                  "DareFuseSlicerLib/runner.py", "DareFuseSlicerLib/workerpool.py", "DareFuseSlicerLib/worker.py",
                                   "DareFuseSlicerLib/exchange.py", "DareFuseSlicerLib/sampledata.py",
                                   "DareFuseSlicerLib/progress.py", "DareFuseSlicerLib/errors.py",
                                   "DareFuseSlicerLib/pipeline/diskspace.py",

@@ -1,4 +1,4 @@
-"""runner.py without the model: reading a child's lines without blocking, errors rebuilt from the worker's words,
+"""workerpool.py and workerpool.py without the model: reading a child's lines without blocking, errors rebuilt from the worker's words,
 and an inference process that cannot start (no interpreter; torch missing) as one clear error."""
 import os
 import subprocess
@@ -7,10 +7,11 @@ import time
 
 import pytest
 
-from DareFuseSlicerLib import cli, runner
+from DareFuseSlicerLib import cli, workerpool
 from DareFuseSlicerLib.errors import Cancelled, InputError, OptionError, WorkerError
 from DareFuseSlicerLib.logic import DareFuseLogic
-from DareFuseSlicerLib.runner import LineReader, WorkerBug, WorkerPool, error_from
+from DareFuseSlicerLib.runner import WorkerBug, error_from
+from DareFuseSlicerLib.workerpool import LineReader, WorkerPool
 
 import scene_cases
 
@@ -52,8 +53,8 @@ def test_errors_come_back_with_their_class_and_words():
 
 
 def test_no_interpreter_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(runner.tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(runner, "interpreter", lambda: str(tmp_path / "no-python"))
+    monkeypatch.setattr(workerpool.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(workerpool, "interpreter", lambda: str(tmp_path / "no-python"))
     with pytest.raises(WorkerError, match="^The inference process could not be started: "):
         WorkerPool().take()
     assert os.listdir(tmp_path) == []
@@ -62,9 +63,9 @@ def test_no_interpreter_is_a_clear_error(monkeypatch, tmp_path):
 def test_no_pythonslicer_in_slicer_is_a_clear_error(monkeypatch, tmp_path):
     """Inside the Slicer application the worker must be PythonSlicer (this Python is Slicer's): none found is an
     error before anything is made."""
-    monkeypatch.setattr(runner.tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(runner.sys, "executable", str(tmp_path / "bin" / "SlicerApp-real"))
-    monkeypatch.setattr(runner.shutil, "which", lambda name: None)
+    monkeypatch.setattr(workerpool.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(workerpool.sys, "executable", str(tmp_path / "bin" / "SlicerApp-real"))
+    monkeypatch.setattr(workerpool.shutil, "which", lambda name: None)
     monkeypatch.setitem(sys.modules, "slicer", type(sys)("slicer"))
     sys.modules["slicer"].app = object()
     with pytest.raises(WorkerError, match="^Cannot find Slicer's PythonSlicer"):
@@ -80,7 +81,7 @@ def test_a_worker_without_torch_says_so_once(monkeypatch, tmp_path):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(shadow.parent), os.environ.get("PYTHONPATH", "")]))
     temp = tmp_path / "temp"
     temp.mkdir()
-    monkeypatch.setattr(runner.tempfile, "tempdir", str(temp))
+    monkeypatch.setattr(workerpool.tempfile, "tempdir", str(temp))
     scene = scene_cases.new_scene()
     inputs = scene_cases.add_case(scene)
     before = scene_cases.scene_state(scene)

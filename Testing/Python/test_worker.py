@@ -1,4 +1,4 @@
-"""The inference process (runner.py, worker.py) with the bundled model on the sample case, on real scenes.
+"""The inference process (runner.py, workerpool.py, worker.py) with the bundled model on the sample case, on real scenes.
 
 - start -> finish adds what process() adds in this process (names, kinds, grids, identical labels);
 - the scene process never imports torch, MONAI or pytorch-grad-cam (a fresh interpreter: worker_session.py);
@@ -11,17 +11,17 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from DareFuseSlicerLib import runner
 from DareFuseSlicerLib.errors import Cancelled, InputError, WorkerError
 from DareFuseSlicerLib.inputs import load_sample_case
 from DareFuseSlicerLib.logic import DareFuseLogic, bundled_model_path
-from DareFuseSlicerLib.runner import WorkerPool
+from DareFuseSlicerLib.workerpool import WorkerPool
 
 import scene_cases
 import worker_session
@@ -120,7 +120,7 @@ def _start_and_wait_for_the_pipeline(logic, inputs):
 
 def test_cancel_mid_run_ends_the_worker_within_2_s_and_leaves_the_scene(case, tmp_path, monkeypatch):
     scene, inputs = case
-    monkeypatch.setattr(runner.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     pool = WorkerPool()
     before = scene_cases.scene_state(scene)
     run = _start_and_wait_for_the_pipeline(DareFuseLogic(pool=pool), inputs)
@@ -138,7 +138,7 @@ def test_cancel_mid_run_ends_the_worker_within_2_s_and_leaves_the_scene(case, tm
 
 def test_a_killed_worker_is_a_clear_error_and_the_scene_is_unchanged(case, tmp_path, monkeypatch):
     scene, inputs = case
-    monkeypatch.setattr(runner.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     pool = WorkerPool()
     before = scene_cases.scene_state(scene)
     run = _start_and_wait_for_the_pipeline(DareFuseLogic(pool=pool), inputs)
@@ -155,7 +155,7 @@ def test_a_killed_worker_is_a_clear_error_and_the_scene_is_unchanged(case, tmp_p
 
 
 def test_an_idle_worker_leaves_after_its_timeout(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     pool = WorkerPool(idle_timeout_s=1.0)
     worker = pool.take()
     pool.give_back(worker)
