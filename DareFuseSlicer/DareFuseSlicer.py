@@ -337,6 +337,11 @@ if IN_SLICER_APP:
             except DareFuseError as error:
                 showError(str(error), getattr(error, "details", ""))
                 return
+            except Exception as error:  # a bug: show it with its traceback, keep the panel usable
+                import traceback
+
+                showError(f"DareFuse could not start: {error}", traceback.format_exc())
+                return
             self.ui.progressBar.setRange(0, 1000)
             self.ui.progressBar.value = 0
             self.ui.statusLabel.text = "Starting..."

@@ -88,7 +88,11 @@ class Run:
             self.worker = self.pool.take()  # a new one starts importing while the inputs are written
             if self.worker.jobs_taken == 1:
                 self._stage = "starting the inference process (loading PyTorch and the model)"
-            files = exchange.write_images(images, self.folder)
+            try:
+                files = exchange.write_images(images, self.folder)
+            except (OSError, RuntimeError) as error:  # RuntimeError: ITK's writer (e.g. a full disk)
+                raise WorkerError(f"The inputs could not be written to the temporary folder {self.folder.parent} "
+                                  f"({error}); nothing was started. Free some disk space there.") from None
             self.worker.send({"type": "job", "id": self.id, "folder": str(self.folder), "inputs": files, **job})
         except BaseException:
             self._close(kill=True)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from . import exchange
-from .errors import DareFuseError, OptionError
+from .errors import DareFuseError, OptionError, WorkerError
 
 #: Seconds without a job after which the process leaves (workerpool.py passes its setting).
 DEFAULT_IDLE_TIMEOUT_S = 600.0
@@ -140,7 +140,11 @@ class Jobs:
             if self.done:  # "process start to the first window" is start-up only in a fresh process
                 result.timings.pop("first_window_s", None)
             progress(1.0, "sending the results")
-            exchange.save(result, folder / "result")
+            try:
+                exchange.save(result, folder / "result")
+            except (OSError, RuntimeError) as error:  # RuntimeError: ITK's writer (e.g. a full disk)
+                raise WorkerError(f"The results could not be written to the temporary folder {folder.parent} "
+                                  f"({error}); nothing was added. Free some disk space there.") from None
             self.channel.send(type="result", id=job_id, model=describe_model(model))
         except Exception as error:  # noqa: BLE001 - every error goes back to the scene process, typed
             self.channel.send(type="error", id=job_id, **describe_error(error))

@@ -92,3 +92,25 @@ def test_a_worker_without_torch_says_so_once(monkeypatch, tmp_path):
         run.finish()
     assert scene_cases.scene_state(scene) == before
     assert os.listdir(temp) == []
+
+
+def test_a_full_temporary_folder_is_a_clear_error(monkeypatch, tmp_path):
+    """Inputs that cannot be written (ENOSPC from the writer) stop the start with one message; the worker just
+    started is ended and nothing is left in the temporary folder."""
+    import errno
+
+    from DareFuseSlicerLib import exchange
+
+    def full(images, folder):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(exchange, "write_images", full)
+    monkeypatch.setattr(workerpool.tempfile, "tempdir", str(tmp_path))
+    scene = scene_cases.new_scene()
+    inputs = scene_cases.add_case(scene)
+    pool = WorkerPool()
+    with pytest.raises(WorkerError, match=r"^The inputs could not be written to the temporary folder .*No space "
+                                          r"left on device.*nothing was started"):
+        DareFuseLogic(pool=pool).start(**inputs)
+    assert pool.idle_worker is None and not pool._busy
+    assert os.listdir(tmp_path) == []
