@@ -149,8 +149,7 @@ class DareFuseLogic:
         path = Path(model_path) if model_path else bundled_model_path()
         if model_path is None and not path.is_file():
             raise InputError(f"The bundled model '{path}' is missing; reinstall the extension or give a model file.")
-        job = {"labels": prepared.labels, "outputs": sorted(wanted), "device": device, "model_path": str(path),
-               "class_gate": class_gate}
+        job = {"model_path": str(path), "run_options": run_options(prepared, wanted, device, class_gate)}
         return Run(prepared.images, job, commit, pool=self.pool, share=PIPELINE_SHARE)
 
     def _commit_run(self, prepared: PreparedInputs, wanted: frozenset, device: str, result: Any,
@@ -222,8 +221,8 @@ class DareFuseLogic:
         if run is None:
             from .pipeline.run import run
         from .pipeline.outputs import describe_model
-        result = run(dict(prepared.images), model, outputs=set(wanted), device=device, progress=progress,
-                     cancel=cancel, labels=dict(prepared.labels), class_gate=class_gate)
+        result = run(dict(prepared.images), model, progress=progress, cancel=cancel,
+                     **run_options(prepared, wanted, device, class_gate))
         check_cancel(cancel)
         return result, describe_model(model)
 
@@ -370,6 +369,12 @@ def build_report(result: Any, prepared: PreparedInputs, model_info: Optional[dic
     report["device"] = device
     report["run"] = run_id
     return report
+
+
+def run_options(prepared: PreparedInputs, wanted: Iterable[str], device: str, class_gate: bool) -> Dict[str, Any]:
+    """The keyword arguments of pipeline.run.run besides the images, the model, progress and cancel: the same
+    in this process (compute) and in the inference process (start; JSON-ready), so a new option goes here."""
+    return {"outputs": sorted(wanted), "device": device, "labels": dict(prepared.labels), "class_gate": class_gate}
 
 
 def report_of(node: slicer.vtkMRMLNode) -> Optional[dict]:

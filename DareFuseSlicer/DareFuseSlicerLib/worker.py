@@ -4,8 +4,8 @@
 
 workerpool.py starts it (PythonSlicer inside Slicer, sys.executable headless) and speaks JSON lines with it:
 
-- on stdin, jobs: {"type": "job", "id", "folder", "inputs": {contrast: file}, "labels", "outputs", "device",
-  "model_path", "class_gate"} and {"type": "quit"};
+- on stdin, jobs: {"type": "job", "id", "folder", "inputs": {contrast: file}, "model_path", "run_options":
+  pipeline.run.run's keyword arguments (logic.run_options)} and {"type": "quit"};
 - on stdout: {"type": "ready", "pid"} once, then per job {"type": "progress", "id", "fraction", "stage"} and
   finally {"type": "result", "id", "model"} (the PipelineResult written by exchange.save into
   <folder>/result) or {"type": "error", "id", "kind", "message", ...}; {"type": "fatal", ...} if it cannot
@@ -134,8 +134,7 @@ class Jobs:
             from .pipeline.run import run
 
             images = exchange.read_images(job["inputs"], folder)
-            result = run(images, model, outputs=set(job["outputs"]), device=job["device"], progress=progress,
-                         labels=job.get("labels"), class_gate=job.get("class_gate", True))
+            result = run(images, model, progress=progress, **job["run_options"])
             del images
             if self.done:  # "process start to the first window" is start-up only in a fresh process
                 result.timings.pop("first_window_s", None)
