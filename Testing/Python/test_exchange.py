@@ -59,8 +59,8 @@ def test_a_new_field_of_any_kind_flows_through_unchanged(tmp_path):
     base = [(f.name, f.type, f) for f in dataclasses.fields(scene_cases.DrawnResult)]
     Extended = dataclasses.make_dataclass("Extended", [
         *base,
-        ("brain_mask", Optional[sitk.Image], dataclasses.field(default=None)),
-        ("registered", Dict[str, sitk.Image], dataclasses.field(default_factory=dict)),
+        ("new_mask", Optional[sitk.Image], dataclasses.field(default=None)),
+        ("new_images", Dict[str, sitk.Image], dataclasses.field(default_factory=dict)),
         ("transforms", Dict[str, sitk.Transform], dataclasses.field(default_factory=dict)),
         ("regions", List[Region], dataclasses.field(default_factory=list)),
         ("region_map", Optional[np.ndarray], dataclasses.field(default=None)),
@@ -73,14 +73,14 @@ def test_a_new_field_of_any_kind_flows_through_unchanged(tmp_path):
     mask = _oblique(np.random.default_rng(1).integers(0, 2, (5, 6, 7)).astype(np.uint8))
     rigid = sitk.Euler3DTransform((1.0, 2.0, 3.0), 0.1, -0.2, 0.3, (0.5, -1.5, 2.25))
     value = Extended(**{f.name: getattr(drawn, f.name) for f in dataclasses.fields(drawn)},
-                     brain_mask=mask, registered={"t2": mask, "flair": mask}, transforms={"t2": rigid},
+                     new_mask=mask, new_images={"t2": mask, "flair": mask}, transforms={"t2": rigid},
                      regions=[Region(1, (1.5, -2.0, 3.25), ["SNFH", "ET"])],
                      region_map=np.arange(24, dtype=np.int16).reshape(2, 3, 4),
                      by_label={1: np.float32(0.5), (2, 3): [np.int64(4), "x"]}, source=Path("/a/b.nii.gz"))
     exchange.save(value, tmp_path)
     back = exchange.load(tmp_path)
     assert isinstance(back, Extended)
-    assert _same_image(back.brain_mask, mask) and _same_image(back.registered["flair"], mask)
+    assert _same_image(back.new_mask, mask) and _same_image(back.new_images["flair"], mask)
     assert back.transforms["t2"].GetParameters() == pytest.approx(rigid.GetParameters(), abs=1e-12)
     assert back.transforms["t2"].GetFixedParameters() == pytest.approx(rigid.GetFixedParameters(), abs=1e-12)
     assert back.regions == [Region(1, (1.5, -2.0, 3.25), ["SNFH", "ET"])]

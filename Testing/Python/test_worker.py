@@ -170,3 +170,36 @@ def test_an_idle_worker_leaves_after_its_timeout(tmp_path, monkeypatch):
     assert not worker.home.exists()
     pool.shutdown()
     assert os.listdir(tmp_path) == []
+
+
+def test_a_field_added_to_the_result_later_comes_through_the_worker(tmp_path, monkeypatch):
+    """The front end's brain mask (a PipelineResult field added after the worker was written) reaches the
+    scene through start -> finish: a whole-head study gets its brain-mask node and its front-end report."""
+    import SimpleITK as sitk
+    from clinical_helpers import brain_mask_of, pad_for_head, study
+
+    from DareFuseSlicerLib.constants import BRATS_SUFFIX
+    from DareFuseSlicerLib.sampledata import sample_case_paths
+    from DareFuseSlicerLib.scene import volumes
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    paths = sample_case_paths()
+    brains = {c: pad_for_head(sitk.BinShrink(sitk.ReadImage(str(paths[BRATS_SUFFIX[c]]), sitk.sitkFloat32),
+                                             [2, 2, 2])) for c in ("t1", "t2")}
+    heads = study(brains, brain_mask_of(brains["t1"]), {}, thick=())
+    scene = scene_cases.new_scene()
+    inputs = {c: volumes.add_volume(scene, image, f"head-{BRATS_SUFFIX[c]}") for c, image in heads.items()}
+    pool = WorkerPool()
+    try:
+        run = DareFuseLogic(pool=pool).start(**inputs, outputs=("segmentation",))
+        assert run.wait(timeout=300)
+        added = run.finish()
+    finally:
+        pool.shutdown()
+    assert added.report["front_end"]["input_kind"] == "raw"
+    mask = added.nodes["brain_mask"]
+    assert mask.GetScene() is scene and volumes.same_geometry(heads["t1"], mask)
+    voxel_ml = float(np.prod(heads["t1"].GetSpacing())) / 1000.0
+    node_ml = float(np.count_nonzero(volumes.volume_array(mask))) * voxel_ml  # the node holds the worker's mask
+    assert node_ml > 100 and abs(node_ml - added.report["front_end"]["brain_mask_ml"]) <= 0.05 + voxel_ml
+    assert os.listdir(tmp_path) == []
