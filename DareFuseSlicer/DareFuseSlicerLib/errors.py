@@ -1,4 +1,5 @@
 """The exceptions a user can meet. Anything else is a bug and keeps its traceback."""
+from __future__ import annotations
 
 
 class DareFuseError(Exception):
@@ -40,3 +41,12 @@ class OptionError(InputError):
         for option in self.wording:
             text = text.replace("{" + option + "}", name_of(option))
         return text
+
+
+class WorkerError(DareFuseError):
+    """The inference process ended before its run did (killed, out of memory, crashed, or it could not start);
+    nothing was added. `details` holds the end of its log, for a bug report."""
+
+    def __init__(self, message: str, details: str = ""):
+        super().__init__(message)
+        self.details = details

@@ -12,17 +12,48 @@ runs before torch or Slicer is imported, so a bad call fails within a second.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 from .constants import CONTRASTS, OUTPUTS, contrast_name, reference_contrast
 from .dicom.case import CaseInputs, gather
 from .errors import InputError, OptionError
 from .pipeline import validate
+from .pipeline.diskspace import DiskFull
 from .pipeline.outputs import OUTPUT_FORMATS, ExtraWriter, check_output_dir
 from .progress import CancelFn, ProgressFn
+
+
+@contextlib.contextmanager
+def native_stderr_held(drop_on: Tuple[Type[BaseException], ...] = ()) -> Iterator[None]:
+    """What C++ code prints on the process's stderr (ITK's exceptions inside MRML's writers print themselves) is
+    held back while the block runs and replayed afterwards, unless the block raised one of `drop_on`, whose own
+    message says it all."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    replay = True
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except drop_on:
+            replay = False
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if replay:
+                held.seek(0)
+                text = memoryview(held.read())
+                while text:
+                    text = text[os.write(2, text):]
 
 
 def set_threads(threads: Optional[int]) -> None:
@@ -129,7 +160,8 @@ def segment_case(paths: Dict[str, Optional[str]], output_dir, overwrite: bool = 
                  extra_writers: Sequence[ExtraWriter] = (), save_registered: bool = False) -> dict:
     """Segment one case from files or DICOM folders into `output_dir`; returns the report written as report.json.
 
-    `logic` is a DareFuseLogic to reuse (its model stays loaded between cases); a new one when None.
+    `logic` is a DareFuseLogic to reuse (its model stays loaded between cases); when None, a new one that runs
+    the pipeline in this process (in_process=True: no inference process, no file round trip).
     `threads`: CPU threads for the network (torch.set_num_threads); None leaves torch's setting.
     `labels`: contrast (and "dicom") -> how to name each input in messages (input_labels by default).
     `series`, `dicom`: DICOM series UIDs picked by the user, a study folder to assign by descriptions
@@ -157,7 +189,7 @@ def segment_case(paths: Dict[str, Optional[str]], output_dir, overwrite: bool = 
         from .pipeline.inference import resolve_device
 
         resolve_device(device)  # before minutes of work
-        logic = logic or DareFuseLogic()
+        logic = logic or DareFuseLogic(in_process=True)  # a command-line process: no GUI to keep responsive
         processed = logic.process(**nodes, outputs=outputs, device=device, progress=progress, cancel=cancel,
                                   model_path=model_path, class_gate=class_gate)
         result = processed.result
@@ -165,11 +197,13 @@ def segment_case(paths: Dict[str, Optional[str]], output_dir, overwrite: bool = 
         _record_inputs(result, inputs)
         if progress is not None:
             progress(1.0, "writing the results")
-        write_outputs(result, target, overwrite=overwrite, model_info=processed.report.get("model"),
-                      extra_writers=_writers(processed, scene, inputs, output_format) + list(extra_writers),
-                      cancel=cancel, nifti=output_format != "dicom", save_registered=save_registered,
-                      report_extra={"dicom_study": {"folder": str(Path(dicom).absolute()),
-                                                    "series": inputs.assignment}} if dicom else None)
+        # A full disk is reported once, as DiskFull: not also as pages of ITK text from MRML's writers.
+        with files.vtk_messages_kept_off_stderr(), native_stderr_held(drop_on=(DiskFull,)):
+            write_outputs(result, target, overwrite=overwrite, model_info=processed.report.get("model"),
+                          extra_writers=_writers(processed, scene, inputs, output_format) + list(extra_writers),
+                          cancel=cancel, nifti=output_format != "dicom", save_registered=save_registered,
+                          report_extra={"dicom_study": {"folder": str(Path(dicom).absolute()),
+                                                        "series": inputs.assignment}} if dicom else None)
         return json.loads((target / "report.json").read_text())
     finally:
         scene.Clear(0)  # the nodes hold the images: free them now, not at the next garbage collection

@@ -76,11 +76,11 @@ def load_sample_case(scene: slicer.vtkMRMLScene, paths: Optional[Mapping[str, An
                      with_labels: bool = False) -> Dict[str, slicer.vtkMRMLScalarVolumeNode]:
     """Load the bundled sample case (SHA256-checked) into `scene` through storage nodes.
 
-    paths: manifest key (t1n, t1c, t2w, t2f, seg) -> file; phantoms.sample_case_paths() when None.
+    paths: manifest key (t1n, t1c, t2w, t2f, seg) -> file; sampledata.sample_case_paths() when None.
     Returns contrast -> volume node, plus "labels" -> label map node when with_labels.
     """
     if paths is None:
-        from .phantoms import sample_case_paths
+        from .sampledata import sample_case_paths
 
         paths = sample_case_paths()
     from .scene import files

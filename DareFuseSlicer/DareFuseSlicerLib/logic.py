@@ -1,21 +1,22 @@
 """DareFuseLogic: the module's work without a GUI, on the input nodes' own MRML scene.
 
-A run has three steps, so the widget can run the middle one in a worker thread while the scene is touched only
-from the main thread:
+A run has three steps; the scene is touched only by the first and the last, on the caller's thread:
 
-1. prepare(...)  validate the input nodes, copy them to SimpleITK images (scene read only);
-2. compute(...)  the pipeline: no scene access, progress and cooperative cancel;
+1. prepare(...)  validate the input nodes, copy them to SimpleITK images, take their names (scene read only);
+2. compute       the pipeline, in the inference process (runner.py, workerpool.py -> worker.py: torch is never imported into
+                 the process that holds the scene) or, for in_process=True, here (compute(...));
 3. commit(...)   build every output node outside the scene, then add them all, replace this module's earlier
                  unedited outputs for the same reference input, set up the display; roll back on any failure.
 
-process(...) does all three. A cancelled or failed run leaves the scene exactly as it was.
+start(...) does 1 and hands 2 to the inference process; it returns a run that is polled (fraction, stage,
+time_left, done), cancelled (cancel()) and finished (finish(): step 3). process(...) does all three and waits.
+A cancelled or failed run leaves the scene exactly as it was.
 """
 from __future__ import annotations
 
 import datetime
+import functools
 import json
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -28,9 +29,11 @@ from .constants import CONTRAST_NAMES, CONTRASTS, OUTPUTS, display_contrast, ref
 from .errors import InputError
 from .inputs import check_input_node, node_geometry
 from .pipeline import validate
-from .progress import CancelFn, ProgressFn, check_cancel, scaled
+from .progress import CancelFn, ProgressFn, check_cancel, format_time_left, scaled  # noqa: F401 (re-exported)
+from .runner import LocalRun, Run
 from .scene import display, nodes, segmentation, volumes
 from .scene import review as scene_review
+from .workerpool import POOL, WorkerPool
 
 MODULE_DIR = Path(__file__).resolve().parents[1]
 MODELS_DIR = MODULE_DIR / "Resources" / "Models"
@@ -49,6 +52,7 @@ class PreparedInputs:
     nodes: Dict[str, slicer.vtkMRMLScalarVolumeNode]  # contrast -> node, given contrasts only
     images: Dict[str, sitk.Image]  # contrast -> image
     reference: str  # t1 when given, else the first given of t1ce, t2, flair (as the pipeline decides)
+    labels: Dict[str, str] = field(default_factory=dict)  # contrast -> "T1 ('name')", for messages
 
     @property
     def reference_node(self) -> slicer.vtkMRMLScalarVolumeNode:
@@ -79,15 +83,22 @@ def bundled_model_path() -> Path:
 class DareFuseLogic:
     """Runs DARE-FUSE on volume nodes and adds the results to the nodes' scene.
 
-    pipeline_run and model_loader default to DareFuseSlicerLib.pipeline.run.run and
-    DareFuseSlicerLib.network.store.load_model (imported on first use: torch is not needed to validate or to
-    assign inputs). They can be replaced, e.g. by a pipeline on another device or a pre-loaded model.
+    By default the pipeline runs in the inference process (workerpool.POOL: one warm worker shared by every logic
+    of this process), so this process never imports torch: what the Slicer module, its self-test and scripts
+    inside Slicer use. in_process=True runs it here instead: the headless command line does (no GUI to keep
+    responsive, no file round trip, no second interpreter; `darefuse batch` keeps its model loaded itself).
+    pipeline_run and model_loader (defaults DareFuseSlicerLib.pipeline.run.run and network.store.load_model,
+    imported on first use) can be replaced, e.g. by a pre-loaded model or a test pipeline; they are callables of
+    this process, so giving either means in_process=True. pool: the workers to use (workerpool.POOL by default).
     """
 
-    def __init__(self, pipeline_run: Optional[Callable] = None, model_loader: Optional[Callable] = None):
+    def __init__(self, pipeline_run: Optional[Callable] = None, model_loader: Optional[Callable] = None,
+                 in_process: bool = False, pool: Optional[WorkerPool] = None):
         self._pipeline_run = pipeline_run
         self._model_loader = model_loader
         self._models: Dict[str, Any] = {}
+        self.in_process = bool(in_process or pipeline_run is not None or model_loader is not None)
+        self.pool = pool or POOL
 
     # ----------------------------------------------------------------------------------------------------------
     def process(self, t1=None, t1ce=None, t2=None, flair=None, outputs: Iterable[str] = OUTPUTS,
@@ -105,15 +116,54 @@ class DareFuseLogic:
         model_path: a .safetensors model with its card; the bundled model when None.
         class_gate: False keeps the tumour segments even where the class head says no tumour with at least
             the card's gate probability (which otherwise leaves them empty, with a warning).
-        Returns ProcessOutputs (the new nodes and the report). Raises errors.InputError naming the input at fault.
+        Returns ProcessOutputs (the new nodes and the report). Raises errors.InputError naming the input at fault,
+        errors.Cancelled, or errors.WorkerError if the inference process died.
+        """
+        if self.in_process:
+            prepared = self.prepare(t1=t1, t1ce=t1ce, t2=t2, flair=flair)
+            wanted = validate.check_outputs(outputs)
+            result, model_info = self.compute(prepared, wanted, device=device, progress=scaled(
+                progress, 0.0, PIPELINE_SHARE), cancel=cancel, model_path=model_path, class_gate=class_gate)
+            return self.commit(prepared, result, wanted, model_info=model_info, device=device,
+                               progress=scaled(progress, PIPELINE_SHARE, 1.0), cancel=cancel)
+        run = self.start(t1=t1, t1ce=t1ce, t2=t2, flair=flair, outputs=outputs, device=device,
+                         model_path=model_path, class_gate=class_gate)
+        run.wait(progress=progress, cancel=cancel)
+        return run.finish(progress=scaled(progress, PIPELINE_SHARE, 1.0))
+
+    def start(self, t1=None, t1ce=None, t2=None, flair=None, outputs: Iterable[str] = OUTPUTS,
+              device: str = "cpu", model_path=None, class_gate: bool = True):
+        """Check the inputs and start the run in the inference process; returns at once (an in-process logic
+        computes here first, and returns a run that is already done).
+
+        Same arguments as process(). Returns a run: `fraction`, `stage`, `time_left`, `done` for polling from
+        the main thread (a QTimer in Slicer), cancel() (the inference process is ended within 2 s; the scene is
+        untouched), wait(...), and finish() (main thread, once done): adds the outputs and returns
+        ProcessOutputs, or raises the run's error. Input errors are raised here, before anything starts.
         """
         prepared = self.prepare(t1=t1, t1ce=t1ce, t2=t2, flair=flair)
         wanted = validate.check_outputs(outputs)
-        result, model_info = self.compute(prepared, wanted, device=device, progress=scaled(progress, 0.0,
-                                          PIPELINE_SHARE), cancel=cancel, model_path=model_path,
-                                          class_gate=class_gate)
-        return self.commit(prepared, result, wanted, model_info=model_info, device=device,
-                           progress=scaled(progress, PIPELINE_SHARE, 1.0), cancel=cancel)
+        commit = functools.partial(self._commit_run, prepared, wanted, device)
+        if self.in_process:
+            result, model_info = self.compute(prepared, wanted, device=device, model_path=model_path,
+                                              class_gate=class_gate)
+            return LocalRun(result, model_info, commit, share=PIPELINE_SHARE)
+        path = Path(model_path) if model_path else bundled_model_path()
+        if model_path is None and not path.is_file():
+            raise InputError(f"The bundled model '{path}' is missing; reinstall the extension or give a model file.")
+        job = {"model_path": str(path), "run_options": run_options(prepared, wanted, device, class_gate)}
+        # exchange.load rebuilds a dataclass as its own class only where its module is imported: this torch-free
+        # one, so that the result's review regions come back with their methods (table(), as_dict()).
+        from .pipeline import review  # noqa: F401
+        return Run(prepared.images, job, commit, pool=self.pool, share=PIPELINE_SHARE)
+
+    def _commit_run(self, prepared: PreparedInputs, wanted: frozenset, device: str, result: Any,
+                    model_info: dict, progress: Optional[ProgressFn]) -> "ProcessOutputs":
+        return self.commit(prepared, result, wanted, model_info=model_info, device=device, progress=progress)
+
+    def end_worker(self) -> None:
+        """End the inference processes of this logic's pool (the module is closed); the next run starts one."""
+        self.pool.shutdown()
 
     # ----------------------------------------------------------------------------------------------------------
     def prepare(self, t1=None, t1ce=None, t2=None, flair=None) -> PreparedInputs:
@@ -141,7 +191,8 @@ class DareFuseLogic:
         validate.check_memory({name: node_geometry(node) for name, node in given.items()}, reference,
                               {name: f"{CONTRAST_NAMES[name]} ('{node.GetName()}')" for name, node in given.items()})
         images = {name: volumes.volume_node_to_image(node, CONTRAST_NAMES[name]) for name, node in given.items()}
-        return PreparedInputs(scene=scene, nodes=given, images=images, reference=reference)
+        labels = {name: f"{CONTRAST_NAMES[name]} ('{node.GetName()}')" for name, node in given.items()}
+        return PreparedInputs(scene=scene, nodes=given, images=images, reference=reference, labels=labels)
 
     # ----------------------------------------------------------------------------------------------------------
     def model(self, model_path=None):
@@ -162,7 +213,7 @@ class DareFuseLogic:
     def compute(self, prepared: PreparedInputs, outputs: Iterable[str] = OUTPUTS, device: str = "cpu",
                 progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
                 model_path=None, class_gate: bool = True) -> Tuple[Any, dict]:
-        """Run the pipeline on the prepared images. Touches no node: safe in a worker thread.
+        """Run the pipeline on the prepared images, in this process. Touches no node.
 
         Returns (the pipeline's result, a description of the model: name, version, sha256, ...).
         """
@@ -175,9 +226,8 @@ class DareFuseLogic:
         if run is None:
             from .pipeline.run import run
         from .pipeline.outputs import describe_model
-        labels = {name: f"{CONTRAST_NAMES[name]} ('{node.GetName()}')" for name, node in prepared.nodes.items()}
-        result = run(dict(prepared.images), model, outputs=set(wanted), device=device, progress=progress,
-                     cancel=cancel, labels=labels, class_gate=class_gate)
+        result = run(dict(prepared.images), model, progress=progress, cancel=cancel,
+                     **run_options(prepared, wanted, device, class_gate))
         check_cancel(cancel)
         return result, describe_model(model)
 
@@ -373,74 +423,6 @@ class DareFuseLogic:
                                   centre_ras=centre)
 
 
-class BackgroundRun:
-    """One run whose pipeline step works in a worker thread, so that Slicer stays responsive.
-
-    The widget calls start() (main thread: checks and copies the inputs), polls `fraction`, `message`,
-    time_left() and `done` from a timer, calls request_cancel() for Cancel, and once `done` calls finish() in the
-    main thread, which adds the nodes (or raises the run's error: InputError, Cancelled, ...).
-    """
-
-    def __init__(self, logic: DareFuseLogic, inputs: Mapping[str, Any], outputs: Iterable[str] = OUTPUTS,
-                 device: str = "cpu", model_path=None, class_gate: bool = True):
-        self.logic = logic
-        self.class_gate = class_gate
-        self.outputs = validate.check_outputs(outputs)
-        self.device = device
-        self.model_path = model_path
-        self.prepared = logic.prepare(**{name: inputs.get(name) for name in CONTRASTS})
-        self.fraction, self.message = 0.0, "starting"
-        self.started = time.monotonic()
-        self._cancel = threading.Event()
-        self._result: Any = None
-        self._error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._work, name="DareFuse pipeline", daemon=True)
-
-    def start(self) -> "BackgroundRun":
-        self.started = time.monotonic()
-        self._thread.start()
-        return self
-
-    def _progress(self, fraction: float, message: str) -> None:
-        self.fraction, self.message = PIPELINE_SHARE * fraction, message
-
-    def _work(self) -> None:
-        try:
-            self._result = self.logic.compute(self.prepared, self.outputs, device=self.device,
-                                              progress=self._progress, cancel=self._cancel.is_set,
-                                              model_path=self.model_path, class_gate=self.class_gate)
-        except BaseException as error:  # handed to the main thread by finish()
-            self._error = error
-
-    @property
-    def done(self) -> bool:
-        return self._thread.ident is not None and not self._thread.is_alive()
-
-    @property
-    def cancel_requested(self) -> bool:
-        return self._cancel.is_set()
-
-    def request_cancel(self) -> None:
-        self._cancel.set()
-
-    def time_left(self) -> str:
-        return format_time_left(time.monotonic() - self.started, self.fraction)
-
-    def wait(self, timeout: Optional[float] = None) -> bool:
-        self._thread.join(timeout)
-        return self.done
-
-    def finish(self) -> ProcessOutputs:
-        """Main thread, once done: add the outputs to the scene (all or nothing), or raise the run's error."""
-        if not self.done:
-            raise RuntimeError("the run has not finished")
-        if self._error is not None:
-            raise self._error
-        result, model_info = self._result
-        return self.logic.commit(self.prepared, result, self.outputs, model_info=model_info, device=self.device,
-                                 cancel=self._cancel.is_set)
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Report
 def build_report(result: Any, prepared: PreparedInputs, model_info: Optional[dict], device: str,
@@ -456,6 +438,12 @@ def build_report(result: Any, prepared: PreparedInputs, model_info: Optional[dic
     report["device"] = device
     report["run"] = run_id
     return report
+
+
+def run_options(prepared: PreparedInputs, wanted: Iterable[str], device: str, class_gate: bool) -> Dict[str, Any]:
+    """The keyword arguments of pipeline.run.run besides the images, the model, progress and cancel: the same
+    in this process (compute) and in the inference process (start; JSON-ready), so a new option goes here."""
+    return {"outputs": sorted(wanted), "device": device, "labels": dict(prepared.labels), "class_gate": class_gate}
 
 
 def report_of(node: slicer.vtkMRMLNode) -> Optional[dict]:
@@ -480,16 +468,6 @@ def display_background(prepared: PreparedInputs) -> slicer.vtkMRMLScalarVolumeNo
 
 # --------------------------------------------------------------------------------------------------------------
 # Presentation helpers for the widget (kept here so they are tested without Qt)
-def format_time_left(elapsed_s: float, fraction: float) -> str:
-    """'about 1 min 20 s left' from the time so far and the fraction done; '' until an estimate is sensible."""
-    if fraction <= 0.02 or elapsed_s < 1.0 or fraction >= 1.0:
-        return ""
-    left = int(round(elapsed_s * (1.0 - fraction) / fraction))
-    if left >= 60:
-        return f"about {left // 60} min {left % 60:02d} s left"
-    return f"about {max(left, 1)} s left"
-
-
 def report_rows(report: Mapping[str, Any]) -> Dict[str, List[Tuple[str, str]]]:
     """The report as display rows: class probabilities (predicted first) and volumes NETC, SNFH, ET, WT, TC."""
     probabilities = report.get("class_probabilities") or {}

@@ -39,3 +39,13 @@ class ConsoleProgress:
             return
         self.last = message
         print(f"{self.prefix}[{100 * fraction:3.0f}%] {message}", file=self.stream, flush=True)
+
+
+def format_time_left(elapsed_s: float, fraction: float) -> str:
+    """'about 1 min 20 s left' from the time so far and the fraction done; '' until an estimate is sensible."""
+    if fraction <= 0.02 or elapsed_s < 1.0 or fraction >= 1.0:
+        return ""
+    left = int(round(elapsed_s * (1.0 - fraction) / fraction))
+    if left >= 60:
+        return f"about {left // 60} min {left % 60:02d} s left"
+    return f"about {max(left, 1)} s left"

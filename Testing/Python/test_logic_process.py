@@ -4,7 +4,6 @@ The pipeline is the drawn one (scene_cases.drawn_pipeline): these tests are abou
 """
 import dataclasses
 import json
-import threading
 
 import numpy as np
 import pytest
@@ -13,7 +12,8 @@ import SimpleITK as sitk
 import slicer
 from DareFuseSlicerLib import logic as logic_module
 from DareFuseSlicerLib.errors import Cancelled
-from DareFuseSlicerLib.logic import BackgroundRun, DareFuseLogic
+from DareFuseSlicerLib.logic import DareFuseLogic
+from DareFuseSlicerLib.workerpool import WorkerPool
 from DareFuseSlicerLib.scene import display, nodes, segmentation, volumes
 
 import scene_cases
@@ -221,27 +221,23 @@ def test_progress_rises_to_one(logic, case):
     assert all(b >= a - 1e-9 for a, b in zip(seen, seen[1:]))
 
 
-def test_background_run_computes_in_a_thread_and_adds_in_the_caller(logic, case):
+def test_start_then_finish_adds_the_nodes_only_at_finish(logic, case):
+    """An in-process logic computes inside start(); the scene changes only when finish() commits."""
     scene, inputs = case
-    threads = []
-
-    def pipeline(*args, **kwargs):
-        threads.append(threading.current_thread())
-        return scene_cases.drawn_pipeline(*args, **kwargs)
-
-    run = BackgroundRun(DareFuseLogic(pipeline, scene_cases.drawn_loader), inputs, outputs=("segmentation",))
     before = scene_cases.scene_state(scene)
-    run.start()
-    assert run.wait(60)
-    assert threads and threads[0] is not threading.current_thread()
+    run = logic.start(**inputs, outputs=("segmentation",))
+    assert run.done and run.fraction == pytest.approx(logic_module.PIPELINE_SHARE) and run.time_left == ""
     assert scene_cases.scene_state(scene) == before  # nothing added until finish()
-    assert run.fraction == pytest.approx(logic_module.PIPELINE_SHARE)
-    out = run.finish()
-    assert out.segmentation.GetScene() is scene
+    seen = []
+    out = run.finish(progress=lambda fraction, message: seen.append(fraction))
+    assert out.segmentation.GetScene() is scene and set(out.nodes) == {"segmentation"}
+    assert seen[-1] == pytest.approx(1.0)
+    with pytest.raises(RuntimeError, match="already been finished"):
+        run.finish()
 
 
 def test_class_gate_switch_reaches_the_pipeline(case):
-    """class_gate reaches run(), in a background run as in process()."""
+    """class_gate reaches run(), through start() as through process()."""
     seen = []
 
     def recording(*args, class_gate=True, **kwargs):
@@ -251,28 +247,25 @@ def test_class_gate_switch_reaches_the_pipeline(case):
     logic = DareFuseLogic(pipeline_run=recording, model_loader=scene_cases.drawn_loader)
     _, inputs = case
     logic.process(**inputs)
-    run = BackgroundRun(logic, inputs, class_gate=False).start()
-    assert run.wait(60)
-    run.finish()
+    logic.start(**inputs, class_gate=False).finish()
     assert seen == [True, False]
 
 
-def test_background_run_cancel_leaves_the_scene_as_it_was(case):
+def test_a_cancelled_run_leaves_the_scene_as_it_was(logic, case):
     scene, inputs = case
-    gate = threading.Event()
-
-    def waiting_pipeline(*args, **kwargs):
-        gate.wait(30)  # the user presses Cancel while the pipeline runs
-        return scene_cases.drawn_pipeline(*args, **kwargs)
-
     before = scene_cases.scene_state(scene)
-    run = BackgroundRun(DareFuseLogic(waiting_pipeline, scene_cases.drawn_loader), inputs).start()
-    run.request_cancel()
-    gate.set()
-    assert run.wait(60) and run.cancel_requested
+    run = logic.start(**inputs)
+    run.cancel()
     with pytest.raises(Cancelled):
         run.finish()
     assert scene_cases.scene_state(scene) == before
+
+
+def test_a_custom_pipeline_runs_in_this_process():
+    """Callables of this process cannot go to the inference process: giving one means in_process."""
+    assert DareFuseLogic(pipeline_run=scene_cases.drawn_pipeline).in_process
+    assert DareFuseLogic(in_process=True).in_process
+    assert not DareFuseLogic().in_process
 
 
 def test_input_removed_during_the_run(logic, case):
@@ -286,11 +279,13 @@ def test_input_removed_during_the_run(logic, case):
     assert scene_cases.scene_state(scene) == before
 
 
-def test_background_run_reports_input_errors_before_starting(case):
+def test_start_reports_input_errors_before_starting_anything(case):
     scene, inputs = case
     labels = scene_cases.volumes.add_volume(scene, scene_cases.truth_label(), "labels", label_map=True)
+    pool = WorkerPool()
     with pytest.raises(logic_module.InputError, match="^T2: volume 'labels' is a label map"):
-        BackgroundRun(DareFuseLogic(), {"t1": inputs["t1"], "t2": labels})
+        DareFuseLogic(pool=pool).start(t1=inputs["t1"], t2=labels)
+    assert pool.idle_worker is None and not pool._busy  # no inference process was started
 
 
 @pytest.mark.slow  # imports torch (about 10 s here)

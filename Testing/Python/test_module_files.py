@@ -21,11 +21,14 @@ def test_module_imports_headless_with_logic_and_test_only():
 
 
 def test_module_import_needs_no_torch_or_gui():
-    """Slicer imports every module at startup: nothing heavy or missing may be imported then."""
+    """Slicer imports every module at startup, and registers the sample data then (from sample_data.json):
+    nothing heavy or missing may be imported for that (neither torch nor the data engine with SciPy)."""
     import subprocess
 
     code = ("import sys; sys.path.insert(0, %r); import DareFuseSlicer; "
-            "heavy = [m for m in ('torch', 'monai', 'pytorch_grad_cam', 'qt') if m in sys.modules]; "
+            "from DareFuseSlicerLib.sampledata import sample_data_source; sample_data_source(); "
+            "heavy = [m for m in ('torch', 'monai', 'pytorch_grad_cam', 'qt', 'scipy', 'nilearn', "
+            "'DareFuseSlicerLib.phantoms.engine') if m in sys.modules]; "
             "print(heavy); sys.exit(1 if heavy else 0)") % str(MODULE_DIR)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -49,8 +52,31 @@ def test_extension_metadata():
     assert s4ext["category"] == "Segmentation" and s4ext["depends"] == "PyTorch"
     assert s4ext["homepage"] == _cmake_set(cmake, "EXTENSION_HOMEPAGE")
     assert s4ext["iconurl"] == _cmake_set(cmake, "EXTENSION_ICONURL")
-    # the icon URL points at the icon file in this repository
-    assert _cmake_set(cmake, "EXTENSION_ICONURL").endswith("DareFuseSlicer/Resources/Icons/DareFuseSlicer.png")
+    # the icon and screenshot URLs point at files of this repository, the same in CMake and the .s4ext
+    raw = "https://raw.githubusercontent.com/darefuse/DareFuseSlicer/main/"
+    assert s4ext["screenshoturls"] == _cmake_set(cmake, "EXTENSION_SCREENSHOTURLS")
+    for url in (_cmake_set(cmake, "EXTENSION_ICONURL"), *_cmake_set(cmake, "EXTENSION_SCREENSHOTURLS").split()):
+        assert url.startswith(raw) and (ROOT / url[len(raw):]).is_file(), url
+
+
+def test_catalog_entry_for_slicer_5_8_and_later():
+    """Slicer 5.8+ reads a JSON catalog entry (schema slicer-extension-catalog-entry v1.0.1: $schema, category
+    and scm_url required, no other keys than the schema's); it must say what the .s4ext (Slicer 5.6) says."""
+    import json
+
+    entry = json.loads((ROOT / "DareFuseSlicer.json").read_text())
+    allowed = {"$schema": str, "category": str, "scm_url": str, "scm_revision": str, "scm_type": str,
+               "build_dependencies": list, "build_subdirectory": str, "enabled": bool, "tier": int}
+    assert set(entry) <= set(allowed) and {"$schema", "category", "scm_url"} <= set(entry)
+    assert all(isinstance(entry[key], allowed[key]) for key in entry)
+    assert entry["$schema"].endswith("/Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json#")
+    assert 1 <= entry["tier"] <= 5
+    s4ext = dict(line.split(" ", 1) for line in (ROOT / "DareFuseSlicer.s4ext").read_text().splitlines()
+                 if line.strip() and not line.startswith("#"))
+    assert entry["category"] == s4ext["category"]
+    assert entry["build_dependencies"] == s4ext["depends"].split()
+    assert (entry["scm_url"], entry["scm_revision"]) == (s4ext["scmurl"], s4ext["scmrevision"])
+    assert entry["build_subdirectory"] == s4ext["build_subdirectory"]
 
 
 def test_module_cmake_lists_existing_resources():
@@ -84,13 +110,24 @@ def test_icon_is_a_128_pixel_png():
 def test_ci_workflow_runs_the_self_test_under_xvfb():
     text = (ROOT / ".github" / "workflows" / "slicer-selftest.yml").read_text()
     for needed in ("xvfb-run", "--testing", "installExtensionFromServer('PyTorch'",
-                   "slicer.testing.runUnitTest", "requirements.txt", "-c constraints.txt"):
+                   "slicer.testing.runUnitTest", "requirements.txt", "-c constraints.txt",
+                   "DAREFUSE_SELFTEST_REQUIRE_PACKAGES: \"1\"", "set -o pipefail"):
         assert needed in text, needed
     # the install steps come before the testing-mode run (testing mode skips installs)
     assert text.index("installTorch") < text.index("--testing")
+    # the test runs with the main window: without it there are no slice views to check
+    test_step = text[text.index("--testing") - 200:]
+    assert "--no-main-window" not in test_step
+    # the oldest supported Slicer and the latest release
+    assert re.search(r"version=5\.6\.\d", text) and "stability=release" in text
+    assert re.search(r"matrix:\s+slicer:", text)
 
 
 @pytest.mark.parametrize("name", ["DareFuseSlicer.py", "DareFuseSlicerLib/logic.py", "DareFuseSlicerLib/parameters.py",
+                                  "DareFuseSlicerLib/runner.py", "DareFuseSlicerLib/workerpool.py", "DareFuseSlicerLib/worker.py",
+                                  "DareFuseSlicerLib/exchange.py", "DareFuseSlicerLib/sampledata.py",
+                                  "DareFuseSlicerLib/progress.py", "DareFuseSlicerLib/errors.py",
+                                  "DareFuseSlicerLib/pipeline/diskspace.py",
                                   "DareFuseSlicerLib/scene/volumes.py", "DareFuseSlicerLib/scene/segmentation.py",
                                   "DareFuseSlicerLib/scene/display.py", "DareFuseSlicerLib/scene/files.py",
                                   "DareFuseSlicerLib/scene/nodes.py", "DareFuseSlicerLib/scene/review.py",

@@ -6,8 +6,11 @@ segment.py (segment, demo, batch), phantoms.py (phantoms), training.py (train, e
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-from typing import List, Optional
+import threading
+from typing import Iterator, List, Optional
 
 from .. import __version__
 from ..errors import Cancelled, DareFuseError, OptionError
@@ -37,6 +40,31 @@ def user_message(error: DareFuseError) -> str:
     return error.naming(flag) if isinstance(error, OptionError) else str(error)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a process manager, `kill`, the end of a terminal session), raised where the program is, as
+    Ctrl-C is: every `finally` and `except BaseException` runs, so staging folders are removed."""
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within this block SIGTERM cleans up as Ctrl-C does (Python's default for it ends the process on the spot,
+    leaving the hidden `.OUT.partial-*` folder beside the target). A second SIGTERM during the clean-up is ignored.
+    Main thread only (signal handlers live there); the previous handler comes back afterwards."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     from ..matplotlib_setup import use_temporary_matplotlib_config
 
@@ -48,6 +76,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Cancelled as error:
         print(f"darefuse: {error}", file=sys.stderr)
         return 130
+    except Terminated:
+        print("darefuse: terminated; nothing was written.", file=sys.stderr)
+        return 128 + int(signal.SIGTERM)
     except KeyboardInterrupt:
         print("darefuse: interrupted; nothing was written.", file=sys.stderr)
         return 130

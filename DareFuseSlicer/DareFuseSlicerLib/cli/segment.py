@@ -22,7 +22,7 @@ from ..headless import segment_case, set_threads
 from ..pipeline.outputs import OUTPUT_FORMATS
 from ..pipeline.process_stats import resident_mb, unmap_large_blocks
 from ..progress import ConsoleProgress
-from . import user_message
+from . import terminate_as_interrupt, user_message
 
 BATCH_COLUMNS = ("case_id", "t1", "t1ce", "t2", "flair", "output_dir")
 #: Optional: a DICOM study folder whose series are assigned to the contrasts left empty.
@@ -49,11 +49,14 @@ def _segment(args, extra_writers=()) -> int:
     unmap_large_blocks()
     paths = {c: getattr(args, c) for c in CONTRASTS}
     dicom = getattr(args, "dicom", None)
-    report = segment_case(paths, args.output_dir, overwrite=args.overwrite, device=args.device,
-                          model_path=args.model, outputs=_outputs(args), progress=ConsoleProgress(quiet=args.quiet),
-                          threads=args.threads, class_gate=not args.no_class_gate, labels=flag_labels(paths, dicom),
-                          series=getattr(args, "series", None) or (), dicom=dicom, output_format=args.output_format,
-                          extra_writers=extra_writers, save_registered=getattr(args, "save_registered", False))
+    with terminate_as_interrupt():
+        report = segment_case(paths, args.output_dir, overwrite=args.overwrite, device=args.device,
+                              model_path=args.model, outputs=_outputs(args),
+                              progress=ConsoleProgress(quiet=args.quiet), threads=args.threads,
+                              class_gate=not args.no_class_gate, labels=flag_labels(paths, dicom),
+                              series=getattr(args, "series", None) or (), dicom=dicom,
+                              output_format=args.output_format, extra_writers=extra_writers,
+                              save_registered=getattr(args, "save_registered", False))
     for line in report.get("dicom_study", {}).get("series", []):
         print(f"darefuse: DICOM series {line}", file=sys.stderr)
     for warning in report["warnings"]:
@@ -67,7 +70,7 @@ def _segment(args, extra_writers=()) -> int:
 def _demo(args) -> int:
     """The sample case; for DICOM results, written as a DICOM study first, which goes with the results (the
     SEG and maps reference it)."""
-    from ..phantoms import sample_case_paths
+    from ..sampledata import sample_case_paths
 
     if args.output_format == "nifti":
         sample = sample_case_paths()
@@ -125,7 +128,7 @@ def run_batch(cases: List[Dict[str, str]], overwrite: bool = False, device: str 
     from ..logic import DareFuseLogic
 
     stream = stream or sys.stdout
-    logic = DareFuseLogic()  # one model load for the whole batch
+    logic = DareFuseLogic(in_process=True)  # one model load for the whole batch, in this process
     rows = []
     for number, case in enumerate(cases, start=1):
         prefix = f"[{number}/{len(cases)}] {case['case_id']}"
@@ -178,9 +181,10 @@ def _batch(args) -> int:
             raise InputError(f"--report {args.report}: folder {report_dir} does not exist.")
     set_threads(args.threads)
     unmap_large_blocks()
-    rows = run_batch(cases, overwrite=args.overwrite, device=args.device, model_path=args.model,
-                     outputs=_outputs(args), quiet=args.quiet, class_gate=not args.no_class_gate,
-                     output_format=args.output_format)
+    with terminate_as_interrupt():
+        rows = run_batch(cases, overwrite=args.overwrite, device=args.device, model_path=args.model,
+                         outputs=_outputs(args), quiet=args.quiet, class_gate=not args.no_class_gate,
+                         output_format=args.output_format)
     if args.report:
         write_batch_report(rows, args.report)
     failed = [r for r in rows if r["status"] != "ok"]

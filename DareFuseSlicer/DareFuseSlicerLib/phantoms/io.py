@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -12,6 +10,8 @@ import SimpleITK as sitk
 
 from ..constants import BRATS_SUFFIX, CLASSES, CONTRASTS, DATASET_FORMATS
 from ..errors import InputError, OptionError
+# The sample case and the BraTS file names have their home in sampledata.py (no heavy imports there).
+from ..sampledata import SAMPLE_DIR, SAMPLE_PREFIX, file_names, sample_case_paths, sha256  # noqa: F401
 from .acquisition import grid_by_name
 from .engine import make_case
 
@@ -36,21 +36,6 @@ MANIFEST_COLUMNS = ("case_id", "tumour_class", "seed", "grid", "size", "spacing"
     f"{BRATS_SUFFIX[c]}_{column}" for c in CONTRASTS for column in CONTRAST_COLUMNS)
 # Columns that manifests written before the clinical engine lack, with the value they mean there.
 _DEFAULTS = {"acquisition": "brats", "randomised": "0", "reference": BRATS_SUFFIX[CONTRASTS[0]]}
-
-SAMPLE_DIR = Path(__file__).resolve().parents[2] / "Resources" / "SampleData"
-SAMPLE_PREFIX = "DareFuseSample-glioma"
-
-
-def file_names(case_id: str) -> dict:
-    """Manifest key -> file name: <id>-t1n.nii.gz ... <id>-seg.nii.gz, <id>-t1n-tumourfree.nii.gz ..."""
-    names = {}
-    for contrast in CONTRASTS:
-        suffix = BRATS_SUFFIX[contrast]
-        names[suffix] = f"{case_id}-{suffix}.nii.gz"
-        names[f"{suffix}_free"] = f"{case_id}-{suffix}-tumourfree.nii.gz"
-    names["seg"] = f"{case_id}-seg.nii.gz"
-    names["brainmask"] = f"{case_id}-brainmask.nii.gz"  # clinical cases only
-    return names
 
 
 def _write(image: sitk.Image, path: Path) -> None:
@@ -243,34 +228,3 @@ def to_reference(row: dict, suffix: str) -> np.ndarray:
     if not text:
         return np.eye(3, 4)
     return np.array([float(v) for v in text.split()]).reshape(3, 4)
-
-
-def sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def sample_case_paths(verify: bool = True, directory=None) -> dict:
-    """The bundled sample glioma: manifest key (t1n, ..., seg, ...) -> path, checked against sample_data.json."""
-    folder = Path(directory) if directory else SAMPLE_DIR
-    index = folder / "sample_data.json"
-    if not index.is_file():
-        raise InputError(f"sample data: {index} is missing; reinstall the extension or run docs/make_sample_case.py")
-    recorded = json.loads(index.read_text())  # {file name: sha256}
-    paths = {}
-    required = [BRATS_SUFFIX[c] for c in CONTRASTS] + ["seg"]
-    for key, name in file_names(SAMPLE_PREFIX).items():
-        if name not in recorded:
-            if key in required:
-                raise InputError(f"sample data: {index.name} does not list {name}")
-            continue
-        path = folder / name
-        if not path.is_file():
-            raise InputError(f"sample data: {path} is missing")
-        if verify and sha256(path) != recorded[name]:
-            raise InputError(f"sample data: {path} does not match its SHA256 in {index.name}; the file is damaged")
-        paths[key] = path
-    return paths

@@ -25,6 +25,7 @@ from ..dicom.export import MAP_FILES, SEG_FILE
 from ..dicom.synthetic import SAMPLE_STUDY_DIR
 from ..errors import OptionError
 from ..progress import CancelFn, check_cancel
+from . import diskspace
 
 PathLike = Union[str, Path]
 #: Written for whole-head (raw) studies only: the brain mask, and with save_registered the co-registered contrasts.
@@ -199,8 +200,11 @@ def write_outputs(result, output_dir: PathLike, overwrite: bool = False, model_i
     objects) into the same staging folder so that they appear together with the rest; they run in a worker
     thread, in parallel with the NIfTI files and the overview. nifti=False leaves the NIfTI layers out.
     report_extra: further entries of report.json. Returns name -> final path.
+    Raises diskspace.DiskFull (saying how much space is needed) when the disk cannot hold the results.
     """
     target = check_output_dir(output_dir, overwrite)
+    needed = diskspace.estimate_bytes(result, copies=1 + bool(extra_writers))
+    diskspace.check_free_space(target, needed)
     started = time.perf_counter()
     staging = _staging_dir(target)
     try:
@@ -228,8 +232,10 @@ def write_outputs(result, output_dir: PathLike, overwrite: bool = False, model_i
         written.append("report.json")
         check_cancel(cancel)
         _move_into_place(staging, target, overwrite, written)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if diskspace.ran_out_of_space(error, target, needed):
+            raise diskspace.disk_full(target, needed) from None
         raise
     return {name: target / name for name in written}
 
