@@ -230,7 +230,8 @@ def test_start_then_finish_adds_the_nodes_only_at_finish(logic, case):
     assert scene_cases.scene_state(scene) == before  # nothing added until finish()
     seen = []
     out = run.finish(progress=lambda fraction, message: seen.append(fraction))
-    assert out.segmentation.GetScene() is scene and set(out.nodes) == {"segmentation"}
+    assert out.segmentation.GetScene() is scene
+    assert set(out.nodes) == {"segmentation", "review_table", "review_points"}  # the review comes with it
     assert seen[-1] == pytest.approx(1.0)
     with pytest.raises(RuntimeError, match="already been finished"):
         run.finish()

@@ -148,14 +148,14 @@ def test_report_on_a_tiny_folder(tmp_path):
     assert config_for_card(load_model(net_path).card) == (PostprocessConfig(**dare["postprocess"]["config"]), f"tuned on {tune}")
     text = md_path.read_text()
     assert "| darefuse | none |" in text and "| baseline |" in text and "HD95" in text
-    # Review efficiency: every case scored, the settings tuned on the folder, recorded and then used.
+    # Review efficiency: every case scored, the settings tuned on the tuning folder, recorded and then used.
     efficiency = dare["review_efficiency"]
     assert efficiency["cases"] == 4 and efficiency["tumour_cases"] == 3
     assert set(efficiency["all_cases"]) >= {"top1", "top3", "top5", "top10", "goals_met"}
     assert all(set(r["review"]) >= {"regions", "review", "size", "random"} for r in rows)
-    assert dare["review"]["tuned_on"] == str(folder) and card["review"]["config"] == dare["review"]["config"]
+    assert dare["review"]["tuned_on"] == str(tune) and card["review"]["config"] == dare["review"]["config"]
     assert review.config_for_card(load_model(net_path).card) == (
-        review.ReviewConfig.from_dict(dare["review"]["config"]), f"tuned on {folder}")
+        review.ReviewConfig.from_dict(dare["review"]["config"]), f"tuned on {tune}")
     assert card["metrics"]["held_out"]["review_efficiency"]["cases"] == 4
     assert "## Review efficiency" in text and "| darefuse | tumour 3 | 5 |" in text
 
