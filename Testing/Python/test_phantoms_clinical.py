@@ -310,3 +310,17 @@ def test_brats_style_randomisation_is_an_option():
         np.testing.assert_array_equal(arr(first.images[c]), arr(second.images[c]))
         brain = arr(plain.brain_mask) > 0
         assert np.mean(arr(first.images[c])[brain] != arr(plain.images[c])[brain]) > 0.5, c
+
+
+def test_a_stack_with_pixels_of_the_fine_size_keeps_its_pixel_count():
+    """0.92997... mm pixels: (224 * p) / p rounds above 224, which once gave a fine grid one pixel wider than
+    the stack (seed 3001 failed so)."""
+    from DareFuseSlicerLib.phantoms.sampling import StackGrid
+
+    pixel = 0.9299711890537385
+    grid = sitk.Image([225, 225, 30], sitk.sitkUInt8)
+    grid.SetSpacing((pixel, pixel, 5.0))
+    stack = StackGrid(grid, 5.0)
+    assert stack.fine.GetSize()[:2] == (225, 225)
+    slices = stack.to_grid(np.zeros(stack.fine.GetSize()[::-1], np.float32))
+    assert slices.shape == (30, 225, 225)
