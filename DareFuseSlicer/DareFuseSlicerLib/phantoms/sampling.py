@@ -187,7 +187,9 @@ class StackGrid:
         self.sigma = slice_mm / 2.355 / self.step        # slice profile, in sub-slices
         self.pad = int(np.ceil(_TRUNCATE * self.sigma))
         nx, ny, nz = grid.GetSize()
-        n_in = [int(np.ceil((n - 1) * pixel / self.pixel)) + 1 for n in (nx, ny)]
+        # Same pixels: the same count (the quotient below can round up past n - 1 and the stack would not
+        # fit its grid; seed 3001 failed so).
+        n_in = [n if self.pixel == pixel else int(np.ceil((n - 1) * pixel / self.pixel)) + 1 for n in (nx, ny)]
         fine = sitk.Image(n_in + [(nz - 1) * self.sub + 1 + 2 * self.pad], sitk.sitkUInt8)
         fine.SetSpacing((self.pixel, self.pixel, self.step))
         fine.SetDirection(grid.GetDirection())
