@@ -21,6 +21,7 @@ from DareFuseSlicerLib.training.adapt import (
     pseudo_label_loss,
     pseudo_labels,
     scan_site,
+    unlabelled_only,
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -140,6 +141,9 @@ def test_site_folders_with_a_manifest_and_partial_cases(engine, site):
     partial = [c for c in scan_site(site / "unlabelled", labelled=False) if c.case_id.endswith("003")][0]
     assert partial.seg is None and partial.class_index < 0  # no manifest: no class target
     cached, present = prepare_site_case(partial)
+    # --unlabelled at all the studies, contoured ones included: those are used as labelled only.
+    everything = scan_site(engine, labelled=False)
+    assert [c.case_id for c in unlabelled_only(everything, cases[1:3], engine)] == [cases[0].case_id, cases[3].case_id]
     assert present.tolist() == [0.0, 1.0, 0.0, 1.0]
     assert cached.image[[0, 2]].max() == 0 and cached.image[[1, 3]].std() > 0
 
@@ -164,6 +168,7 @@ def test_bad_inputs_are_refused_in_one_line_before_anything_is_written(engine, s
         (dict(labelled=str(no_seg)), f"Labelled folder {no_seg}: case Tiny-740000-001 has no segmentation"),
         (dict(labelled=str(mixed)), f"Labelled folder {mixed}: case Tiny-740000-002 has no image"),
         (dict(unlabelled=str(seg_only)), f"Unlabelled folder {seg_only} holds only segmentation files"),
+        (dict(unlabelled=str(site / "labelled")), "holds only cases of the labelled folder"),
         (dict(init=str(tmp_path / "missing.safetensors")), "missing.safetensors does not exist"),
         (dict(init=str(tampered)), "does not match its card"),
     ]

@@ -128,6 +128,15 @@ def scan_site(folder, labelled: bool) -> List[SiteCase]:
     return cases
 
 
+def unlabelled_only(unlabelled: List[SiteCase], labelled: List[SiteCase], folder) -> List[SiteCase]:
+    """The unlabelled cases that are not also labelled (a site may point --unlabelled at all its studies)."""
+    contoured = {case.case_id for case in labelled}
+    rest = [case for case in unlabelled if case.case_id not in contoured]
+    if not rest:
+        raise InputError(f"Unlabelled folder {folder} holds only cases of the labelled folder: none is left unlabelled.")
+    return rest
+
+
 def _manifest_classes(folder: Path) -> Dict[str, int]:
     """case_id -> class index from a manifest.csv if the folder has one (a data-engine folder); else empty."""
     manifest = folder / "manifest.csv"
@@ -223,7 +232,7 @@ def adapt(options: AdaptOptions, progress: Optional[ProgressFn] = None, cancel: 
     check_options(options)
     model, origin = stored_start("darefuse", options.init)  # before anything is written: a refusal leaves nothing
     labelled = scan_site(options.labelled, labelled=True)
-    unlabelled = scan_site(options.unlabelled, labelled=False)
+    unlabelled = unlabelled_only(scan_site(options.unlabelled, labelled=False), labelled, options.unlabelled)
     out_dir = Path(options.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     log = _log(out_dir / LOG_FILE)
