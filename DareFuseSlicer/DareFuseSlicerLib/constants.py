@@ -28,6 +28,9 @@ CLASSES = ("no_tumour", "glioma", "meningioma", "metastasis")
 
 #: The optional layers a run can produce (the class and the volumes are always computed).
 OUTPUTS = ("segmentation", "uncertainty", "prior", "gradcam")
+#: `darefuse adapt` keeps a teacher's pseudo-label where its one-pass uncertainty K / sum(alpha) is below this
+#: (an untuned first choice: nothing has been measured at a simulated site yet; the card records the value used).
+PSEUDO_LABEL_MAX_UNCERTAINTY = 0.2
 #: What the data engine writes a data set as: BraTS 2023 NIfTI files, or a DICOM study per case.
 DATASET_FORMATS = ("nifti", "dicom")
 

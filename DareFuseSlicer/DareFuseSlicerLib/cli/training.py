@@ -1,7 +1,9 @@
-"""`darefuse train` and `darefuse evaluate`. Heavy imports happen inside the handlers."""
+"""`darefuse train`, `darefuse adapt` and `darefuse evaluate`. Heavy imports happen inside the handlers."""
 from __future__ import annotations
 
 import argparse
+
+from ..constants import PSEUDO_LABEL_MAX_UNCERTAINTY
 
 
 def register(subparsers) -> None:
@@ -43,6 +45,8 @@ def register(subparsers) -> None:
     train.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     train.set_defaults(handler=_train)
 
+    _register_adapt(subparsers)
+
     mask = subparsers.add_parser(
         "train-brainmask",
         help="train the brain-mask network on the data engine's whole-head (clinical) cases",
@@ -81,6 +85,80 @@ def register(subparsers) -> None:
                           help="comma-separated contrasts given to the models, e.g. t1ce,flair (default: all four; "
                                "the others are missing, on the held-out and the tuning cases alike)")
     evaluate.set_defaults(handler=_evaluate)
+
+
+def _register_adapt(subparsers) -> None:
+    adapt = subparsers.add_parser(
+        "adapt",
+        help="fine-tune a stored model to a site's own studies: a few labelled, the rest unlabelled",
+        description="Folders in the BraTS naming (<case>-t1n/-t1c/-t2w/-t2f.nii.gz; a labelled case also "
+        "<case>-seg.nii.gz); no tumour-free twins, no manifest needed. Starts from --init's weights (checked "
+        "against its card), trains on the labelled cases and on the unlabelled ones through the mean teacher's "
+        "pseudo-labels, kept where its one-pass uncertainty is below --max-uncertainty. The lesion-removal "
+        "generator stays frozen at --init's weights: without twins it cannot be trained. Writes "
+        "OUT/darefuse.safetensors and its card (site data by counts and SHA256 per file); Ctrl-C writes no model. "
+        "Nothing has been measured at a simulated site yet: evaluate the result before using it.",
+    )
+    adapt.add_argument("--init", required=True, metavar="MODEL.safetensors", help="the model to adapt")
+    adapt.add_argument("--labelled", required=True, metavar="DIR", help="contoured cases (each with -seg.nii.gz)")
+    adapt.add_argument("--unlabelled", required=True, metavar="DIR", help="cases without contours")
+    adapt.add_argument("--out", required=True, help="run folder: adapt.log and the model")
+    adapt.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget for the steps (default 60)")
+    adapt.add_argument("--epochs", type=int, help="passes over the unlabelled cases (whichever ends first)")
+    adapt.add_argument("--seed", type=int, default=0)
+    adapt.add_argument("--max-uncertainty", type=float, default=PSEUDO_LABEL_MAX_UNCERTAINTY,
+                       help="keep a pseudo-label where the teacher's uncertainty K/sum(alpha) is below this "
+                            f"(default {PSEUDO_LABEL_MAX_UNCERTAINTY}, not tuned)")
+    adapt.add_argument("--pseudo-weight", type=float, default=1.0, help="weight of the pseudo-label loss")
+    adapt.add_argument("--roi", type=int, nargs=3, default=(64, 80, 64), metavar=("Z", "Y", "X"))
+    adapt.add_argument("--batch-size", type=int, default=1, help="labelled crops per step, and as many unlabelled")
+    adapt.add_argument("--lr", type=float, default=5e-4)
+    adapt.add_argument("--ema-decay", type=float, default=0.99, help="the mean teacher's decay")
+    adapt.add_argument("--contrast-dropout", type=float, default=0.5)
+    adapt.add_argument("--prior-dropout", type=float, default=0.2)
+    adapt.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    adapt.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
+    adapt.add_argument("--no-progress", action="store_true", help="no progress bar")
+    adapt.set_defaults(handler=_adapt)
+
+
+def _adapt(args: argparse.Namespace) -> int:
+    from ..training.adapt import AdaptOptions, adapt
+
+    options = AdaptOptions(
+        init=args.init, labelled=args.labelled, unlabelled=args.unlabelled, out=args.out, minutes=args.minutes,
+        epochs=args.epochs, seed=args.seed, max_uncertainty=args.max_uncertainty, roi=tuple(args.roi),
+        batch_size=args.batch_size, lr=args.lr, threads=args.threads, device=args.device,
+        pseudo_weight=args.pseudo_weight, ema_decay=args.ema_decay, contrast_dropout=args.contrast_dropout,
+        prior_dropout=args.prior_dropout,
+    )
+    from . import terminate_as_interrupt
+
+    bar = None if args.no_progress else _TqdmProgress()
+    try:
+        with terminate_as_interrupt():  # SIGTERM stops it as Ctrl-C does: no model written
+            path = adapt(options, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"model: {path}")
+    return 0
+
+
+class _TqdmProgress:
+    """progress(fraction, message) as a tqdm bar, the message (with the time left) beside it."""
+
+    def __init__(self):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=1000, dynamic_ncols=True, bar_format="{percentage:3.0f}%|{bar:20}| {desc}")
+
+    def __call__(self, fraction: float, message: str) -> None:
+        self.bar.n = int(1000 * min(max(fraction, 0.0), 1.0))
+        self.bar.set_description_str(message)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -1,0 +1,431 @@
+"""`darefuse adapt`: fine-tune a stored DareFuseNet to a site's own studies, a few of them contoured.
+
+A site has neither the data engine's tumour-free twins nor its manifest.csv: the folders hold
+`<case>-t1n/-t1c/-t2w/-t2f.nii.gz` (any non-empty subset) and, for a labelled case, `<case>-seg.nii.gz`.
+A manifest.csv beside them is read only for the tumour class (without one the class head gets no target).
+
+- Start: the --init model's weights (its SHA256 checked against its card, as `train --init`).
+- Labelled cases: the supervised segmentation losses of `train` (Dice, cross-entropy, evidential).
+- Unlabelled cases: pseudo-labels from the mean teacher (the EMA of the student, which starts as the --init
+  model), kept only where the teacher's one-pass uncertainty K / sum(alpha) is below PSEUDO_LABEL_MAX_UNCERTAINTY.
+- The lesion-removal generator stays frozen at the --init weights: without twins it has no target.
+- Each step: `batch_size` labelled crops (cycled) and `batch_size` unlabelled crops; an epoch is one pass
+  over the unlabelled cases.
+- Nothing is checkpointed: a cancelled run (cancel(), Ctrl-C) writes no model, only its log. The model is
+  written into a hidden staging folder and moved into place when complete.
+"""
+from __future__ import annotations
+
+import copy
+import re
+import shlex
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from ..constants import BRATS_SUFFIX, CLASSES, PSEUDO_LABEL_MAX_UNCERTAINTY
+from ..errors import InputError, OptionError
+from ..network.losses import DareFuseLoss, LossWeights
+from ..network.model import count_parameters
+from ..network.store import card_path, read_card, save_model
+from ..phantoms import read_manifest
+from ..pipeline.preprocess import prepare, resample_label_to_grid
+from ..progress import CancelFn, ProgressFn, check_cancel, format_time_left
+from ..sampledata import sha256
+from .dataset import IGNORE_CLASS, SPACING_MM, CachedCase, TrainDataset, seed_for
+from .train import ARCH_FILES, seed_everything, stored_start, update_ema
+
+MODEL_FILE = ARCH_FILES["darefuse"]
+LOG_FILE = "adapt.log"
+GENERATOR_NOTE = ("frozen at the initial model's weights: a site has no tumour-free twins, so the lesion-removal "
+                  "prior cannot be trained or checked there")
+_FILE_PATTERN = re.compile(r"^(?P<case>.+)-(?P<kind>t1n|t1c|t2w|t2f|seg)\.nii(\.gz)?$")
+_SUFFIX_CONTRAST = {suffix: contrast for contrast, suffix in BRATS_SUFFIX.items()}
+
+
+@dataclass
+class AdaptOptions:
+    init: str
+    labelled: str
+    unlabelled: str
+    out: str
+    minutes: Optional[float] = None
+    epochs: Optional[int] = None
+    seed: int = 0
+    max_uncertainty: float = PSEUDO_LABEL_MAX_UNCERTAINTY
+    pseudo_weight: float = 1.0
+    roi: Tuple[int, int, int] = (64, 80, 64)
+    batch_size: int = 1  # labelled crops per step, and as many unlabelled ones
+    lr: float = 5e-4  # a quarter of train's: the start is a trained model
+    ema_decay: float = 0.99
+    contrast_dropout: float = 0.5
+    prior_dropout: float = 0.2
+    threads: Optional[int] = None
+    device: Optional[str] = None  # default: cuda when available, else cpu
+
+    def command_line(self) -> str:
+        """The equivalent `darefuse adapt` command (recorded in the card): the folders, the seed, the threshold
+        and every option that differs from its default."""
+        parts = ["darefuse", "adapt", "--init", self.init, "--labelled", self.labelled, "--unlabelled",
+                 self.unlabelled, "--out", self.out, "--seed", str(self.seed), "--max-uncertainty", str(self.max_uncertainty)]
+        defaults = AdaptOptions(init="", labelled="", unlabelled="", out="")
+        for name in ("minutes", "epochs", "pseudo_weight", "roi", "batch_size", "lr", "ema_decay", "contrast_dropout",
+                     "prior_dropout", "threads", "device"):
+            value = getattr(self, name)
+            if value is not None and value != getattr(defaults, name):
+                parts += ["--" + name.replace("_", "-")] + ([str(v) for v in value] if isinstance(value, tuple) else [str(value)])
+        return " ".join(shlex.quote(p) for p in parts)
+
+
+# -- the site's folders ---------------------------------------------------------------------------------
+@dataclass
+class SiteCase:
+    case_id: str
+    images: Dict[str, Path]  # contrast -> file
+    seg: Optional[Path]
+    class_index: int = IGNORE_CLASS
+
+    @property
+    def files(self) -> List[Path]:
+        return sorted(list(self.images.values()) + ([self.seg] if self.seg else []))
+
+
+def scan_site(folder, labelled: bool) -> List[SiteCase]:
+    """The cases of a site folder in the BraTS naming; InputError naming the folder and case for a folder
+    without cases, a case without any image, a labelled case without its -seg file."""
+    role = "Labelled" if labelled else "Unlabelled"
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{role} folder {folder} does not exist.")
+    found: Dict[str, Dict[str, Path]] = {}
+    for path in sorted(folder.iterdir()):
+        match = _FILE_PATTERN.match(path.name)
+        if match and path.is_file():
+            found.setdefault(match["case"], {})[match["kind"]] = path
+    if not found:
+        raise InputError(f"{role} folder {folder} holds no case: no <case>-t1n/-t1c/-t2w/-t2f.nii.gz files.")
+    if not labelled and all(set(kinds) == {"seg"} for kinds in found.values()):
+        raise InputError(f"Unlabelled folder {folder} holds only segmentation files (-seg.nii.gz), no images "
+                         f"(cases {', '.join(sorted(found)[:3])}{', ...' if len(found) > 3 else ''}).")
+    classes = _manifest_classes(folder)
+    cases = []
+    for case_id, kinds in found.items():
+        images = {_SUFFIX_CONTRAST[k]: p for k, p in kinds.items() if k != "seg"}
+        if not images:
+            raise InputError(f"{role} folder {folder}: case {case_id} has no image (none of -t1n, -t1c, -t2w, -t2f).")
+        if labelled and "seg" not in kinds:
+            raise InputError(f"Labelled folder {folder}: case {case_id} has no segmentation {case_id}-seg.nii.gz.")
+        cases.append(SiteCase(case_id, images, kinds.get("seg") if labelled else None,
+                              classes.get(case_id, IGNORE_CLASS)))
+    return cases
+
+
+def unlabelled_only(unlabelled: List[SiteCase], labelled: List[SiteCase], folder) -> List[SiteCase]:
+    """The unlabelled cases that are not also labelled (a site may point --unlabelled at all its studies)."""
+    contoured = {case.case_id for case in labelled}
+    rest = [case for case in unlabelled if case.case_id not in contoured]
+    if not rest:
+        raise InputError(f"Unlabelled folder {folder} holds only cases of the labelled folder: none is left unlabelled.")
+    return rest
+
+
+def _manifest_classes(folder: Path) -> Dict[str, int]:
+    """case_id -> class index from a manifest.csv if the folder has one (a data-engine folder); else empty."""
+    manifest = folder / "manifest.csv"
+    if not manifest.is_file():
+        return {}
+    return {r["case_id"]: CLASSES.index(r["tumour_class"]) for r in read_manifest(manifest)
+            if r.get("tumour_class") in CLASSES}
+
+
+def site_checksums(cases: List[SiteCase]) -> Dict[str, Dict[str, str]]:
+    """case_id -> {file name: SHA256} over the files each case was trained from."""
+    return {case.case_id: {path.name: sha256(path) for path in case.files} for case in cases}
+
+
+def prepare_site_case(case: SiteCase) -> Tuple[CachedCase, np.ndarray]:
+    """A site case on the 2 mm grid as `train` sees it, and its present contrasts (4,). With no twin the
+    tumour-free target is the image itself: the generator is frozen and its losses are weighted 0."""
+    images = {c: sitk.ReadImage(str(p)) for c, p in case.images.items()}
+    prep = prepare(images, spacing_mm=SPACING_MM)
+    if case.seg is not None:
+        label = resample_label_to_grid(sitk.ReadImage(str(case.seg)), prep).astype(np.uint8)
+    else:
+        label = np.zeros(prep.foreground.shape, np.uint8)
+    image = prep.array.astype(np.float16)
+    cached = CachedCase(case.case_id, image, image, label, prep.foreground.astype(np.uint8), case.class_index,
+                        labelled=case.seg is not None)
+    return cached, prep.present.astype(np.float32)
+
+
+class SiteDataset(TrainDataset):
+    """TrainDataset's augmented crops, with the contrasts a case lacks marked absent (TrainDataset assumes all
+    four; its contrast dropout may then leave none of the given ones, and is undone for that crop)."""
+
+    def __init__(self, cases, presents, roi_size, seed, contrast_dropout):
+        super().__init__(cases, roi_size, seed, contrast_dropout)
+        self.presents = [torch.from_numpy(p) for p in presents]
+
+    def __getitem__(self, index: int) -> dict:
+        item = super().__getitem__(index)
+        given = self.presents[index]
+        present = item["present"] * given
+        if not present.any():
+            present = given
+        item["present"] = present
+        item["image"] = item["image"] * present[:, None, None, None]
+        return item
+
+
+# -- the pseudo-labels ----------------------------------------------------------------------------------
+def pseudo_labels(evidence: torch.Tensor, max_uncertainty: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's labels (B, ...) and where they are kept (B, ...): its one-pass uncertainty
+    K / sum(alpha) below max_uncertainty. evidence (B, K, ...) >= 0."""
+    alpha = evidence + 1.0
+    uncertainty = alpha.shape[1] / alpha.sum(1)
+    return alpha.argmax(1), uncertainty < max_uncertainty
+
+
+def pseudo_label_loss(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the student's logits against the kept pseudo-labels (0 with a gradient when none is kept)."""
+    per_voxel = F.cross_entropy(logits, labels, reduction="none")
+    if not keep.any():
+        return per_voxel.sum() * 0.0
+    return per_voxel[keep].mean()
+
+
+# -- the run --------------------------------------------------------------------------------------------
+@dataclass
+class SiteData:
+    labelled: List[SiteCase]
+    unlabelled: List[SiteCase]
+    labelled_set: SiteDataset
+    unlabelled_set: SiteDataset
+
+
+@dataclass
+class AdaptState:
+    model: torch.nn.Module
+    teacher: torch.nn.Module  # the EMA of the student: the weights that are saved
+    optimizer: torch.optim.Optimizer
+    loss_fn: DareFuseLoss
+    device: torch.device
+    step: int = 0
+    epoch: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    step_times: List[float] = field(default_factory=list)
+    kept: List[float] = field(default_factory=list)  # fraction of unlabelled voxels kept, per step
+    losses: List[float] = field(default_factory=list)
+
+
+def adapt(options: AdaptOptions, progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> Path:
+    """Run the adaptation; returns the saved model's path. Stages: options checked -> --init model -> site
+    folders scanned -> cases prepared -> steps within the budget -> the teacher's weights and card, staged."""
+    check_options(options)
+    model, origin = stored_start("darefuse", options.init)  # before anything is written: a refusal leaves nothing
+    labelled = scan_site(options.labelled, labelled=True)
+    unlabelled = unlabelled_only(scan_site(options.unlabelled, labelled=False), labelled, options.unlabelled)
+    out_dir = Path(options.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = _log(out_dir / LOG_FILE)
+    log(f"adapt: {len(labelled)} labelled, {len(unlabelled)} unlabelled cases; command: {options.command_line()}")
+    torch.set_num_threads(options.threads or torch.get_num_threads())
+    seed_everything(options.seed)
+    state = build_adapt_state(options, model)
+    try:
+        data = load_site(options, labelled, unlabelled, progress, cancel)
+        run_steps(options, data, state, progress, cancel, log)
+        result = save_adapted(options, data, state, origin, out_dir)
+    except BaseException as error:  # Cancelled, Ctrl-C, SIGTERM, a failure: no model is written
+        log(f"stopped by {type(error).__name__} after {state.step} steps; no model written")
+        raise
+    log(f"saved {result} after {state.step} steps")
+    return result
+
+
+def check_options(options: AdaptOptions) -> None:
+    if options.minutes is None and options.epochs is None:
+        raise OptionError("Give a budget: {minutes} M and/or {epochs} N.", "minutes", "epochs")
+    if options.minutes is not None and options.minutes <= 0:
+        raise OptionError(f"{{minutes}} must be positive, got {options.minutes}.", "minutes")
+    if options.epochs is not None and options.epochs < 1:
+        raise OptionError(f"{{epochs}} must be at least 1, got {options.epochs}.", "epochs")
+    if not 0.0 < options.max_uncertainty <= 1.0:
+        raise OptionError(f"{{max_uncertainty}} must be in (0, 1], got {options.max_uncertainty}.", "max_uncertainty")
+    if options.batch_size < 1:
+        raise OptionError(f"{{batch_size}} must be at least 1, got {options.batch_size}.", "batch_size")
+    if options.device not in (None, "cpu", "cuda"):
+        raise OptionError(f"{{device}} must be cpu or cuda, got {options.device!r}.", "device")
+    if options.device == "cuda" and not torch.cuda.is_available():
+        raise OptionError("{device} cuda: no CUDA device is available here; use {device} cpu.", "device")
+    if (Path(options.out) / MODEL_FILE).exists():
+        raise OptionError(f"{{out}} {options.out} already holds {MODEL_FILE}; choose another run folder.", "out")
+
+
+def _log(path: Path):
+    def log(message: str) -> None:
+        with open(path, "a") as fh:
+            fh.write(f"{time.strftime('%H:%M:%S')} {message}\n")
+    return log
+
+
+def load_site(options: AdaptOptions, labelled: List[SiteCase], unlabelled: List[SiteCase],
+              progress: Optional[ProgressFn], cancel: Optional[CancelFn]) -> SiteData:
+    """Every case pre-processed once, in memory (no cache: a site's folders are read once per run)."""
+    sets = []
+    everything = labelled + unlabelled
+    done = 0
+    for cases in (labelled, unlabelled):
+        prepared, presents = [], []
+        for case in cases:
+            check_cancel(cancel)
+            if progress is not None:
+                progress(0.0, f"preparing {case.case_id} ({done + 1}/{len(everything)})")
+            cached, present = prepare_site_case(case)
+            prepared.append(cached)
+            presents.append(present)
+            done += 1
+        sets.append(SiteDataset(prepared, presents, options.roi, options.seed, options.contrast_dropout))
+    return SiteData(labelled, unlabelled, sets[0], sets[1])
+
+
+def build_adapt_state(options: AdaptOptions, model: torch.nn.Module) -> AdaptState:
+    """The student (generator frozen), its teacher (a copy) and an optimiser over the trainable weights."""
+    device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = model.to(device)
+    for p in model.generator.parameters():
+        p.requires_grad_(False)
+    teacher = copy.deepcopy(model).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=options.lr, weight_decay=1e-4)
+    # No twins: the generator's L1 terms have no target.
+    loss_fn = DareFuseLoss(LossWeights(generator=0.0, identity=0.0))
+    return AdaptState(model, teacher, optimizer, loss_fn, device)
+
+
+def _batch(data: SiteData, options: AdaptOptions, step: int, epoch: int, order: np.ndarray) -> dict:
+    """`batch_size` labelled crops (cycling through the labelled cases) and `batch_size` unlabelled ones."""
+    n_lab, size = len(data.labelled_set), options.batch_size
+    items = []
+    for k in range(step * size, (step + 1) * size):
+        cycle, position = divmod(k, n_lab)
+        data.labelled_set.set_epoch(cycle)
+        items.append(data.labelled_set[int(np.random.RandomState(seed_for(options.seed, cycle)).permutation(n_lab)[position])])
+    data.unlabelled_set.set_epoch(epoch)
+    for k in range(size):
+        items.append(data.unlabelled_set[int(order[(step * size + k) % len(order)])])
+    return torch.utils.data.default_collate(items)
+
+
+def run_steps(options: AdaptOptions, data: SiteData, state: AdaptState, progress: Optional[ProgressFn],
+              cancel: Optional[CancelFn], log) -> None:
+    """Steps until the epochs or the minutes are spent (whichever first), checking cancel() before each."""
+    per_epoch = max(1, len(data.unlabelled_set) // options.batch_size)
+    total_steps = per_epoch * options.epochs if options.epochs else None
+    budget_s = options.minutes * 60.0 if options.minutes else None
+    state.started = time.perf_counter()
+    while True:
+        order = np.random.RandomState(seed_for(options.seed, state.epoch)).permutation(len(data.unlabelled_set))
+        for step_in_epoch in range(per_epoch):
+            check_cancel(cancel)
+            t0 = time.perf_counter()
+            batch = {k: v.to(state.device) for k, v in _batch(data, options, state.step, state.epoch, order).items()}
+            adapt_step(options, state, batch)
+            state.step += 1
+            state.step_times.append(time.perf_counter() - t0)
+            elapsed = time.perf_counter() - state.started
+            fraction = max(state.step / total_steps if total_steps else 0.0, elapsed / budget_s if budget_s else 0.0)
+            if progress is not None:
+                left = format_time_left(elapsed, fraction)
+                progress(min(fraction, 1.0), f"step {state.step}, loss {np.mean(state.losses[-20:]):.3f}, "
+                         f"pseudo-labels kept {100 * np.mean(state.kept[-20:]):.0f} %" + (f", {left}" if left else ""))
+            mean_step = float(np.mean(state.step_times[-20:]))
+            if (total_steps and state.step >= total_steps) or (budget_s and elapsed + mean_step > budget_s):
+                log(f"stopped after {state.step} steps, {elapsed:.0f} s")
+                return
+        log(f"epoch {state.epoch}: {state.step} steps, loss {np.mean(state.losses[-per_epoch:]):.4f}, "
+            f"pseudo-labels kept {np.mean(state.kept[-per_epoch:]):.3f}")
+        state.epoch += 1
+
+
+def adapt_step(options: AdaptOptions, state: AdaptState, batch: dict) -> None:
+    """One optimiser step: supervised terms on the labelled crops, kept pseudo-labels on the unlabelled ones."""
+    torch.manual_seed(seed_for(options.seed, state.step))
+    x, present = batch["image"], batch["present"]
+    labelled = batch["labelled"].bool()
+    use_prior = bool(np.random.RandomState(seed_for(options.seed, state.step, 1)).rand() >= options.prior_dropout)
+    state.model.train()
+    state.model.generator.eval()  # frozen: its normalisation too
+    out = state.model(x, present, use_prior=use_prior)
+    terms = state.loss_fn(out, x, present, batch["label"], batch["tumour_free"], batch["class_index"], labelled, 1.0)
+    unlabelled = ~labelled
+    with torch.no_grad():
+        teacher_out = state.teacher(x[unlabelled], present[unlabelled], use_prior=use_prior)
+    labels, keep = pseudo_labels(teacher_out["evidence"], options.max_uncertainty)
+    pseudo = pseudo_label_loss(out["evidence_logits"][unlabelled], labels, keep)
+    total = terms["total"] + options.pseudo_weight * pseudo
+    state.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in state.model.parameters() if p.requires_grad], 12.0)
+    state.optimizer.step()
+    update_ema(state.teacher, state.model, min(options.ema_decay, (1.0 + state.step) / (10.0 + state.step)))
+    # update_ema's blend of two equal weights can move their last bit: keep the frozen generator exact.
+    state.teacher.generator.load_state_dict(state.model.generator.state_dict())
+    state.kept.append(float(keep.float().mean()))
+    state.losses.append(float(total.detach()))
+
+
+def save_adapted(options: AdaptOptions, data: SiteData, state: AdaptState, origin: dict, out_dir: Path) -> Path:
+    """The teacher's weights and card, written into a staging folder and moved into place when complete."""
+    init_card = read_card(options.init)
+    card = {
+        "name": "DARE-FUSE", "version": out_dir.name, "training_command": options.command_line(), "seed": options.seed,
+        "initialised_from": origin,
+        "weights": "exponential moving average of the adapted weights (the mean teacher's weights)",
+        "adaptation": {
+            "method": "supervised losses on the labelled cases; on the unlabelled cases, cross-entropy against the mean "
+                      "teacher's pseudo-labels where its one-pass uncertainty K/sum(alpha) < max_uncertainty",
+            "pseudo_label_max_uncertainty": options.max_uncertainty, "pseudo_weight": options.pseudo_weight,
+            "pseudo_label_kept_fraction": round(float(np.mean(state.kept)), 4) if state.kept else None,
+            "generator": GENERATOR_NOTE,
+            "postprocess_and_review": "copied from the initial model's card (tuned for it, not for this site)",
+        },
+        "site_data": {
+            "labelled_folder": str(options.labelled), "unlabelled_folder": str(options.unlabelled),
+            "labelled_cases": len(data.labelled), "unlabelled_cases": len(data.unlabelled),
+            "labelled_sha256": site_checksums(data.labelled), "unlabelled_sha256": site_checksums(data.unlabelled),
+        },
+        "training": {
+            "unlabelled_passes": round(state.step * options.batch_size / len(data.unlabelled), 2), "steps": state.step,
+            "seconds": round(time.perf_counter() - state.started, 1),
+            "mean_step_s": round(float(np.mean(state.step_times)), 3) if state.step_times else None,
+            "device": str(state.device), "threads": torch.get_num_threads(), "roi": list(options.roi),
+            "batch_size": options.batch_size, "lr": options.lr, "contrast_dropout": options.contrast_dropout,
+            "prior_dropout": options.prior_dropout,
+        },
+        "metrics": {},
+        "parameters": count_parameters(state.model),
+    }
+    for key in ("postprocess", "review"):
+        if key in init_card:
+            card[key] = init_card[key]
+    staging = Path(tempfile.mkdtemp(prefix=".adapt-partial-", dir=out_dir))
+    try:
+        save_model(state.teacher, staging / MODEL_FILE, card)
+        target = out_dir / MODEL_FILE
+        # Weights first, card last: until the card lands the model is refused (no card), never half-read.
+        (staging / MODEL_FILE).replace(target)
+        card_path(staging / MODEL_FILE).replace(card_path(target))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

@@ -1,0 +1,269 @@
+"""`darefuse adapt` on tiny site folders (BraTS names, no twins, no manifest): the model and its card, the
+pseudo-label filter, the frozen generator, bad inputs, cancelling."""
+import hashlib
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from DareFuseSlicerLib.cli import main
+from DareFuseSlicerLib.constants import CLASSES
+from DareFuseSlicerLib.errors import Cancelled, InputError
+from DareFuseSlicerLib.network.model import DareFuseNet
+from DareFuseSlicerLib.network.store import card_path, load_model, read_card, save_model, sha256_of
+from DareFuseSlicerLib.training.adapt import (
+    MODEL_FILE,
+    AdaptOptions,
+    adapt,
+    prepare_site_case,
+    pseudo_label_loss,
+    pseudo_labels,
+    scan_site,
+    unlabelled_only,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_training_dataset import make_folder  # noqa: E402
+
+SEED = 740000  # SEEDS.md: adapt tests 740000-740099
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    """An engine-style folder (manifest, twins); classes cycle: no_tumour, glioma, meningioma, metastasis."""
+    return make_folder(tmp_path_factory.mktemp("adapt-engine"), n_cases=4, seed=SEED)
+
+
+def _copy_case(engine: Path, index: int, target: Path, kinds=("t1n", "t1c", "t2w", "t2f", "seg")) -> str:
+    case_id = f"Tiny-{SEED:03d}-{index:03d}"
+    target.mkdir(parents=True, exist_ok=True)
+    for kind in kinds:
+        shutil.copy(engine / f"{case_id}-{kind}.nii.gz", target / f"{case_id}-{kind}.nii.gz")
+    return case_id
+
+
+@pytest.fixture(scope="module")
+def site(engine, tmp_path_factory):
+    """A site's layout: two contoured cases; two without contours, one of them with T1c and FLAIR only."""
+    root = tmp_path_factory.mktemp("adapt-site")
+    for index in (1, 2):
+        _copy_case(engine, index, root / "labelled")
+    _copy_case(engine, 0, root / "unlabelled", ("t1n", "t1c", "t2w", "t2f"))
+    _copy_case(engine, 3, root / "unlabelled", ("t1c", "t2f"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def init_model(tmp_path_factory):
+    torch.manual_seed(SEED)
+    path = tmp_path_factory.mktemp("adapt-init") / "darefuse.safetensors"
+    save_model(DareFuseNet(), path, {"training_command": "test: a freshly initialised DareFuseNet", "seed": SEED,
+                                     "postprocess": {"min_component_ml": 0.5}})
+    return path
+
+
+def _options(site, init_model, out, **kw):
+    base = dict(init=str(init_model), labelled=str(site / "labelled"), unlabelled=str(site / "unlabelled"),
+                out=str(out), epochs=1, seed=SEED, roi=(24, 24, 24), threads=1, lr=1e-2, device="cpu")
+    base.update(kw)
+    return AdaptOptions(**base)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_adapt_writes_a_loadable_model_whose_card_names_the_site_data(site, init_model, tmp_path):
+    # 4 steps: from the 4th on, the EMA's blend of two equal weights no longer returns them bit for bit.
+    path = adapt(_options(site, init_model, tmp_path / "run", max_uncertainty=0.5, epochs=2))
+    assert path == tmp_path / "run" / MODEL_FILE
+    model = load_model(path)  # checks the card's SHA256
+    card = model.card
+    data = card["site_data"]
+    assert (data["labelled_cases"], data["unlabelled_cases"]) == (2, 2)
+    for role in ("labelled", "unlabelled"):
+        folder = site / role
+        files = {p.name: _sha(p) for p in folder.iterdir()}
+        recorded = {name: digest for case in data[f"{role}_sha256"].values() for name, digest in case.items()}
+        assert recorded == files  # every file, and only the site's files (no twin, no manifest)
+    assert "Tiny-740000-001-seg.nii.gz" in data["labelled_sha256"]["Tiny-740000-001"]
+    assert card["initialised_from"]["sha256"] == sha256_of(init_model)
+    assert card["adaptation"]["pseudo_label_max_uncertainty"] == 0.5
+    assert 0.0 <= card["adaptation"]["pseudo_label_kept_fraction"] <= 1.0
+    assert "frozen" in card["adaptation"]["generator"]
+    assert "--max-uncertainty 0.5" in card["training_command"] and "--init" in card["training_command"]
+    assert card["training"]["steps"] == 4  # two passes over 2 unlabelled cases, one of each kind per step
+    assert card["postprocess"] == {"min_component_ml": 0.5}  # inherited, and the card says so
+    assert not list((tmp_path / "run").glob(".adapt-partial-*"))
+
+    # The generator is exactly the init model's; the rest was trained.
+    start = load_model(init_model).state_dict()
+    after = model.state_dict()
+    generator = [k for k in start if k.startswith("generator.")]
+    assert generator and all(torch.equal(start[k], after[k]) for k in generator)
+    assert not all(torch.equal(start[k], after[k]) for k in start if k not in generator)
+    out = model(torch.zeros(1, 4, 24, 24, 24), torch.ones(1, 4))
+    assert torch.isfinite(out["evidence"]).all()
+
+    with pytest.raises(InputError, match="already holds darefuse.safetensors"):
+        adapt(_options(site, init_model, tmp_path / "run"))
+
+
+def test_pseudo_labels_keep_only_low_uncertainty_voxels():
+    """K = 4 labels, uncertainty 4 / (4 + sum(evidence)): 0.1 (kept), 0.5, exactly 0.2 (not below: dropped)."""
+    evidence = torch.zeros(1, 4, 3, 1, 1)
+    evidence[0, 1, 0] = 36.0  # S = 40
+    evidence[0, 0, 1] = 4.0  # S = 8
+    evidence[0, 3, 2] = 16.0  # S = 20
+    labels, keep = pseudo_labels(evidence, 0.2)
+    assert labels[0, :, 0, 0].tolist() == [1, 0, 3]
+    assert keep[0, :, 0, 0].tolist() == [True, False, False]
+    assert pseudo_labels(evidence, 0.21)[1][0, :, 0, 0].tolist() == [True, False, True]
+
+    logits = torch.zeros(1, 4, 3, 1, 1, requires_grad=True)
+    loss = pseudo_label_loss(logits, labels, keep)
+    assert loss.item() == pytest.approx(torch.log(torch.tensor(4.0)).item())  # uniform logits, one kept voxel
+    loss.backward()
+    assert logits.grad[0, :, 1:].abs().sum() == 0 and logits.grad[0, :, 0].abs().sum() > 0  # dropped: no gradient
+    none = pseudo_label_loss(logits, labels, torch.zeros_like(keep))
+    assert none.item() == 0.0 and none.requires_grad
+
+
+def test_site_folders_with_a_manifest_and_partial_cases(engine, site):
+    """An engine folder is a site folder too: twins and the manifest's other files are not cases, the manifest
+    gives the class; a case with two contrasts is prepared with the other two marked absent."""
+    cases = scan_site(engine, labelled=True)
+    assert [c.case_id for c in cases] == [f"Tiny-{SEED}-{i:03d}" for i in range(4)]
+    assert [c.class_index for c in cases] == list(range(len(CLASSES)))
+    assert all(len(c.images) == 4 and "tumourfree" not in str(c.files) for c in cases)
+    partial = [c for c in scan_site(site / "unlabelled", labelled=False) if c.case_id.endswith("003")][0]
+    assert partial.seg is None and partial.class_index < 0  # no manifest: no class target
+    cached, present = prepare_site_case(partial)
+    # --unlabelled at all the studies, contoured ones included: those are used as labelled only.
+    everything = scan_site(engine, labelled=False)
+    assert [c.case_id for c in unlabelled_only(everything, cases[1:3], engine)] == [cases[0].case_id, cases[3].case_id]
+    assert present.tolist() == [0.0, 1.0, 0.0, 1.0]
+    assert cached.image[[0, 2]].max() == 0 and cached.image[[1, 3]].std() > 0
+
+
+def test_bad_inputs_are_refused_in_one_line_before_anything_is_written(engine, site, init_model, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_seg = tmp_path / "no-seg"
+    _copy_case(engine, 1, no_seg, ("t1n", "t2f"))
+    seg_only = tmp_path / "seg-only"
+    _copy_case(engine, 2, seg_only, ("seg",))
+    mixed = tmp_path / "mixed"
+    _copy_case(engine, 1, mixed)
+    _copy_case(engine, 2, mixed, ("seg",))
+    tampered = tmp_path / "tampered" / "darefuse.safetensors"
+    tampered.parent.mkdir()
+    tampered.write_bytes(init_model.read_bytes()[:-1] + bytes([init_model.read_bytes()[-1] ^ 0xFF]))
+    card_path(tampered).write_text(card_path(init_model).read_text())
+    cases = [
+        (dict(labelled=str(empty)), f"Labelled folder {empty} holds no case"),
+        (dict(unlabelled=str(empty)), f"Unlabelled folder {empty} holds no case"),
+        (dict(labelled=str(no_seg)), f"Labelled folder {no_seg}: case Tiny-740000-001 has no segmentation"),
+        (dict(labelled=str(mixed)), f"Labelled folder {mixed}: case Tiny-740000-002 has no image"),
+        (dict(unlabelled=str(seg_only)), f"Unlabelled folder {seg_only} holds only segmentation files"),
+        (dict(unlabelled=str(site / "labelled")), "holds only cases of the labelled folder"),
+        (dict(init=str(tmp_path / "missing.safetensors")), "missing.safetensors does not exist"),
+        (dict(init=str(tampered)), "does not match its card"),
+    ]
+    for change, message in cases:
+        with pytest.raises(InputError) as error:
+            adapt(_options(site, init_model, tmp_path / "out", **change))
+        assert message in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+    code = main(["adapt", "--init", str(init_model), "--labelled", str(no_seg), "--unlabelled",
+                 str(site / "unlabelled"), "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "has no segmentation" in err[0]
+
+
+@pytest.mark.parametrize("how", ["cancel", "interrupt"])
+def test_a_cancelled_run_writes_no_model(site, init_model, tmp_path, how):
+    """cancel() -> True, or Ctrl-C (KeyboardInterrupt) in the middle of the steps: no model file, no card, no
+    staging folder; the log says where it stopped."""
+    steps = []
+
+    def progress(fraction, message):
+        if message.startswith("step"):
+            steps.append(message)
+            if how == "interrupt":
+                raise KeyboardInterrupt
+
+    expected = Cancelled if how == "cancel" else KeyboardInterrupt
+    with pytest.raises(expected):
+        adapt(_options(site, init_model, tmp_path / "run", epochs=3), progress=progress, cancel=lambda: len(steps) >= 1)
+    run = tmp_path / "run"
+    assert len(steps) == 1
+    assert sorted(p.name for p in run.iterdir()) == ["adapt.log"]
+    assert "no model written" in (run / "adapt.log").read_text()
+
+
+def test_an_interrupt_while_saving_leaves_no_half_written_model(site, init_model, tmp_path, monkeypatch):
+    """Ctrl-C after part of the weights file is written: the part was in the staging folder, which goes."""
+    import DareFuseSlicerLib.training.adapt as adapt_module
+
+    def half_written(model, path, card):
+        Path(path).write_bytes(b"\0" * 100)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(adapt_module, "save_model", half_written)
+    with pytest.raises(KeyboardInterrupt):
+        adapt(_options(site, init_model, tmp_path / "run"))
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["adapt.log"]
+    assert "stopped by KeyboardInterrupt after 2 steps; no model written" in (tmp_path / "run" / "adapt.log").read_text()
+
+
+def test_the_command_shows_progress_and_prints_the_model(site, init_model, tmp_path, capsys):
+    code = main(["adapt", "--init", str(init_model), "--labelled", str(site / "labelled"), "--unlabelled",
+                 str(site / "unlabelled"), "--out", str(tmp_path / "run"), "--epochs", "1", "--roi", "24", "24", "24",
+                 "--threads", "1", "--device", "cpu", "--seed", str(SEED)])
+    captured = capsys.readouterr()
+    assert code == 0 and captured.out.strip() == f"model: {tmp_path / 'run' / MODEL_FILE}"
+    assert "step 2, loss" in captured.err and "pseudo-labels kept" in captured.err
+    card = read_card(tmp_path / "run" / MODEL_FILE)
+    command = card["training_command"]
+    assert command.startswith("darefuse adapt --init ") and "--epochs 1" in command and "--roi 24 24 24" in command
+    # The recorded command parses to the same options (every flag it writes exists).
+    from DareFuseSlicerLib.cli import build_parser
+    import shlex
+    again = build_parser().parse_args(shlex.split(command)[1:])
+    assert (again.epochs, tuple(again.roi), again.threads, again.seed) == (1, (24, 24, 24), 1, SEED)
+
+
+def test_sigterm_on_the_command_line_writes_no_model(site, init_model, tmp_path):
+    """SIGTERM (as Ctrl-C) while the command runs its steps: exit status 143, one line, only adapt.log left."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "DareFuseSlicer"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "DareFuseSlicerLib.cli", "adapt", "--init", str(init_model), "--labelled",
+         str(site / "labelled"), "--unlabelled", str(site / "unlabelled"), "--out", str(run), "--epochs", "10000",
+         "--roi", "24", "24", "24", "--threads", "1", "--no-progress"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run / "adapt.log").is_file() and "epoch 0:" in (run / "adapt.log").read_text()):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 128 + signal.SIGTERM
+    assert err.strip().splitlines() == ["darefuse: terminated; nothing was written."]
+    assert sorted(p.name for p in run.iterdir()) == ["adapt.log"]
+    assert "stopped by Terminated" in (run / "adapt.log").read_text()
