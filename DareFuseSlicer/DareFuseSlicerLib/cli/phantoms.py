@@ -8,6 +8,7 @@ from pathlib import Path
 from ..constants import DATASET_FORMATS
 from ..errors import InputError
 from ..phantoms.grids import GRIDS  # not the engine (SciPy): the parser is built for every command
+from ..phantoms.site import SITES as SITE_NAMES  # (site.py imports NumPy and tissues.py only)
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -37,8 +38,24 @@ def register(subparsers) -> argparse.ArgumentParser:
                              "and one MR series per contrast, SeriesDescription 'T1 MPRAGE', 'T1 MPRAGE post Gd', "
                              "'T2 TSE ax', 'FLAIR ax'; a synthetic patient) in DIR/<case id>/, its label as "
                              "<case id>-seg.nii.gz, no tumour-free twins")
+    parser.add_argument("--site", choices=sorted(SITE_NAMES), default=None,
+                        help="a simulated new site (phantoms/site.py): its own contrast, texture, noise and slice "
+                             "thickness, outside the training cases' ranges; BraTS-style cases on its grid (unless "
+                             "--grid), clinical ones with its stack thickness; no tumour-free twins; a `site` "
+                             "manifest column. Split into labelled and unlabelled folders with `darefuse site-split`")
     parser.add_argument("--overwrite", action="store_true", help="empty a non-empty DIR first")
     parser.set_defaults(handler=run)  # cli.main calls args.handler(args)
+    split = subparsers.add_parser(
+        "site-split",
+        help="a labelled and an unlabelled folder from a pool of site cases (for `darefuse adapt`)",
+        description="From a pool made by `darefuse phantoms --site NAME`: OUT/labelled holds its first K cases "
+                    "with their -seg files, OUT/unlabelled the others without -seg or brain mask and with the "
+                    "manifest's ground-truth columns blank. Files are hard links (copies across file systems).",
+    )
+    split.add_argument("--pool", required=True, type=Path, metavar="DIR", help="folder of labelled site cases")
+    split.add_argument("--labelled", required=True, type=int, metavar="K", help="cases kept labelled (0 to all)")
+    split.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (new or empty)")
+    split.set_defaults(handler=run_split)
     return parser
 
 
@@ -54,6 +71,10 @@ def run(args) -> int:
         raise InputError("--grid: clinical cases draw each contrast's own grid; leave --grid out")
     if args.randomise_brats and args.acquisition == "clinical":
         raise InputError("--randomise-brats: there are no BraTS-style cases with --acquisition clinical")
+    if args.site and args.randomise_brats:
+        raise InputError("--randomise-brats: a site keeps its own intensities; leave it out with --site")
+    if args.site and args.file_format != "nifti":
+        raise InputError("--format: a site's cases are NIfTI files (what `darefuse adapt` reads); leave --format out")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out: {out} exists and is not a folder")
@@ -65,6 +86,15 @@ def run(args) -> int:
 
     manifest = generate(out, args.n, args.seed, progress=True, grids=[args.grid] if args.grid else None,
                         workers=args.workers, file_format=args.file_format, acquisition=args.acquisition,
-                        randomise_brats=args.randomise_brats)
+                        randomise_brats=args.randomise_brats, site=args.site)
     print(f"wrote {args.n} cases and {manifest}")
+    return 0
+
+
+def run_split(args) -> int:
+    from ..phantoms.site import split_site
+
+    folders = split_site(args.pool, args.out, args.labelled)
+    for role, folder in folders.items():
+        print(f"{role}: {folder}")
     return 0

@@ -19,6 +19,7 @@ from .head import build_head, draw_head
 from .headspace import head_space
 from .protocol import REFERENCE, draw_protocol
 from .sampling import StackGrid, SubjectMap, index_box, warp
+from .site import draw_site, with_site_noise
 from .tissues import LESION_CODE, apply_gamma, draw_intensities, probe_intensities, scale_lesions
 from .tumours import paint, plan_tumours
 
@@ -180,10 +181,11 @@ def acquisition_meta(acq) -> dict:
             "shift_mm": acq.motion.shift_mm, "to_reference": acq.motion.to_reference()}
 
 
-def _draw_case(seed: int, tumour_class, randomise: bool, probe: int = 0):
+def _draw_case(seed: int, tumour_class, randomise: bool, probe: int = 0, site_draw=None):
     """Class, tumour plan (the BraTS-style engine's draws for this seed), then the clinical stream's
     intensities and the template channels. probe=k: tissue codes to the power k instead of intensities
-    (the same draws are taken, so the geometry is the case's)."""
+    (the same draws are taken, so the geometry is the case's). site_draw: a site's intensities instead of
+    the clinical stream's (whose draws are still taken)."""
     rng = np.random.default_rng([int(seed), 20261122])
     if tumour_class is None:
         tumour_class = CLASSES[int(rng.integers(len(CLASSES)))]
@@ -192,6 +194,8 @@ def _draw_case(seed: int, tumour_class, randomise: bool, probe: int = 0):
     plan = plan_tumours(rng, anatomy, tumour_class)
     rng = np.random.default_rng([int(seed), *_STREAM])
     intensities = draw_intensities(rng, randomise)
+    if site_draw is not None:
+        intensities = site_draw.intensities
     intracranial(plan, anatomy)
     if probe:
         intensities = probe_intensities(probe)
@@ -204,15 +208,18 @@ def _draw_case(seed: int, tumour_class, randomise: bool, probe: int = 0):
     return tumour_class, plan, rng, intensities, anatomy, template
 
 
-def make_clinical_case(seed: int, tumour_class=None, randomise: bool = True):
-    """One clinical case (engine.make_case checks the arguments)."""
+def make_clinical_case(seed: int, tumour_class=None, randomise: bool = True, style=None):
+    """One clinical case (engine.make_case checks the arguments); style: a site.SiteStyle or None."""
     from .engine import Case, case_id_for, label_volumes  # engine imports this module lazily
 
-    tumour_class, plan, rng, intensities, anatomy, template = _draw_case(seed, tumour_class, randomise, False)
+    site_draw = draw_site(style, seed) if style is not None else None
+    tumour_class, plan, rng, intensities, anatomy, template = _draw_case(seed, tumour_class, randomise, False, site_draw)
     channels, healthy, box, label_t = template
     subject = SubjectMap(rng, plan.lesions)
-    protocol = draw_protocol(rng, subject.brain_centre, subject.scale)
+    protocol = draw_protocol(rng, subject.brain_centre, subject.scale, style.stack_slice_mm if style else None)
     scanner = draw_scanner(rng, CONTRASTS)
+    if site_draw is not None:
+        scanner = with_site_noise(scanner, site_draw)
     zone_world = subject.world_points_in(_box_lps(anatomy, box), 8.0) if box else None
     images, free = {}, {}
     space = head_space()
@@ -235,6 +242,8 @@ def make_clinical_case(seed: int, tumour_class=None, randomise: bool = True):
         "volumes_ml": label_volumes(label), "acquisition": "clinical", "reference": REFERENCE,
         "randomised": bool(randomise), "contrasts": {c: acquisition_meta(protocol[c]) for c in CONTRASTS},
     }
+    if style is not None:
+        meta["site"] = style.name
     return Case(case_id_for(seed), images, free, label, tumour_class, meta, brain, None, subject, "clinical")
 
 

@@ -12,6 +12,7 @@ from ..errors import InputError
 from .acquisition import Warp, bias_field, draw_pose, draw_scanner, grid_by_name, rician, slice_blur
 from .anatomy import load_anatomy
 from .contrasts import healthy_contrasts
+from .site import draw_site, site_brain, site_style, with_site_noise
 from .tissues import apply_gamma, draw_intensities, reweight_brain, scale_lesions
 from .tumours import paint, plan_tumours
 
@@ -108,13 +109,15 @@ def label_volumes(label: sitk.Image) -> dict:
 
 
 def make_case(seed: int, tumour_class: str = None, grid: str = None, acquisition: str = "brats",
-              randomise: bool = None):
+              randomise: bool = None, site: str = None):
     """One case; the same arguments always give the same voxels.
 
     acquisition: "brats" (skull-stripped, co-registered, every contrast on `grid`, default the BraTS grid)
     or "clinical" (whole head, each contrast on its own grid with its own motion: clinical.py; no grid).
     randomise: domain-randomised tissue intensities (tissues.py); default on for clinical cases and off
     for BraTS-style ones, whose default output never changes.
+    site: a named site style (site.SITES): its fixed contrast, texture, noise and slice thickness instead of
+    the engine's draws (BraTS-style cases on the site's grid unless `grid` is given); not with randomise.
     """
     if tumour_class is not None and tumour_class not in CLASSES:
         raise InputError(f"tumour_class: unknown class {tumour_class!r}; choose one of {', '.join(CLASSES)}")
@@ -122,20 +125,27 @@ def make_case(seed: int, tumour_class: str = None, grid: str = None, acquisition
         raise InputError(f"acquisition: unknown acquisition {acquisition!r}; choose one of {', '.join(ACQUISITIONS)}")
     if int(seed) < 0:
         raise InputError(f"seed: must be >= 0, got {seed}")
+    style = site_style(site) if site is not None else None
+    if style is not None and randomise:
+        raise InputError("randomise: a site keeps its own intensities; give no randomise with a site")
     if acquisition == "clinical":
         if grid is not None:
             raise InputError("grid: clinical cases draw each contrast's own grid; give no grid")
         from .clinical import make_clinical_case
 
-        return make_clinical_case(seed, tumour_class, randomise is not False)
-    return _brats_case(int(seed), tumour_class, grid or "brats", bool(randomise))
+        return make_clinical_case(seed, tumour_class, randomise is not False and style is None, style)
+    return _brats_case(int(seed), tumour_class, grid or (style.grid if style else "brats"), bool(randomise), style)
 
 
-def _brats_template(anatomy, rng, tumour_class: str, intensities):
-    """Template space: healthy contrasts, then the lesions painted into a copy."""
+def _brats_template(anatomy, rng, tumour_class: str, intensities, site: bool = False):
+    """Template space: healthy contrasts, then the lesions painted into a copy. A site's brain is built from
+    its own tissue values (the plain brain's draws are still taken: the same tumour plan)."""
     healthy = healthy_contrasts(anatomy, rng)
     plan = plan_tumours(rng, anatomy, tumour_class)
-    if intensities is not None:
+    if site:
+        healthy = site_brain(anatomy, intensities)
+        scale_lesions(plan, intensities)
+    elif intensities is not None:
         healthy = reweight_brain(healthy, anatomy, intensities)
         scale_lesions(plan, intensities)
     label_t = np.zeros(anatomy.shape, np.uint8)
@@ -169,10 +179,12 @@ def _brats_crops(anatomy, warp, ref, pose, plan, healthy, lesioned, label_t):
     return case_crop, free_crop, mask_crop, label_crop, zone_crop
 
 
-def _brats_acquire(rng, ref, warp, crops, intensities):
+def _brats_acquire(rng, ref, warp, crops, intensities, site_draw=None):
     """Bias, noise, scanner units: identical for the case and its tumour-free twin (same draws)."""
     case_crop, free_crop, mask_crop, label_crop, _ = crops
     scanner = draw_scanner(rng, CONTRASTS)
+    if site_draw is not None:
+        scanner = with_site_noise(scanner, site_draw)
     crop_shape = label_crop.shape
     head_case = mask_crop | (label_crop > 0)  # skull-stripped like BraTS: the lesion stays in the mask
     images, free = {}, {}
@@ -191,20 +203,23 @@ def _brats_acquire(rng, ref, warp, crops, intensities):
     return images, free
 
 
-def _brats_case(seed: int, tumour_class: str, grid: str, randomise: bool) -> Case:
+def _brats_case(seed: int, tumour_class: str, grid: str, randomise: bool, style=None) -> Case:
     spec = grid_by_name(grid)
     rng = np.random.default_rng([seed, 20261122])
     if tumour_class is None:
         tumour_class = CLASSES[int(rng.integers(len(CLASSES)))]
     anatomy = load_anatomy()
     intensities = draw_intensities(np.random.default_rng([seed, *_RANDOMISE_STREAM])) if randomise else None
-    healthy, lesioned, label_t, plan = _brats_template(anatomy, rng, tumour_class, intensities)
+    site_draw = draw_site(style, seed) if style is not None else None
+    if site_draw is not None:
+        intensities = site_draw.intensities
+    healthy, lesioned, label_t, plan = _brats_template(anatomy, rng, tumour_class, intensities, style is not None)
     # Geometry: pose, scale, deformation, mass effect.
     ref = spec.reference()
     pose = draw_pose(rng)
     warp = Warp(rng, anatomy, ref, pose, plan.lesions)
     crops = _brats_crops(anatomy, warp, ref, pose, plan, healthy, lesioned, label_t)
-    images, free = _brats_acquire(rng, ref, warp, crops, intensities)
+    images, free = _brats_acquire(rng, ref, warp, crops, intensities, site_draw)
     _, _, mask_crop, label_crop, zone_crop = crops
     label = _to_image(warp.paste(label_crop, np.uint8), ref)
     brain = _to_image(warp.paste(mask_crop.astype(np.uint8), np.uint8), ref)
@@ -220,5 +235,7 @@ def _brats_case(seed: int, tumour_class: str, grid: str, randomise: bool) -> Cas
         "acquisition": "brats",
         "randomised": randomise,
     }
+    if style is not None:
+        meta["site"] = style.name
     return Case(case_id_for(seed), images, free, label, tumour_class, meta, brain,
                 _to_image(warp.paste(zone, np.uint8), ref), warp)

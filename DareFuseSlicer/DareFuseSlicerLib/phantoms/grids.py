@@ -45,6 +45,8 @@ GRIDS = {
     # Clinical thick-slice axial: 5 mm slices, top-down slice order (a rotation about x by 180 degrees).
     "ax_thick": Grid((256, 256, 34), (0.9375, 0.9375, 5.0), direction=(1, 0, 0, 0, -1, 0, 0, 0, -1),
                      note="axial 5 mm slices, top-down"),
+    # Thick-slice axial 2-D protocol of an older site (site.SITES "lowfield"): 7 mm slices, 0.8 mm pixels.
+    "ax_7mm": Grid((288, 288, 24), (0.8, 0.8, 7.0), note="axial 7 mm slices (a simulated site)"),
     # Small 2 mm grid for tests and quick looks.
     "test_2mm": Grid((96, 112, 88), (2.0, 2.0, 2.0), note="2 mm, for tests"),
 }

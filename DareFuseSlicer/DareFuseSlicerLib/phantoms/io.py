@@ -14,6 +14,7 @@ from ..errors import InputError, OptionError
 from ..sampledata import SAMPLE_DIR, SAMPLE_PREFIX, file_names, sample_case_paths, sha256  # noqa: F401
 from .acquisition import grid_by_name
 from .engine import make_case
+from .site import SITE_COLUMN, site_style
 
 # Default grid mix of a generated data set, cycled per block of four cases (one of each class), so
 # every class sees every grid: 70 % BraTS grid, then a 1 mm RAS-stored matrix, 3 mm and 5 mm slices.
@@ -135,17 +136,22 @@ def _write_dicom(case, out: Path) -> dict:
 
 
 def _make_and_write(seed: int, tumour_class: str, grid: str, out: Path, file_format: str = "nifti",
-                    acquisition: str = "brats", randomise_brats: bool = False) -> dict:
+                    acquisition: str = "brats", randomise_brats: bool = False, site: str = None) -> dict:
     if acquisition == "clinical":
-        case = make_case(seed, tumour_class, acquisition="clinical")
+        case = make_case(seed, tumour_class, acquisition="clinical", site=site)
     else:
-        case = make_case(seed, tumour_class, grid, randomise=randomise_brats)
-    paths = _write_dicom(case, out) if file_format == "dicom" else write_case(case, out)
-    return _manifest_row(case, paths, out)
+        case = make_case(seed, tumour_class, grid, randomise=randomise_brats or None, site=site)
+    # A site has no tumour-free twins.
+    paths = _write_dicom(case, out) if file_format == "dicom" else write_case(case, out, tumour_free=site is None)
+    row = _manifest_row(case, paths, out)
+    if site is not None:
+        row[SITE_COLUMN] = site
+    return row
 
 
 def generate(out_dir, n: int, seed: int, progress=True, grids=None, overwrite: bool = False, workers: int = 1,
-             file_format: str = "nifti", acquisition: str = "brats", randomise_brats: bool = False) -> Path:
+             file_format: str = "nifti", acquisition: str = "brats", randomise_brats: bool = False,
+             site: str = None) -> Path:
     """Write n cases (classes balanced: case i has class CLASSES[i % 4], seed seed + i) and manifest.csv.
 
     progress: True for a tqdm bar, False for none, or a callable progress(fraction, message).
@@ -156,6 +162,8 @@ def generate(out_dir, n: int, seed: int, progress=True, grids=None, overwrite: b
     manifest are byte-identical for any number of workers.
     file_format: "nifti" (BraTS 2023 files) or "dicom" (a DICOM study per case, <id>/NN_<series>/0001.dcm ...,
     the label as <id>-seg.nii.gz; the manifest's contrast columns name the series folders).
+    site: a named site style (site.SITES): its cases on its grid (unless grids are given), no tumour-free
+    twins, and a `site` column after the usual ones (other data sets' manifests keep their bytes).
     """
     if int(n) < 1:
         raise InputError(f"n: the number of cases must be at least 1, got {n}")
@@ -171,7 +179,11 @@ def generate(out_dir, n: int, seed: int, progress=True, grids=None, overwrite: b
                           "acquisition")
     if grids and acquisition == "clinical":
         raise OptionError("{grids}: clinical cases draw each contrast's own grid; give none", "grids")
-    grids = tuple(grids) if grids else GRID_MIX
+    if site is not None:
+        if randomise_brats:
+            raise OptionError("{randomise_brats}: a site keeps its own intensities", "randomise_brats")
+        site = site_style(site).name
+    grids = tuple(grids) if grids else ((site_style(site).grid,) if site else GRID_MIX)
     for g in grids:
         grid_by_name(g)
     out = Path(out_dir)
@@ -187,13 +199,13 @@ def generate(out_dir, n: int, seed: int, progress=True, grids=None, overwrite: b
         bar = tqdm(total=int(n), desc="phantoms", unit="case")
     manifest = out / "manifest.csv"
     jobs = [(int(seed) + i, CLASSES[i % len(CLASSES)], grids[(i // len(CLASSES)) % len(grids)], out, file_format,
-             case_acquisition(int(seed) + i, acquisition), bool(randomise_brats)) for i in range(int(n))]
+             case_acquisition(int(seed) + i, acquisition), bool(randomise_brats), site) for i in range(int(n))]
     pool = ProcessPoolExecutor(min(int(workers), len(jobs))) if int(workers) > 1 else None
     try:
         # map() yields in case order, so the manifest's rows are in the same order for any pool.
         rows = pool.map(_make_and_write, *zip(*jobs)) if pool else (_make_and_write(*job) for job in jobs)
         with open(manifest, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
+            writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS + ((SITE_COLUMN,) if site else ()))
             writer.writeheader()
             for i, row in enumerate(rows):
                 writer.writerow(row)

@@ -111,13 +111,16 @@ def _volume(rng, contrast: str, centre: np.ndarray, motion: Motion) -> Acquisiti
     return Acquisition(contrast, "3d", plane, float(tilt), grid, float(thickness), motion)
 
 
-def _stack(rng, contrast: str, centre: np.ndarray, scale: float, motion: Motion) -> Acquisition:
-    """2-D multi-slice stack: thick slices, fine pixels, often oblique."""
+def _stack(rng, contrast: str, centre: np.ndarray, scale: float, motion: Motion, slice_mm: float = None) -> Acquisition:
+    """2-D multi-slice stack: thick slices, fine pixels, often oblique; slice_mm: a site's fixed thickness
+    (the draw is still taken, so the rest of the protocol stays the plain case's)."""
     u = rng.random()
     plane = "axial" if u < 0.7 else ("coronal" if u < 0.85 else "sagittal")
     tilt = rng.choice([-1, 1]) * rng.uniform(3.0, 15.0) if rng.random() < 0.5 else rng.uniform(-2.0, 2.0)
     pixel = rng.uniform(0.40, 0.50) if rng.random() < 0.5 else rng.uniform(0.70, 1.0)
     thickness = rng.uniform(3.0, 6.0)
+    if slice_mm is not None:
+        thickness = float(slice_mm)
     direction = _direction(rng, plane, tilt)
     normal = direction[:, 2]
     cover = 2 * float(np.abs(normal) @ (BRAIN_HALF * scale)) + rng.uniform(5.0, 25.0)
@@ -128,13 +131,14 @@ def _stack(rng, contrast: str, centre: np.ndarray, scale: float, motion: Motion)
     return Acquisition(contrast, "2d", plane, float(tilt), grid, float(thickness), motion)
 
 
-def draw_protocol(rng, centre: np.ndarray, scale: float) -> dict:
-    """contrast -> Acquisition; centre: the brain centre (LPS mm), scale: the brain's size / MNI152's."""
+def draw_protocol(rng, centre: np.ndarray, scale: float, stack_slice_mm: float = None) -> dict:
+    """contrast -> Acquisition; centre: the brain centre (LPS mm), scale: the brain's size / MNI152's;
+    stack_slice_mm: the 2-D stacks' slice thickness (a site's), else drawn (3-6 mm)."""
     out = {}
     for contrast in CONTRASTS:
         motion = draw_motion(rng, centre, still=contrast == REFERENCE)
         if contrast in ("t1", "t1ce"):
             out[contrast] = _volume(rng, contrast, centre, motion)
         else:
-            out[contrast] = _stack(rng, contrast, centre, scale, motion)
+            out[contrast] = _stack(rng, contrast, centre, scale, motion, stack_slice_mm)
     return out
