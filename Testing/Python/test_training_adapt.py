@@ -111,6 +111,20 @@ def test_adapt_writes_a_loadable_model_whose_card_names_the_site_data(site, init
         adapt(_options(site, init_model, tmp_path / "run"))
 
 
+def test_without_an_unlabelled_folder_it_fine_tunes_on_the_labelled_cases_alone(site, init_model, tmp_path):
+    """The label curve's supervised arm: no --unlabelled, no pseudo-labels, an epoch is a pass over the labelled."""
+    path = adapt(_options(site, init_model, tmp_path / "run", unlabelled=None, epochs=2))
+    card = load_model(path).card
+    data = card["site_data"]
+    assert (data["labelled_cases"], data["unlabelled_cases"], data["unlabelled_folder"]) == (2, 0, None)
+    assert data["unlabelled_sha256"] == {} and len(data["labelled_sha256"]) == 2
+    assert card["adaptation"]["pseudo_label_kept_fraction"] is None and "alone" in card["adaptation"]["method"]
+    assert card["training"]["steps"] == 4 and card["training"]["passes_over"] == "labelled cases"
+    assert "--unlabelled" not in card["training_command"]
+    start, after = load_model(init_model).state_dict(), load_model(path).state_dict()
+    assert not all(torch.equal(start[k], after[k]) for k in start if not k.startswith("generator."))
+
+
 def test_pseudo_labels_keep_only_low_uncertainty_voxels():
     """K = 4 labels, uncertainty 4 / (4 + sum(evidence)): 0.1 (kept), 0.5, exactly 0.2 (not below: dropped)."""
     evidence = torch.zeros(1, 4, 3, 1, 1)

@@ -101,10 +101,12 @@ def _register_adapt(subparsers) -> None:
     )
     adapt.add_argument("--init", required=True, metavar="MODEL.safetensors", help="the model to adapt")
     adapt.add_argument("--labelled", required=True, metavar="DIR", help="contoured cases (each with -seg.nii.gz)")
-    adapt.add_argument("--unlabelled", required=True, metavar="DIR", help="cases without contours")
+    adapt.add_argument("--unlabelled", metavar="DIR",
+                       help="cases without contours (without it: fine-tuning on the labelled cases alone)")
     adapt.add_argument("--out", required=True, help="run folder: adapt.log and the model")
     adapt.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget for the steps (default 60)")
-    adapt.add_argument("--epochs", type=int, help="passes over the unlabelled cases (whichever ends first)")
+    adapt.add_argument("--epochs", type=int, help="passes over the unlabelled cases, else the labelled ones "
+                                                   "(whichever of --epochs and --minutes ends first)")
     adapt.add_argument("--seed", type=int, default=0)
     adapt.add_argument("--max-uncertainty", type=float, default=PSEUDO_LABEL_MAX_UNCERTAINTY,
                        help="keep a pseudo-label where the teacher's uncertainty K/sum(alpha) is below this "

@@ -8,9 +8,10 @@ A manifest.csv beside them is read only for the tumour class (without one the cl
 - Labelled cases: the supervised segmentation losses of `train` (Dice, cross-entropy, evidential).
 - Unlabelled cases: pseudo-labels from the mean teacher (the EMA of the student, which starts as the --init
   model), kept only where the teacher's one-pass uncertainty K / sum(alpha) is below PSEUDO_LABEL_MAX_UNCERTAINTY.
+  Without an unlabelled folder it fine-tunes on the labelled cases alone (the label curve's supervised arm).
 - The lesion-removal generator stays frozen at the --init weights: without twins it has no target.
 - Each step: `batch_size` labelled crops (cycled) and `batch_size` unlabelled crops; an epoch is one pass
-  over the unlabelled cases.
+  over the unlabelled cases (over the labelled ones when there are none).
 - Nothing is checkpointed: a cancelled run (cancel(), Ctrl-C) writes no model, only its log. The model is
   written into a hidden staging folder and moved into place when complete.
 """
@@ -55,7 +56,7 @@ _SUFFIX_CONTRAST = {suffix: contrast for contrast, suffix in BRATS_SUFFIX.items(
 class AdaptOptions:
     init: str
     labelled: str
-    unlabelled: str
+    unlabelled: Optional[str]  # None: the labelled cases alone
     out: str
     minutes: Optional[float] = None
     epochs: Optional[int] = None
@@ -74,8 +75,9 @@ class AdaptOptions:
     def command_line(self) -> str:
         """The equivalent `darefuse adapt` command (recorded in the card): the folders, the seed, the threshold
         and every option that differs from its default."""
-        parts = ["darefuse", "adapt", "--init", self.init, "--labelled", self.labelled, "--unlabelled",
-                 self.unlabelled, "--out", self.out, "--seed", str(self.seed), "--max-uncertainty", str(self.max_uncertainty)]
+        parts = ["darefuse", "adapt", "--init", self.init, "--labelled", self.labelled]
+        parts += ["--unlabelled", self.unlabelled] if self.unlabelled is not None else []
+        parts += ["--out", self.out, "--seed", str(self.seed), "--max-uncertainty", str(self.max_uncertainty)]
         defaults = AdaptOptions(init="", labelled="", unlabelled="", out="")
         for name in ("minutes", "epochs", "pseudo_weight", "roi", "batch_size", "lr", "ema_decay", "contrast_dropout",
                      "prior_dropout", "threads", "device"):
@@ -208,7 +210,12 @@ class SiteData:
     labelled: List[SiteCase]
     unlabelled: List[SiteCase]
     labelled_set: SiteDataset
-    unlabelled_set: SiteDataset
+    unlabelled_set: Optional[SiteDataset]  # None: fine-tuning on the labelled cases alone
+
+    @property
+    def epoch_set(self) -> SiteDataset:
+        """The cases one epoch passes over: the unlabelled ones, else the labelled ones."""
+        return self.unlabelled_set if self.unlabelled_set is not None else self.labelled_set
 
 
 @dataclass
@@ -232,7 +239,8 @@ def adapt(options: AdaptOptions, progress: Optional[ProgressFn] = None, cancel: 
     check_options(options)
     model, origin = stored_start("darefuse", options.init)  # before anything is written: a refusal leaves nothing
     labelled = scan_site(options.labelled, labelled=True)
-    unlabelled = unlabelled_only(scan_site(options.unlabelled, labelled=False), labelled, options.unlabelled)
+    unlabelled = [] if options.unlabelled is None else \
+        unlabelled_only(scan_site(options.unlabelled, labelled=False), labelled, options.unlabelled)
     out_dir = Path(options.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     log = _log(out_dir / LOG_FILE)
@@ -293,7 +301,8 @@ def load_site(options: AdaptOptions, labelled: List[SiteCase], unlabelled: List[
             prepared.append(cached)
             presents.append(present)
             done += 1
-        sets.append(SiteDataset(prepared, presents, options.roi, options.seed, options.contrast_dropout))
+        sets.append(SiteDataset(prepared, presents, options.roi, options.seed, options.contrast_dropout)
+                    if prepared else None)
     return SiteData(labelled, unlabelled, sets[0], sets[1])
 
 
@@ -321,21 +330,22 @@ def _batch(data: SiteData, options: AdaptOptions, step: int, epoch: int, order: 
         cycle, position = divmod(k, n_lab)
         data.labelled_set.set_epoch(cycle)
         items.append(data.labelled_set[int(np.random.RandomState(seed_for(options.seed, cycle)).permutation(n_lab)[position])])
-    data.unlabelled_set.set_epoch(epoch)
-    for k in range(size):
-        items.append(data.unlabelled_set[int(order[(step * size + k) % len(order)])])
+    if data.unlabelled_set is not None:
+        data.unlabelled_set.set_epoch(epoch)
+        for k in range(size):
+            items.append(data.unlabelled_set[int(order[(step * size + k) % len(order)])])
     return torch.utils.data.default_collate(items)
 
 
 def run_steps(options: AdaptOptions, data: SiteData, state: AdaptState, progress: Optional[ProgressFn],
               cancel: Optional[CancelFn], log) -> None:
     """Steps until the epochs or the minutes are spent (whichever first), checking cancel() before each."""
-    per_epoch = max(1, len(data.unlabelled_set) // options.batch_size)
+    per_epoch = max(1, len(data.epoch_set) // options.batch_size)
     total_steps = per_epoch * options.epochs if options.epochs else None
     budget_s = options.minutes * 60.0 if options.minutes else None
     state.started = time.perf_counter()
     while True:
-        order = np.random.RandomState(seed_for(options.seed, state.epoch)).permutation(len(data.unlabelled_set))
+        order = np.random.RandomState(seed_for(options.seed, state.epoch)).permutation(len(data.epoch_set))
         for step_in_epoch in range(per_epoch):
             check_cancel(cancel)
             t0 = time.perf_counter()
@@ -347,14 +357,15 @@ def run_steps(options: AdaptOptions, data: SiteData, state: AdaptState, progress
             fraction = max(state.step / total_steps if total_steps else 0.0, elapsed / budget_s if budget_s else 0.0)
             if progress is not None:
                 left = format_time_left(elapsed, fraction)
-                progress(min(fraction, 1.0), f"step {state.step}, loss {np.mean(state.losses[-20:]):.3f}, "
-                         f"pseudo-labels kept {100 * np.mean(state.kept[-20:]):.0f} %" + (f", {left}" if left else ""))
+                kept = f", pseudo-labels kept {100 * np.mean(state.kept[-20:]):.0f} %" if state.kept else ""
+                progress(min(fraction, 1.0), f"step {state.step}, loss {np.mean(state.losses[-20:]):.3f}{kept}"
+                         + (f", {left}" if left else ""))
             mean_step = float(np.mean(state.step_times[-20:]))
             if (total_steps and state.step >= total_steps) or (budget_s and elapsed + mean_step > budget_s):
                 log(f"stopped after {state.step} steps, {elapsed:.0f} s")
                 return
-        log(f"epoch {state.epoch}: {state.step} steps, loss {np.mean(state.losses[-per_epoch:]):.4f}, "
-            f"pseudo-labels kept {np.mean(state.kept[-per_epoch:]):.3f}")
+        kept = f", pseudo-labels kept {np.mean(state.kept[-per_epoch:]):.3f}" if state.kept else ""
+        log(f"epoch {state.epoch}: {state.step} steps, loss {np.mean(state.losses[-per_epoch:]):.4f}{kept}")
         state.epoch += 1
 
 
@@ -368,12 +379,14 @@ def adapt_step(options: AdaptOptions, state: AdaptState, batch: dict) -> None:
     state.model.generator.eval()  # frozen: its normalisation too
     out = state.model(x, present, use_prior=use_prior)
     terms = state.loss_fn(out, x, present, batch["label"], batch["tumour_free"], batch["class_index"], labelled, 1.0)
+    total = terms["total"]
     unlabelled = ~labelled
-    with torch.no_grad():
-        teacher_out = state.teacher(x[unlabelled], present[unlabelled], use_prior=use_prior)
-    labels, keep = pseudo_labels(teacher_out["evidence"], options.max_uncertainty)
-    pseudo = pseudo_label_loss(out["evidence_logits"][unlabelled], labels, keep)
-    total = terms["total"] + options.pseudo_weight * pseudo
+    if unlabelled.any():
+        with torch.no_grad():
+            teacher_out = state.teacher(x[unlabelled], present[unlabelled], use_prior=use_prior)
+        labels, keep = pseudo_labels(teacher_out["evidence"], options.max_uncertainty)
+        total = total + options.pseudo_weight * pseudo_label_loss(out["evidence_logits"][unlabelled], labels, keep)
+        state.kept.append(float(keep.float().mean()))
     state.optimizer.zero_grad(set_to_none=True)
     total.backward()
     torch.nn.utils.clip_grad_norm_([p for p in state.model.parameters() if p.requires_grad], 12.0)
@@ -381,7 +394,6 @@ def adapt_step(options: AdaptOptions, state: AdaptState, batch: dict) -> None:
     update_ema(state.teacher, state.model, min(options.ema_decay, (1.0 + state.step) / (10.0 + state.step)))
     # update_ema's blend of two equal weights can move their last bit: keep the frozen generator exact.
     state.teacher.generator.load_state_dict(state.model.generator.state_dict())
-    state.kept.append(float(keep.float().mean()))
     state.losses.append(float(total.detach()))
 
 
@@ -393,20 +405,23 @@ def save_adapted(options: AdaptOptions, data: SiteData, state: AdaptState, origi
         "initialised_from": origin,
         "weights": "exponential moving average of the adapted weights (the mean teacher's weights)",
         "adaptation": {
-            "method": "supervised losses on the labelled cases; on the unlabelled cases, cross-entropy against the mean "
-                      "teacher's pseudo-labels where its one-pass uncertainty K/sum(alpha) < max_uncertainty",
+            "method": "supervised losses on the labelled cases" + (
+                "; on the unlabelled cases, cross-entropy against the mean teacher's pseudo-labels where its one-pass "
+                "uncertainty K/sum(alpha) < max_uncertainty" if data.unlabelled else " alone (no unlabelled folder)"),
             "pseudo_label_max_uncertainty": options.max_uncertainty, "pseudo_weight": options.pseudo_weight,
             "pseudo_label_kept_fraction": round(float(np.mean(state.kept)), 4) if state.kept else None,
             "generator": GENERATOR_NOTE,
             "postprocess_and_review": "copied from the initial model's card (tuned for it, not for this site)",
         },
         "site_data": {
-            "labelled_folder": str(options.labelled), "unlabelled_folder": str(options.unlabelled),
+            "labelled_folder": str(options.labelled),
+            "unlabelled_folder": str(options.unlabelled) if options.unlabelled is not None else None,
             "labelled_cases": len(data.labelled), "unlabelled_cases": len(data.unlabelled),
             "labelled_sha256": site_checksums(data.labelled), "unlabelled_sha256": site_checksums(data.unlabelled),
         },
         "training": {
-            "unlabelled_passes": round(state.step * options.batch_size / len(data.unlabelled), 2), "steps": state.step,
+            "passes": round(state.step * options.batch_size / len(data.epoch_set), 2),
+            "passes_over": "unlabelled cases" if data.unlabelled else "labelled cases", "steps": state.step,
             "seconds": round(time.perf_counter() - state.started, 1),
             "mean_step_s": round(float(np.mean(state.step_times)), 3) if state.step_times else None,
             "device": str(state.device), "threads": torch.get_num_threads(), "roi": list(options.roi),
