@@ -5,7 +5,8 @@
 
 For each clinical case: the bundled brain-mask network on every contrast as the reference (Dice against the
 engine's mask brought onto that contrast's grid, tumour voxels of the engine's label brought there left outside
-the mask, wall and CPU seconds; a summary per reference contrast at the end) and, when --deepbet-path holds deepbet 1.0.2 (MIT;
+the mask, wall and CPU seconds; a summary per reference contrast at the end) and, when --deepbet-path holds
+deepbet 1.0.2 (MIT;
 `pip install --no-deps --target DIR deepbet==1.0.2 connected-components-3d fill_voids`), deepbet on the T1
 (T1 only). deepbet's weights are TorchScript archives: their SHA256 is checked against the values recorded
 below, but TorchScript cannot be loaded with torch.load(weights_only=True) (the archive carries the code it

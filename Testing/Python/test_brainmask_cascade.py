@@ -87,7 +87,8 @@ def test_training_views_and_a_few_steps_of_each_stage():
     target = torch.from_numpy(ball).half()
     view, truth = augmented(image, target, image.flatten()[::7], 32, generator)
     assert view.shape == truth.shape == (1, 32, 32, 32)
-    assert 0.0 <= float(view.min()) and float(view.max()) <= 1.5 and 0.0 <= float(truth.min()) <= float(truth.max()) <= 1.0
+    assert 0.0 <= float(view.min()) and float(view.max()) <= 1.5
+    assert 0.0 <= float(truth.min()) <= float(truth.max()) <= 1.0
     assert 0.05 < float(truth.mean()) < 0.95  # the window holds the ball's edge
 
     coarse = torch.from_numpy(np.pad(ball, 12)).half()  # 64^3
