@@ -101,3 +101,20 @@ def test_training_views_and_a_few_steps_of_each_stage():
                train_stage(model, "fine", 3, lambda g: fine_batch(samples, pick(), 32, g), options, generator)]
     assert all(r["steps"] == 3 and len(r["losses"]) == 3 and np.isfinite(r["losses"]).all() for r in records)
     assert model(torch.zeros(1, 1, 64, 64, 64), "coarse").shape == (1, 1, 64, 64, 64)
+
+
+def test_a_one_stage_model_uses_the_coarse_grid(head):
+    """brainmask-v1's layout (a card's "channels") loads as one stage; its share lies on the 4 mm grid whose
+    voxels are the centres of the fine cube's 2x2x2 blocks."""
+    from DareFuseSlicerLib.network.brainmask_net import BrainMaskConfig, BrainMaskNet
+
+    image, _ = head
+    cube = bm.head_cube(image)
+    grid = bm.coarse_grid(cube)
+    block = np.mean([cube.TransformIndexToPhysicalPoint(i) for i in ((2, 4, 6), (3, 5, 7))], axis=0)
+    assert np.allclose(grid.TransformIndexToPhysicalPoint((1, 2, 3)), block)
+    model = BrainMaskNet(BrainMaskConfig.from_dict({"channels": [4, 8], "strides": [2], "res_units": 1}))
+    assert model.one_stage and not hasattr(model, "fine")
+    mask, share_grid, share = bm.extract_brain(model.eval(), image)
+    assert share_grid.GetSpacing() == (bm.SPACING_MM,) * 3 and share.shape == (bm.CUBE,) * 3
+    assert mask.GetSize() == image.GetSize()

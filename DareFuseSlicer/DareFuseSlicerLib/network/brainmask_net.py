@@ -13,7 +13,7 @@ so it does not depend on which contrast is the reference.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from monai.networks.nets import UNet
@@ -25,6 +25,8 @@ class BrainMaskConfig:
     coarse_channels: Tuple[int, ...] = (8, 16, 32, 64)
     fine_channels: Tuple[int, ...] = (16, 32, 64, 128, 256)
     res_units: int = 1
+    #: brainmask-v1's one-stage layout (a card's "channels"): one U-Net on the 4 mm cube, no fine stage.
+    channels: Optional[Tuple[int, ...]] = None
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -52,8 +54,17 @@ class BrainMaskNet(nn.Module):
     def __init__(self, config: BrainMaskConfig = BrainMaskConfig()):
         super().__init__()
         self.config = config
+        if config.channels:  # one stage (brainmask-v1's weights load into `unet`)
+            self.unet = _unet(config.channels, config.res_units)
+            return
         self.coarse = _unet(config.coarse_channels, config.res_units)
         self.fine = _unet(config.fine_channels, config.res_units)
 
+    @property
+    def one_stage(self) -> bool:
+        return bool(self.config.channels)
+
     def forward(self, x: torch.Tensor, stage: str = "fine") -> torch.Tensor:
+        if self.one_stage:
+            return self.unet(x)
         return self.coarse(x) if stage == "coarse" else self.fine(x)

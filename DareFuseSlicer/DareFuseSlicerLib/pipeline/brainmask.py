@@ -96,8 +96,8 @@ def normalise(array: np.ndarray) -> np.ndarray:
 
 
 def cube_input(image: sitk.Image, cube: sitk.Image, transform: Optional[sitk.Transform] = None) -> np.ndarray:
-    """The image in the cube at 2 mm, anti-aliased and normalised, float32 (Z, Y, X)."""
-    moved = sitk.Resample(anti_aliased(image, FINE_MM), cube, transform or sitk.Transform(), sitk.sitkLinear,
+    """The image on the cube's grid (2 mm, or the coarse grid), anti-aliased and normalised, float32 (Z, Y, X)."""
+    moved = sitk.Resample(anti_aliased(image, cube.GetSpacing()[0]), cube, transform or sitk.Transform(), sitk.sitkLinear,
                           0.0, sitk.sitkFloat32)
     return normalise(sitk.GetArrayFromImage(moved))
 
@@ -210,9 +210,22 @@ def predict_share(model, array: np.ndarray, stage: str) -> np.ndarray:
     return torch.sigmoid(logits)[0, 0].numpy().astype(np.float32)
 
 
+def coarse_grid(cube: sitk.Image) -> sitk.Image:
+    """The coarse stage's 4 mm grid of the cube (geometry only): each voxel the centre of a 2x2x2 block."""
+    grid = sitk.Image([CUBE] * 3, sitk.sitkUInt8)
+    grid.SetSpacing([SPACING_MM] * 3)
+    grid.SetOrigin([o + (SPACING_MM - FINE_MM) / 2.0 for o in cube.GetOrigin()])
+    return grid
+
+
 def extract_brain(model, image: sitk.Image) -> Tuple[sitk.Image, sitk.Image, np.ndarray]:
-    """(mask on the image's grid, the fine stage's box grid, its brain share) for one whole-head image."""
+    """(mask on the image's grid, the fine stage's box grid, its brain share) for one whole-head image; a
+    one-stage model (brainmask-v1) gives its 4 mm share on the coarse grid instead."""
     cube = head_cube(image)
+    if getattr(model, "one_stage", False):  # as brainmask-v1 was trained: its input sampled at 4 mm
+        grid = coarse_grid(cube)
+        share = predict_share(model, cube_input(image, grid), "coarse")
+        return refine(share, grid, image), grid, share
     fine = cube_input(image, cube)
     box = brain_box(predict_share(model, coarse_input(fine), "coarse"), model.config.fine_multiple)
     share = predict_share(model, fine[box], "fine")
