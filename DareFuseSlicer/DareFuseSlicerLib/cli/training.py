@@ -46,28 +46,7 @@ def register(subparsers) -> None:
     train.set_defaults(handler=_train)
 
     _register_adapt(subparsers)
-
-    mask = subparsers.add_parser(
-        "train-brainmask",
-        help="train the brain-mask network on the data engine's whole-head (clinical) cases",
-        description="Every contrast of every clinical case is a sample (randomised contrast, resolution and pose); "
-        "trains the coarse stage (4 mm head cube) and then the fine stage (2 mm box around the brain); writes "
-        "OUT/brainmask.safetensors and its card (validation Dice per reference contrast).",
-    )
-    mask.add_argument("--data", required=True, action="append", help="clinical training folder (repeatable)")
-    mask.add_argument("--val", help="clinical validation folder, scored at the end")
-    mask.add_argument("--out", required=True, help="run folder")
-    mask.add_argument("--steps", type=int, default=3000, help="training steps of the fine stage")
-    mask.add_argument("--coarse-steps", type=int, default=1000, help="training steps of the coarse stage")
-    mask.add_argument("--seed", type=int, default=0)
-    mask.add_argument("--batch-size", type=int, default=2)
-    mask.add_argument("--lr", type=float, default=2e-3)
-    mask.add_argument("--threads", type=int, default=2)
-    mask.add_argument("--window", type=int, default=64, help="side of the fine stage's training windows (2 mm voxels)")
-    mask.add_argument("--fine-channels", default="16,32,64,128,256", metavar="LIST",
-                      help="channels per level of the fine stage's U-Net (comma-separated)")
-    mask.add_argument("--cache", help="sample cache folder (default: the first DATA/.brainmask-cache)")
-    mask.set_defaults(handler=_train_brainmask)
+    _register_brainmask(subparsers)
 
     evaluate = subparsers.add_parser(
         "evaluate",
@@ -165,6 +144,30 @@ class _TqdmProgress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _register_brainmask(subparsers) -> None:
+    mask = subparsers.add_parser(
+        "train-brainmask",
+        help="train the brain-mask network on the data engine's whole-head (clinical) cases",
+        description="Every contrast of every clinical case is a sample (randomised contrast, resolution and pose); "
+        "trains the coarse stage (4 mm head cube) and then the fine stage (2 mm box around the brain); writes "
+        "OUT/brainmask.safetensors and its card (validation Dice per reference contrast).",
+    )
+    mask.add_argument("--data", required=True, action="append", help="clinical training folder (repeatable)")
+    mask.add_argument("--val", help="clinical validation folder, scored at the end")
+    mask.add_argument("--out", required=True, help="run folder")
+    mask.add_argument("--steps", type=int, default=3000, help="training steps of the fine stage")
+    mask.add_argument("--coarse-steps", type=int, default=1000, help="training steps of the coarse stage")
+    mask.add_argument("--seed", type=int, default=0)
+    mask.add_argument("--batch-size", type=int, default=2)
+    mask.add_argument("--lr", type=float, default=2e-3)
+    mask.add_argument("--threads", type=int, default=2)
+    mask.add_argument("--window", type=int, default=64, help="side of the fine stage's training windows (2 mm voxels)")
+    mask.add_argument("--fine-channels", default="16,32,64,128,256", metavar="LIST",
+                      help="channels per level of the fine stage's U-Net (comma-separated)")
+    mask.add_argument("--cache", help="sample cache folder (default: the first DATA/.brainmask-cache)")
+    mask.set_defaults(handler=_train_brainmask)
 
 
 def _train(args: argparse.Namespace) -> int:
