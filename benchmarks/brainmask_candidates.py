@@ -4,7 +4,9 @@
         [--deepbet-path DIR] [--model Resources/Models/brainmask.safetensors]
 
 For each clinical case: the bundled brain-mask network on every contrast as the reference (Dice against the
-engine's mask brought onto that contrast's grid, seconds) and, when --deepbet-path holds deepbet 1.0.2 (MIT;
+engine's mask brought onto that contrast's grid, tumour voxels of the engine's label brought there left outside
+the mask, wall and CPU seconds; a summary per reference contrast at the end) and, when --deepbet-path holds
+deepbet 1.0.2 (MIT;
 `pip install --no-deps --target DIR deepbet==1.0.2 connected-components-3d fill_voids`), deepbet on the T1
 (T1 only). deepbet's weights are TorchScript archives: their SHA256 is checked against the values recorded
 below, but TorchScript cannot be loaded with torch.load(weights_only=True) (the archive carries the code it
@@ -29,7 +31,7 @@ from DareFuseSlicerLib.constants import BRATS_SUFFIX, CONTRASTS  # noqa: E402
 from DareFuseSlicerLib.metrics import mask_dice  # noqa: E402
 from DareFuseSlicerLib.pipeline import brainmask, frontend  # noqa: E402
 from DareFuseSlicerLib.training.brainmask import clinical_rows  # noqa: E402
-from DareFuseSlicerLib.training.frontend_eval import true_transform  # noqa: E402
+from DareFuseSlicerLib.training.frontend_eval import truth_on  # noqa: E402
 
 #: SHA256 of deepbet 1.0.2's weight files (the wheel on PyPI, measured 2026-12).
 DEEPBET_SHA256 = {
@@ -40,13 +42,6 @@ DEEPBET_SHA256 = {
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def truth_on(image: sitk.Image, mask_ref: sitk.Image, row: dict, contrast: str) -> np.ndarray:
-    """The engine's mask (reference grid) on this contrast's grid, through the known motion."""
-    to_ref = true_transform(row, contrast).GetInverse()  # contrast point -> reference point
-    on = sitk.Resample(mask_ref, image, to_ref, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    return sitk.GetArrayViewFromImage(on) > 0
 
 
 def deepbet_mask(folder: Path, path: Path, deepbet_path: Path):
@@ -67,6 +62,22 @@ def deepbet_mask(folder: Path, path: Path, deepbet_path: Path):
     return sitk.GetArrayFromImage(image) > 0
 
 
+def print_summary(results) -> None:
+    """Per reference contrast: mean and worst Dice, tumour (and meningioma) voxels outside, mean seconds."""
+    print("\n| reference | cases | brain-mask Dice mean | worst | tumour voxels outside (meningioma) | "
+          "mean wall / CPU seconds |")
+    print("|---|---|---|---|---|---|")
+    for contrast in CONTRASTS:
+        mine = [r for r in results if r["contrast"] == contrast]
+        if not mine:
+            continue
+        dice = [r["dice"] for r in mine]
+        meningioma = sum(r["outside"] for r in mine if r["tumour_class"] == "meningioma")
+        print(f"| {contrast} | {len(mine)} | {np.mean(dice):.4f} | {np.min(dice):.4f} | "
+              f"{sum(r['outside'] for r in mine)} ({meningioma}) | "
+              f"{np.mean([r['wall'] for r in mine]):.1f} / {np.mean([r['cpu'] for r in mine]):.1f} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
@@ -81,21 +92,26 @@ def main() -> int:
     folder = Path(args.data)
     model = frontend.load_brainmask_model(Path(args.model))
     rows = clinical_rows(folder)[: args.max_cases or None]
-    print("| case | class | reference | method | brain-mask Dice | tumour voxels outside | seconds |")
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
+    print("| case | class | reference | method | brain-mask Dice | tumour voxels outside | wall / CPU seconds |")
     print("|---|---|---|---|---|---|---|")
+    results = []
     for row in rows:
         mask_ref = sitk.ReadImage(str(folder / row["brainmask"]))
-        seg = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / row["seg"]))) > 0
+        seg_ref = sitk.ReadImage(str(folder / row["seg"]))
         for contrast in CONTRASTS:
             path = folder / row[BRATS_SUFFIX[contrast]]
             image = sitk.ReadImage(str(path), sitk.sitkFloat32)
-            truth = truth_on(image, mask_ref, row, contrast)
-            started = time.perf_counter()
+            truth = truth_on(image, mask_ref, row, contrast) > 0
+            seg = truth_on(image, seg_ref, row, contrast) > 0
+            wall, cpu = time.perf_counter(), time.process_time()
             mask = sitk.GetArrayFromImage(brainmask.extract_brain(model, image)[0]) > 0
-            seconds = time.perf_counter() - started
-            outside = int(np.count_nonzero(seg & ~mask)) if contrast == "t1" else ""
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            result = {"contrast": contrast, "tumour_class": row["tumour_class"], "dice": mask_dice(mask, truth),
+                      "outside": int(np.count_nonzero(seg & ~mask)), "wall": wall, "cpu": cpu}
+            results.append(result)
             print(f"| {row['case_id']} | {row['tumour_class']} | {contrast} | DareFuse brain mask | "
-                  f"{mask_dice(mask, truth):.4f} | {outside} | {seconds:.1f} |", flush=True)
+                  f"{result['dice']:.4f} | {result['outside']} | {wall:.1f} / {cpu:.1f} |", flush=True)
             if contrast == "t1" and args.deepbet_path:
                 started = time.perf_counter()
                 mask = deepbet_mask(folder, path, Path(args.deepbet_path))
@@ -103,6 +119,7 @@ def main() -> int:
                 print(f"| {row['case_id']} | {row['tumour_class']} | t1 | deepbet 1.0.2 | "
                       f"{mask_dice(mask, truth):.4f} | {int(np.count_nonzero(seg & ~mask))} | {seconds:.1f} |",
                       flush=True)
+    print_summary(results)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak resident memory of this process: {peak:.0f} MB")
     return 0

@@ -46,24 +46,7 @@ def register(subparsers) -> None:
     train.set_defaults(handler=_train)
 
     _register_adapt(subparsers)
-
-    mask = subparsers.add_parser(
-        "train-brainmask",
-        help="train the brain-mask network on the data engine's whole-head (clinical) cases",
-        description="Every contrast of every clinical case is a sample (randomised contrast and pose); writes "
-        "OUT/brainmask.safetensors and its card (validation Dice per reference contrast).",
-    )
-    mask.add_argument("--data", required=True, action="append", help="clinical training folder (repeatable)")
-    mask.add_argument("--val", help="clinical validation folder, scored at the end")
-    mask.add_argument("--out", required=True, help="run folder")
-    mask.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget for the training steps")
-    mask.add_argument("--seed", type=int, default=0)
-    mask.add_argument("--batch-size", type=int, default=2)
-    mask.add_argument("--lr", type=float, default=2e-3)
-    mask.add_argument("--threads", type=int, default=2)
-    mask.add_argument("--crop", type=int, default=48, help="training window inside the 64^3 cube (0: the whole cube)")
-    mask.add_argument("--cache", help="sample cache folder (default: the first DATA/.brainmask-cache)")
-    mask.set_defaults(handler=_train_brainmask)
+    _register_brainmask(subparsers)
 
     evaluate = subparsers.add_parser(
         "evaluate",
@@ -163,6 +146,30 @@ class _TqdmProgress:
         self.bar.close()
 
 
+def _register_brainmask(subparsers) -> None:
+    mask = subparsers.add_parser(
+        "train-brainmask",
+        help="train the brain-mask network on the data engine's whole-head (clinical) cases",
+        description="Every contrast of every clinical case is a sample (randomised contrast, resolution and pose); "
+        "trains the coarse stage (4 mm head cube) and then the fine stage (2 mm box around the brain); writes "
+        "OUT/brainmask.safetensors and its card (validation Dice per reference contrast).",
+    )
+    mask.add_argument("--data", required=True, action="append", help="clinical training folder (repeatable)")
+    mask.add_argument("--val", help="clinical validation folder, scored at the end")
+    mask.add_argument("--out", required=True, help="run folder")
+    mask.add_argument("--steps", type=int, default=3000, help="training steps of the fine stage")
+    mask.add_argument("--coarse-steps", type=int, default=1000, help="training steps of the coarse stage")
+    mask.add_argument("--seed", type=int, default=0)
+    mask.add_argument("--batch-size", type=int, default=2)
+    mask.add_argument("--lr", type=float, default=2e-3)
+    mask.add_argument("--threads", type=int, default=2)
+    mask.add_argument("--window", type=int, default=64, help="side of the fine stage's training windows (2 mm voxels)")
+    mask.add_argument("--fine-channels", default="16,32,64,128,256", metavar="LIST",
+                      help="channels per level of the fine stage's U-Net (comma-separated)")
+    mask.add_argument("--cache", help="sample cache folder (default: the first DATA/.brainmask-cache)")
+    mask.set_defaults(handler=_train_brainmask)
+
+
 def _train(args: argparse.Namespace) -> int:
     from ..training.train import TrainOptions, train
 
@@ -187,12 +194,26 @@ def _train_brainmask(args: argparse.Namespace) -> int:
     from ..training.brainmask import BrainMaskTrainOptions, train_brainmask
 
     options = BrainMaskTrainOptions(
-        data=args.data, val=args.val, out=args.out, minutes=args.minutes, seed=args.seed, batch_size=args.batch_size,
-        lr=args.lr, threads=args.threads, cache=args.cache, crop=args.crop,
+        data=args.data, val=args.val, out=args.out, steps=args.steps, coarse_steps=args.coarse_steps, seed=args.seed,
+        batch_size=args.batch_size, lr=args.lr, threads=args.threads, cache=args.cache, window=args.window,
+        fine_channels=_channels(args.fine_channels),
         command="darefuse " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
     print(f"model: {train_brainmask(options, log=lambda line: print(line, flush=True))}")
     return 0
+
+
+def _channels(text: str) -> tuple:
+    from ..errors import OptionError
+
+    try:
+        channels = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        channels = ()
+    if len(channels) < 2 or min(channels) < 1:
+        raise OptionError(f"{{fine_channels}} {text}: give two or more positive whole numbers, e.g. 16,32,64,128,256.",
+                          "fine_channels")
+    return channels
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -1,11 +1,13 @@
-"""Brain extraction for whole-head images: the head's cube, the network's input, the mask on the native grid.
+"""Brain extraction for whole-head images: the head's cube, the two stages' inputs, the mask on the native grid.
 
-The network (network/brainmask_net.py) sees one contrast in a 64^3 cube of 4 mm voxels, LPS-aligned, centred
-on the head left-right and front-back, its top 16 mm above the top of the head (the brain sits at the top of
-the head; a field of view reaching down the neck would otherwise push the vertex out of the cube). It
-predicts the share of each 4 mm voxel inside the brain; that share, interpolated linearly onto the native grid
-and thresholded at 0.5, is the mask (a perfect 4 mm share map gives Dice 0.992-0.993 against the engine's
-1 mm masks this way). The largest connected part is kept and its holes filled, on the cube.
+The head's cube: 256 mm on a side, LPS-aligned, centred on the head left-right and front-back, its top 16 mm
+above the top of the head (the brain sits at the top of the head; a field of view reaching down the neck would
+otherwise push the vertex out of the cube). The image is brought into it once, at 2 mm (128^3, anti-aliased,
+normalised); the coarse stage sees that cube's 2x2x2 means (64^3 of 4 mm), and the box around its largest
+brain part, with a margin, is where the fine stage (network/brainmask_net.py) predicts the share of each 2 mm
+voxel inside the brain. That share, its largest part kept and its holes filled, interpolated linearly onto the
+native grid and thresholded at 0.5, is the mask: sub-voxel boundaries (a perfect 2 mm share map gives Dice
+0.998 against the engine's 1 mm masks this way).
 
 Everything here but `predict_share` is torch-free: training builds its inputs with the same functions.
 """
@@ -16,16 +18,23 @@ from typing import List, Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-#: The network's grid: CUBE^3 voxels of SPACING_MM, 256 mm on a side (any adult head).
+#: The fine stage's grid: the head's cube in FINE_CUBE^3 voxels of FINE_MM (256 mm: any adult head).
+FINE_MM = 2.0
+FINE_CUBE = 128
+#: The coarse stage's grid: the same cube in 2x2x2 blocks.
 SPACING_MM = 4.0
 CUBE = 64
 #: Space left above the top of the head, in mm.
 TOP_MARGIN_MM = 16.0
+#: The fine stage's box: the coarse brain's bounding box grown by this much on every side.
+BOX_MARGIN_MM = 16.0
 #: Adult intracranial volume, mL (about 1100-1900; a tumour can add some): a mask outside is not believed.
 MIN_BRAIN_ML = 800.0
 MAX_BRAIN_ML = 2300.0
 #: A mask reaching this close to the field of view's edge, in mm, may be cut off by it.
 BORDER_MM = 2.0
+
+Box = Tuple[slice, slice, slice]
 
 
 def anti_aliased(image: sitk.Image, spacing_mm: float) -> sitk.Image:
@@ -66,16 +75,16 @@ def _coarse_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
 
 
 def head_cube(image: sitk.Image) -> sitk.Image:
-    """The network's grid for this image (geometry only): see the module docstring."""
+    """The fine grid of the head's cube for this image (geometry only): see the module docstring."""
     points = _head_voxels(image)
     lo, hi = points.min(0), points.max(0)
     centre = (lo + hi) / 2.0
-    side = CUBE * SPACING_MM
+    side = FINE_CUBE * FINE_MM
     # LPS: z grows superior, so the top of the head is hi[2].
     centre[2] = min(centre[2], hi[2] + TOP_MARGIN_MM - side / 2.0)
-    cube = sitk.Image([CUBE] * 3, sitk.sitkUInt8)
-    cube.SetSpacing([SPACING_MM] * 3)
-    cube.SetOrigin((centre - (CUBE - 1) * SPACING_MM / 2.0).tolist())
+    cube = sitk.Image([FINE_CUBE] * 3, sitk.sitkUInt8)
+    cube.SetSpacing([FINE_MM] * 3)
+    cube.SetOrigin((centre - (FINE_CUBE - 1) * FINE_MM / 2.0).tolist())
     return cube
 
 
@@ -87,36 +96,74 @@ def normalise(array: np.ndarray) -> np.ndarray:
 
 
 def cube_input(image: sitk.Image, cube: sitk.Image, transform: Optional[sitk.Transform] = None) -> np.ndarray:
-    """The image in the cube, anti-aliased and normalised, float32 (Z, Y, X)."""
-    moved = sitk.Resample(anti_aliased(image, SPACING_MM), cube, transform or sitk.Transform(), sitk.sitkLinear,
+    """The image on the cube's grid (2 mm, or the coarse grid), anti-aliased and normalised, float32 (Z, Y, X)."""
+    moved = sitk.Resample(anti_aliased(image, cube.GetSpacing()[0]), cube, transform or sitk.Transform(), sitk.sitkLinear,
                           0.0, sitk.sitkFloat32)
     return normalise(sitk.GetArrayFromImage(moved))
 
 
-def share_on_grid(share: np.ndarray, cube: sitk.Image, grid: sitk.Image) -> np.ndarray:
-    """The network's brain share (cube) on another grid, linear; float32 (Z, Y, X)."""
-    image = sitk.GetImageFromArray(share.astype(np.float32))
-    image.CopyInformation(cube)
-    return sitk.GetArrayFromImage(sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, 0.0,
-                                                sitk.sitkFloat32))
+def coarse_input(fine: np.ndarray) -> np.ndarray:
+    """The coarse stage's 4 mm cube: means of the fine cube's 2x2x2 blocks (float32)."""
+    z, y, x = (n // 2 for n in fine.shape)
+    return fine[:2 * z, :2 * y, :2 * x].reshape(z, 2, y, 2, x, 2).mean(axis=(1, 3, 5), dtype=np.float32)
+
+
+def largest_part(inside: np.ndarray) -> np.ndarray:
+    """The largest connected part of a boolean array, holes filled (all False when there is none)."""
+    if not inside.any():
+        return np.zeros(inside.shape, bool)
+    parts = sitk.ConnectedComponent(sitk.GetImageFromArray(inside.astype(np.uint8)))
+    largest = sitk.Cast(sitk.RelabelComponent(parts, sortByObjectSize=True) == 1, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(sitk.BinaryFillhole(largest)) > 0
+
+
+def brain_box(coarse_share: np.ndarray, multiple: int) -> Box:
+    """The fine stage's box (slices of the fine cube): the coarse brain's bounding box, BOX_MARGIN_MM wider on
+    every side, each side a multiple of `multiple` voxels, inside the cube (the whole cube when the coarse
+    stage finds no brain)."""
+    inside = np.argwhere(largest_part(coarse_share > 0.5))
+    if not len(inside):
+        return (slice(0, FINE_CUBE),) * 3
+    margin = int(round(BOX_MARGIN_MM / FINE_MM))
+    lo = inside.min(0) * 2 - margin
+    hi = inside.max(0) * 2 + 2 + margin
+    size = np.minimum(np.ceil((hi - lo) / multiple).astype(int) * multiple, FINE_CUBE)
+    start = np.clip((lo + hi) // 2 - size // 2, 0, FINE_CUBE - size)
+    return tuple(slice(int(s), int(s + n)) for s, n in zip(start, size))
+
+
+def box_grid(cube: sitk.Image, box: Box) -> sitk.Image:
+    """The box's own grid (geometry only): the cube's voxels the box holds."""
+    grid = sitk.Image([b.stop - b.start for b in box[::-1]], sitk.sitkUInt8)
+    grid.SetSpacing(cube.GetSpacing())
+    grid.SetOrigin(cube.TransformIndexToPhysicalPoint([b.start for b in box[::-1]]))
+    return grid
 
 
 def clean_share(share: np.ndarray) -> np.ndarray:
     """The share with everything but the largest connected brain part set to 0 and that part's holes to 1,
-    done on the 64^3 cube (on a 1 mm grid of 12 M voxels, hole filling alone took seconds)."""
-    inside = sitk.GetImageFromArray((share > 0.5).astype(np.uint8))
-    if not sitk.GetArrayViewFromImage(inside).any():
+    done on the 2 mm box (on a 1 mm grid of 12 M voxels, hole filling alone took seconds); the share is kept
+    one voxel either side of the part's surface, so that the boundary stays sub-voxel."""
+    filled = largest_part(share > 0.5)
+    if not filled.any():
         return np.zeros_like(share)
-    largest = sitk.RelabelComponent(sitk.ConnectedComponent(inside), sortByObjectSize=True) == 1
-    filled = sitk.BinaryFillhole(sitk.Cast(largest, sitk.sitkUInt8))
-    near = sitk.GetArrayFromImage(sitk.BinaryDilate(filled, [1, 1, 1])) > 0  # keeps the partial-volume rim
-    core = sitk.GetArrayFromImage(sitk.BinaryErode(filled, [1, 1, 1])) > 0
+    image = sitk.GetImageFromArray(filled.astype(np.uint8))
+    near = sitk.GetArrayFromImage(sitk.BinaryDilate(image, [1, 1, 1])) > 0
+    core = sitk.GetArrayFromImage(sitk.BinaryErode(image, [1, 1, 1])) > 0
     return np.where(core, 1.0, np.where(near, share, 0.0)).astype(np.float32)
 
 
-def refine(share: np.ndarray, cube: sitk.Image, reference: sitk.Image) -> sitk.Image:
-    """The mask on the reference grid: the cleaned share interpolated linearly, > 0.5 (uint8)."""
-    inside = share_on_grid(clean_share(share), cube, reference) > 0.5
+def share_on_grid(share: np.ndarray, source: sitk.Image, grid: sitk.Image) -> np.ndarray:
+    """A brain share on `source`'s grid (cube or box) brought onto another grid, linear; float32 (Z, Y, X)."""
+    image = sitk.GetImageFromArray(share.astype(np.float32))
+    image.CopyInformation(source)
+    return sitk.GetArrayFromImage(sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                                sitk.sitkFloat32))
+
+
+def refine(share: np.ndarray, box: sitk.Image, reference: sitk.Image) -> sitk.Image:
+    """The mask on the reference grid: the cleaned share (box grid) interpolated linearly, > 0.5 (uint8)."""
+    inside = share_on_grid(clean_share(share), box, reference) > 0.5
     mask = sitk.GetImageFromArray(inside.astype(np.uint8))
     mask.CopyInformation(reference)
     return mask
@@ -154,17 +201,33 @@ def mask_problems(mask: sitk.Image, label: str = "the reference") -> List[str]:
     return problems
 
 
-def predict_share(model, array: np.ndarray) -> np.ndarray:
-    """The network's brain share for one cube (Z, Y, X) float32 -> float32 in [0, 1]."""
+def predict_share(model, array: np.ndarray, stage: str) -> np.ndarray:
+    """One stage's brain share for one array (Z, Y, X) float32 -> float32 in [0, 1]."""
     import torch  # only where the network runs
 
-    with torch.no_grad():
-        logits = model(torch.from_numpy(np.ascontiguousarray(array))[None, None])
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None], stage)
     return torch.sigmoid(logits)[0, 0].numpy().astype(np.float32)
 
 
+def coarse_grid(cube: sitk.Image) -> sitk.Image:
+    """The coarse stage's 4 mm grid of the cube (geometry only): each voxel the centre of a 2x2x2 block."""
+    grid = sitk.Image([CUBE] * 3, sitk.sitkUInt8)
+    grid.SetSpacing([SPACING_MM] * 3)
+    grid.SetOrigin([o + (SPACING_MM - FINE_MM) / 2.0 for o in cube.GetOrigin()])
+    return grid
+
+
 def extract_brain(model, image: sitk.Image) -> Tuple[sitk.Image, sitk.Image, np.ndarray]:
-    """(mask on the image's grid, the cube, the network's share in the cube) for one whole-head image."""
+    """(mask on the image's grid, the fine stage's box grid, its brain share) for one whole-head image; a
+    one-stage model (brainmask-v1) gives its 4 mm share on the coarse grid instead."""
     cube = head_cube(image)
-    share = predict_share(model, cube_input(image, cube))
-    return refine(share, cube, image), cube, share
+    if getattr(model, "one_stage", False):  # as brainmask-v1 was trained: its input sampled at 4 mm
+        grid = coarse_grid(cube)
+        share = predict_share(model, cube_input(image, grid), "coarse")
+        return refine(share, grid, image), grid, share
+    fine = cube_input(image, cube)
+    box = brain_box(predict_share(model, coarse_input(fine), "coarse"), model.config.fine_multiple)
+    share = predict_share(model, fine[box], "fine")
+    grid = box_grid(cube, box)
+    return refine(share, grid, image), grid, share

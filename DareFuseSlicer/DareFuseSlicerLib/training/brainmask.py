@@ -1,11 +1,12 @@
-"""`darefuse train-brainmask`: the brain-mask network on the data engine's whole-head (clinical) cases.
+"""`darefuse train-brainmask`: the brain-mask cascade on the data engine's whole-head (clinical) cases.
 
 Every contrast of every case is one sample: the image on its own grid in the head's cube
-(pipeline/brainmask.py) and, as the target, the share of each cube voxel inside the engine's brain mask (the
-mask, on the reference grid, brought through the case's known motion). Contrasts are randomised on the fly
-(a random non-monotonic intensity curve, gamma, bias field, noise, blur: SynthStrip's idea) and so are pose
-(rotation, shift, left-right flip), so the network does not learn the engine's own contrasts. Loss: binary
-cross-entropy on the shares plus soft Dice.
+(pipeline/brainmask.py: 2 mm, and its 2x2x2 means for the coarse stage) and, as the target, the share of each
+voxel inside the engine's brain mask (the mask, on the reference grid, brought through the case's known
+motion). The coarse stage learns on the whole 4 mm cube; the fine stage on 64^3 windows of the 2 mm cube
+near the brain (its bounding box and 32 mm), as it sees a box around the coarse brain at inference.
+Contrast, resolution and pose are randomised on the fly (training/brainmask_augment.py), so the network does
+not learn the engine's own contrasts. Loss: binary cross-entropy on the shares plus soft Dice.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -23,8 +24,12 @@ from ..constants import BRATS_SUFFIX, CONTRASTS
 from ..errors import InputError
 from ..pipeline import brainmask as bm
 
-#: Cached samples: one .npz per case (image and target cubes of its contrasts).
-CACHE_FORMAT = "brainmask-cache/2"
+#: Cached samples: one .npz per case (the coarse cube and the fine region of each contrast).
+CACHE_FORMAT = "brainmask-cache/3"
+#: The fine stage's training region: the brain's bounding box in the 2 mm cube and this many mm around it.
+REGION_MARGIN_MM = 32.0
+#: Voxels of a region kept for normalising a randomised contrast (every n-th).
+LEVEL_STRIDE = 37
 
 
 def affine_transform(matrix: np.ndarray) -> sitk.AffineTransform:
@@ -48,117 +53,117 @@ def clinical_rows(folder: Path) -> List[dict]:
     return rows
 
 
+def region_of(target: np.ndarray) -> Tuple[slice, slice, slice]:
+    """The fine stage's training region of a 2 mm cube: where the target is above 0, REGION_MARGIN_MM wider."""
+    inside = np.argwhere(target > 1e-3)
+    if not len(inside):
+        return tuple(slice(0, n) for n in target.shape)
+    margin = int(round(REGION_MARGIN_MM / bm.FINE_MM))
+    lo = np.maximum(inside.min(0) - margin, 0)
+    hi = np.minimum(inside.max(0) + 1 + margin, target.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+def contrast_sample(image: sitk.Image, smooth_mask: sitk.Image, to_ref: np.ndarray) -> Dict[str, np.ndarray]:
+    """Inputs and targets of one contrast: the coarse cube, the fine region and its start (float16, the fine
+    target as uint8 shares of 255)."""
+    cube = bm.head_cube(image)
+    fine = bm.cube_input(image, cube)
+    # The cube lies in this contrast's space; the mask is in the reference's: to_ref takes one to the other.
+    target = sitk.Resample(smooth_mask, cube, affine_transform(to_ref), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    target = np.clip(sitk.GetArrayFromImage(target), 0.0, 1.0).astype(np.float32)
+    region = region_of(target)
+    return {"coarse_image": bm.coarse_input(fine).astype(np.float16),
+            "coarse_target": bm.coarse_input(target).astype(np.float16),
+            "fine_image": fine[region].astype(np.float16),
+            "fine_target": np.round(target[region] * 255).astype(np.uint8),
+            "region_start": np.array([r.start for r in region])}
+
+
 def case_samples(folder: Path, row: dict) -> Dict[str, np.ndarray]:
-    """Input and target cubes of every contrast of one case: {'<contrast>_image', '<contrast>_target'}."""
+    """Every contrast's sample of one case: {'<contrast>_<array>'} (see contrast_sample)."""
     from ..phantoms.io import to_reference
 
     mask = sitk.Cast(sitk.ReadImage(str(Path(folder) / row["brainmask"])), sitk.sitkFloat32)
-    smooth_mask = bm.anti_aliased(mask, bm.SPACING_MM)
+    smooth_mask = bm.anti_aliased(mask, bm.FINE_MM)
     out = {}
     for contrast in CONTRASTS:
         suffix = BRATS_SUFFIX[contrast]
         image = sitk.ReadImage(str(Path(folder) / row[suffix]), sitk.sitkFloat32)
-        cube = bm.head_cube(image)
-        out[f"{contrast}_image"] = bm.cube_input(image, cube)
-        # The cube lies in this contrast's space; the mask is in the reference's: to_ref takes one to the other.
-        target = sitk.Resample(smooth_mask, cube, affine_transform(to_reference(row, suffix)), sitk.sitkLinear, 0.0,
-                               sitk.sitkFloat32)
-        out[f"{contrast}_target"] = np.clip(sitk.GetArrayFromImage(target), 0.0, 1.0).astype(np.float32)
+        for key, value in contrast_sample(image, smooth_mask, to_reference(row, suffix)).items():
+            out[f"{contrast}_{key}"] = value
     return out
 
 
 def build_cache(folders: Sequence[Path], cache: Path, progress=None) -> List[Path]:
     """One .npz per clinical case (made once; kept while the case file is unchanged)."""
-    cache.mkdir(parents=True, exist_ok=True)
     jobs = [(Path(folder), row) for folder in folders for row in clinical_rows(Path(folder))]
+    cache.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, (folder, row) in enumerate(jobs):
         target = cache / f"{row['case_id']}.npz"
         source = folder / row["brainmask"]
         stamp = f"{CACHE_FORMAT} {source.stat().st_size} {source.stat().st_mtime_ns}"
         if not (target.is_file() and str(np.load(target)["stamp"]) == stamp):
-            np.savez_compressed(target, stamp=np.array(stamp), **case_samples(folder, row))
+            np.savez(target, stamp=np.array(stamp), **case_samples(folder, row))
         paths.append(target)
         if progress is not None:
             progress((i + 1) / len(jobs), row["case_id"])
     return paths
 
 
-def load_samples(paths: Sequence[Path]) -> Tuple[np.ndarray, np.ndarray]:
-    """(N, 1, D, H, W) images and targets over every case and contrast."""
-    images, targets = [], []
+@dataclass
+class Samples:
+    """Every case's and contrast's arrays, as torch tensors (float16 and uint8 in memory)."""
+
+    coarse_images: list
+    coarse_targets: list
+    fine_images: list
+    fine_targets: list
+
+    def __len__(self) -> int:
+        return len(self.coarse_images)
+
+
+def load_samples(paths: Sequence[Path]) -> Samples:
+    import torch
+
+    samples = Samples([], [], [], [])
     for path in paths:
         with np.load(path) as data:
             for contrast in CONTRASTS:
-                images.append(data[f"{contrast}_image"])
-                targets.append(data[f"{contrast}_target"])
-    return np.stack(images)[:, None], np.stack(targets)[:, None]
+                samples.coarse_images.append(torch.from_numpy(data[f"{contrast}_coarse_image"]))
+                samples.coarse_targets.append(torch.from_numpy(data[f"{contrast}_coarse_target"]))
+                samples.fine_images.append(torch.from_numpy(data[f"{contrast}_fine_image"]))
+                samples.fine_targets.append(torch.from_numpy(data[f"{contrast}_fine_target"]))
+    return samples
 
 
-def randomise_contrast(x, generator):
-    """A new contrast for a batch (B, 1, D, H, W) of 0..1.5 images: a random smooth intensity curve (not
-    necessarily monotonic), gamma, a multiplicative bias field, blur and noise."""
-    import torch
-    import torch.nn.functional as F
-
-    batch = x.shape[0]
-    out = []
-    for i in range(batch):
-        v = x[i:i + 1].clamp(0, 1.5) / 1.5
-        knots = torch.rand(8, generator=generator)
-        if torch.rand(1, generator=generator).item() < 0.5:  # half the time keep the true order of intensities
-            knots = torch.sort(knots).values
-        knots[0] = torch.rand(1, generator=generator) * 0.1  # air stays dark: it is dark in every MR contrast
-        positions = v * (len(knots) - 1)
-        low = positions.floor().clamp(0, len(knots) - 2).long()
-        weight = positions - low
-        v = knots[low] * (1 - weight) + knots[low + 1] * weight
-        gamma = math.exp(float(torch.empty(1).uniform_(-0.5, 0.5, generator=generator)))
-        v = v.clamp_min(0) ** gamma
-        bias = F.interpolate(torch.randn(1, 1, 4, 4, 4, generator=generator) * 0.25, size=v.shape[2:],
-                             mode="trilinear", align_corners=False).exp()
-        v = v * bias
-        if torch.rand(1, generator=generator).item() < 0.3:
-            v = F.avg_pool3d(v, 3, stride=1, padding=1)
-        v = v + torch.randn(v.shape, generator=generator) * float(torch.rand(1, generator=generator)) * 0.05
-        top = torch.quantile(v.flatten()[::17], 0.995).clamp_min(1e-3)
-        out.append((v / top).clamp(0, 1.5))
-    return torch.cat(out)
-
-
-def random_pose(x, y, generator):
-    """The same random rotation (up to 15 degrees), shift (up to 3 voxels) and left-right flip for images and
-    targets."""
-    import torch
-    import torch.nn.functional as F
-
-    batch = x.shape[0]
-    thetas = []
-    for _ in range(batch):
-        angles = (torch.rand(3, generator=generator) * 2 - 1) * math.radians(15)
-        cx, cy, cz = torch.cos(angles)
-        sx, sy, sz = torch.sin(angles)
-        rx = torch.tensor([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-        ry = torch.tensor([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-        rz = torch.tensor([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-        rotation = rz @ ry @ rx
-        if torch.rand(1, generator=generator).item() < 0.5:
-            rotation = rotation @ torch.diag(torch.tensor([-1.0, 1.0, 1.0]))
-        shift = (torch.rand(3, generator=generator) * 2 - 1) * (3.0 / (bm.CUBE / 2))
-        thetas.append(torch.cat([rotation, shift[:, None]], dim=1))
-    grid = F.affine_grid(torch.stack(thetas).float(), list(x.shape), align_corners=False)
-    return (F.grid_sample(x, grid, align_corners=False), F.grid_sample(y, grid, align_corners=False))
-
-
-def random_crop(x, y, size: int, generator):
-    """The same random size^3 window of images and targets (the whole cube when size is 0 or larger)."""
+def coarse_batch(samples: Samples, pick, generator):
+    """Randomised whole 4 mm cubes: (B, 1, 64, 64, 64) images and targets."""
     import torch
 
-    if not size or size >= x.shape[-1]:
-        return x, y
-    start = [int(torch.randint(0, n - size + 1, (1,), generator=generator)) for n in x.shape[2:]]
-    window = (slice(None), slice(None)) + tuple(slice(s, s + size) for s in start)
-    return x[window], y[window]
+    from .brainmask_augment import augmented
+
+    pairs = []
+    for i in pick.tolist():
+        image, target = samples.coarse_images[i], samples.coarse_targets[i]
+        centre = (torch.tensor(image.shape, dtype=torch.float32) - 1) / 2 + (torch.rand(3, generator=generator) * 6 - 3)
+        pairs.append(augmented(image, target, image.flatten()[::LEVEL_STRIDE], bm.CUBE, generator, centre))
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
+def fine_batch(samples: Samples, pick, size: int, generator):
+    """Randomised size^3 windows of the 2 mm regions: (B, 1, S, S, S) images and targets."""
+    import torch
+
+    from .brainmask_augment import augmented
+
+    pairs = []
+    for i in pick.tolist():
+        image, target = samples.fine_images[i], samples.fine_targets[i].float() / 255.0
+        pairs.append(augmented(image, target, image.flatten()[::LEVEL_STRIDE], size, generator))
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
 def loss_fn(logits, target):
@@ -176,100 +181,115 @@ class BrainMaskTrainOptions:
     data: Sequence[str]
     val: Optional[str]
     out: str
-    minutes: float = 30.0
+    steps: int = 3000  # fine stage
+    coarse_steps: int = 1000
     seed: int = 0
     batch_size: int = 2
     lr: float = 2e-3
     threads: int = 2
+    window: int = 64  # the fine stage's training windows (2 mm voxels)
+    fine_channels: Tuple[int, ...] = (16, 32, 64, 128, 256)
     cache: Optional[str] = None
-    crop: int = 48  # training windows of the 64^3 cube (the network is fully convolutional): 0.42x the cost
     command: str = ""
 
 
-def validation_dice(model, folder: Path) -> Dict[str, float]:
-    """Mean brain-mask Dice per reference contrast on a validation folder (the mask on that contrast's own
-    grid against the engine's mask brought there), as the pipeline computes it."""
+def train_stage(model, stage: str, steps: int, batch: Callable, options: BrainMaskTrainOptions, generator,
+                log=print) -> dict:
+    """`steps` AdamW steps of one stage (its own parameters), the learning rate on a cosine; its record."""
+    import torch
+
+    module = model.coarse if stage == "coarse" else model.fine
+    optimiser = torch.optim.AdamW(module.parameters(), lr=options.lr, weight_decay=1e-4)
+    losses: List[float] = []
+    started = time.perf_counter()
+    module.train()
+    for step in range(steps):
+        for group in optimiser.param_groups:
+            group["lr"] = options.lr * 0.5 * (1 + math.cos(math.pi * step / max(steps, 1)))
+        x, y = batch(generator)
+        loss = loss_fn(model(x, stage), y)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss.detach()))
+        if (step + 1) % 50 == 0:
+            log(f"{stage} step {step + 1}/{steps} loss {np.mean(losses[-50:]):.4f} "
+                f"({time.perf_counter() - started:.0f} s)")
+    module.eval()
+    return {"steps": steps, "seconds": round(time.perf_counter() - started, 1),
+            "final_loss": round(float(np.mean(losses[-50:])), 4) if losses else None, "losses": losses}
+
+
+def validation_dice(model, folder: Path) -> Dict[str, Dict[str, float]]:
+    """Brain-mask Dice per reference contrast on a validation folder, mean and worst: the mask on that
+    contrast's own grid against the engine's mask brought there through the known motion (as
+    benchmarks/brainmask_candidates.py scores it)."""
     from ..metrics import mask_dice
-    from ..phantoms.io import to_reference
+    from .frontend_eval import truth_on
 
     scores: Dict[str, List[float]] = {c: [] for c in CONTRASTS}
     model.eval()
     for row in clinical_rows(folder):
         truth_ref = sitk.ReadImage(str(folder / row["brainmask"]))
         for contrast in CONTRASTS:
-            suffix = BRATS_SUFFIX[contrast]
-            image = sitk.ReadImage(str(folder / row[suffix]), sitk.sitkFloat32)
-            mask = bm.extract_brain(model, image)[0]
-            # Scored on the reference grid: the predicted mask brought there through the known motion.
-            on_ref = sitk.Resample(mask, truth_ref, affine_transform(_inverse(to_reference(row, suffix))),
-                                   sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-            scores[contrast].append(mask_dice(sitk.GetArrayViewFromImage(on_ref),
-                                              sitk.GetArrayViewFromImage(truth_ref)))
-    return {c: round(float(np.mean(v)), 4) for c, v in scores.items() if v}
-
-
-def _inverse(matrix: np.ndarray) -> np.ndarray:
-    full = np.vstack([matrix, [0, 0, 0, 1]])
-    return np.linalg.inv(full)[:3]
+            image = sitk.ReadImage(str(folder / row[BRATS_SUFFIX[contrast]]), sitk.sitkFloat32)
+            mask = sitk.GetArrayViewFromImage(bm.extract_brain(model, image)[0])
+            scores[contrast].append(mask_dice(mask, truth_on(image, truth_ref, row, contrast)))
+    return {"mean": {c: round(float(np.mean(v)), 4) for c, v in scores.items()},
+            "worst": {c: round(float(np.min(v)), 4) for c, v in scores.items()}}
 
 
 def train_brainmask(options: BrainMaskTrainOptions, log=print) -> Path:
-    """Train for options.minutes, score on options.val, save OUT/brainmask.safetensors with its card."""
+    """Train both stages, score on options.val, save OUT/brainmask.safetensors with its card."""
     import torch
 
     from ..network.brainmask_net import BrainMaskConfig, BrainMaskNet
     from ..network.store import save_model
 
     torch.set_num_threads(options.threads)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(options.threads)
     torch.manual_seed(options.seed)
     generator = torch.Generator().manual_seed(options.seed)
     out = Path(options.out)
-    out.mkdir(parents=True, exist_ok=True)
     folders = [Path(d) for d in options.data]
     cache = Path(options.cache) if options.cache else folders[0] / ".brainmask-cache"
     started = time.perf_counter()
     paths = build_cache(folders, cache, progress=lambda f, m: log(f"cache {f:.0%} {m}"))
-    images, targets = load_samples(paths)
-    log(f"{len(paths)} cases, {len(images)} samples; cache {time.perf_counter() - started:.0f} s")
-    model = BrainMaskNet(BrainMaskConfig())
-    optimiser = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=1e-4)
-    x_all, y_all = torch.from_numpy(images), torch.from_numpy(targets)
-    step, losses, budget = 0, [], options.minutes * 60.0
-    train_start = time.perf_counter()
-    model.train()
-    while time.perf_counter() - train_start < budget:
-        pick = torch.randint(len(x_all), (options.batch_size,), generator=generator)
-        x, y = random_crop(*random_pose(x_all[pick], y_all[pick], generator), options.crop, generator)
-        x = randomise_contrast(x, generator)
-        loss = loss_fn(model(x), y)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(float(loss.detach()))
-        step += 1
-        fraction = (time.perf_counter() - train_start) / budget
-        for group in optimiser.param_groups:  # cosine decay over the time budget
-            group["lr"] = options.lr * 0.5 * (1 + math.cos(math.pi * min(fraction, 1.0)))
-        if step % 50 == 0:
-            log(f"step {step} loss {np.mean(losses[-50:]):.4f} ({time.perf_counter() - train_start:.0f} s)")
-    seconds = time.perf_counter() - train_start
-    model.eval()
+    samples = load_samples(paths)
+    log(f"{len(paths)} cases, {len(samples)} samples; cache {time.perf_counter() - started:.0f} s")
+    model = BrainMaskNet(BrainMaskConfig(fine_channels=tuple(options.fine_channels)))
+
+    def pick():
+        return torch.randint(len(samples), (options.batch_size,), generator=generator)
+
+    records = {
+        "coarse": train_stage(model, "coarse", options.coarse_steps,
+                              lambda g: coarse_batch(samples, pick(), g), options, generator, log),
+        "fine": train_stage(model, "fine", options.steps,
+                            lambda g: fine_batch(samples, pick(), options.window, g), options, generator, log),
+    }
     metrics = {"validation_dice": validation_dice(model, Path(options.val))} if options.val else {}
     log(f"validation Dice per reference contrast: {metrics.get('validation_dice')}")
+    out.mkdir(parents=True, exist_ok=True)  # only now: a refused input leaves nothing behind
     path = out / "brainmask.safetensors"
+    save_model(model, path, _card(options, folders, len(paths), len(samples), records, metrics))
+    (out / "train_log.json").write_text(json.dumps({k: r["losses"] for k, r in records.items()}) + "\n")
+    return path
+
+
+def _card(options: BrainMaskTrainOptions, folders: List[Path], cases: int, samples: int, records: dict,
+          metrics: dict) -> dict:
     seeds = sorted(int(row["seed"]) for folder in folders for row in clinical_rows(folder))
     val_seeds = sorted(int(row["seed"]) for row in clinical_rows(Path(options.val))) if options.val else []
-    card = {
-        "name": "DareFuse brain mask", "version": "brainmask-v1", "training_command": options.command,
+    return {
+        "name": "DareFuse brain mask", "version": "brainmask-v2", "training_command": options.command,
         "seed": options.seed,
         "data_recipe": {"generator": "DareFuseSlicerLib.phantoms.generate, --acquisition clinical",
-                        "cases": len(paths), "samples": len(images), "train_seeds": seeds,
-                        "validation_seeds": val_seeds, "input": "one contrast, 64^3 cube of 4 mm around the head"},
-        "training": {"steps": step, "seconds": round(seconds, 1), "batch_size": options.batch_size,
-                     "crop": options.crop,
-                     "lr": options.lr, "threads": options.threads, "final_loss": round(float(np.mean(losses[-50:])), 4)},
+                        "cases": cases, "samples": samples, "train_seeds": seeds, "validation_seeds": val_seeds,
+                        "input": "one contrast; coarse: 64^3 cube of 4 mm around the head; fine: the box around "
+                                 "the coarse brain at 2 mm"},
+        "training": {"batch_size": options.batch_size, "window": options.window, "lr": options.lr,
+                     "threads": options.threads,
+                     **{stage: {k: v for k, v in r.items() if k != "losses"} for stage, r in records.items()}},
         "metrics": metrics,
     }
-    save_model(model, path, card)
-    (out / "train_log.json").write_text(json.dumps({"losses": losses}) + "\n")
-    return path

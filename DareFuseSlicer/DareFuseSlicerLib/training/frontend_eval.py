@@ -79,6 +79,14 @@ def true_transform(row: dict, contrast: str) -> sitk.AffineTransform:
     return transform
 
 
+def truth_on(image: sitk.Image, truth_ref: sitk.Image, row: dict, contrast: str) -> np.ndarray:
+    """An engine truth on the reference grid (brain mask or label) brought onto this contrast's grid through the
+    known motion (nearest neighbour), as an array (Z, Y, X): how a mask made on that contrast is scored."""
+    to_ref = true_transform(row, contrast).GetInverse()  # contrast point -> reference point
+    moved = sitk.Resample(truth_ref, image, to_ref, sitk.sitkNearestNeighbor, 0, truth_ref.GetPixelID())
+    return sitk.GetArrayFromImage(moved)
+
+
 def case_scores(folder: Path, row: dict, front, truth: np.ndarray) -> Optional[dict]:
     """The front end's scores on one clinical case (None for a BraTS-style case, where it does nothing)."""
     if front is None or front.brain_mask is None or row.get("acquisition") != "clinical":

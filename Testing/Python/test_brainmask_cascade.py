@@ -1,0 +1,120 @@
+"""The brain-mask cascade's geometry (pipeline/brainmask.py) and its training views
+(training/brainmask_augment.py, training/brainmask.py), on the bundled sample brain at 2 mm: torch-free
+geometry plus a few CPU steps, seconds in all."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from clinical_helpers import brain_mask_of, pad_for_head, whole_head
+
+from DareFuseSlicerLib.constants import BRATS_SUFFIX
+from DareFuseSlicerLib.metrics import mask_dice
+from DareFuseSlicerLib.phantoms import sample_case_paths
+from DareFuseSlicerLib.pipeline import brainmask as bm
+
+
+@pytest.fixture(scope="module")
+def head():
+    """(whole-head T1, its brain mask) around the sample brain, 2 mm voxels."""
+    image = sitk.ReadImage(str(sample_case_paths()[BRATS_SUFFIX["t1"]]), sitk.sitkFloat32)
+    brain = pad_for_head(sitk.BinShrink(image, [2, 2, 2]))
+    mask = brain_mask_of(brain)
+    return whole_head(brain, mask, "t1"), mask
+
+
+def _share_in_cube(mask: sitk.Image, cube: sitk.Image) -> np.ndarray:
+    smooth = bm.anti_aliased(sitk.Cast(mask, sitk.sitkFloat32), bm.FINE_MM)
+    moved = sitk.Resample(smooth, cube, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return np.clip(sitk.GetArrayFromImage(moved), 0.0, 1.0)
+
+
+def test_coarse_input_is_the_mean_of_2x2x2_blocks():
+    fine = np.arange(4 * 6 * 8, dtype=np.float32).reshape(4, 6, 8)
+    coarse = bm.coarse_input(fine)
+    assert coarse.shape == (2, 3, 4) and coarse.dtype == np.float32
+    assert coarse[1, 2, 3] == pytest.approx(fine[2:4, 4:6, 6:8].mean())
+
+
+def test_brain_box_holds_the_brain_with_its_margin(head):
+    image, mask = head
+    cube = bm.head_cube(image)
+    assert cube.GetSize() == (bm.FINE_CUBE,) * 3 and cube.GetSpacing() == (bm.FINE_MM,) * 3
+    share = _share_in_cube(mask, cube)
+    box = bm.brain_box(bm.coarse_input(share), multiple=16)
+    sizes = [b.stop - b.start for b in box]
+    assert all(n % 16 == 0 and 0 <= b.start and b.stop <= bm.FINE_CUBE for n, b in zip(sizes, box))
+    inside = np.argwhere(share > 0.5)
+    margin = int(bm.BOX_MARGIN_MM / bm.FINE_MM) - 2  # the coarse 4 mm grid may lose one fine voxel a side
+    for axis, b in enumerate(box):
+        assert b.start <= max(inside[:, axis].min() - margin, 0)
+        assert b.stop >= min(inside[:, axis].max() + 1 + margin, bm.FINE_CUBE)
+    assert sum(sizes) < 3 * bm.FINE_CUBE  # a box, not the whole cube
+    assert bm.brain_box(np.zeros((64, 64, 64), np.float32), 16) == (slice(0, bm.FINE_CUBE),) * 3
+
+
+def test_a_perfect_share_in_the_box_gives_the_mask_back(head):
+    """The box grid, refine and the native grid agree: the true 2 mm share in the box, through refine, is the
+    mask again (the network's job is only the share)."""
+    image, mask = head
+    cube = bm.head_cube(image)
+    box = bm.brain_box(bm.coarse_input(_share_in_cube(mask, cube)), multiple=16)
+    grid = bm.box_grid(cube, box)
+    assert grid.GetSize() == tuple(b.stop - b.start for b in box[::-1])
+    share = _share_in_cube(mask, grid)
+    again = bm.refine(share, grid, image)
+    assert again.GetSize() == image.GetSize()
+    dice = mask_dice(sitk.GetArrayViewFromImage(again) > 0, sitk.GetArrayViewFromImage(mask) > 0)
+    assert dice > 0.99, dice  # one 2 mm voxel off gives 0.973
+    # Outside the box nothing is brain; a stray blob in the share is dropped by clean_share.
+    stray = share.copy()
+    stray[:3, :3, :3] = 1.0
+    assert bm.clean_share(stray)[:3, :3, :3].max() == 0.0
+
+
+def test_training_views_and_a_few_steps_of_each_stage():
+    import torch
+
+    from DareFuseSlicerLib.network.brainmask_net import BrainMaskConfig, BrainMaskNet
+    from DareFuseSlicerLib.training.brainmask import BrainMaskTrainOptions, Samples, coarse_batch, fine_batch, \
+        train_stage
+    from DareFuseSlicerLib.training.brainmask_augment import augmented
+
+    generator = torch.Generator().manual_seed(0)
+    z, y, x = np.indices((40, 40, 40))
+    ball = (((z - 20) ** 2 + (y - 20) ** 2 + (x - 20) ** 2) < 12 ** 2).astype(np.float32)
+    image = torch.from_numpy(0.2 + 0.6 * ball).half()
+    target = torch.from_numpy(ball).half()
+    view, truth = augmented(image, target, image.flatten()[::7], 32, generator)
+    assert view.shape == truth.shape == (1, 32, 32, 32)
+    assert 0.0 <= float(view.min()) and float(view.max()) <= 1.5
+    assert 0.0 <= float(truth.min()) <= float(truth.max()) <= 1.0
+    assert 0.05 < float(truth.mean()) < 0.95  # the window holds the ball's edge
+
+    coarse = torch.from_numpy(np.pad(ball, 12)).half()  # 64^3
+    samples = Samples([coarse], [coarse], [image], [(target.float() * 255).to(torch.uint8)])
+    model = BrainMaskNet(BrainMaskConfig(coarse_channels=(4, 8), fine_channels=(4, 8, 16)))
+    assert model.config.fine_multiple == 4
+    options = BrainMaskTrainOptions(data=[], val=None, out="", lr=1e-2, batch_size=1)
+    pick = lambda: torch.zeros(1, dtype=torch.long)  # noqa: E731
+    records = [train_stage(model, "coarse", 3, lambda g: coarse_batch(samples, pick(), g), options, generator),
+               train_stage(model, "fine", 3, lambda g: fine_batch(samples, pick(), 32, g), options, generator)]
+    assert all(r["steps"] == 3 and len(r["losses"]) == 3 and np.isfinite(r["losses"]).all() for r in records)
+    assert model(torch.zeros(1, 1, 64, 64, 64), "coarse").shape == (1, 1, 64, 64, 64)
+
+
+def test_a_one_stage_model_uses_the_coarse_grid(head):
+    """brainmask-v1's layout (a card's "channels") loads as one stage; its share lies on the 4 mm grid whose
+    voxels are the centres of the fine cube's 2x2x2 blocks."""
+    from DareFuseSlicerLib.network.brainmask_net import BrainMaskConfig, BrainMaskNet
+
+    image, _ = head
+    cube = bm.head_cube(image)
+    grid = bm.coarse_grid(cube)
+    block = np.mean([cube.TransformIndexToPhysicalPoint(i) for i in ((2, 4, 6), (3, 5, 7))], axis=0)
+    assert np.allclose(grid.TransformIndexToPhysicalPoint((1, 2, 3)), block)
+    model = BrainMaskNet(BrainMaskConfig.from_dict({"channels": [4, 8], "strides": [2], "res_units": 1}))
+    assert model.one_stage and not hasattr(model, "fine")
+    mask, share_grid, share = bm.extract_brain(model.eval(), image)
+    assert share_grid.GetSpacing() == (bm.SPACING_MM,) * 3 and share.shape == (bm.CUBE,) * 3
+    assert mask.GetSize() == image.GetSize()
