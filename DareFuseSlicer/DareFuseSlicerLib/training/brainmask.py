@@ -97,6 +97,8 @@ def case_samples(folder: Path, row: dict) -> Dict[str, np.ndarray]:
 
 def build_cache(folders: Sequence[Path], cache: Path, progress=None) -> List[Path]:
     """One .npz per clinical case (made once; kept while the case file is unchanged)."""
+    from .dataset import save_npz_atomic  # imports torch: not at this module's import
+
     jobs = [(Path(folder), row) for folder in folders for row in clinical_rows(Path(folder))]
     cache.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -105,7 +107,7 @@ def build_cache(folders: Sequence[Path], cache: Path, progress=None) -> List[Pat
         source = folder / row["brainmask"]
         stamp = f"{CACHE_FORMAT} {source.stat().st_size} {source.stat().st_mtime_ns}"
         if not (target.is_file() and str(np.load(target)["stamp"]) == stamp):
-            np.savez(target, stamp=np.array(stamp), **case_samples(folder, row))
+            save_npz_atomic(target, stamp=np.array(stamp), **case_samples(folder, row))
         paths.append(target)
         if progress is not None:
             progress((i + 1) / len(jobs), row["case_id"])

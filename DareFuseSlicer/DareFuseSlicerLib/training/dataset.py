@@ -137,17 +137,21 @@ def build_cache(folder, cache_dir, progress=None, rows: Optional[List[dict]] = N
         else:
             fresh = False
         if not fresh:
-            arrays = preprocess_case(folder, row)
-            # A temporary file of its own: two training runs may fill one cache at the same time.
-            with tempfile.NamedTemporaryFile(dir=cache_dir, prefix=f"{row['case_id']}.", suffix=".tmp.npz",
-                                             delete=False) as handle:
-                tmp = Path(handle.name)
-                np.savez(handle, key=np.array(key), **arrays)
-            tmp.replace(path)  # atomic: a killed run leaves no half-written cache file
+            save_npz_atomic(path, key=np.array(key), **preprocess_case(folder, row))
         paths.append(path)
         if progress is not None:
             progress((i + 1) / len(rows), row["case_id"])
     return paths
+
+
+def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
+    """np.savez into a temporary file of its own beside `path`, then renamed: a killed run leaves no half-written
+    cache file, and two runs filling one cache at the same time do not mix their writes."""
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f"{path.stem}.", suffix=".tmp.npz",
+                                     delete=False) as handle:
+        tmp = Path(handle.name)
+        np.savez(handle, **arrays)
+    tmp.replace(path)
 
 
 @dataclass
