@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import SimpleITK as sitk
 import torch
 
 from DareFuseSlicerLib.cli import main
@@ -17,6 +18,7 @@ from DareFuseSlicerLib.training.adapt import (
     MODEL_FILE,
     AdaptOptions,
     adapt,
+    cached_site_case,
     prepare_site_case,
     pseudo_label_loss,
     pseudo_labels,
@@ -123,6 +125,36 @@ def test_without_an_unlabelled_folder_it_fine_tunes_on_the_labelled_cases_alone(
     assert "--unlabelled" not in card["training_command"]
     start, after = load_model(init_model).state_dict(), load_model(path).state_dict()
     assert not all(torch.equal(start[k], after[k]) for k in start if not k.startswith("generator."))
+
+
+def test_the_cache_gives_the_prepared_case_and_prepares_again_when_a_file_changes(engine, tmp_path, monkeypatch):
+    import DareFuseSlicerLib.training.adapt as adapt_module
+
+    folder = tmp_path / "labelled"
+    _copy_case(engine, 1, folder)
+    case = scan_site(folder, labelled=True)[0]
+    fresh, fresh_present = prepare_site_case(case)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    first, _ = cached_site_case(case, cache)
+    assert [p.name for p in cache.iterdir()] == [f"site-{case.case_id}-seg.npz"]
+
+    calls = []
+    real = adapt_module.prepare_site_case
+    monkeypatch.setattr(adapt_module, "prepare_site_case", lambda c: calls.append(c) or real(c))
+    again, present = cached_site_case(case, cache)
+    assert calls == []  # read from the cache
+    for name in ("image", "label", "foreground"):
+        assert (getattr(again, name) == getattr(fresh, name)).all(), name
+    assert (present == fresh_present).all() and again.labelled
+
+    seg = folder / f"{case.case_id}-seg.nii.gz"
+    edited = sitk.ReadImage(str(seg))
+    edited = sitk.Image(edited.GetSize(), edited.GetPixelID()) + 0
+    edited.CopyInformation(sitk.ReadImage(str(seg)))
+    sitk.WriteImage(edited, str(seg))  # the contour erased: the cached label is stale
+    relabelled, _ = cached_site_case(case, cache)
+    assert len(calls) == 1 and relabelled.label.max() == 0 and fresh.label.max() > 0
 
 
 def test_pseudo_labels_keep_only_low_uncertainty_voxels():

@@ -103,6 +103,8 @@ def _register_adapt(subparsers) -> None:
     adapt.add_argument("--prior-dropout", type=float, default=0.2)
     adapt.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     adapt.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
+    adapt.add_argument("--cache", metavar="DIR", help="keep the prepared cases here for later runs on the same "
+                       "studies (reused only while every file's SHA256 matches)")
     adapt.add_argument("--no-progress", action="store_true", help="no progress bar")
     adapt.set_defaults(handler=_adapt)
 
@@ -115,7 +117,7 @@ def _adapt(args: argparse.Namespace) -> int:
         epochs=args.epochs, seed=args.seed, max_uncertainty=args.max_uncertainty, roi=tuple(args.roi),
         batch_size=args.batch_size, lr=args.lr, threads=args.threads, device=args.device,
         pseudo_weight=args.pseudo_weight, ema_decay=args.ema_decay, contrast_dropout=args.contrast_dropout,
-        prior_dropout=args.prior_dropout,
+        prior_dropout=args.prior_dropout, cache=args.cache,
     )
     from . import terminate_as_interrupt
 

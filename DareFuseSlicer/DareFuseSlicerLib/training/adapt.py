@@ -18,6 +18,8 @@ A manifest.csv beside them is read only for the tumour class (without one the cl
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import re
 import shlex
 import shutil
@@ -41,7 +43,7 @@ from ..phantoms import read_manifest
 from ..pipeline.preprocess import prepare, resample_label_to_grid
 from ..progress import CancelFn, ProgressFn, check_cancel, format_time_left
 from ..sampledata import sha256
-from .dataset import IGNORE_CLASS, SPACING_MM, CachedCase, TrainDataset, seed_for
+from .dataset import CACHE_VERSION, IGNORE_CLASS, SPACING_MM, CachedCase, TrainDataset, save_npz_atomic, seed_for
 from .train import ARCH_FILES, seed_everything, stored_start, update_ema
 
 MODEL_FILE = ARCH_FILES["darefuse"]
@@ -71,6 +73,7 @@ class AdaptOptions:
     prior_dropout: float = 0.2
     threads: Optional[int] = None
     device: Optional[str] = None  # default: cuda when available, else cpu
+    cache: Optional[str] = None  # prepared cases kept between runs (several runs on one site's studies)
 
     def command_line(self) -> str:
         """The equivalent `darefuse adapt` command (recorded in the card): the folders, the seed, the threshold
@@ -80,7 +83,7 @@ class AdaptOptions:
         parts += ["--out", self.out, "--seed", str(self.seed), "--max-uncertainty", str(self.max_uncertainty)]
         defaults = AdaptOptions(init="", labelled="", unlabelled="", out="")
         for name in ("minutes", "epochs", "pseudo_weight", "roi", "batch_size", "lr", "ema_decay", "contrast_dropout",
-                     "prior_dropout", "threads", "device"):
+                     "prior_dropout", "threads", "device", "cache"):
             value = getattr(self, name)
             if value is not None and value != getattr(defaults, name):
                 parts += ["--" + name.replace("_", "-")] + ([str(v) for v in value] if isinstance(value, tuple) else [str(value)])
@@ -166,6 +169,28 @@ def prepare_site_case(case: SiteCase) -> Tuple[CachedCase, np.ndarray]:
     cached = CachedCase(case.case_id, image, image, label, prep.foreground.astype(np.uint8), case.class_index,
                         labelled=case.seg is not None)
     return cached, prep.present.astype(np.float32)
+
+
+def cached_site_case(case: SiteCase, cache_dir: Optional[Path]) -> Tuple[CachedCase, np.ndarray]:
+    """prepare_site_case, through `cache_dir` when given. A cache file is reused only when its key (the cache
+    version, the grid's spacing and the SHA256 of every file the case is read from, its -seg included) matches,
+    so an edited image or contour, or a case that became labelled, is prepared again."""
+    if cache_dir is None:
+        return prepare_site_case(case)
+    checksums = {path.name: sha256(path) for path in case.files}
+    key = hashlib.sha256(json.dumps([CACHE_VERSION, SPACING_MM, checksums], sort_keys=True).encode()).hexdigest()
+    # labelled and unlabelled uses of one study are kept apart (a split may hold it either way)
+    path = cache_dir / f"site-{case.case_id}{'-seg' if case.seg is not None else ''}.npz"
+    if path.is_file():
+        with np.load(path) as data:
+            if "key" in data and str(data["key"]) == key:
+                image = data["image"]
+                return (CachedCase(case.case_id, image, image, data["label"], data["foreground"], case.class_index,
+                                   labelled=case.seg is not None), data["present"])
+    cached, present = prepare_site_case(case)
+    save_npz_atomic(path, key=np.array(key), image=cached.image, label=cached.label, foreground=cached.foreground,
+                    present=present)
+    return cached, present
 
 
 class SiteDataset(TrainDataset):
@@ -287,7 +312,10 @@ def _log(path: Path):
 
 def load_site(options: AdaptOptions, labelled: List[SiteCase], unlabelled: List[SiteCase],
               progress: Optional[ProgressFn], cancel: Optional[CancelFn]) -> SiteData:
-    """Every case pre-processed once, in memory (no cache: a site's folders are read once per run)."""
+    """Every case pre-processed once into memory, through `--cache` when given."""
+    cache_dir = None if options.cache is None else Path(options.cache)
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
     sets = []
     everything = labelled + unlabelled
     done = 0
@@ -297,7 +325,7 @@ def load_site(options: AdaptOptions, labelled: List[SiteCase], unlabelled: List[
             check_cancel(cancel)
             if progress is not None:
                 progress(0.0, f"preparing {case.case_id} ({done + 1}/{len(everything)})")
-            cached, present = prepare_site_case(case)
+            cached, present = cached_site_case(case, cache_dir)
             prepared.append(cached)
             presents.append(present)
             done += 1
