@@ -90,6 +90,7 @@ def _register_adapt(subparsers) -> None:
     adapt.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget for the steps (default 60)")
     adapt.add_argument("--epochs", type=int, help="passes over the unlabelled cases, else the labelled ones "
                                                    "(whichever of --epochs and --minutes ends first)")
+    adapt.add_argument("--steps", type=int, help="optimiser steps (a budget independent of the machine's load)")
     adapt.add_argument("--seed", type=int, default=0)
     adapt.add_argument("--max-uncertainty", type=float, default=PSEUDO_LABEL_MAX_UNCERTAINTY,
                        help="keep a pseudo-label where the teacher's uncertainty K/sum(alpha) is below this "
@@ -114,7 +115,7 @@ def _adapt(args: argparse.Namespace) -> int:
 
     options = AdaptOptions(
         init=args.init, labelled=args.labelled, unlabelled=args.unlabelled, out=args.out, minutes=args.minutes,
-        epochs=args.epochs, seed=args.seed, max_uncertainty=args.max_uncertainty, roi=tuple(args.roi),
+        epochs=args.epochs, steps=args.steps, seed=args.seed, max_uncertainty=args.max_uncertainty, roi=tuple(args.roi),
         batch_size=args.batch_size, lr=args.lr, threads=args.threads, device=args.device,
         pseudo_weight=args.pseudo_weight, ema_decay=args.ema_decay, contrast_dropout=args.contrast_dropout,
         prior_dropout=args.prior_dropout, cache=args.cache,

@@ -62,6 +62,7 @@ class AdaptOptions:
     out: str
     minutes: Optional[float] = None
     epochs: Optional[int] = None
+    steps: Optional[int] = None  # a budget that does not depend on how busy the machine is
     seed: int = 0
     max_uncertainty: float = PSEUDO_LABEL_MAX_UNCERTAINTY
     pseudo_weight: float = 1.0
@@ -82,7 +83,7 @@ class AdaptOptions:
         parts += ["--unlabelled", self.unlabelled] if self.unlabelled is not None else []
         parts += ["--out", self.out, "--seed", str(self.seed), "--max-uncertainty", str(self.max_uncertainty)]
         defaults = AdaptOptions(init="", labelled="", unlabelled="", out="")
-        for name in ("minutes", "epochs", "pseudo_weight", "roi", "batch_size", "lr", "ema_decay", "contrast_dropout",
+        for name in ("minutes", "epochs", "steps", "pseudo_weight", "roi", "batch_size", "lr", "ema_decay", "contrast_dropout",
                      "prior_dropout", "threads", "device", "cache"):
             value = getattr(self, name)
             if value is not None and value != getattr(defaults, name):
@@ -285,12 +286,14 @@ def adapt(options: AdaptOptions, progress: Optional[ProgressFn] = None, cancel: 
 
 
 def check_options(options: AdaptOptions) -> None:
-    if options.minutes is None and options.epochs is None:
-        raise OptionError("Give a budget: {minutes} M and/or {epochs} N.", "minutes", "epochs")
+    if options.minutes is None and options.epochs is None and options.steps is None:
+        raise OptionError("Give a budget: {minutes} M, {epochs} N and/or {steps} S.", "minutes", "epochs", "steps")
     if options.minutes is not None and options.minutes <= 0:
         raise OptionError(f"{{minutes}} must be positive, got {options.minutes}.", "minutes")
     if options.epochs is not None and options.epochs < 1:
         raise OptionError(f"{{epochs}} must be at least 1, got {options.epochs}.", "epochs")
+    if options.steps is not None and options.steps < 1:
+        raise OptionError(f"{{steps}} must be at least 1, got {options.steps}.", "steps")
     if not 0.0 < options.max_uncertainty <= 1.0:
         raise OptionError(f"{{max_uncertainty}} must be in (0, 1], got {options.max_uncertainty}.", "max_uncertainty")
     if options.batch_size < 1:
@@ -367,9 +370,10 @@ def _batch(data: SiteData, options: AdaptOptions, step: int, epoch: int, order: 
 
 def run_steps(options: AdaptOptions, data: SiteData, state: AdaptState, progress: Optional[ProgressFn],
               cancel: Optional[CancelFn], log) -> None:
-    """Steps until the epochs or the minutes are spent (whichever first), checking cancel() before each."""
+    """Steps until the epochs, the steps or the minutes are spent (whichever first), checking cancel() before each."""
     per_epoch = max(1, len(data.epoch_set) // options.batch_size)
-    total_steps = per_epoch * options.epochs if options.epochs else None
+    limits = [n for n in (per_epoch * options.epochs if options.epochs else None, options.steps) if n]
+    total_steps = min(limits) if limits else None
     budget_s = options.minutes * 60.0 if options.minutes else None
     state.started = time.perf_counter()
     while True:
