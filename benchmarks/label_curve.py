@@ -49,11 +49,14 @@ def _env() -> Dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT / "DareFuseSlicer")}
 
 
-def arms(labelled: List[int], pool_size: int) -> List[dict]:
-    """name, split, whether the unlabelled folder is used; the all-labelled reference first."""
-    found = [{"name": f"labelled-{pool_size}", "k": pool_size, "semi": False}]
+def arms(labelled: List[int], pool_size: int, seed: int = 0) -> List[dict]:
+    """name, split, whether the unlabelled folder is used, seed; the all-labelled reference first. A seed other
+    than 0 repeats the arms (names end in -seedN) to show how much a run's own randomness moves the figures."""
+    suffix = f"-seed{seed}" if seed else ""
+    found = [{"name": f"labelled-{pool_size}{suffix}", "k": pool_size, "semi": False, "seed": seed}]
     for k in labelled:
-        found += [{"name": f"semi-{k}", "k": k, "semi": True}, {"name": f"labelled-{k}", "k": k, "semi": False}]
+        found += [{"name": f"semi-{k}{suffix}", "k": k, "semi": True, "seed": seed},
+                  {"name": f"labelled-{k}{suffix}", "k": k, "semi": False, "seed": seed}]
     return found
 
 
@@ -66,7 +69,7 @@ def run_arm(arm: dict, args: argparse.Namespace) -> str:
     run = out / arm["name"]
     log = out / f"{arm['name']}.log"
     adapt = ["adapt", "--init", str(BUNDLED), "--labelled", str(split / "labelled"), "--out", str(run),
-             "--steps", str(args.steps), "--minutes", "600", "--threads", "1", "--cache", str(out / "cache"), "--no-progress"]
+             "--steps", str(args.steps), "--minutes", "600", "--seed", str(arm["seed"]), "--threads", "1", "--cache", str(out / "cache"), "--no-progress"]
     if arm["semi"]:
         adapt[5:5] = ["--unlabelled", str(split / "unlabelled")]
     if not (run / "darefuse.safetensors").is_file():
@@ -88,7 +91,9 @@ def command_run(args: argparse.Namespace) -> None:
         if not (out / "splits" / f"split-{k}").is_dir():
             darefuse("site-split", "--pool", str(args.pool), "--labelled", str(k),
                      "--out", str(out / "splits" / f"split-{k}"), log=out / "splits.log")
-    jobs = arms(args.labelled, pool_size)
+    jobs = arms(args.labelled, pool_size, args.seed)
+    if args.no_reference:
+        jobs = jobs[1:]
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(run_arm, arm, args) for arm in jobs]
@@ -100,13 +105,15 @@ def command_run(args: argparse.Namespace) -> None:
 
 def summary(report: Path) -> dict:
     """Means over all held-out cases (BraTS convention: an empty truth and an empty prediction score 1) and
-    over the tumour cases only, of the post-processed Dice; class accuracy; the run's steps and budget."""
+    over the tumour cases only, of the post-processed Dice; class accuracy; tumour volume predicted on the
+    tumour-free cases (what pulls the BraTS-convention means below the tumour-case means)."""
     data = json.loads(report.read_text())
     (name, model), = data["models"].items()
     cases = model["per_case"]
     tumour = [c for c in cases if c["class"] != NO_TUMOUR]
     row = {"name": name, "cases": len(cases), "tumour_cases": len(tumour),
-           "accuracy": model["classification"]["accuracy"]}
+           "accuracy": model["classification"]["accuracy"],
+           "fp_ml": model["false_positive_ml_tumour_free"]["with_prior"]}
     for region in REGIONS:
         row[region] = sum(c["post"][region]["dice"] for c in cases) / len(cases)
         row[f"{region}_tumour"] = sum(c["post"][region]["dice"] for c in tumour) / len(tumour)
@@ -127,13 +134,13 @@ def command_report(args: argparse.Namespace) -> None:
     if not rows:
         raise SystemExit(f"no eval-*.json under {out}: run `label_curve.py run` first")
     rows.sort(key=_order)
-    print("| model | labelled | steps | Dice WT | Dice TC | Dice ET | tumour cases: WT | TC | ET | class accuracy |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | labelled | seed | steps | Dice WT | Dice TC | Dice ET | tumour cases: WT | TC | ET | class accuracy | FP mL, tumour-free |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         facts = training_facts(out / row["name"])
-        print(f"| {row['name']} | {_labelled(row['name'])} | {facts.get('steps') or '-'} | "
+        print(f"| {row['name']} | {_labelled(row['name'])} | {_seed(row['name'])} | {facts.get('steps') or '-'} | "
               + " | ".join(f"{row[r]:.3f}" for r in REGIONS) + " | "
-              + " | ".join(f"{row[r + '_tumour']:.3f}" for r in REGIONS) + f" | {row['accuracy']:.3f} |")
+              + " | ".join(f"{row[r + '_tumour']:.3f}" for r in REGIONS) + f" | {row['accuracy']:.3f} | {row['fp_ml']:.2f} |")
     print(f"\n{rows[0]['cases']} held-out cases ({rows[0]['tumour_cases']} with tumour), `{out}`")
     if args.figure:
         plot(rows, Path(args.figure))
@@ -144,9 +151,13 @@ def _labelled(name: str) -> str:
     return "0" if name == "bundled" else name.split("-")[1]
 
 
+def _seed(name: str) -> str:
+    return name.split("-seed")[1] if "-seed" in name else ("-" if name == "bundled" else "0")
+
+
 def _order(row: dict):
     name = row["name"]
-    return (0, 0) if name == "bundled" else (1 if name.startswith("semi") else 2, int(_labelled(name)))
+    return (0, 0, "") if name == "bundled" else (1 if name.startswith("semi") else 2, int(_labelled(name)), _seed(name))
 
 
 def plot(rows: List[dict], path: Path) -> None:
@@ -154,6 +165,7 @@ def plot(rows: List[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     bundled = next((r for r in rows if r["name"] == "bundled"), None)
     ks = sorted({int(_labelled(r["name"])) for r in rows if r["name"] != "bundled"})
@@ -161,16 +173,25 @@ def plot(rows: List[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.6), sharex=True)
     for ax, key in zip(axes, REGIONS + ("accuracy",)):
         for prefix, style in (("semi", "o-"), ("labelled", "s--")):
-            pts = sorted((int(_labelled(r["name"])), r[key]) for r in rows
-                         if r["name"].startswith(prefix) and int(_labelled(r["name"])) != reference)
+            arm = [r for r in rows if r["name"].startswith(prefix) and int(_labelled(r["name"])) != reference]
+            pts = sorted((int(_labelled(r["name"])), r[key]) for r in arm if _seed(r["name"]) == "0")
             if pts:
-                ax.plot(*zip(*pts), style, label={"semi": "labelled + unlabelled", "labelled": "labelled alone"}[prefix])
+                line, = ax.plot(*zip(*pts), style,
+                                label={"semi": "labelled + unlabelled", "labelled": "labelled alone"}[prefix])
+                repeats = [(int(_labelled(r["name"])), r[key]) for r in arm if _seed(r["name"]) != "0"]
+                if repeats:
+                    ax.plot(*zip(*repeats), style[0], mfc="none", color=line.get_color(), label=f"{prefix}: other seed")
         ref = next((r for r in rows if r["name"] == f"labelled-{reference}"), None)
         if ref is not None:
             ax.axhline(ref[key], color="k", lw=1, label=f"all {reference} labelled")
+        for other in (r for r in rows if r["name"].startswith(f"labelled-{reference}-seed")):
+            ax.axhline(other[key], color="k", lw=0.8, ls="-.", label=f"all {reference} labelled: other seed")
         if bundled is not None:
             ax.axhline(bundled[key], color="grey", ls=":", label="bundled, not adapted")
         ax.set_xscale("log")
+        ax.set_xticks([k for k in ks if k != reference])
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title("class accuracy" if key == "accuracy" else f"Dice {key}")
         ax.set_xlabel("labelled cases")
     axes[0].legend(fontsize=7, loc="lower right")
@@ -189,6 +210,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     run.add_argument("--labelled", type=int, nargs="+", default=[5, 10, 20, 50])
     run.add_argument("--steps", type=int, default=150, help="optimiser steps per arm (the same for every arm)")
     run.add_argument("--jobs", type=int, default=2)
+    run.add_argument("--seed", type=int, default=0, help="adapt's seed (crops, order); not 0: repeated arms")
+    run.add_argument("--no-reference", action="store_true", help="leave out the all-labelled reference arm")
     report = sub.add_parser("report")
     report.add_argument("--out", required=True)
     report.add_argument("--figure")

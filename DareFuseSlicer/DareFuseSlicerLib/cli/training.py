@@ -80,7 +80,8 @@ def _register_adapt(subparsers) -> None:
         "pseudo-labels, kept where its one-pass uncertainty is below --max-uncertainty. The lesion-removal "
         "generator stays frozen at --init's weights: without twins it cannot be trained. Writes "
         "OUT/darefuse.safetensors and its card (site data by counts and SHA256 per file); Ctrl-C writes no model. "
-        "Nothing has been measured at a simulated site yet: evaluate the result before using it.",
+        "On a simulated site (README: label curve) a short run's gain was within its own run-to-run spread: evaluate "
+        "the result on held-out studies of the site before using it.",
     )
     adapt.add_argument("--init", required=True, metavar="MODEL.safetensors", help="the model to adapt")
     adapt.add_argument("--labelled", required=True, metavar="DIR", help="contoured cases (each with -seg.nii.gz)")
