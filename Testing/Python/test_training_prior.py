@@ -194,6 +194,15 @@ def test_ablation_scores_a_small_folder(held_out, init_model, trained, tmp_path)
     assert summary["dice_all"]["WT"] == 0.5 and summary["dice_tumour_cases"]["WT"] == 0.0
     table = prior_ablation.markdown_table({"tiny": result})
     assert table.count("\n") == 2 + 3 and "zero prior" in table
+    assert prior_ablation.comparison_table({"tiny": result}).count("\n") == 2 + 2
+    # Paired differences against the twin-trained prior: mean, interval around it, cases better and worse.
+    change = prior_ablation.paired([{"v": 1.0}, {"v": 2.0}, {"v": 3.0}, {"v": None}],
+                                   [{"v": 1.5}, {"v": 1.0}, {"v": 3.0}, {"v": 9.0}], lambda r: r["v"])
+    assert change["cases"] == 3 and change["mean_difference"] == pytest.approx(-0.5 / 3)
+    assert (change["better"], change["worse"]) == (1, 1)
+    assert change["ci95"][0] <= change["mean_difference"] <= change["ci95"][1]
+    lower = prior_ablation.paired([{"v": 2.0}], [{"v": 1.0}], lambda r: r["v"], lower_is_better=True)
+    assert (lower["better"], lower["worse"], lower["ci95"]) == (1, 0, None)
     report = prior_ablation.write_report({"tiny": result}, {}, tmp_path / "ablation")
     assert report.is_file() and (tmp_path / "ablation.json").is_file()
 
