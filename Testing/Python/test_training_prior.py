@@ -1,7 +1,6 @@
 """`darefuse train-prior` (the twin-free lesion-removal prior) and the prior ablation, on tiny folders: no
 tumour-free file is read, the loss sees only hidden healthy voxels, the inpainting prior ignores a voxel's own
 value, cancelling writes nothing, the card, and the ablation's figures on a small case."""
-import shutil
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from DareFuseSlicerLib.constants import REGIONS
 from DareFuseSlicerLib.errors import Cancelled, OptionError
 from DareFuseSlicerLib.network.blocks import checkerboard, inpaint_healthy
 from DareFuseSlicerLib.network.model import DareFuseNet, NetConfig
-from DareFuseSlicerLib.network.store import card_path, load_model, read_card, save_model
+from DareFuseSlicerLib.network.store import load_model, read_card, save_model
 from DareFuseSlicerLib.training import prior_ablation
 from DareFuseSlicerLib.training.evaluate import WithoutPrior
 from DareFuseSlicerLib.training.frontend_eval import card_seeds

@@ -2,7 +2,7 @@
 parts are wired (availability gating, the cross-attention bridge, the class head)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 from monai.networks.blocks import Convolution, SEBlock, UnetResBlock, UnetUpBlock
