@@ -1,7 +1,8 @@
 """`darefuse`: the command line, at the top of the layers it drives (which never import it).
 
 Each command module registers its subcommands; heavy imports happen in the handlers:
-segment.py (segment, demo, batch), phantoms.py (phantoms), training.py (train, evaluate).
+segment.py (segment, demo, batch), phantoms.py (phantoms, site-split), training.py (train, train-prior, adapt,
+train-brainmask, evaluate).
 """
 from __future__ import annotations
 

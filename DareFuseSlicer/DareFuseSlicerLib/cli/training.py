@@ -1,4 +1,4 @@
-"""`darefuse train`, `darefuse adapt` and `darefuse evaluate`. Heavy imports happen inside the handlers."""
+"""`darefuse train`, `train-prior`, `adapt` and `evaluate`. Heavy imports happen inside the handlers."""
 from __future__ import annotations
 
 import argparse
@@ -46,6 +46,7 @@ def register(subparsers) -> None:
     train.set_defaults(handler=_train)
 
     _register_adapt(subparsers)
+    _register_prior(subparsers)
     _register_brainmask(subparsers)
 
     evaluate = subparsers.add_parser(
@@ -148,6 +149,56 @@ class _TqdmProgress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _register_prior(subparsers) -> None:
+    prior = subparsers.add_parser(
+        "train-prior",
+        help="train the lesion-removal prior without tumour-free twins (inpainting of hidden healthy tissue)",
+        description="Folders in the BraTS naming, each case with <case>-seg.nii.gz; -tumourfree files are never "
+        "read. Hides a checkerboard of cubes from the generator's input and trains it to fill the hidden healthy "
+        "voxels (outside the -seg tumour); at inference two passes hide every voxel once. The generator starts "
+        "from scratch; every other weight is --init's, frozen. Writes OUT/darefuse.safetensors and its card; "
+        "Ctrl-C writes nothing.",
+    )
+    prior.add_argument("--init", required=True, metavar="MODEL.safetensors", help="the network around the prior")
+    prior.add_argument("--data", required=True, action="append", metavar="DIR", help="labelled cases (repeatable)")
+    prior.add_argument("--out", required=True, help="run folder for the model and its card")
+    prior.add_argument("--minutes", type=float, help="wall-clock budget for the steps")
+    prior.add_argument("--steps", type=int, help="training steps (whichever of --steps and --minutes ends first)")
+    prior.add_argument("--seed", type=int, default=0)
+    prior.add_argument("--block", type=int, default=12, help="side of the hidden cubes in 2 mm voxels (default 12)")
+    prior.add_argument("--tumour-margin", type=int, default=1, help="voxels around the tumour left out of the loss")
+    prior.add_argument("--roi", type=int, nargs=3, default=(64, 80, 64), metavar=("Z", "Y", "X"))
+    prior.add_argument("--batch-size", type=int, default=2)
+    prior.add_argument("--lr", type=float, default=2e-3)
+    prior.add_argument("--contrast-dropout", type=float, default=0.5)
+    prior.add_argument("--max-cases", type=int, help="use only the first N cases")
+    prior.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    prior.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
+    prior.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    prior.set_defaults(handler=_train_prior)
+
+
+def _train_prior(args: argparse.Namespace) -> int:
+    from ..training.prior import PriorOptions, train_prior
+    from . import terminate_as_interrupt
+
+    options = PriorOptions(
+        init=args.init, data=list(args.data), out=args.out, minutes=args.minutes, steps=args.steps, seed=args.seed,
+        block=args.block, tumour_margin=args.tumour_margin, roi=tuple(args.roi), batch_size=args.batch_size,
+        lr=args.lr, contrast_dropout=args.contrast_dropout, max_cases=args.max_cases, threads=args.threads,
+        device=args.device,
+    )
+    bar = None if args.no_progress else _TqdmProgress()
+    try:
+        with terminate_as_interrupt():  # SIGTERM stops it as Ctrl-C does: nothing written
+            path = train_prior(options, progress=bar, log=lambda line: print(line, flush=True))
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"model: {path}")
+    return 0
 
 
 def _register_brainmask(subparsers) -> None:

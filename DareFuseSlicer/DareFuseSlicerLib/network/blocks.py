@@ -2,7 +2,7 @@
 parts are wired (availability gating, the cross-attention bridge, the class head)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from monai.networks.blocks import Convolution, SEBlock, UnetResBlock, UnetUpBlock
@@ -37,13 +37,41 @@ class LesionRemovalGenerator(nn.Module):
         nn.init.zeros_(self.to_residual.weight)  # start as the identity: tumour_free == input
         nn.init.zeros_(self.to_residual.bias)
 
-    def forward(self, x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, present: torch.Tensor, visible: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """visible (B, 1, Z, Y, X) or None: where the input may be seen (inpainting); the availability flags
+        become per-voxel flags, 0 where a voxel is hidden, so the same weights take either input."""
         flags = broadcast(present, x).expand_as(x)
+        if visible is not None:
+            flags = flags * visible
         h1 = self.down1(torch.cat([x, flags], 1))
         h2 = self.down2(h1)
         h3 = self.down3(h2)
         up = self.up1(self.up2(h3, h2), h1)
         return (x + self.to_residual(up)) * broadcast(present, x)
+
+
+def checkerboard(shape: Sequence[int], block: int, parity: int, offset: Sequence[int] = (0, 0, 0),
+                 like: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(1, 1, Z, Y, X) mask, 1 on the cubes of side `block` whose index sum has `parity` (cubes shifted by
+    `offset` voxels): parities 0 and 1 together hide every voxel exactly once."""
+    device = like.device if like is not None else None
+    dtype = like.dtype if like is not None else torch.float32
+    index = [(torch.arange(n, device=device) + o) // block for n, o in zip(shape, offset)]
+    total = index[0][:, None, None] + index[1][None, :, None] + index[2][None, None, :]
+    return (total % 2 == parity).to(dtype)[None, None]
+
+
+def inpaint_healthy(generator: LesionRemovalGenerator, x: torch.Tensor, present: torch.Tensor,
+                    block: int) -> torch.Tensor:
+    """The twin-free prior's reconstruction: two passes, each hiding half of the cubes of a checkerboard;
+    every voxel takes the value inpainted from its surroundings in the pass where it was hidden. The
+    generator is trained only to fill hidden healthy tissue (training/prior.py), so a tumour cannot be
+    inpainted from what surrounds it and stays in the difference x - reconstruction."""
+    out = torch.zeros_like(x)
+    for parity in (0, 1):
+        hidden = checkerboard(x.shape[2:], block, parity, like=x)
+        out = out + hidden * generator(x * (1.0 - hidden), present, visible=1.0 - hidden)
+    return out
 
 
 class Encoder(nn.Module):

@@ -54,10 +54,11 @@ def kl_annealing(epoch: int, anneal_epochs: int, maximum: float = 1.0) -> float:
 
 
 def masked_l1(prediction: torch.Tensor, target: torch.Tensor, present: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """L1 over the given contrasts only; weight (B,) selects cases (e.g. those with a tumour-free pair)."""
+    """L1 over the given contrasts only; weight (B,) selects cases (e.g. those with a tumour-free pair), or
+    (B, 1, Z, Y, X) voxels (e.g. the hidden healthy voxels of inpainting)."""
     mask = present[:, :, None, None, None].expand_as(prediction)
     if weight is not None:
-        mask = mask * weight[:, None, None, None, None]
+        mask = mask * (weight if weight.dim() == prediction.dim() else weight[:, None, None, None, None])
     return ((prediction - target).abs() * mask).sum() / mask.sum().clamp_min(1.0)
 
 

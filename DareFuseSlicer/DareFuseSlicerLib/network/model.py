@@ -31,6 +31,7 @@ from .blocks import (
     GatedFusion,
     LesionRemovalGenerator,
     USegDecoder,
+    inpaint_healthy,
 )
 
 #: Channels of each encoder branch (indices into constants.CONTRASTS): T1/T1ce and T2/FLAIR.
@@ -54,6 +55,11 @@ class NetConfig:
     attention_heads: int = 4
     # The segmentation loss does not reach the generator through the prior: the prior stays a reconstruction.
     detach_prior: bool = True
+    # How the generator makes the tumour-free image: "twin" (one pass; trained against the data engine's
+    # tumour-free twins) or "inpaint" (blocks.inpaint_healthy: two checkerboard passes with cubes of
+    # `inpaint_block` voxels; trained on hidden healthy tissue, no twins: training/prior.py).
+    prior_mode: str = "twin"
+    inpaint_block: int = 12
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,6 +87,9 @@ class DareFuseNet(nn.Module):
     def __init__(self, config: NetConfig = None):
         super().__init__()
         self.config = config = config or NetConfig()
+        if config.prior_mode not in ("twin", "inpaint") or config.inpaint_block < 1:
+            raise ValueError(f"prior_mode must be twin or inpaint and inpaint_block positive, got "
+                             f"{config.prior_mode!r}, {config.inpaint_block}")
         channels = config.encoder_channels
         self.generator = LesionRemovalGenerator(config.n_contrasts, config.generator_channels)
         # Per branch: 2 images + 2 differences + 2 availability flags.
@@ -109,7 +118,7 @@ class DareFuseNet(nn.Module):
         present = present.to(x.dtype)
         x = x * present[:, :, None, None, None]
 
-        tumour_free = self.generator(x, present)
+        tumour_free = self.reconstruct(x, present)
         difference = (x - tumour_free) * present[:, :, None, None, None]
         prior = difference.detach() if self.config.detach_prior else difference
         if not use_prior:
@@ -147,6 +156,12 @@ class DareFuseNet(nn.Module):
         if self.training:  # for the Dice and cross-entropy terms: sharper than the Dirichlet's expectation
             out["evidence_logits"] = logits[(...,) + crop]
         return out
+
+    def reconstruct(self, x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """The generator's tumour-free image of a padded input, as its prior mode says."""
+        if self.config.prior_mode == "inpaint":
+            return inpaint_healthy(self.generator, x, present, self.config.inpaint_block)
+        return self.generator(x, present)
 
     # -- helpers on the output dict (also valid on sliding-window-stitched outputs) -----------------------
     @staticmethod

@@ -297,6 +297,7 @@ class TrainDataset(torch.utils.data.Dataset):
             "tumour_free": _plain(out["tumour_free"]).float(),
             "label": label,
             "present": _plain(out["present"]).float(),
+            "foreground": _plain(out["foreground"]).float(),  # (1, Z, Y, X): the brain (training/prior.py)
             "class_index": torch.tensor(class_index),
             "labelled": torch.tensor(case.labelled),
         }

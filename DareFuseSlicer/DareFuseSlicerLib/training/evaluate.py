@@ -147,10 +147,17 @@ def predict_pipeline(model, case: Case) -> Prediction:
 
 
 def predict_direct(model, case: Case) -> Prediction:
-    """pipeline.run's steps for a segmentation-only model: one whole-volume window on the 2 mm grid,
-    label probabilities to the reference grid (linear), arg-max, zero outside the brain."""
+    """pipeline.run's steps for a segmentation-only model (direct_pass), plus the 2 mm calibration pass."""
     started = time.perf_counter()
-    prep = case.prep
+    label, uncertainty, margin = direct_pass(model, case.prep)
+    confidence, correct = _low_res_calibration(model, case)
+    return Prediction(label, uncertainty, None, confidence, correct, time.perf_counter() - started, margin)
+
+
+def direct_pass(model, prep: preprocess.Prepared) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One whole-volume window on the 2 mm grid, label probabilities to the reference grid (linear), arg-max,
+    zero outside the brain: (label, uncertainty, top-two margin) on the reference grid. It starts from the
+    prepared case, so a whole-head study's front end runs once however many models score it."""
     with torch.no_grad():
         out = model(torch.from_numpy(prep.array)[None], torch.from_numpy(prep.present)[None])
     alpha = out["evidence"][0] + 1.0
@@ -163,8 +170,7 @@ def predict_direct(model, case: Case) -> Prediction:
     margin[~inside] = 1.0
     uncertainty = sitk.GetArrayFromImage(preprocess.to_reference((alpha.shape[0] / strength)[0].numpy(), prep))
     uncertainty = np.where(inside, np.clip(uncertainty, 0, 1), 0).astype(np.float32)
-    confidence, correct = _low_res_calibration(model, case)
-    return Prediction(label, uncertainty, None, confidence, correct, time.perf_counter() - started, margin)
+    return label, uncertainty, margin
 
 
 def predictor_for(model) -> Callable[[object, Case], Prediction]:

@@ -34,7 +34,9 @@ def card_seeds(card: dict) -> Dict[str, Set[int]]:
     """Training and validation seeds a model's card records (data_recipe: seeds or train_seeds,
     validation_seeds)."""
     recipe = card.get("data_recipe") or {}
-    return {"training": _seed_set(recipe.get("seeds") or recipe.get("train_seeds")),
+    # A twin-free prior's generator (training/prior.py) lists its own training seeds, one by one.
+    prior_seeds = {int(s) for s in ((card.get("prior") or {}).get("trained_on") or {}).get("training_seeds", [])}
+    return {"training": _seed_set(recipe.get("seeds") or recipe.get("train_seeds")) | prior_seeds,
             "validation": _seed_set(recipe.get("validation_seeds"))}
 
 
