@@ -21,12 +21,13 @@ from test_training_dataset import make_folder
 
 from DareFuseSlicerLib.constants import BRATS_SUFFIX, CONTRASTS
 from DareFuseSlicerLib.errors import InputError, OptionError
+from DareFuseSlicerLib.logic import bundled_model_path
 from DareFuseSlicerLib.network.store import card_path, load_model
 from DareFuseSlicerLib.phantoms import MANIFEST_COLUMNS, file_names, sample_case_paths
 from DareFuseSlicerLib.pipeline import frontend, preprocess, register, run
 from DareFuseSlicerLib.training import dataset, frontend_eval
 from DareFuseSlicerLib.training.dataset import ContrastDropoutd, MixedSampler, TrainDataset, build_cache, load_cases
-from DareFuseSlicerLib.training.train import TrainOptions, cache_dir_for, make_batches, Runtime, train
+from DareFuseSlicerLib.training.train import Runtime, TrainOptions, cache_dir_for, make_batches, train
 
 CASE_ID = "Tiny-clinical-000"
 #: Motion of each moved contrast: (rotation about x, y, z in degrees, shift in mm). FLAIR's is beyond head
@@ -210,7 +211,7 @@ def test_the_training_input_is_what_the_pipeline_feeds_the_network(clinical_fold
 
     monkeypatch.setattr(run, "network_stage", network_stage)
     with pytest.raises(_Fed):
-        run.run(images, load_model(frontend.BRAINMASK_MODEL.with_name("darefuse.safetensors")))
+        run.run(images, load_model(bundled_model_path()))
     prep = fed["prep"]
     assert case.image.shape == prep.array.shape and case.foreground.shape == prep.foreground.shape
     np.testing.assert_array_equal(case.foreground, prep.foreground)
