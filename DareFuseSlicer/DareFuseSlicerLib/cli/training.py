@@ -15,6 +15,14 @@ def register(subparsers) -> None:
     )
     train.add_argument("--data", required=True, help="training folder (manifest.csv and the case files)")
     train.add_argument("--val", help="validation folder, scored after every epoch")
+    train.add_argument("--clinical", metavar="DIR",
+                       help="clinical (whole-head) cases from `darefuse phantoms --acquisition clinical`, mixed into "
+                            "the training; each is prepared once, by the pipeline's own front end (brain mask, "
+                            "registration, resampling onto the reference grid), into the cache")
+    train.add_argument("--clinical-ratio", type=float, metavar="R",
+                       help="share of each epoch's crops drawn from the --clinical cases (default 0.5)")
+    train.add_argument("--clinical-val", metavar="DIR",
+                       help="clinical validation folder, scored apart after every epoch (val_clinical_* columns)")
     train.add_argument("--out", required=True, help="run folder: checkpoint.pt, metrics.csv, train.log, the model")
     train.add_argument("--epochs", type=int, help="number of epochs")
     train.add_argument("--minutes", type=float, help="wall-clock budget for the training steps")
@@ -34,8 +42,8 @@ def register(subparsers) -> None:
     train.add_argument("--threads", type=int, help="torch threads per process (default: cores / processes)")
     train.add_argument("--contrast-dropout", type=float, default=0.5)
     train.add_argument("--prior-dropout", type=float, default=0.2)
-    train.add_argument("--max-cases", type=int, help="use only the first N cases of DATA")
-    train.add_argument("--val-cases", type=int, default=12, help="validation cases scored after each epoch")
+    train.add_argument("--max-cases", type=int, help="use only the first N cases of DATA (and of --clinical)")
+    train.add_argument("--val-cases", type=int, default=12, help="validation cases scored after each epoch (of VAL, and of --clinical-val)")
     train.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                        help="bf16: forward passes under bfloat16 autocast (a step 0.64x as long on a CPU with AMX, "
                             "1.5x as long on one without bfloat16 in hardware: benchmarks/bench_train_step.py)")
@@ -234,7 +242,8 @@ def _train(args: argparse.Namespace) -> int:
         roi=tuple(args.roi), batch_size=args.batch_size, lr=args.lr, cache=args.cache, threads=args.threads,
         contrast_dropout=args.contrast_dropout, prior_dropout=args.prior_dropout, max_cases=args.max_cases,
         val_cases=args.val_cases, precision=args.precision, loader_workers=args.loader_workers,
-        progress=not args.no_progress,
+        progress=not args.no_progress, clinical=args.clinical, clinical_ratio=args.clinical_ratio,
+        clinical_val=args.clinical_val,
     )
     path = train(options)
     if path is not None:

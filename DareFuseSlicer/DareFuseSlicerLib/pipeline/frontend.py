@@ -25,6 +25,7 @@ from ..constants import CONTRASTS, contrast_name, reference_contrast
 from ..errors import InputError
 from ..progress import CancelFn, check_cancel
 from . import brainmask, preprocess, register
+from .validate import check_image
 
 #: The bundled brain-mask network (its card beside it): Resources/Models of the module.
 BRAINMASK_MODEL = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "brainmask.safetensors"
@@ -144,8 +145,9 @@ def run_front_end(images: Dict[str, sitk.Image], labels: Optional[Dict[str, str]
 def prepare_study(images: Dict[str, Optional[sitk.Image]], spacing_mm: float = 2.0, model=None,
                   cancel: Optional[CancelFn] = None) -> Tuple[preprocess.Prepared, FrontEnd]:
     """What the pipeline feeds the network for this study (raw or preprocessed), and the front end's report:
-    the same path as `darefuse segment`, for training on the front end's output."""
-    given = {name: image for name, image in images.items() if image is not None}
+    the same path as `darefuse segment` (each image as its checks pass it on, the front end, prepare), for
+    training and evaluating on the front end's output."""
+    given = {name: check_image(contrast_name(name), image)[0] for name, image in images.items() if image is not None}
     front = run_front_end(given, model=model, cancel=cancel)
     prep = preprocess.prepare(front.images, spacing_mm=spacing_mm, brain_mask=front.brain_mask)
     return prep, front

@@ -3,15 +3,21 @@
 Each case goes through the same `prepare()` as inference; its label and tumour-free images are put on the
 same low-resolution grid and the tumour-free images are normalised with the input's own mean and std, so
 that input - tumour_free is the lesion and nothing else.
+
+Clinical (whole-head) cases go through the pipeline's front end (`frontend.prepare_study`: brain mask,
+rigid registration) exactly as `darefuse segment` runs it; each tumour-free twin is carried onto the
+reference grid by its contrast's recovered transform, so the twin stays aligned with what the network sees.
+A contrast whose registration the front end does not believe is left out (present 0), as in use.
+`MixedSampler` draws them for a set share of each epoch's crops beside BraTS-style cases.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -34,8 +40,13 @@ from ..phantoms import read_manifest
 from ..pipeline import preprocess
 from ..pipeline.preprocess import prepare, resample_label_to_grid
 
+if TYPE_CHECKING:
+    from ..pipeline.frontend import FrontEnd
+
 #: Changes whenever the cached arrays would change: old cache files are then rebuilt, never reused.
 CACHE_VERSION = "1"
+#: The same for clinical cases' front-end path (their keys also hold the brain-mask model's SHA256).
+CLINICAL_CACHE_VERSION = "1"
 SPACING_MM = 2.0
 #: Class target of a crop that holds none of its case's tumour (cross-entropy's ignore_index).
 IGNORE_CLASS = -100
@@ -76,20 +87,31 @@ def _tumour_free_on_grid(image: sitk.Image, free: sitk.Image, prep: preprocess.P
     return np.where(inside, z, 0.0).astype(np.float32)
 
 
-def preprocess_case(folder: Path, row: dict) -> Dict[str, np.ndarray]:
-    """One manifest row -> arrays on the 2 mm grid (image, present, label, tumour_free, foreground)."""
+def _reader(folder: Path, row: dict):
     def read(key):
         path = folder / row[key]
         if not path.is_file():
             raise InputError(f"Case {row['case_id']}: file {path} named in the manifest is missing.")
         return sitk.ReadImage(str(path))
+    return read
 
+
+def preprocess_case(folder: Path, row: dict, brainmask_model=None) -> Dict[str, np.ndarray]:
+    """One manifest row -> arrays on the 2 mm grid (image, present, label, tumour_free, foreground).
+    Clinical rows go through the front end (brainmask_model: the mask network, loaded when None)."""
+    if is_clinical(row):
+        return preprocess_clinical_case(folder, row, brainmask_model)
+    read = _reader(folder, row)
     images = {c: read(BRATS_SUFFIX[c]) for c in CONTRASTS}
     prep = prepare(images, spacing_mm=SPACING_MM)
     label = resample_label_to_grid(read("seg"), prep)
     free = np.stack([
         _tumour_free_on_grid(images[c], read(f"{BRATS_SUFFIX[c]}_free"), prep, i) for i, c in enumerate(CONTRASTS)
     ])
+    return _arrays(prep, free, label, row)
+
+
+def _arrays(prep: preprocess.Prepared, free: np.ndarray, label: np.ndarray, row: dict) -> Dict[str, np.ndarray]:
     return {
         # float16 halves the cache and the RAM of 160 cases; z-scores need no more than 3 digits.
         "image": prep.array.astype(np.float16),
@@ -100,11 +122,58 @@ def preprocess_case(folder: Path, row: dict) -> Dict[str, np.ndarray]:
     }
 
 
+def is_clinical(row: dict) -> bool:
+    return row.get("acquisition") == "clinical"
+
+
+def twin_on_reference(free: sitk.Image, contrast: str, front: "FrontEnd", prep: preprocess.Prepared) -> sitk.Image:
+    """A contrast's tumour-free twin (on that contrast's own grid) moved onto the reference grid by the same
+    resampling as the contrast itself: the registration's transform, or none for the reference."""
+    from ..pipeline import register
+
+    if contrast == prep.reference_name:
+        return sitk.Cast(free, sitk.sitkFloat32)
+    if contrast in front.registrations:
+        return register.apply(free, prep.reference, front.registrations[contrast].transform)
+    return preprocess.resample(sitk.Cast(free, sitk.sitkFloat32), prep.reference)  # a skull-stripped study
+
+
+def preprocess_clinical_case(folder: Path, row: dict, brainmask_model=None) -> Dict[str, np.ndarray]:
+    """A whole-head case as the pipeline feeds it to the network (frontend.prepare_study: the brain mask, the
+    thick-slice and moved contrasts registered and resampled onto the reference grid, z-scored inside the
+    mask); the label lies on the reference grid already. Adds `present` (contrasts the front end left out: 0)."""
+    from ..pipeline import frontend
+
+    read = _reader(folder, row)
+    images = {c: read(BRATS_SUFFIX[c]) for c in CONTRASTS}
+    model = brainmask_model if brainmask_model is not None else frontend.load_brainmask_model()
+    prep, front = frontend.prepare_study(images, spacing_mm=SPACING_MM, model=model)
+    label = resample_label_to_grid(read("seg"), prep)
+    free = np.zeros_like(prep.array)
+    for i, c in enumerate(CONTRASTS):
+        if c in prep.resampled:
+            twin = twin_on_reference(read(f"{BRATS_SUFFIX[c]}_free"), c, front, prep)
+            free[i] = _tumour_free_on_grid(prep.resampled[c], twin, prep, i)
+    arrays = _arrays(prep, free, label, row)
+    arrays["present"] = prep.present.astype(np.float32)
+    return arrays
+
+
+def _brainmask_sha256() -> str:
+    """The bundled brain-mask network's SHA256 (its card's): a new mask model rebuilds clinical cache files."""
+    from ..network.store import read_card
+    from ..pipeline.frontend import BRAINMASK_MODEL
+
+    return str(read_card(BRAINMASK_MODEL)["sha256"])
+
+
 def _cache_key(folder: Path, row: dict) -> str:
     seg = folder / row["seg"]
     stat = seg.stat()
-    text = json.dumps([CACHE_VERSION, SPACING_MM, row["case_id"], str(folder.resolve()), stat.st_size, stat.st_mtime_ns])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    parts = [CACHE_VERSION, SPACING_MM, row["case_id"], str(folder.resolve()), stat.st_size, stat.st_mtime_ns]
+    if is_clinical(row):  # BraTS-style keys stay as they were: their cache files are reused
+        parts += ["clinical", CLINICAL_CACHE_VERSION, _brainmask_sha256()]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
 def read_rows(folder) -> List[dict]:
@@ -121,13 +190,15 @@ def read_rows(folder) -> List[dict]:
 def build_cache(folder, cache_dir, progress=None, rows: Optional[List[dict]] = None) -> List[Path]:
     """Pre-process every case of `folder` once into `cache_dir/<case_id>.npz`; returns the npz paths.
 
-    A cache file is reused only when its key (cache version, spacing, case, source file size and time)
-    matches, so a regenerated data set is never read from a stale cache.
+    A cache file is reused only when its key (cache version, spacing, case, source file size and time; for
+    clinical cases also the brain-mask model) matches, so a regenerated data set or a new front end is never
+    read from a stale cache.
     """
     folder, cache_dir = Path(folder), Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     rows = rows if rows is not None else read_rows(folder)
     paths = []
+    brainmask_model = None  # loaded once, for the first clinical case that needs building
     for i, row in enumerate(rows):
         path = cache_dir / f"{row['case_id']}.npz"
         key = _cache_key(folder, row)
@@ -137,7 +208,11 @@ def build_cache(folder, cache_dir, progress=None, rows: Optional[List[dict]] = N
         else:
             fresh = False
         if not fresh:
-            save_npz_atomic(path, key=np.array(key), **preprocess_case(folder, row))
+            if is_clinical(row) and brainmask_model is None:
+                from ..pipeline.frontend import load_brainmask_model
+
+                brainmask_model = load_brainmask_model()
+            save_npz_atomic(path, key=np.array(key), **preprocess_case(folder, row, brainmask_model))
         paths.append(path)
         if progress is not None:
             progress((i + 1) / len(rows), row["case_id"])
@@ -163,6 +238,8 @@ class CachedCase:
     foreground: np.ndarray
     class_index: int
     labelled: bool = True
+    # float32 (4,): the contrasts given (BraTS-style cases all four; the front end may leave one out)
+    present: np.ndarray = field(default_factory=lambda: np.ones(4, np.float32))
 
 
 def load_cases(paths: Sequence[Path]) -> List[CachedCase]:
@@ -172,6 +249,7 @@ def load_cases(paths: Sequence[Path]) -> List[CachedCase]:
             cases.append(CachedCase(
                 case_id=Path(path).stem, image=data["image"], tumour_free=data["tumour_free"], label=data["label"],
                 foreground=data["foreground"], class_index=int(data["class_index"]),
+                present=data["present"].astype(np.float32) if "present" in data else np.ones(4, np.float32),
             ))
     return cases
 
@@ -196,7 +274,10 @@ def labelled_subset(cases: Sequence[CachedCase], fraction: float, seed: int) -> 
 # -- augmentation ---------------------------------------------------------------------------------------
 class ContrastDropoutd(RandomizableTransform, MapTransform):
     """Drops a random non-empty subset of contrasts (zero image and tumour-free channels, present = 0):
-    with probability `prob` one of the 14 proper non-empty subsets is kept, uniformly."""
+    with probability `prob` one of the 14 proper non-empty subsets is kept, uniformly. A case that lacks some
+    contrasts already (its `present`: the front end left one out) keeps the drawn subset's given ones, or all
+    it has when none of the drawn subset is given; its missing channels are zeroed whether or not a subset is
+    drawn (the intensity shift before this made them non-zero, and inference feeds zeros)."""
 
     SUBSETS = [tuple(c for c in range(4) if mask >> c & 1) for mask in range(1, 15)]  # 15 = all four
 
@@ -206,12 +287,15 @@ class ContrastDropoutd(RandomizableTransform, MapTransform):
 
     def __call__(self, data):
         d = dict(data)
+        given = np.asarray(d.get("present", np.ones(4, np.float32)), np.float32)
         self.randomize(None)
-        if not self._do_transform:
+        present = given
+        if self._do_transform:
+            drawn = np.zeros(4, np.float32)
+            drawn[list(self.SUBSETS[self.R.randint(len(self.SUBSETS))])] = 1.0
+            present = drawn * given if (drawn * given).any() else given
+        elif given.all():
             return d
-        kept = self.SUBSETS[self.R.randint(len(self.SUBSETS))]
-        present = np.zeros(4, np.float32)
-        present[list(kept)] = 1.0
         d["present"] = present
         for key in self.keys:
             d[key] = d[key] * torch.as_tensor(present).reshape(4, 1, 1, 1).to(d[key].dtype)
@@ -271,13 +355,15 @@ class TrainDataset(torch.utils.data.Dataset):
         return len(self.cases)
 
     def __getitem__(self, index: int) -> dict:
-        case = self.cases[index]
+        # An index past the end is a further draw of case index % len (MixedSampler's repeats): the same case,
+        # its own augmentation (seeded by the index).
+        case = self.cases[index % len(self.cases)]
         sample = {
             "image": torch.from_numpy(case.image.astype(np.float32)),
             "tumour_free": torch.from_numpy(case.tumour_free.astype(np.float32)),
             "label": torch.from_numpy(case.label[None].astype(np.int64)),
             "foreground": torch.from_numpy(case.foreground[None].astype(np.float32)),
-            "present": np.ones(4, np.float32),
+            "present": case.present.copy(),
         }
         self.transforms.set_random_state(seed=seed_for(self.seed, self.epoch, index))
         tracking = get_track_meta()
@@ -301,3 +387,49 @@ class TrainDataset(torch.utils.data.Dataset):
             "class_index": torch.tensor(class_index),
             "labelled": torch.tensor(case.labelled),
         }
+
+
+class MixedSampler(torch.utils.data.Sampler):
+    """Indices of a two-group TrainDataset (the first `n_first` cases, then `n_second`) so that a share `ratio`
+    of every epoch's samples comes from the second group, whatever the groups' sizes.
+
+    An epoch has n_first + n_second samples (as many as one pass over both). Each group is drawn from an
+    endless stream of seeded permutations of its cases, continued from epoch to epoch, so every case comes up
+    equally often; a case's k-th draw in that stream gets index case + k * len(dataset), which TrainDataset
+    maps back to the case with an augmentation of its own. The epoch's samples are shuffled, then split across
+    DDP ranks as DistributedSampler does (drop_last). Everything is seeded by (seed, epoch): runs and resumed
+    runs draw the same crops.
+    """
+
+    def __init__(self, n_first: int, n_second: int, ratio: float, seed: int, num_replicas: int = 1, rank: int = 0):
+        super().__init__()
+        self.sizes = (n_first, n_second)
+        total = n_first + n_second
+        second = int(round(ratio * total)) if n_second else 0
+        self.counts = (total - second, second)
+        self.seed, self.num_replicas, self.rank, self.epoch = seed, num_replicas, rank, 0
+        self.num_samples = sum(self.counts) // num_replicas
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def _draws(self, group: int) -> List[int]:
+        """This epoch's draws of one group, continuing its permutation stream."""
+        n, k = self.sizes[group], self.counts[group]
+        offset, total = (0, self.sizes[0])[group], sum(self.sizes)
+        out, orders = [], {}
+        for position in range(self.epoch * k, (self.epoch + 1) * k):
+            cycle = position // n
+            if cycle not in orders:
+                orders[cycle] = np.random.RandomState(seed_for(self.seed, group, cycle)).permutation(n)
+            out.append(offset + int(orders[cycle][position % n]) + cycle * total)
+        return out
+
+    def __iter__(self):
+        indices = self._draws(0) + self._draws(1)
+        order = np.random.RandomState(seed_for(self.seed, self.epoch, 2)).permutation(len(indices))
+        used = [indices[i] for i in order[: self.num_samples * self.num_replicas]]
+        return iter(used[self.rank :: self.num_replicas])

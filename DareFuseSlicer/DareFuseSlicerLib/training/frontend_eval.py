@@ -20,10 +20,24 @@ from ..metrics import mask_dice
 from ..pipeline import register
 
 
+def seed_field(seeds: Iterable[int]) -> list:
+    """Seeds as a card records them (`_seed_set` reads them back): [first, last] for one unbroken range (as
+    cards always had them), else [[first, last], ...], one pair per unbroken run."""
+    runs: List[List[int]] = []
+    for seed in sorted(set(int(s) for s in seeds)):
+        if runs and seed == runs[-1][1] + 1:
+            runs[-1][1] = seed
+        else:
+            runs.append([seed, seed])
+    return runs[0] if len(runs) == 1 else runs
+
+
 def _seed_set(value) -> Set[int]:
-    """A card's seeds: [first, last] (a range, as data_recipe.seeds is written) or a longer list of seeds."""
+    """A card's seeds (seed_field's forms): [first, last], a list of such pairs, or a longer list of seeds."""
     if not value:
         return set()
+    if all(isinstance(v, (list, tuple)) for v in value):
+        return set().union(*(_seed_set(v) for v in value))
     values = [int(v) for v in value]
     if len(values) == 2 and values[1] >= values[0]:
         return set(range(values[0], values[1] + 1))
@@ -31,13 +45,21 @@ def _seed_set(value) -> Set[int]:
 
 
 def card_seeds(card: dict) -> Dict[str, Set[int]]:
-    """Training and validation seeds a model's card records (data_recipe: seeds or train_seeds,
-    validation_seeds)."""
-    recipe = card.get("data_recipe") or {}
+    """Training and validation seeds a model's card records: data_recipe (seeds or train_seeds,
+    validation_seeds, and its clinical set's), those of the model it was fine-tuned from (initialised_from:
+    training_seeds, validation_seeds) and those of a twin-free prior's generator (prior.trained_on)."""
+    recipe = card.get("data_recipe")
+    recipe = recipe if isinstance(recipe, dict) else {}
+    clinical = recipe.get("clinical") or {}
+    parent = card.get("initialised_from") or {}
     # A twin-free prior's generator (training/prior.py) lists its own training seeds, one by one.
     prior_seeds = {int(s) for s in ((card.get("prior") or {}).get("trained_on") or {}).get("training_seeds", [])}
-    return {"training": _seed_set(recipe.get("seeds") or recipe.get("train_seeds")) | prior_seeds,
-            "validation": _seed_set(recipe.get("validation_seeds"))}
+    return {
+        "training": (_seed_set(recipe.get("seeds") or recipe.get("train_seeds")) | _seed_set(clinical.get("seeds"))
+                     | _seed_set(parent.get("training_seeds")) | prior_seeds),
+        "validation": (_seed_set(recipe.get("validation_seeds")) | _seed_set(clinical.get("validation_seeds"))
+                       | _seed_set(parent.get("validation_seeds"))),
+    }
 
 
 def check_held_out(rows: Sequence[dict], cards: Dict[str, dict]) -> None:

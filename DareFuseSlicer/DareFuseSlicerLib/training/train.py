@@ -15,7 +15,12 @@
   2.3 s on one thread of this machine's Xeon); on a GPU it is the usual mixed precision.
 - Loading: --loader-workers N prepares the augmented crops in N processes (a GPU otherwise waits on them);
   the crops are the same for any N, because each sample's augmentation is seeded by (seed, epoch, index).
-- Output: metrics.csv (one row per epoch), the EMA model as <arch>.safetensors + card.
+- Clinical mixture: --clinical DIR adds the engine's whole-head cases, each prepared once by the pipeline's own
+  front end (brain mask, registration, thick-slice contrasts resampled onto the reference grid); --clinical-ratio
+  R makes them R of every epoch's crops; --clinical-val DIR is scored apart (val_clinical_* columns). Without
+  --clinical a run is the BraTS-style run it always was.
+- Output: metrics.csv (one row per epoch), the EMA model as <arch>.safetensors + card (every training and
+  validation seed, and those of the model it started from, for evaluate's held-out check).
 """
 from __future__ import annotations
 
@@ -43,7 +48,8 @@ from ..network.losses import DareFuseLoss, consistency_loss, kl_annealing
 from ..network.model import DareFuseNet, count_parameters
 from ..network.store import load_model, save_model
 from .baseline import SegResNetBaseline
-from .dataset import TrainDataset, build_cache, labelled_subset, load_cases, read_rows, seed_for
+from .dataset import MixedSampler, TrainDataset, build_cache, is_clinical, labelled_subset, load_cases, read_rows, seed_for
+from .frontend_eval import card_seeds, seed_field
 
 CHECKPOINT = "checkpoint.pt"
 ARCH_FILES = {"darefuse": "darefuse.safetensors", "segresnet": "segresnet.safetensors"}
@@ -82,6 +88,13 @@ class TrainOptions:
     loader_workers: int = 0  # processes preparing the augmented crops (0: in the training process)
     precision: str = "fp32"  # or "bf16": forward passes under bfloat16 autocast
     progress: bool = True
+    clinical: Optional[str] = None  # a folder of clinical (whole-head) engine cases mixed into the training
+    clinical_ratio: Optional[float] = None  # their share of each epoch's crops (default 0.5 with --clinical)
+    clinical_val: Optional[str] = None  # clinical validation folder, scored apart (val_clinical_*)
+
+    @property
+    def mix_ratio(self) -> float:
+        return 0.0 if self.clinical is None else (0.5 if self.clinical_ratio is None else self.clinical_ratio)
 
     def command_line(self) -> str:
         """The equivalent `darefuse train` command (recorded in the model card)."""
@@ -89,7 +102,7 @@ class TrainOptions:
         defaults = TrainOptions(data="", out="")
         for name in ("val", "epochs", "minutes", "seed", "labelled_fraction", "init", "arch", "device", "roi", "batch_size",
                      "lr", "cache", "threads", "contrast_dropout", "prior_dropout", "max_cases", "val_cases", "precision",
-                     "loader_workers"):
+                     "loader_workers", "clinical", "clinical_ratio", "clinical_val"):
             value = getattr(self, name)
             if value is not None and value != getattr(defaults, name) or name == "seed":
                 flag = "--" + name.replace("_", "-")
@@ -205,8 +218,10 @@ def stored_start(arch: str, init: str) -> Tuple[torch.nn.Module, dict]:
                           "init", "arch")
     card = model.card
     del model.card
+    seen = card_seeds(card)  # its own seeds and those of the models it came from: evaluate refuses them all
     origin = {"weights": Path(init).name, "sha256": card["sha256"], "version": card.get("version"),
-              "steps": card.get("training", {}).get("steps"), "training_command": card.get("training_command")}
+              "steps": card.get("training", {}).get("steps"), "training_command": card.get("training_command"),
+              "training_seeds": seed_field(seen["training"]), "validation_seeds": seed_field(seen["validation"])}
     return model.train(), origin
 
 
@@ -232,7 +247,7 @@ def validate(model: torch.nn.Module, cases, device: torch.device) -> Dict[str, f
     uncertainty_wrong, uncertainty_right = [], []
     for case in cases:
         x = torch.from_numpy(case.image.astype(np.float32))[None].to(device)
-        present = torch.ones(1, 4, device=device)
+        present = torch.from_numpy(np.asarray(case.present, np.float32))[None].to(device)  # as the front end left them
         out = model(x, present)
         alpha = out["evidence"] + 1.0
         pred = alpha.argmax(1)[0].cpu().numpy()
@@ -270,11 +285,14 @@ def _format_seconds(seconds: float) -> str:
 # -- the run --------------------------------------------------------------------------------------------
 @dataclass
 class TrainData:
-    """The cached cases, which of them keep their labels, and the validation cases (rank 0 only)."""
+    """The cached cases (--data's, then --clinical's), which of them keep their labels, and the validation
+    cases of --val and --clinical-val (rank 0 only)."""
 
     cases: list
     flags: List[bool]
     val_cases: list
+    clinical_cases: int = 0  # how many of `cases`, at the end, are --clinical's
+    clinical_val_cases: list = field(default_factory=list)
 
 
 @dataclass
@@ -303,7 +321,7 @@ class Batches:
     """The augmented crops, epoch by epoch, and the run's budget in epochs and seconds."""
 
     dataset: TrainDataset
-    sampler: torch.utils.data.distributed.DistributedSampler
+    sampler: torch.utils.data.Sampler  # DistributedSampler, or MixedSampler with --clinical
     loader: torch.utils.data.DataLoader
     steps_per_epoch: int
     budget_s: Optional[float]
@@ -334,10 +352,11 @@ def train(options: TrainOptions) -> Optional[Path]:
         net = torch.nn.parallel.DistributedDataParallel(
             state.model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
         )
-    batches = make_batches(options, runtime, data.cases)
+    batches = make_batches(options, runtime, data.cases, data.clinical_cases)
     log(
         f"{options.arch}: {count_parameters(state.model)} parameters; {len(data.cases)} cases "
-        f"({sum(data.flags)} labelled), {len(data.val_cases)} validation; {runtime.world} process(es) on "
+        f"({sum(data.flags)} labelled{mixture_note(options, data)}), "
+        f"{len(data.val_cases) + len(data.clinical_val_cases)} validation; {runtime.world} process(es) on "
         f"{runtime.device}, {torch.get_num_threads()} threads each; roi {options.roi}; command: {options.command_line()}"
     )
     bar = None
@@ -369,8 +388,13 @@ def train(options: TrainOptions) -> Optional[Path]:
     return result
 
 
+def mixture_note(options: TrainOptions, data: TrainData) -> str:
+    return f"; {data.clinical_cases} of them clinical, drawn for {options.mix_ratio} of the crops" if data.clinical_cases else ""
+
+
 def check_options(options: TrainOptions) -> None:
-    """OptionError for options that cannot work, before anything is read or written."""
+    """OptionError for options that cannot work, before anything but manifests is read, and before anything
+    is written."""
     if options.epochs is None and options.minutes is None:
         raise OptionError("Give a budget: {epochs} N and/or {minutes} M.", "epochs", "minutes")
     if options.epochs is not None and options.epochs < 1:
@@ -385,6 +409,14 @@ def check_options(options: TrainOptions) -> None:
         raise OptionError(f"{{loader_workers}} must be 0 or more, got {options.loader_workers}.", "loader_workers")
     if options.precision not in PRECISIONS:
         raise OptionError(f"{{precision}} must be fp32 or bf16, got {options.precision!r}.", "precision")
+    if options.clinical_ratio is not None and options.clinical is None:
+        raise OptionError("{clinical_ratio} needs {clinical}: the folder of clinical cases to mix in.",
+                          "clinical_ratio", "clinical")
+    if options.clinical is not None and not 0.0 < options.mix_ratio <= 1.0:
+        raise OptionError(f"{{clinical_ratio}} must be in (0, 1], got {options.mix_ratio}.", "clinical_ratio")
+    for folder, option in ((options.clinical, "clinical"), (options.clinical_val, "clinical_val")):
+        if folder is not None:
+            require_clinical(folder, option)
 
 
 def run_log(path: Path, runtime: Runtime, progress_bar: bool):
@@ -403,20 +435,36 @@ def run_log(path: Path, runtime: Runtime, progress_bar: bool):
 
 def load_data(options: TrainOptions, runtime: Runtime, log) -> TrainData:
     """The training cases from the cache (labels kept for the labelled fraction) and the validation cases."""
-    cache_dir = cache_dir_for(options.data, options.cache)
     # Pre-processing is per case: one process per core (DDP ranks split the cases instead).
     workers = 1 if runtime.world > 1 else max(1, os.cpu_count() or 1)
-    cases = cached_cases(options.data, cache_dir, runtime, options.max_cases, workers, log)
+    cases = cached_cases(options.data, cache_dir_for(options.data, options.cache), runtime, options.max_cases, workers, log)
+    clinical = []
+    if options.clinical is not None:
+        clinical = cached_cases(options.clinical, cache_dir_for(options.clinical, options.cache), runtime,
+                                options.max_cases, workers, log)
+    cases += clinical
     flags = labelled_subset(cases, options.labelled_fraction, options.seed)
     for case, flag in zip(cases, flags):
         case.labelled = flag
-    val_cases = []
-    if options.val and runtime.main:
-        val_cases = cached_cases(
-            options.val, cache_dir_for(options.val, options.cache), Runtime(runtime.device), options.val_cases, workers, log
-        )
+    val_cases, clinical_val_cases = [], []
+    if runtime.main:
+        single = Runtime(runtime.device)
+        if options.val:
+            val_cases = cached_cases(options.val, cache_dir_for(options.val, options.cache), single, options.val_cases,
+                                     workers, log)
+        if options.clinical_val:
+            clinical_val_cases = cached_cases(options.clinical_val, cache_dir_for(options.clinical_val, options.cache),
+                                              single, options.val_cases, workers, log)
     runtime.barrier()
-    return TrainData(cases, flags, val_cases)
+    return TrainData(cases, flags, val_cases, len(clinical), clinical_val_cases)
+
+
+def require_clinical(folder: str, option: str) -> None:
+    """OptionError unless every case of `folder` is a clinical acquisition (the mixture's ratio counts them)."""
+    other = [r["case_id"] for r in read_rows(folder) if not is_clinical(r)]
+    if other:
+        raise OptionError(f"{{{option}}} {folder}: {len(other)} case(s) are not clinical acquisitions (first: {other[0]}); "
+                          "give the folder written by `darefuse phantoms --acquisition clinical`.", option)
 
 
 def build_state(options: TrainOptions, runtime: Runtime, start: Optional[torch.nn.Module], checkpoint_path: Path,
@@ -443,12 +491,17 @@ def build_state(options: TrainOptions, runtime: Runtime, start: Optional[torch.n
     return state
 
 
-def make_batches(options: TrainOptions, runtime: Runtime, cases: list) -> Batches:
-    """The dataset of augmented crops, its distributed sampler and loader, and the budget."""
+def make_batches(options: TrainOptions, runtime: Runtime, cases: list, clinical_cases: int = 0) -> Batches:
+    """The dataset of augmented crops, its distributed sampler and loader, and the budget. The last
+    `clinical_cases` cases are --clinical's: drawn for --clinical-ratio of every epoch's crops."""
     dataset = TrainDataset(cases, options.roi, options.seed, options.contrast_dropout)
-    sampler = torch.utils.data.distributed.DistributedSampler(
-        dataset, num_replicas=runtime.world, rank=runtime.rank, shuffle=True, seed=options.seed, drop_last=True
-    )
+    if clinical_cases:
+        sampler = MixedSampler(len(cases) - clinical_cases, clinical_cases, options.mix_ratio, options.seed,
+                               num_replicas=runtime.world, rank=runtime.rank)
+    else:  # a BraTS-style run: the sampler it always had
+        sampler = torch.utils.data.distributed.DistributedSampler(
+            dataset, num_replicas=runtime.world, rank=runtime.rank, shuffle=True, seed=options.seed, drop_last=True
+        )
     # Workers are started afresh each epoch (not persistent), so they see the dataset's new epoch.
     loader = torch.utils.data.DataLoader(dataset, batch_size=options.batch_size, sampler=sampler,
                                          num_workers=options.loader_workers, drop_last=True)
@@ -552,6 +605,9 @@ def end_epoch(options: TrainOptions, runtime: Runtime, state: TrainState, data: 
         return None
     if data.val_cases:
         row.update({k: round(v, 4) for k, v in validate(state.ema, data.val_cases, runtime.device).items()})
+    if data.clinical_val_cases:
+        row.update({"val_clinical_" + k[len("val_"):]: round(v, 4)
+                    for k, v in validate(state.ema, data.clinical_val_cases, runtime.device).items()})
     state.history.append(row)
     _write_csv(out_dir / "metrics.csv", state.history)
     checkpoint = {
@@ -580,7 +636,7 @@ def save_result(options: TrainOptions, runtime: Runtime, state: TrainState, data
         "seed": options.seed,
         "initialised_from": initialised_from,
         "weights": "exponential moving average of the trained weights (the mean teacher's weights)",
-        "data_recipe": _data_recipe(options, data.cases, data.flags),
+        "data_recipe": _data_recipe(options, data),
         "training": {
             "epochs": state.epoch - state.start_epoch + (state.start_epoch if options.resume else 0),
             "steps": state.step,
@@ -599,20 +655,45 @@ def save_result(options: TrainOptions, runtime: Runtime, state: TrainState, data
     return result
 
 
-def _data_recipe(options: TrainOptions, cases, flags) -> dict:
-    rows = read_rows(options.data)[: options.max_cases or None]
-    seeds = [int(r["seed"]) for r in rows]
-    classes = {name: sum(1 for r in rows if r["tumour_class"] == name) for name in CLASSES}
+def _set_recipe(rows: List[dict]) -> dict:
+    """One data set as a card records it: case count, seeds, classes and grids."""
     grids: Dict[str, int] = {}
     for r in rows:
         grids[r["grid"]] = grids.get(r["grid"], 0) + 1
-    return {
+    return {"cases": len(rows), "seeds": seed_field(int(r["seed"]) for r in rows),
+            "classes": {name: sum(1 for r in rows if r["tumour_class"] == name) for name in CLASSES}, "grids": grids}
+
+
+def _validation_seeds(folder: Optional[str], val_cases: int) -> list:
+    return seed_field(int(r["seed"]) for r in read_rows(folder)[:val_cases]) if folder else []
+
+
+def _data_recipe(options: TrainOptions, data: TrainData) -> dict:
+    """The card's data recipe: --data's set as it always was, its validation seeds (evaluate refuses held-out
+    cases among them), and with --clinical / --clinical-val the clinical set, its ratio and seeds."""
+    brats = len(data.cases) - data.clinical_cases
+    recipe = {
         "generator": "DareFuseSlicerLib.phantoms.generate (synthetic cases on MNI152 2009a anatomy)",
-        "train_folder": str(options.data), "cases": len(rows), "seeds": [min(seeds), max(seeds)],
-        "classes": classes, "grids": grids, "labelled_cases": int(sum(flags)),
+        "train_folder": str(options.data), **_set_recipe(read_rows(options.data)[: options.max_cases or None]),
+        "labelled_cases": int(sum(data.flags[:brats])),
         "validation_folder": str(options.val) if options.val else None,
         "preprocessing": "pipeline.preprocess.prepare, 2 mm isotropic brain box, z-score in the brain",
     }
+    if options.val:
+        recipe["validation_seeds"] = _validation_seeds(options.val, options.val_cases)
+    if options.clinical or options.clinical_val:
+        clinical = {"folder": options.clinical, "ratio": options.mix_ratio}
+        if options.clinical:
+            clinical.update(_set_recipe(read_rows(options.clinical)[: options.max_cases or None]))
+            clinical["labelled_cases"] = int(sum(data.flags[brats:]))
+        clinical.update({
+            "validation_folder": options.clinical_val,
+            "validation_seeds": _validation_seeds(options.clinical_val, options.val_cases),
+            "preprocessing": "pipeline.frontend.prepare_study (the pipeline's front end: brain mask, rigid "
+                             "registration, every contrast resampled onto the reference grid), then as above",
+        })
+        recipe["clinical"] = clinical
+    return recipe
 
 
 def _write_csv(path: Path, rows: List[dict]) -> None:
