@@ -44,6 +44,7 @@ from ..pipeline.preprocess import prepare, resample_label_to_grid
 from ..progress import CancelFn, ProgressFn, check_cancel, format_time_left
 from ..sampledata import sha256
 from .dataset import CACHE_VERSION, IGNORE_CLASS, SPACING_MM, CachedCase, TrainDataset, save_npz_atomic, seed_for
+from .recorded_command import differing_flags
 from .train import ARCH_FILES, seed_everything, stored_start, update_ema
 
 MODEL_FILE = ARCH_FILES["darefuse"]
@@ -83,11 +84,9 @@ class AdaptOptions:
         parts += ["--unlabelled", self.unlabelled] if self.unlabelled is not None else []
         parts += ["--out", self.out, "--seed", str(self.seed), "--max-uncertainty", str(self.max_uncertainty)]
         defaults = AdaptOptions(init="", labelled="", unlabelled="", out="")
-        for name in ("minutes", "epochs", "steps", "pseudo_weight", "roi", "batch_size", "lr", "ema_decay", "contrast_dropout",
-                     "prior_dropout", "threads", "device", "cache"):
-            value = getattr(self, name)
-            if value is not None and value != getattr(defaults, name):
-                parts += ["--" + name.replace("_", "-")] + ([str(v) for v in value] if isinstance(value, tuple) else [str(value)])
+        parts += differing_flags(self, defaults, ("minutes", "epochs", "steps", "pseudo_weight", "roi", "batch_size",
+                                                  "lr", "ema_decay", "contrast_dropout", "prior_dropout", "threads",
+                                                  "device", "cache"))
         return " ".join(shlex.quote(p) for p in parts)
 
 

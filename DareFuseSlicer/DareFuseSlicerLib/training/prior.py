@@ -41,6 +41,7 @@ from ..phantoms import read_manifest
 from ..progress import CancelFn, ProgressFn, check_cancel, format_time_left
 from .adapt import SiteCase, SiteDataset, prepare_site_case, scan_site, site_checksums
 from .dataset import seed_for
+from .recorded_command import differing_flags
 from .train import ARCH_FILES, seed_everything, stored_start
 
 MODEL_FILE = ARCH_FILES["darefuse"]
@@ -72,11 +73,8 @@ class PriorOptions:
             parts += ["--data", folder]
         parts += ["--out", self.out, "--seed", str(self.seed), "--block", str(self.block)]
         defaults = PriorOptions(init="", data=(), out="")
-        for name in ("minutes", "steps", "tumour_margin", "roi", "batch_size", "lr", "contrast_dropout", "max_cases",
-                     "threads", "device"):
-            value = getattr(self, name)
-            if value is not None and value != getattr(defaults, name):
-                parts += ["--" + name.replace("_", "-")] + ([str(v) for v in value] if isinstance(value, tuple) else [str(value)])
+        parts += differing_flags(self, defaults, ("minutes", "steps", "tumour_margin", "roi", "batch_size", "lr",
+                                                  "contrast_dropout", "max_cases", "threads", "device"))
         return " ".join(shlex.quote(p) for p in parts)
 
 
