@@ -45,6 +45,7 @@ from ..progress import CancelFn, ProgressFn, check_cancel, format_time_left
 from ..sampledata import sha256
 from .dataset import CACHE_VERSION, IGNORE_CLASS, SPACING_MM, CachedCase, TrainDataset, save_npz_atomic, seed_for
 from .recorded_command import differing_flags
+from .run_options import check_budget, check_device, check_run_folder
 from .train import ARCH_FILES, seed_everything, stored_start, update_ema
 
 MODEL_FILE = ARCH_FILES["darefuse"]
@@ -287,22 +288,15 @@ def adapt(options: AdaptOptions, progress: Optional[ProgressFn] = None, cancel: 
 def check_options(options: AdaptOptions) -> None:
     if options.minutes is None and options.epochs is None and options.steps is None:
         raise OptionError("Give a budget: {minutes} M, {epochs} N and/or {steps} S.", "minutes", "epochs", "steps")
-    if options.minutes is not None and options.minutes <= 0:
-        raise OptionError(f"{{minutes}} must be positive, got {options.minutes}.", "minutes")
+    check_budget(options.minutes, options.steps)
     if options.epochs is not None and options.epochs < 1:
         raise OptionError(f"{{epochs}} must be at least 1, got {options.epochs}.", "epochs")
-    if options.steps is not None and options.steps < 1:
-        raise OptionError(f"{{steps}} must be at least 1, got {options.steps}.", "steps")
     if not 0.0 < options.max_uncertainty <= 1.0:
         raise OptionError(f"{{max_uncertainty}} must be in (0, 1], got {options.max_uncertainty}.", "max_uncertainty")
     if options.batch_size < 1:
         raise OptionError(f"{{batch_size}} must be at least 1, got {options.batch_size}.", "batch_size")
-    if options.device not in (None, "cpu", "cuda"):
-        raise OptionError(f"{{device}} must be cpu or cuda, got {options.device!r}.", "device")
-    if options.device == "cuda" and not torch.cuda.is_available():
-        raise OptionError("{device} cuda: no CUDA device is available here; use {device} cpu.", "device")
-    if (Path(options.out) / MODEL_FILE).exists():
-        raise OptionError(f"{{out}} {options.out} already holds {MODEL_FILE}; choose another run folder.", "out")
+    check_device(options.device)
+    check_run_folder(options.out, MODEL_FILE)
 
 
 def _log(path: Path):

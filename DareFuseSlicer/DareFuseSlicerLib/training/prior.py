@@ -42,6 +42,7 @@ from ..progress import CancelFn, ProgressFn, check_cancel, format_time_left
 from .adapt import SiteCase, SiteDataset, prepare_site_case, scan_site, site_checksums
 from .dataset import seed_for
 from .recorded_command import differing_flags
+from .run_options import check_budget, check_device, check_run_folder
 from .train import ARCH_FILES, seed_everything, stored_start
 
 MODEL_FILE = ARCH_FILES["darefuse"]
@@ -110,22 +111,15 @@ def train_prior(options: PriorOptions, progress: Optional[ProgressFn] = None, ca
 def check_options(options: PriorOptions) -> None:
     if options.minutes is None and options.steps is None:
         raise OptionError("Give a budget: {minutes} M and/or {steps} N.", "minutes", "steps")
-    if options.minutes is not None and options.minutes <= 0:
-        raise OptionError(f"{{minutes}} must be positive, got {options.minutes}.", "minutes")
-    if options.steps is not None and options.steps < 1:
-        raise OptionError(f"{{steps}} must be at least 1, got {options.steps}.", "steps")
+    check_budget(options.minutes, options.steps)
     if options.block < 2:
         raise OptionError(f"{{block}} must be at least 2 voxels, got {options.block}.", "block")
     if options.tumour_margin < 0:
         raise OptionError(f"{{tumour_margin}} must be 0 or more, got {options.tumour_margin}.", "tumour_margin")
-    if options.device not in (None, "cpu", "cuda"):
-        raise OptionError(f"{{device}} must be cpu or cuda, got {options.device!r}.", "device")
-    if options.device == "cuda" and not torch.cuda.is_available():
-        raise OptionError("{device} cuda: no CUDA device is available here; use {device} cpu.", "device")
+    check_device(options.device)
     if not options.data:
         raise OptionError("Give at least one {data} folder.", "data")
-    if (Path(options.out) / MODEL_FILE).exists():
-        raise OptionError(f"{{out}} {options.out} already holds {MODEL_FILE}; choose another run folder.", "out")
+    check_run_folder(options.out, MODEL_FILE)
 
 
 def scan_cases(options: PriorOptions) -> List[SiteCase]:

@@ -50,6 +50,7 @@ from ..network.store import load_model, save_model
 from .baseline import SegResNetBaseline
 from .dataset import MixedSampler, TrainDataset, build_cache, is_clinical, labelled_subset, load_cases, read_rows, seed_for
 from .frontend_eval import card_seeds, seed_field
+from .run_options import check_device
 
 CHECKPOINT = "checkpoint.pt"
 ARCH_FILES = {"darefuse": "darefuse.safetensors", "segresnet": "segresnet.safetensors"}
@@ -128,10 +129,7 @@ class Runtime:
 
 def setup_runtime(options: TrainOptions) -> Runtime:
     name = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise OptionError(f"{{device}} must be cpu or cuda, got {name!r}.", "device")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise OptionError("{device} cuda: no CUDA device is available here; use {device} cpu.", "device")
+    check_device(name)
     if name == "cuda":
         # cuBLAS is deterministic only with a fixed workspace; it must be set before its first call.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
