@@ -259,13 +259,13 @@ def test_a_cancelled_run_writes_no_model(site, init_model, tmp_path, how):
 
 def test_an_interrupt_while_saving_leaves_no_half_written_model(site, init_model, tmp_path, monkeypatch):
     """Ctrl-C after part of the weights file is written: the part was in the staging folder, which goes."""
-    import DareFuseSlicerLib.training.adapt as adapt_module
+    import DareFuseSlicerLib.network.store as store
 
     def half_written(model, path, card):
         Path(path).write_bytes(b"\0" * 100)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(adapt_module, "save_model", half_written)
+    monkeypatch.setattr(store, "save_model", half_written)  # what store.save_model_staged calls
     with pytest.raises(KeyboardInterrupt):
         adapt(_options(site, init_model, tmp_path / "run"))
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["adapt.log"]

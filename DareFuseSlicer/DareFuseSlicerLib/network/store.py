@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple, Union
 
@@ -77,6 +79,20 @@ def save_model(model: nn.Module, path: PathLike, card: dict) -> Path:
     )
     target = card_path(path)
     target.write_text(json.dumps(full_card, indent=2, sort_keys=False, default=str) + "\n")
+    return target
+
+
+def save_model_staged(model: nn.Module, target: PathLike, card: dict) -> Path:
+    """save_model into a hidden staging folder beside `target`, then moved into place: an interrupted save
+    leaves no model; weights first, card last, so until the card lands the model is refused, never half-read."""
+    target = Path(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.stem}-partial-", dir=target.parent))
+    try:
+        save_model(model, staging / target.name, card)
+        (staging / target.name).replace(target)
+        card_path(staging / target.name).replace(card_path(target))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

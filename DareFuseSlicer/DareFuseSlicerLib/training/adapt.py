@@ -22,8 +22,6 @@ import hashlib
 import json
 import re
 import shlex
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +36,7 @@ from ..constants import BRATS_SUFFIX, CLASSES, PSEUDO_LABEL_MAX_UNCERTAINTY
 from ..errors import InputError, OptionError
 from ..network.losses import DareFuseLoss, LossWeights
 from ..network.model import count_parameters
-from ..network.store import card_path, read_card, save_model
+from ..network.store import read_card, save_model_staged
 from ..phantoms import read_manifest
 from ..pipeline.preprocess import prepare, resample_label_to_grid
 from ..progress import CancelFn, ProgressFn, check_cancel, format_time_left
@@ -459,13 +457,4 @@ def save_adapted(options: AdaptOptions, data: SiteData, state: AdaptState, origi
     for key in ("postprocess", "review"):
         if key in init_card:
             card[key] = init_card[key]
-    staging = Path(tempfile.mkdtemp(prefix=".adapt-partial-", dir=out_dir))
-    try:
-        save_model(state.teacher, staging / MODEL_FILE, card)
-        target = out_dir / MODEL_FILE
-        # Weights first, card last: until the card lands the model is refused (no card), never half-read.
-        (staging / MODEL_FILE).replace(target)
-        card_path(staging / MODEL_FILE).replace(card_path(target))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return save_model_staged(state.teacher, out_dir / MODEL_FILE, card)

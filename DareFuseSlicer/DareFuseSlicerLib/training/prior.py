@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import math
 import shlex
-import shutil
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -36,7 +34,7 @@ from ..errors import InputError, OptionError
 from ..network.blocks import checkerboard
 from ..network.losses import masked_l1
 from ..network.model import DareFuseNet, count_parameters
-from ..network.store import card_path, read_card, save_model
+from ..network.store import read_card, save_model_staged
 from ..phantoms import read_manifest
 from ..progress import CancelFn, ProgressFn, check_cancel, format_time_left
 from .adapt import SiteCase, SiteDataset, prepare_site_case, scan_site, site_checksums
@@ -284,13 +282,4 @@ def save_prior(options: PriorOptions, cases: List[SiteCase], state: PriorState, 
     """The model and its card, written into a staging folder and moved into place when complete."""
     out_dir = Path(options.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".train-prior-partial-", dir=out_dir))
-    try:
-        save_model(state.model, staging / MODEL_FILE, prior_card(options, cases, state, origin))
-        target = out_dir / MODEL_FILE
-        # Weights first, card last: until the card lands the model is refused (no card), never half-read.
-        (staging / MODEL_FILE).replace(target)
-        card_path(staging / MODEL_FILE).replace(card_path(target))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return save_model_staged(state.model, out_dir / MODEL_FILE, prior_card(options, cases, state, origin))
