@@ -134,11 +134,12 @@ def command_report(args: argparse.Namespace) -> None:
     if not rows:
         raise SystemExit(f"no eval-*.json under {out}: run `label_curve.py run` first")
     rows.sort(key=_order)
-    print("| model | labelled | seed | steps | Dice WT | Dice TC | Dice ET | tumour cases: WT | TC | ET | class accuracy | FP mL, tumour-free |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | labelled | seed | steps | s/step | Dice WT | Dice TC | Dice ET | tumour cases: WT | TC | ET | class accuracy | FP mL, tumour-free |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         facts = training_facts(out / row["name"])
         print(f"| {row['name']} | {_labelled(row['name'])} | {_seed(row['name'])} | {facts.get('steps') or '-'} | "
+              f"{facts.get('mean_step_s') or '-'} | "
               + " | ".join(f"{row[r]:.3f}" for r in REGIONS) + " | "
               + " | ".join(f"{row[r + '_tumour']:.3f}" for r in REGIONS) + f" | {row['accuracy']:.3f} | {row['fp_ml']:.2f} |")
     print(f"\n{rows[0]['cases']} held-out cases ({rows[0]['tumour_cases']} with tumour), `{out}`")
