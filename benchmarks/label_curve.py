@@ -171,7 +171,7 @@ def plot(rows: List[dict], path: Path) -> None:
     bundled = next((r for r in rows if r["name"] == "bundled"), None)
     ks = sorted({int(_labelled(r["name"])) for r in rows if r["name"] != "bundled"})
     reference = max(ks) if ks else None
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6), sharex=True)
+    fig, axes = plt.subplots(1, 4, figsize=(15, 4.0), sharex=True)
     for ax, key in zip(axes, REGIONS + ("accuracy",)):
         for prefix, style in (("semi", "o-"), ("labelled", "s--")):
             arm = [r for r in rows if r["name"].startswith(prefix) and int(_labelled(r["name"])) != reference]
@@ -195,8 +195,9 @@ def plot(rows: List[dict], path: Path) -> None:
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title("class accuracy" if key == "accuracy" else f"Dice {key}")
         ax.set_xlabel("labelled cases")
-    axes[0].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
 
