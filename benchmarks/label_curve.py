@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "DareFuseSlicer"))
@@ -38,15 +39,9 @@ def darefuse(*args: str, log: Path) -> None:
         handle.write(f"$ darefuse {' '.join(args)}\n")
         handle.flush()
         result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env={**_env(), "OMP_NUM_THREADS": "1"})
+                                env={**os.environ, "PYTHONPATH": str(ROOT / "DareFuseSlicer"), "OMP_NUM_THREADS": "1"})
     if result.returncode != 0:
         raise RuntimeError(f"darefuse {args[0]} failed (exit {result.returncode}); see {log}")
-
-
-def _env() -> Dict[str, str]:
-    import os
-
-    return {**os.environ, "PYTHONPATH": str(ROOT / "DareFuseSlicer")}
 
 
 def arms(labelled: List[int], pool_size: int, seed: int = 0) -> List[dict]:

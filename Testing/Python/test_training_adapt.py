@@ -158,6 +158,7 @@ def test_the_cache_gives_the_prepared_case_and_prepares_again_when_a_file_change
     edited = sitk.Image(edited.GetSize(), edited.GetPixelID()) + 0
     edited.CopyInformation(sitk.ReadImage(str(seg)))
     sitk.WriteImage(edited, str(seg))  # the contour erased: the cached label is stale
+    case = scan_site(folder, labelled=True)[0]  # the next run scans the folder again
     relabelled, _ = cached_site_case(case, cache)
     assert len(calls) == 1 and relabelled.label.max() == 0 and fresh.label.max() > 0
 

@@ -24,6 +24,7 @@ import re
 import shlex
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -101,6 +102,11 @@ class SiteCase:
     def files(self) -> List[Path]:
         return sorted(list(self.images.values()) + ([self.seg] if self.seg else []))
 
+    @cached_property
+    def checksums(self) -> Dict[str, str]:
+        """File name -> SHA256, read once: the cache key and the card both use it."""
+        return {path.name: sha256(path) for path in self.files}
+
 
 def scan_site(folder, labelled: bool) -> List[SiteCase]:
     """The cases of a site folder in the BraTS naming; InputError naming the folder and case for a folder
@@ -152,7 +158,7 @@ def _manifest_classes(folder: Path) -> Dict[str, int]:
 
 def site_checksums(cases: List[SiteCase]) -> Dict[str, Dict[str, str]]:
     """case_id -> {file name: SHA256} over the files each case was trained from."""
-    return {case.case_id: {path.name: sha256(path) for path in case.files} for case in cases}
+    return {case.case_id: case.checksums for case in cases}
 
 
 def prepare_site_case(case: SiteCase) -> Tuple[CachedCase, np.ndarray]:
@@ -176,8 +182,7 @@ def cached_site_case(case: SiteCase, cache_dir: Optional[Path]) -> Tuple[CachedC
     so an edited image or contour, or a case that became labelled, is prepared again."""
     if cache_dir is None:
         return prepare_site_case(case)
-    checksums = {path.name: sha256(path) for path in case.files}
-    key = hashlib.sha256(json.dumps([CACHE_VERSION, SPACING_MM, checksums], sort_keys=True).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([CACHE_VERSION, SPACING_MM, case.checksums], sort_keys=True).encode()).hexdigest()
     # labelled and unlabelled uses of one study are kept apart (a split may hold it either way)
     path = cache_dir / f"site-{case.case_id}{'-seg' if case.seg is not None else ''}.npz"
     if path.is_file():

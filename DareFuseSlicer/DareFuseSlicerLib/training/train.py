@@ -50,7 +50,7 @@ from ..network.store import load_model, save_model
 from .baseline import SegResNetBaseline
 from .dataset import MixedSampler, TrainDataset, build_cache, is_clinical, labelled_subset, load_cases, read_rows, seed_for
 from .frontend_eval import card_seeds, seed_field
-from .run_options import check_device
+from .run_options import check_budget, check_device
 
 CHECKPOINT = "checkpoint.pt"
 ARCH_FILES = {"darefuse": "darefuse.safetensors", "segresnet": "segresnet.safetensors"}
@@ -397,8 +397,7 @@ def check_options(options: TrainOptions) -> None:
         raise OptionError("Give a budget: {epochs} N and/or {minutes} M.", "epochs", "minutes")
     if options.epochs is not None and options.epochs < 1:
         raise OptionError(f"{{epochs}} must be at least 1, got {options.epochs}.", "epochs")
-    if options.minutes is not None and options.minutes <= 0:
-        raise OptionError(f"{{minutes}} must be positive, got {options.minutes}.", "minutes")
+    check_budget(options.minutes, None)
     if options.arch not in ARCH_FILES:
         raise OptionError(f"{{arch}} must be darefuse or segresnet, got {options.arch!r}.", "arch")
     if options.init is not None and options.resume:
