@@ -180,6 +180,18 @@ def test_a_raw_study_runs_through_the_front_end(brains, mask, mask_model, tmp_pa
     assert {"brain_mask.nii.gz", "registered_t2.nii.gz", "segmentation.nii.gz"} <= set(written)
     report = __import__("json").loads((tmp_path / "out" / "report.json").read_text())
     assert report["front_end"]["input_kind"] == "raw" and "registration" in report["front_end"]
+    # The tiny model's training recorded no raw studies: the result says so rather than look confident.
+    assert report["low_confidence"] and any("not on raw whole-head" in w for w in report["warnings"])
+
+
+def test_a_raw_study_is_doubted_unless_the_model_was_trained_on_raw_studies():
+    bundled = {"name": "darefuse-v7", "data_recipe": {"cases": 160, "seeds": [1000, 1159]}}
+    mixed = {"name": "darefuse-v8", "data_recipe": {"cases": 160, "clinical": {"cases": 31, "seeds": [3000, 3030]}}}
+    [doubt] = frontend.model_doubts(bundled, "raw")
+    assert doubt.startswith("darefuse-v7 was trained on preprocessed") and "raw" in doubt
+    assert frontend.model_doubts(None, "raw"), "a model without a card has no record of raw studies"
+    assert frontend.model_doubts(mixed, "raw") == []
+    assert frontend.model_doubts(bundled, "preprocessed") == [] and frontend.model_doubts(None, "preprocessed") == []
 
 
 def _matrix_transform(matrix) -> sitk.AffineTransform:

@@ -331,3 +331,49 @@ def test_card_seeds_round_trip():
     assert frontend_eval.seed_field([9, 5]) == [[5, 5], [9, 9]]
     for seeds in ([5, 9], [1, 2, 3, 7, 8, 20], [4]):
         assert frontend_eval._seed_set(frontend_eval.seed_field(seeds)) == set(seeds)
+
+
+def test_clinical_cases_are_cached_in_parallel_after_torch_has_run(clinical_folder, tmp_path):
+    """Two clinical cases prepared by two worker processes, in a process whose torch thread pool has already
+    run (as in `darefuse train`): forked workers deadlocked in the brain-mask network; they are spawned now.
+    Run in a child with a deadline, so that a hang fails the test instead of the suite."""
+    import shutil
+    import subprocess
+    import sys
+
+    folder = tmp_path / "two"
+    folder.mkdir()
+    with open(clinical_folder / "manifest.csv", newline="") as fh:
+        row = next(csv.DictReader(fh))
+    rows = []
+    for case_id in ("Tiny-clinical-001", "Tiny-clinical-002"):
+        copy = dict(row, case_id=case_id)
+        for key, name in file_names(CASE_ID).items():
+            if name and (clinical_folder / name).exists():
+                copy[key] = name.replace(CASE_ID, case_id)
+                shutil.copy(clinical_folder / name, folder / copy[key])
+        rows.append(copy)
+    with open(folder / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    script = tmp_path / "cache_two.py"
+    script.write_text(
+        "import sys, torch\n"
+        "from pathlib import Path\n"
+        "from DareFuseSlicerLib.training.train import Runtime, cached_cases\n"
+        "if __name__ == '__main__':\n"
+        "    torch.set_num_threads(2)\n"
+        "    x = torch.randn(256, 256)\n"
+        "    float((x @ x).sum())\n"
+        "    cases = cached_cases(sys.argv[1], Path(sys.argv[2]), Runtime(torch.device('cpu')), None, 2, print)\n"
+        "    print('cached', len(cases))\n")
+    try:
+        done = subprocess.run([sys.executable, str(script), str(folder), str(tmp_path / "cache")],
+                              capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        pytest.fail("caching two clinical cases with two worker processes hung for 5 minutes")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "cached 2" in done.stdout
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*.npz")) == ["Tiny-clinical-001.npz",
+                                                                         "Tiny-clinical-002.npz"]

@@ -79,6 +79,22 @@ def study_kind(images: Dict[str, sitk.Image], labels: Dict[str, str]) -> str:
                      "co-registered (BraTS-style), or every contrast as acquired.")
 
 
+def trained_on_raw(card: Optional[dict]) -> bool:
+    """Whether a model's card records whole-head (clinical) cases in its training (`train --clinical`)."""
+    return bool(((card or {}).get("data_recipe") or {}).get("clinical"))
+
+
+def model_doubts(card: Optional[dict], kind: str) -> List[str]:
+    """A raw study is doubted unless the model was trained on raw studies: otherwise its segmentation of one
+    is not validated (the bundled darefuse-v7's is measured poor: README, "Supported inputs")."""
+    if kind != "raw" or trained_on_raw(card):
+        return []
+    name = (card or {}).get("name", "the model")
+    return [f"{name} was trained on preprocessed (BraTS-style) studies only, not on raw whole-head ones: "
+            "its segmentation of this raw study is not validated; check it, or give the contrasts "
+            "skull-stripped and co-registered"]
+
+
 def load_brainmask_model(path: Optional[Path] = None):
     """The brain-mask network from the model store (SHA256 checked against its card)."""
     from ..network.store import load_model

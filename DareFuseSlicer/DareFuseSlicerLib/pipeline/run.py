@@ -51,7 +51,7 @@ class PipelineResult:
     warnings: List[str]
     timings: Dict[str, float]  # seconds per stage, plus "total" and "first_window_s" (process start to window 1)
     inputs: Dict[str, dict]  # contrast -> what was given (geometry, type, resampled or not); "reference"
-    low_confidence: bool = False  # the input does not look like a brain MR image (reasons in warnings)
+    low_confidence: bool = False  # implausible input, a doubted front end, or a kind of study the model never saw
     display_image: Optional[sitk.Image] = None  # the contrast shown beneath overlays, on the reference grid
     settings: dict = field(default_factory=dict)  # spacing, windows, device, post-processing thresholds
     gradcam_class: str = ""  # the class the Grad-CAM++ map explains: the class head's decision
@@ -256,13 +256,8 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
     layers.gradcam_stage(stages, model, network, prep, grid, settings)
     stages.check_cancel()
 
-    doubts = plausibility(grid, prep, mean_uncertainty)
-    if doubts:
-        warnings.append("Low confidence: this may not be a brain MR image (" + "; ".join(doubts) + ").")
-    front_doubts = front.doubts + [f"{contrast_name(n)} was left out" for n, r in front.registrations.items()
-                                   if not r.accepted]
-    if front_doubts:
-        warnings.append("Low confidence: the whole-head front end is in doubt (" + "; ".join(front_doubts) + ").")
+    doubts = low_confidence_warnings(grid, prep, mean_uncertainty, front, getattr(model, "card", None))
+    warnings += doubts
     display = display_contrast(prep.resampled)
     stages.timings["total"] = round(time.perf_counter() - started, 3)
     if progress is not None:
@@ -273,13 +268,28 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
         predicted_class=CLASSES[segmentation.predicted_index], gradcam_class=CLASSES[network.head_index],
         class_probabilities={c: round(float(p), 6) for c, p in zip(CLASSES, network.class_probabilities)},
         volumes_ml={k: round(v, 4) for k, v in segmentation.volumes_ml.items()},
-        warnings=warnings, timings=stages.timings, inputs=inputs, low_confidence=bool(doubts or front_doubts),
+        warnings=warnings, timings=stages.timings, inputs=inputs, low_confidence=bool(doubts),
         display_image=prep.resampled[display],
         settings=_settings_report(settings, spacing_mm, network, display, mean_uncertainty),
         brain_mask=front.brain_mask, front_end=front.report(),
         registered={n: prep.resampled[n] for n, r in front.registrations.items() if r.accepted},
         review=review, margin=segmentation.margin if keep_margin else None,
     )
+
+
+def low_confidence_warnings(grid: Grid, prep: preprocess.Prepared, mean_uncertainty: float, front: frontend.FrontEnd,
+                            card: Optional[dict]) -> List[str]:
+    """Why the result is in doubt, a warning each: an image that may not be a brain MR image, a whole-head front
+    end in doubt, a raw study given to a model never trained on one. Empty when none."""
+    warnings = []
+    doubts = plausibility(grid, prep, mean_uncertainty)
+    if doubts:
+        warnings.append("Low confidence: this may not be a brain MR image (" + "; ".join(doubts) + ").")
+    front_doubts = front.doubts + [f"{contrast_name(n)} was left out" for n, r in front.registrations.items()
+                                   if not r.accepted]
+    if front_doubts:
+        warnings.append("Low confidence: the whole-head front end is in doubt (" + "; ".join(front_doubts) + ").")
+    return warnings + [f"Low confidence: {doubt}." for doubt in frontend.model_doubts(card, front.kind)]
 
 
 def run_settings(model: torch.nn.Module, outputs: Iterable[str], device: str,

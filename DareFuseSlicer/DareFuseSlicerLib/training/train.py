@@ -28,6 +28,7 @@ import copy
 import csv
 import hashlib
 import math
+import multiprocessing
 import os
 import random
 import shlex
@@ -192,7 +193,9 @@ def cached_cases(folder: str, cache_dir: Path, runtime: Runtime, max_cases: Opti
         _build_part(folder, str(cache_dir), rows[runtime.rank :: runtime.world])
         runtime.barrier()
     elif workers > 1 and len(rows) > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        # Spawned, not forked: a child forked from a process whose torch thread pool has run deadlocks in the
+        # brain-mask network of a clinical case (OpenMP's state does not survive fork).
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             list(pool.map(_build_part, [folder] * workers, [str(cache_dir)] * workers, [rows[i::workers] for i in range(workers)]))
     paths = build_cache(folder, cache_dir, rows=rows)  # all fresh now: only checks keys
     log(f"cache {cache_dir}: {len(paths)} cases ready in {time.perf_counter() - started:.0f} s")
