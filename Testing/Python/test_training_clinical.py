@@ -337,7 +337,9 @@ def test_clinical_cases_are_cached_in_parallel_after_torch_has_run(clinical_fold
     """Two clinical cases prepared by two worker processes, in a process whose torch thread pool has already
     run (as in `darefuse train`): forked workers deadlocked in the brain-mask network; they are spawned now.
     Run in a child with a deadline, so that a hang fails the test instead of the suite."""
+    import os
     import shutil
+    import signal
     import subprocess
     import sys
 
@@ -368,12 +370,15 @@ def test_clinical_cases_are_cached_in_parallel_after_torch_has_run(clinical_fold
         "    float((x @ x).sum())\n"
         "    cases = cached_cases(sys.argv[1], Path(sys.argv[2]), Runtime(torch.device('cpu')), None, 2, print)\n"
         "    print('cached', len(cases))\n")
+    child = subprocess.Popen([sys.executable, str(script), str(folder), str(tmp_path / "cache")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        done = subprocess.run([sys.executable, str(script), str(folder), str(tmp_path / "cache")],
-                              capture_output=True, text=True, timeout=300)
+        stdout, stderr = child.communicate(timeout=300)
     except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)  # the child and its hung workers
+        child.communicate()
         pytest.fail("caching two clinical cases with two worker processes hung for 5 minutes")
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "cached 2" in done.stdout
+    assert child.returncode == 0, stderr[-2000:]
+    assert "cached 2" in stdout
     assert sorted(p.name for p in (tmp_path / "cache").glob("*.npz")) == ["Tiny-clinical-001.npz",
                                                                          "Tiny-clinical-002.npz"]
