@@ -1,4 +1,4 @@
-"""Write docs/images/frontend.png: a raw whole-head study through the front end and the bundled model.
+"""Write docs/images/frontend.png: a raw whole-head study through the front end and the bundled raw-study model.
 
     .venv/bin/python docs/make_frontend_figure.py [--data CLINICAL_FOLDER --case CASE_ID | --seed 5001]
                                                   [--out docs/images/frontend.png]
@@ -27,10 +27,9 @@ sys.path.insert(0, str(ROOT / "DareFuseSlicer"))
 
 from DareFuseSlicerLib.constants import BRATS_SUFFIX, CONTRAST_NAMES, CONTRASTS, LABEL_COLOURS, LABELS  # noqa: E402
 from DareFuseSlicerLib.metrics import mask_dice, region_dice  # noqa: E402
+from DareFuseSlicerLib.logic import bundled_model_path, model_path_for  # noqa: E402
 from DareFuseSlicerLib.network.store import load_model  # noqa: E402
 from DareFuseSlicerLib.pipeline.run import run  # noqa: E402
-
-MODEL = ROOT / "DareFuseSlicer" / "Resources" / "Models" / "darefuse.safetensors"
 
 
 def _case(args):
@@ -86,7 +85,8 @@ def main(argv=None) -> Path:
     import matplotlib.pyplot as plt
 
     images, seg, engine_mask, case_id = _case(args)
-    result = run(images, load_model(MODEL), outputs=("segmentation",))
+    model = load_model(model_path_for(images, {n: n for n in images}) or bundled_model_path())  # as one click would
+    result = run(images, model, outputs=("segmentation",))
     truth = sitk.GetArrayViewFromImage(seg)
     centre = np.argwhere(truth > 0).mean(0) if truth.any() else np.array(truth.shape) / 2
     z_world = seg.TransformContinuousIndexToPhysicalPoint([float(v) for v in centre[::-1]])[2]
@@ -128,7 +128,7 @@ def main(argv=None) -> Path:
     if result.low_confidence:
         axes[2, 3].text(0.0, 0.5, "LOW CONFIDENCE\n(see report.json's warnings)", fontsize=8, va="center",
                         color="darkred")
-    figure.suptitle(f"{case_id}: a raw whole-head study through the front end and the bundled model", fontsize=10)
+    figure.suptitle(f"{case_id}: a raw whole-head study through the front end and {model.card['version']}", fontsize=10)
     figure.subplots_adjust(left=0.02, right=0.98, top=0.92, bottom=0.02, wspace=0.08, hspace=0.3)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(str(args.out), dpi=90)

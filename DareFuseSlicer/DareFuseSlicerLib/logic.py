@@ -29,6 +29,7 @@ from .constants import CONTRAST_NAMES, CONTRASTS, OUTPUTS, display_contrast, ref
 from .errors import InputError
 from .inputs import check_input_node, node_geometry
 from .pipeline import validate
+from .pipeline.frontend import study_kind
 from .progress import CancelFn, ProgressFn, check_cancel, format_time_left, scaled  # noqa: F401 (re-exported)
 from .runner import LocalRun, Run
 from .scene import display, nodes, segmentation, volumes
@@ -39,6 +40,8 @@ MODULE_DIR = Path(__file__).resolve().parents[1]
 MODELS_DIR = MODULE_DIR / "Resources" / "Models"
 #: The bundled model's file name in Resources/Models (its card is <stem>.card.json beside it).
 BUNDLED_MODEL_NAME = "darefuse.safetensors"
+#: The bundled model for raw (whole-head) studies, fine-tuned on them; preprocessed studies keep the one above.
+BUNDLED_RAW_MODEL_NAME = "darefuse-raw.safetensors"
 
 #: Share of the progress bar for the pipeline; the rest is building and adding the nodes.
 PIPELINE_SHARE = 0.95
@@ -78,6 +81,15 @@ class ProcessOutputs:
 
 def bundled_model_path() -> Path:
     return MODELS_DIR / BUNDLED_MODEL_NAME
+
+
+def model_path_for(images: Mapping[str, sitk.Image], labels: Mapping[str, str], model_path=None):
+    """The model a run uses: the one given; else, for a raw (whole-head) study, the bundled raw-study model when
+    it is installed; else None (the bundled model). The study's kind is the front end's own rule."""
+    raw_model = MODELS_DIR / BUNDLED_RAW_MODEL_NAME
+    if model_path is not None or not raw_model.is_file():
+        return model_path
+    return raw_model if study_kind(dict(images), dict(labels)) == "raw" else None
 
 
 class DareFuseLogic:
@@ -148,6 +160,7 @@ class DareFuseLogic:
             result, model_info = self.compute(prepared, wanted, device=device, model_path=model_path,
                                               class_gate=class_gate)
             return LocalRun(result, model_info, commit, share=PIPELINE_SHARE)
+        model_path = model_path_for(prepared.images, prepared.labels, model_path)
         path = Path(model_path) if model_path else bundled_model_path()
         if model_path is None and not path.is_file():
             raise InputError(f"The bundled model '{path}' is missing; reinstall the extension or give a model file.")
@@ -221,7 +234,7 @@ class DareFuseLogic:
         check_cancel(cancel)
         if progress is not None:
             progress(0.0, "loading the model")
-        model = self.model(model_path)
+        model = self.model(model_path_for(prepared.images, prepared.labels, model_path))
         run = self._pipeline_run
         if run is None:
             from .pipeline.run import run

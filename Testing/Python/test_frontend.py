@@ -85,6 +85,42 @@ def test_skull_stripped_and_whole_head_studies_are_told_apart(brains, mask):
         frontend.study_kind({"t1": brains["t1"], "t2": heads["t2"]}, labels)
 
 
+def test_the_bundled_raw_study_model_is_chosen_for_raw_studies_only(brains, mask, tmp_path, monkeypatch):
+    from DareFuseSlicerLib import logic
+
+    labels = {"t1": "T1", "t2": "T2"}
+    heads = {name: whole_head(image, mask, name) for name, image in brains.items()}
+    monkeypatch.setattr(logic, "MODELS_DIR", tmp_path)
+    assert logic.model_path_for(heads, labels) is None, "no raw-study model installed: the bundled model"
+    raw_model = tmp_path / logic.BUNDLED_RAW_MODEL_NAME
+    raw_model.write_bytes(b"")
+    assert logic.model_path_for(heads, labels) == raw_model
+    assert logic.model_path_for(brains, labels) is None, "a skull-stripped study keeps the bundled model"
+    assert logic.model_path_for(heads, labels, "mine.safetensors") == "mine.safetensors", "a given model wins"
+
+
+def test_a_raw_study_from_files_runs_on_the_bundled_raw_study_model(brains, mask, tmp_path):
+    """One click on a whole-head study: the bundled raw-study model runs, not doubted for the kind of study;
+    the same brains skull-stripped run on the bundled model."""
+    import json
+
+    from DareFuseSlicerLib.headless import segment_case
+
+    versions = {}
+    for kind, images in (("raw", {n: whole_head(i, mask, n) for n, i in brains.items()}), ("preprocessed", brains)):
+        paths = {}
+        for name, image in images.items():
+            paths[name] = str(tmp_path / f"{kind}-{name}.nii.gz")
+            sitk.WriteImage(image, paths[name])
+        report = segment_case(paths, tmp_path / kind, outputs=("segmentation",))
+        assert report["front_end"]["input_kind"] == kind
+        assert not any("not on raw whole-head" in w for w in report["warnings"])
+        versions[kind] = report["model"]["version"]
+    assert versions == {"raw": "darefuse-raw-v1", "preprocessed": "darefuse-v7"}
+    assert json.loads((tmp_path / "raw" / "report.json").read_text())["model"]["weights_file"] == \
+        "darefuse-raw.safetensors"
+
+
 def test_skull_stripped_input_takes_todays_path_unchanged():
     paths = sample_case_paths()
     images = {c: sitk.ReadImage(str(paths[s])) for c, s in BRATS_SUFFIX.items()}

@@ -148,6 +148,12 @@ def test_report_on_a_tiny_folder(tmp_path):
     assert config_for_card(load_model(net_path).card) == (PostprocessConfig(**dare["postprocess"]["config"]), f"tuned on {tune}")
     text = md_path.read_text()
     assert "| darefuse | none |" in text and "| baseline |" in text and "HD95" in text
+    # Dice means over the 3 tumour cases beside the BraTS convention's over all 4 (the tumour-free one scores 1
+    # when predicted empty, 0 with one false voxel).
+    tumour_rows = [r["post"] for r in rows if r["class"] != "no_tumour"]
+    assert len(tumour_rows) == 3
+    assert dare["post_tumour_cases"]["WT"]["dice"] == pytest.approx(np.mean([r["WT"]["dice"] for r in tumour_rows]))
+    assert "| darefuse | tuned, tumour cases only (3) |" in text
     # Review efficiency: every case scored, the settings tuned on the tuning folder, recorded and then used.
     efficiency = dare["review_efficiency"]
     assert efficiency["cases"] == 4 and efficiency["tumour_cases"] == 3

@@ -241,6 +241,13 @@ def _mean_scores(per_case: List[Dict[str, Dict[str, float]]]) -> Dict[str, Dict[
     return {r: {m: float(np.mean([c[r][m] for c in per_case])) for m in ("dice", "hd95")} for r in REGIONS}
 
 
+def tumour_case_means(model_report: dict) -> Optional[Dict[str, Dict[str, float]]]:
+    """Post-processed Dice and HD95 means over the cases with a tumour in the truth (beside the BraTS convention's
+    means over all cases, where an empty truth predicted empty scores 1); None without such cases."""
+    rows = [row["post"] for row in model_report["per_case"] if row["class"] != "no_tumour"]
+    return _mean_scores(rows) if rows else None
+
+
 def _labelled_box(label: np.ndarray, truth: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """label and truth inside the box of their labelled voxels plus one voxel: post-processing acts on
     labelled components only and none touches the border, so it gives the same result ~100x faster."""
@@ -389,6 +396,7 @@ class ModelScores:
             },
             "per_case": self.rows,
         }
+        report["post_tumour_cases"] = tumour_case_means(report)
         if self.review_cases:
             report["review_efficiency"] = review_efficiency.summarise(self.review_cases)
         if self.class_probabilities:
@@ -610,6 +618,12 @@ def markdown_report(summary: dict) -> str:
             s = r[stage]
             lines.append(f"| {name} | {label} | " + " | ".join(_f(s[k]["dice"]) for k in REGIONS) + " | "
                          + " | ".join(_f(s[k]["hd95"], 1) for k in REGIONS) + " |")
+        tumour = tumour_case_means(r)
+        if tumour is not None:
+            n = sum(row["class"] != "no_tumour" for row in r["per_case"])
+            lines.append(f"| {name} | {label}, tumour cases only ({n}) | "
+                         + " | ".join(_f(tumour[k]["dice"]) for k in REGIONS) + " | "
+                         + " | ".join(_f(tumour[k]["hd95"], 1) for k in REGIONS) + " |")
     lines += ["", "## Classification, uncertainty and the prior", "",
               "| model | accuracy | accuracy (class head alone) | macro-F1 | AUROC | unc. error-AUROC | unc.-error corr. | ECE (2 mm) | FP mL with prior | FP mL without prior | FP mL after class gate | s/case |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
