@@ -221,7 +221,7 @@ def test_a_raw_study_runs_through_the_front_end(brains, mask, mask_model, tmp_pa
 
 
 def test_a_raw_study_is_doubted_unless_the_model_was_trained_on_raw_studies():
-    bundled = {"name": "darefuse-v7", "data_recipe": {"cases": 160, "seeds": [1000, 1159]}}
+    bundled = {"name": "DARE-FUSE", "version": "darefuse-v7", "data_recipe": {"cases": 160, "seeds": [1000, 1159]}}
     mixed = {"name": "darefuse-v8", "data_recipe": {"cases": 160, "clinical": {"cases": 31, "seeds": [3000, 3030]}}}
     [doubt] = frontend.model_doubts(bundled, "raw")
     assert doubt.startswith("darefuse-v7 was trained on preprocessed") and "raw" in doubt

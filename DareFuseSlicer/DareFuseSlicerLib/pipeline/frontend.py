@@ -89,7 +89,7 @@ def model_doubts(card: Optional[dict], kind: str) -> List[str]:
     is not validated (the bundled darefuse-v7's is measured poor: README, "Supported inputs")."""
     if kind != "raw" or trained_on_raw(card):
         return []
-    name = (card or {}).get("name", "the model")
+    name = (card or {}).get("version") or (card or {}).get("name") or "the model"  # a version names one model
     return [f"{name} was trained on preprocessed (BraTS-style) studies only, not on raw whole-head ones: "
             "its segmentation of this raw study is not validated; check it, or give the contrasts "
             "skull-stripped and co-registered"]
