@@ -17,13 +17,13 @@ import SimpleITK as sitk
 import torch
 from clinical_helpers import acquire, brain_mask_of, pad_for_head, rigid, thick_slice_grid, whole_head
 from scipy import ndimage as ndi
-from test_training_dataset import make_folder
+from test_training_dataset import make_folder, write_manifest
 
 from DareFuseSlicerLib.constants import BRATS_SUFFIX, CONTRASTS
 from DareFuseSlicerLib.errors import InputError, OptionError
 from DareFuseSlicerLib.logic import bundled_model_path
 from DareFuseSlicerLib.network.store import card_path, load_model
-from DareFuseSlicerLib.phantoms import MANIFEST_COLUMNS, file_names, sample_case_paths
+from DareFuseSlicerLib.phantoms import file_names, sample_case_paths
 from DareFuseSlicerLib.pipeline import frontend, preprocess, register, run
 from DareFuseSlicerLib.training import dataset, frontend_eval
 from DareFuseSlicerLib.training.dataset import ContrastDropoutd, MixedSampler, TrainDataset, build_cache, load_cases
@@ -79,14 +79,8 @@ def clinical_folder(tmp_path_factory):
         sitk.WriteImage(twin, str(folder / names[f"{BRATS_SUFFIX[c]}_free"]))
     sitk.WriteImage(label, str(folder / names["seg"]))
     sitk.WriteImage(mask, str(folder / names["brainmask"]))
-    row = {k: "" for k in MANIFEST_COLUMNS}
-    row.update(names)
-    row.update({"case_id": CASE_ID, "tumour_class": "glioma", "seed": 77, "grid": "clinical", "acquisition": "clinical",
-                "reference": "t1n"})
-    with open(folder / "manifest.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
-        writer.writeheader()
-        writer.writerow(row)
+    write_manifest(folder, [{**names, "case_id": CASE_ID, "tumour_class": "glioma", "seed": 77, "grid": "clinical",
+                             "acquisition": "clinical", "reference": "t1n"}])
     return folder
 
 
@@ -355,10 +349,7 @@ def test_clinical_cases_are_cached_in_parallel_after_torch_has_run(clinical_fold
                 copy[key] = name.replace(CASE_ID, case_id)
                 shutil.copy(clinical_folder / name, folder / copy[key])
         rows.append(copy)
-    with open(folder / "manifest.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_manifest(folder, rows)
     script = tmp_path / "cache_two.py"
     script.write_text(
         "import sys, torch\n"

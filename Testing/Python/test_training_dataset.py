@@ -73,11 +73,16 @@ def make_folder(folder: Path, n_cases: int = 4, seed: int = 0) -> Path:
         row.update({"case_id": case_id, "tumour_class": tumour_class, "seed": seed + i, "grid": "tiny"})
         row.update(names)
         rows.append(row)
+    write_manifest(folder, rows)
+    return folder
+
+
+def write_manifest(folder, rows) -> None:
+    """folder/manifest.csv with the engine's columns (a row's missing columns empty)."""
     with open(folder / "manifest.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
+        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS, restval="")
         writer.writeheader()
         writer.writerows(rows)
-    return folder
 
 
 @pytest.fixture(scope="module")
