@@ -6,7 +6,7 @@ from hypothesis.extra.numpy import arrays
 
 from DareFuseSlicerLib.constants import CLASSES
 from DareFuseSlicerLib.pipeline.postprocess import (PostprocessConfig, config_for_card, gate_closes, postprocess,
-                                                    reported_class, volumes_ml)
+                                                    removed_parts, reported_class, volumes_ml)
 
 NO_ET_RULE = PostprocessConfig(et_to_netc_ml=0.0)
 
@@ -25,6 +25,20 @@ def test_small_whole_tumour_components_are_removed_by_volume_in_ml():
     assert (out[30:35, 30:35, 30:35] == 0).all() and (out[2:12, 2:12, 2:12] == 2).all()
     # 2 mm voxels (0.008 mL): the same blob is 1 mL and is kept.
     assert (postprocess(label, voxel_ml=0.008, config=NO_ET_RULE) == label).all()
+
+
+def test_removed_parts_are_listed_with_their_volume_and_centre_largest_first():
+    label = np.zeros((40, 40, 40), np.uint8)
+    cube(label, (2, 2, 2), 10, 2)  # 1000 voxels: kept
+    cube(label, (30, 30, 30), 5, 3)  # 125 voxels
+    label[20, 5, 35] = 1  # 1 voxel
+    out = postprocess(label, voxel_ml=0.001, config=NO_ET_RULE)
+    parts = removed_parts(label, out, voxel_ml=0.001)
+    assert [round(ml, 6) for ml, _ in parts] == [0.125, 0.001]
+    assert parts[0][1] == (32, 32, 32) and parts[1][1] == (20, 5, 35)
+    # Nothing removed (or a map that only lost labels inside the tumour): nothing listed.
+    assert removed_parts(label, label, 0.001) == []
+    assert removed_parts(label, np.where(label > 0, 2, 0), 0.001) == []
 
 
 def test_small_core_becomes_oedema_and_small_enhancing_becomes_necrosis():

@@ -139,6 +139,11 @@ def test_run_uses_the_post_processing_thresholds_of_the_model_card():
     assert strict.settings["postprocess"]["wt_min_ml"] == 1e6
     assert not sitk.GetArrayViewFromImage(strict.label).any() and strict.volumes_ml["WT"] == 0.0
     assert not any("class gate" in w for w in strict.warnings)
+    # What the threshold removed is not shown, so the run says how much it was and where.
+    removed = [w for w in strict.warnings if w.startswith("Post-processing removed")]
+    assert len(removed) == 1 and "smaller than 1e+06 mL" in removed[0] and "in all; tuned on val)" in removed[0]
+    total = float(removed[0].split(" mL in all")[0].rsplit("(", 1)[1])
+    assert total >= plain.volumes_ml["WT"] - 0.01 and "at RAS (" in removed[0]
     # A class gate at 0 closes on any class probability: empty map, and a warning that says why.
     model.card = {"postprocess": {"config": {"no_tumour_gate": 0.0}, "tuned_on": "val"}}
     gated = run(images, model, outputs=("segmentation",), **FAST)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -114,6 +114,23 @@ def postprocess(label: np.ndarray, voxel_ml: float, config: PostprocessConfig = 
     if np.count_nonzero(out == ET) * voxel_ml < c.et_to_netc_ml:
         out[out == ET] = NETC
     return out
+
+
+def removed_parts(before: np.ndarray, after: np.ndarray, voxel_ml: float,
+                  fully_connected: bool = True) -> List[Tuple[float, Tuple[int, int, int]]]:
+    """The whole-tumour parts post-processing removed (labelled in `before`, background in `after`), largest
+    first: (volume in mL, the (z, y, x) index nearest its centroid; the parts are small, so it lies in or by
+    them). A run reports them, because a real lesion can be smaller than a threshold tuned on the data engine,
+    whose lesions are all several mL."""
+    removed = (np.asarray(before) > 0) & (np.asarray(after) == 0)
+    if not removed.any():
+        return []
+    parts = sitk.ConnectedComponent(sitk.GetImageFromArray(removed.astype(np.uint8)), fully_connected)
+    shapes = sitk.LabelShapeStatisticsImageFilter()
+    shapes.Execute(parts)  # the image has unit spacing and no origin: centroids are (x, y, z) indices
+    found = [(shapes.GetNumberOfPixels(part) * float(voxel_ml),
+              tuple(int(round(v)) for v in shapes.GetCentroid(part)[::-1])) for part in shapes.GetLabels()]
+    return sorted(found, key=lambda part: -part[0])
 
 
 def volumes_ml(label: np.ndarray, voxel_ml: float) -> Dict[str, float]:

@@ -321,7 +321,8 @@ def _centre_index(places: Places, position: int, extent: Tuple[slice, ...], spac
     return inside[nearest] + [s.start for s in places.box]
 
 
-def _index_to_ras(reference: sitk.Image, zyx: Sequence[int]) -> Tuple[float, float, float]:
+def index_to_ras(reference: sitk.Image, zyx: Sequence[int]) -> Tuple[float, float, float]:
+    """The RAS point (mm, Slicer's world) of a (z, y, x) voxel index of `reference`."""
     x, y, z = reference.TransformIndexToPhysicalPoint([int(zyx[2]), int(zyx[1]), int(zyx[0])])  # LPS
     return (-float(x), -float(y), float(z))
 
@@ -340,7 +341,7 @@ def regions_of(places: Places, reference: sitk.Image, config: ReviewConfig) -> T
         touched = [(int(places.touched[name][position]), name) for name in LABELS.values()]
         regions.append(ReviewRegion(
             rank=rank,
-            centre_ras=_index_to_ras(reference, _centre_index(places, position, extent, spacing_zyx)),
+            centre_ras=index_to_ras(reference, _centre_index(places, position, extent, spacing_zyx)),
             volume_ml=stats["voxels"] * voxel_ml,
             mean_uncertainty=stats["uncertainty_mean"],
             peak_uncertainty=stats["uncertainty_peak"],

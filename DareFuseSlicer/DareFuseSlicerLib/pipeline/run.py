@@ -20,8 +20,9 @@ from ..constants import CLASSES, CONTRASTS, OUTPUTS, contrast_name, display_cont
 from ..progress import CancelFn, ProgressFn, check_cancel
 from . import frontend, preprocess
 from .inference import WindowPlan, WindowPredictor, infer, resolve_device
-from .postprocess import PostprocessConfig, config_for_card, gate_closes, postprocess, reported_class, volumes_ml
-from .review import ReviewConfig, ReviewResult, find_regions, top_two_margin
+from .postprocess import (PostprocessConfig, config_for_card, gate_closes, postprocess, removed_parts, reported_class,
+                          volumes_ml)
+from .review import ReviewConfig, ReviewResult, find_regions, index_to_ras, top_two_margin
 from .review import config_for_card as review_config_for_card
 from .validate import brain_plausibility, check_images, check_outputs
 
@@ -350,7 +351,10 @@ def segmentation_stage(model: torch.nn.Module, network: NetworkPass, prep: prepr
             f"the class gate's {config.no_tumour_gate} ({source}); "
             f"{np.count_nonzero(label) * grid.voxel_ml:.1f} mL the segmentation had labelled were cleared."
         )
-    label = postprocess(label, grid.voxel_ml, config, no_tumour)
+    processed = postprocess(label, grid.voxel_ml, config, no_tumour)
+    if not gate_closes(config, no_tumour):
+        warnings.extend(removed_parts_warning(label, processed, grid.voxel_ml, prep.reference, config, source))
+    label = processed
     predicted_index = reported_class(config, probabilities, bool(label.any()))
     head_index = network.head_index
     if predicted_index != head_index:
@@ -362,6 +366,20 @@ def segmentation_stage(model: torch.nn.Module, network: NetworkPass, prep: prepr
     volumes = volumes_ml(label, grid.voxel_ml)
     label_image = _image_like(label, prep.reference) if "segmentation" in settings.wanted else None
     return Segmentation(label_image, volumes, predicted_index, label, margin)
+
+
+def removed_parts_warning(before: np.ndarray, after: np.ndarray, voxel_ml: float, reference: sitk.Image,
+                          config: PostprocessConfig, source: str) -> List[str]:
+    """A warning naming where post-processing removed whole-tumour parts (none when it removed none): a
+    removed part is not shown, so the reader is told where to look."""
+    parts = removed_parts(before, after, voxel_ml, config.fully_connected)
+    if not parts:
+        return []
+    places = ", ".join("({:.0f}, {:.0f}, {:.0f})".format(*index_to_ras(reference, zyx)) for _, zyx in parts[:3])
+    more = f" and {len(parts) - 3} more" if len(parts) > 3 else ""
+    return [f"Post-processing removed {len(parts)} tumour part(s) smaller than {config.wt_min_ml:g} mL "
+            f"({sum(ml for ml, _ in parts):.2f} mL in all; {source}): a lesion that small is not shown. "
+            f"Largest first, at RAS {places}{more} mm."]
 
 
 def review_stage(stages: _Stages, model: torch.nn.Module, network: NetworkPass, prep: preprocess.Prepared,
