@@ -613,17 +613,17 @@ def markdown_report(summary: dict) -> str:
         "| model | post-processing | Dice WT | Dice TC | Dice ET | HD95 WT | HD95 TC | HD95 ET |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    def scores_row(name: str, label: str, s: Dict[str, Dict[str, float]]) -> str:
+        return (f"| {name} | {label} | " + " | ".join(_f(s[k]["dice"]) for k in REGIONS) + " | "
+                + " | ".join(_f(s[k]["hd95"], 1) for k in REGIONS) + " |")
+
     for name, r in summary["models"].items():
-        for stage, label in (("raw", "none"), ("post", "tuned" if r["postprocess"]["tuned_on"] else "defaults")):
-            s = r[stage]
-            lines.append(f"| {name} | {label} | " + " | ".join(_f(s[k]["dice"]) for k in REGIONS) + " | "
-                         + " | ".join(_f(s[k]["hd95"], 1) for k in REGIONS) + " |")
+        post_label = "tuned" if r["postprocess"]["tuned_on"] else "defaults"
+        lines += [scores_row(name, "none", r["raw"]), scores_row(name, post_label, r["post"])]
         tumour = tumour_case_means(r)
         if tumour is not None:
             n = sum(row["class"] != "no_tumour" for row in r["per_case"])
-            lines.append(f"| {name} | {label}, tumour cases only ({n}) | "
-                         + " | ".join(_f(tumour[k]["dice"]) for k in REGIONS) + " | "
-                         + " | ".join(_f(tumour[k]["hd95"], 1) for k in REGIONS) + " |")
+            lines.append(scores_row(name, f"{post_label}, tumour cases only ({n})", tumour))
     lines += ["", "## Classification, uncertainty and the prior", "",
               "| model | accuracy | accuracy (class head alone) | macro-F1 | AUROC | unc. error-AUROC | unc.-error corr. | ECE (2 mm) | FP mL with prior | FP mL without prior | FP mL after class gate | s/case |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
