@@ -92,7 +92,8 @@ def test_training_views_and_a_few_steps_of_each_stage():
     assert 0.05 < float(truth.mean()) < 0.95  # the window holds the ball's edge
 
     coarse = torch.from_numpy(np.pad(ball, 12)).half()  # 64^3
-    samples = Samples([coarse], [coarse], [image], [(target.float() * 255).to(torch.uint8)])
+    samples = Samples([coarse], [coarse], [image], [(target.float() * 255).to(torch.uint8)],
+                      [(target > 0.5).to(torch.uint8)])
     model = BrainMaskNet(BrainMaskConfig(coarse_channels=(4, 8), fine_channels=(4, 8, 16)))
     assert model.config.fine_multiple == 4
     options = BrainMaskTrainOptions(data=[], val=None, out="", lr=1e-2, batch_size=1)
@@ -101,6 +102,23 @@ def test_training_views_and_a_few_steps_of_each_stage():
                train_stage(model, "fine", 3, lambda g: fine_batch(samples, pick(), 32, g), options, generator)]
     assert all(r["steps"] == 3 and len(r["losses"]) == 3 and np.isfinite(r["losses"]).all() for r in records)
     assert model(torch.zeros(1, 1, 64, 64, 64), "coarse").shape == (1, 1, 64, 64, 64)
+
+
+def test_a_missed_tumour_voxel_costs_tumour_weight_times_more():
+    import torch
+
+    from DareFuseSlicerLib.training.brainmask import loss_fn
+
+    brain = torch.ones(1, 1, 4, 4, 4)
+    tumour = torch.zeros(1, 1, 4, 4, 4)
+    tumour[..., 0, 0, :] = 1.0
+    logits = torch.full((1, 1, 4, 4, 4), 6.0)
+    logits[..., 0, 0, :] = -6.0  # the network cuts the tumour out of the brain
+    target = torch.cat([brain, tumour], dim=1)
+    plain, weighted = loss_fn(logits, target, 1.0), loss_fn(logits, target, 5.0)
+    assert float(weighted) > float(plain) + 0.1
+    # a tumour-free target (one channel) is the plain loss
+    assert torch.isclose(loss_fn(logits, brain, 5.0), loss_fn(logits, target, 1.0))
 
 
 def test_a_one_stage_model_uses_the_coarse_grid(head):
@@ -118,3 +136,48 @@ def test_a_one_stage_model_uses_the_coarse_grid(head):
     mask, share_grid, share = bm.extract_brain(model.eval(), image)
     assert share_grid.GetSpacing() == (bm.SPACING_MM,) * 3 and share.shape == (bm.CUBE,) * 3
     assert mask.GetSize() == image.GetSize()
+
+
+def test_opening_cuts_a_bridge_to_the_face_and_what_lies_beyond():
+    z, y, x = np.indices((40, 40, 60))
+    brain = ((z - 20) ** 2 + (y - 20) ** 2 + (x - 18) ** 2) < 12 ** 2
+    face = ((z - 20) ** 2 + (y - 20) ** 2 + (x - 48) ** 2) < 6 ** 2
+    bridge = (abs(z - 20) <= 1) & (abs(y - 20) <= 1) & (x >= 28) & (x <= 44)
+    inside = brain | face | bridge
+    assert np.array_equal(bm.opened(inside, 0), inside)
+    kept = bm.opened(inside, 2)
+    assert not kept[face].any() and not kept[20, 20, 36]  # the bridge and the blob beyond it are gone
+    assert kept[brain].mean() > 0.99  # the brain's own surface barely moves
+    share = np.where(inside, 0.9, 0.0).astype(np.float32)
+    assert bm.clean_share(share, 0.5, 2)[face].max() == 0.0 and bm.clean_share(share)[face].max() > 0.0
+
+
+def test_mask_settings_come_from_the_card_and_tighten_the_mask(head):
+    image, mask = head
+    cube = bm.head_cube(image)
+    blurred = sitk.SmoothingRecursiveGaussian(sitk.Cast(mask, sitk.sitkFloat32), 3.0)  # a share with a slope
+    share = sitk.GetArrayFromImage(sitk.Resample(blurred, cube, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                                 sitk.sitkFloat32))
+
+    class Card:
+        card = {"mask_settings": {"threshold": 0.8, "opening_mm": 4.0}}
+
+    settings = bm.MaskSettings.of(Card())
+    assert settings == bm.MaskSettings(0.8, 4.0) and bm.MaskSettings.of(object()) == bm.MaskSettings()
+    plain = sitk.GetArrayFromImage(bm.refine(share, cube, image)) > 0
+    tight = sitk.GetArrayFromImage(bm.refine(share, cube, image, settings)) > 0
+    assert tight.sum() < plain.sum() and not (tight & ~plain).any()
+    assert mask_dice(tight, sitk.GetArrayFromImage(mask) > 0) > 0.85
+
+
+def test_the_chosen_setting_never_cuts_more_tumour_than_the_plain_one():
+    from DareFuseSlicerLib.training.brainmask import chosen_setting
+
+    def row(threshold, opening, dice, outside):
+        return {"threshold": threshold, "opening_mm": opening, "mean_dice": dice, "worst_dice": dice - 0.05,
+                "tumour_voxels_outside": outside}
+
+    scores = [row(0.5, 0.0, 0.93, 10), row(0.5, 4.0, 0.95, 10), row(0.8, 4.0, 0.97, 400), row(0.6, 0.0, 0.94, 0)]
+    assert chosen_setting(scores) == scores[1]  # 0.97 would cut 400 tumour voxels
+    scores[1]["tumour_voxels_outside"] = 11
+    assert chosen_setting(scores) == scores[3]

@@ -140,6 +140,15 @@ def test_brain_mask_checks(mask):
     assert any("edge of the field of view (left/right)" in p for p in brainmask.mask_problems(clipped))
 
 
+def test_a_mask_over_uniform_intensity_is_not_believed(brains, mask):
+    """A brain varies inside (grey and white matter, CSF); a bottle of water does not."""
+    assert brainmask.mask_problems(mask, "T1", brains["t1"]) == []
+    assert brainmask.tissue_variation(brains["t1"], mask) > brainmask.MIN_TISSUE_VARIATION
+    flat = sitk.Cast(mask, sitk.sitkFloat32) * 500.0 + 1.0
+    problems = brainmask.mask_problems(mask, "T1", flat)
+    assert len(problems) == 1 and "T1 is nearly uniform (variation 0%" in problems[0]
+
+
 def test_evaluate_refuses_seeds_a_model_was_trained_or_validated_on(tmp_path):
     card = {"data_recipe": {"seeds": [1000, 1159], "validation_seeds": [2000, 2023]}}
     frontend_eval.check_held_out([{"seed": "700000"}], {"m": card})

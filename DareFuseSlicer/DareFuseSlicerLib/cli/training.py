@@ -229,8 +229,24 @@ def _register_brainmask(subparsers) -> None:
     mask.add_argument("--window", type=int, default=64, help="side of the fine stage's training windows (2 mm voxels)")
     mask.add_argument("--fine-channels", default="16,32,64,128,256", metavar="LIST",
                       help="channels per level of the fine stage's U-Net (comma-separated)")
+    mask.add_argument("--tumour-weight", type=float, default=1.0,
+                      help="weight of tumour voxels in the fine stage's cross-entropy (a cut surface tumour costs more)")
     mask.add_argument("--cache", help="sample cache folder (default: the first DATA/.brainmask-cache)")
     mask.set_defaults(handler=_train_brainmask)
+
+    tune = subparsers.add_parser(
+        "tune-brainmask",
+        help="choose the brain-mask network's threshold and opening on clinical development cases",
+        description="Scores every threshold x opening on DATA (each contrast the reference in turn) and prints a "
+        "table; the best mean Dice among the settings that leave no more tumour outside the mask than the plain "
+        "one (0.5, no opening) is chosen. --record writes it into the model's card (mask_settings), which the "
+        "pipeline then uses.",
+    )
+    tune.add_argument("--model", required=True, help="brain-mask network (.safetensors with its card)")
+    tune.add_argument("--data", required=True, help="clinical development folder (never a held-out one)")
+    tune.add_argument("--record", action="store_true", help="write the chosen setting into the model's card")
+    tune.add_argument("--threads", type=int, default=2)
+    tune.set_defaults(handler=_tune_brainmask)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -260,10 +276,36 @@ def _train_brainmask(args: argparse.Namespace) -> int:
     options = BrainMaskTrainOptions(
         data=args.data, val=args.val, out=args.out, steps=args.steps, coarse_steps=args.coarse_steps, seed=args.seed,
         batch_size=args.batch_size, lr=args.lr, threads=args.threads, cache=args.cache, window=args.window,
-        fine_channels=_channels(args.fine_channels),
+        fine_channels=_channels(args.fine_channels), tumour_weight=args.tumour_weight,
         command="darefuse " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
     print(f"model: {train_brainmask(options, log=lambda line: print(line, flush=True))}")
+    return 0
+
+
+def _tune_brainmask(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import SimpleITK as sitk
+    import torch
+
+    from ..network.store import load_model, record_metrics
+    from ..training.brainmask import chosen_setting, clinical_rows, setting_scores
+
+    torch.set_num_threads(args.threads)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
+    model = load_model(args.model)
+    scores = setting_scores(model, Path(args.data), log=lambda line: print(line, flush=True))
+    best = chosen_setting(scores)
+    print("| threshold | opening (mm) | Dice mean | worst | tumour voxels outside |\n|---|---|---|---|---|")
+    for s in scores:
+        mark = " (chosen)" if s is best else ""
+        print(f"| {s['threshold']} | {s['opening_mm']:g}{mark} | {s['mean_dice']:.4f} | {s['worst_dice']:.4f} | "
+              f"{s['tumour_voxels_outside']} |")
+    if args.record:
+        seeds = sorted(int(row["seed"]) for row in clinical_rows(Path(args.data)))
+        settings = {"threshold": best["threshold"], "opening_mm": best["opening_mm"], "tuned_on_seeds": seeds}
+        print(f"recorded in {record_metrics(args.model, 'tuning', best, mask_settings=settings)}")
     return 0
 
 

@@ -5,14 +5,17 @@ above the top of the head (the brain sits at the top of the head; a field of vie
 otherwise push the vertex out of the cube). The image is brought into it once, at 2 mm (128^3, anti-aliased,
 normalised); the coarse stage sees that cube's 2x2x2 means (64^3 of 4 mm), and the box around its largest
 brain part, with a margin, is where the fine stage (network/brainmask_net.py) predicts the share of each 2 mm
-voxel inside the brain. That share, its largest part kept and its holes filled, interpolated linearly onto the
-native grid and thresholded at 0.5, is the mask: sub-voxel boundaries (a perfect 2 mm share map gives Dice
-0.998 against the engine's 1 mm masks this way).
+voxel inside the brain. That share, opened (a bridge of tissue thinner than the opening, to the face or the
+neck, is cut), its largest part kept and its holes filled, interpolated linearly onto the native grid and
+thresholded, is the mask: sub-voxel boundaries (a perfect 2 mm share map gives Dice 0.998 against the engine's
+1 mm masks this way). The threshold and the opening are the model card's `mask_settings` (tuned on development
+cases; 0.5 and none without them).
 
 Everything here but `predict_share` is torch-free: training builds its inputs with the same functions.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -33,8 +36,26 @@ MIN_BRAIN_ML = 800.0
 MAX_BRAIN_ML = 2300.0
 #: A mask reaching this close to the field of view's edge, in mm, may be cut off by it.
 BORDER_MM = 2.0
+#: Brain tissue is not uniform (grey and white matter, CSF, vessels): inside the masks of the engine's clinical
+#: development cases the image's coefficient of variation was 0.22-0.38 in every contrast, inside a water
+#: bottle's "brain" (brainmask-v2 finds one of adult size) 0.03. Below this the mask holds no brain.
+MIN_TISSUE_VARIATION = 0.1
 
 Box = Tuple[slice, slice, slice]
+
+
+@dataclass(frozen=True)
+class MaskSettings:
+    """How a brain share becomes a mask: the share's threshold, the opening's radius in mm (0: none)."""
+
+    threshold: float = 0.5
+    opening_mm: float = 0.0
+
+    @classmethod
+    def of(cls, model) -> "MaskSettings":
+        """The settings on a model's card (`mask_settings`), the defaults without them."""
+        values = (getattr(model, "card", None) or {}).get("mask_settings", {})
+        return cls(float(values.get("threshold", 0.5)), float(values.get("opening_mm", 0.0)))
 
 
 def anti_aliased(image: sitk.Image, spacing_mm: float) -> sitk.Image:
@@ -140,11 +161,23 @@ def box_grid(cube: sitk.Image, box: Box) -> sitk.Image:
     return grid
 
 
-def clean_share(share: np.ndarray) -> np.ndarray:
-    """The share with everything but the largest connected brain part set to 0 and that part's holes to 1,
-    done on the 2 mm box (on a 1 mm grid of 12 M voxels, hole filling alone took seconds); the share is kept
-    one voxel either side of the part's surface, so that the boundary stays sub-voxel."""
-    filled = largest_part(share > 0.5)
+def opened(inside: np.ndarray, radius: int) -> np.ndarray:
+    """The voxels of `inside` that the largest part of its erosion (by `radius` voxels) reaches again when
+    dilated back: thin bridges to other parts, and the parts beyond them, are gone."""
+    if radius <= 0 or not inside.any():
+        return inside
+    eroded = sitk.BinaryErode(sitk.GetImageFromArray(inside.astype(np.uint8)), [radius] * 3)
+    core = largest_part(sitk.GetArrayFromImage(eroded) > 0)
+    back = sitk.BinaryDilate(sitk.GetImageFromArray(core.astype(np.uint8)), [radius] * 3)
+    return (sitk.GetArrayFromImage(back) > 0) & inside
+
+
+def clean_share(share: np.ndarray, threshold: float = 0.5, opening: int = 0) -> np.ndarray:
+    """The share with everything but the largest connected brain part (above `threshold`, opened by `opening`
+    voxels) set to 0 and that part's holes to 1, done on the 2 mm box (on a 1 mm grid of 12 M voxels, hole
+    filling alone took seconds); the share is kept one voxel either side of the part's surface, so that the
+    boundary stays sub-voxel."""
+    filled = largest_part(opened(share > threshold, opening))
     if not filled.any():
         return np.zeros_like(share)
     image = sitk.GetImageFromArray(filled.astype(np.uint8))
@@ -161,9 +194,12 @@ def share_on_grid(share: np.ndarray, source: sitk.Image, grid: sitk.Image) -> np
                                                 sitk.sitkFloat32))
 
 
-def refine(share: np.ndarray, box: sitk.Image, reference: sitk.Image) -> sitk.Image:
-    """The mask on the reference grid: the cleaned share (box grid) interpolated linearly, > 0.5 (uint8)."""
-    inside = share_on_grid(clean_share(share), box, reference) > 0.5
+def refine(share: np.ndarray, box: sitk.Image, reference: sitk.Image,
+           settings: MaskSettings = MaskSettings()) -> sitk.Image:
+    """The mask on the reference grid: the cleaned share (box grid) interpolated linearly, above the
+    threshold (uint8)."""
+    opening = int(round(settings.opening_mm / box.GetSpacing()[0]))
+    inside = share_on_grid(clean_share(share, settings.threshold, opening), box, reference) > settings.threshold
     mask = sitk.GetImageFromArray(inside.astype(np.uint8))
     mask.CopyInformation(reference)
     return mask
@@ -187,9 +223,24 @@ def touches_border(mask: sitk.Image) -> List[str]:
     return faces
 
 
-def mask_problems(mask: sitk.Image, label: str = "the reference") -> List[str]:
-    """Why a brain mask is not believed (empty if it is): adult brain volume, cut off by the field of view."""
+def tissue_variation(image: sitk.Image, mask: sitk.Image) -> float:
+    """The coefficient of variation (standard deviation over mean) of the image inside the mask."""
+    values = sitk.GetArrayViewFromImage(image)[sitk.GetArrayViewFromImage(mask) > 0].astype(np.float64)
+    if not values.size:
+        return 0.0
+    return float(values.std() / max(abs(values.mean()), 1e-6))
+
+
+def mask_problems(mask: sitk.Image, label: str = "the reference", image: Optional[sitk.Image] = None) -> List[str]:
+    """Why a brain mask is not believed (empty if it is): adult brain volume, cut off by the field of view, and
+    (given the image) nearly uniform intensity inside it."""
     problems = []
+    if image is not None:
+        variation = tissue_variation(image, mask)
+        if variation < MIN_TISSUE_VARIATION:
+            problems.append(f"the image inside the brain mask of {label} is nearly uniform (variation "
+                            f"{variation:.0%}, brain tissue shows {MIN_TISSUE_VARIATION:.0%} or more): it may not be "
+                            "a brain")
     volume = mask_volume_ml(mask)
     if volume < MIN_BRAIN_ML or volume > MAX_BRAIN_ML:
         problems.append(f"the brain mask of {label} holds {volume:.0f} mL, outside the adult range "
@@ -222,12 +273,13 @@ def extract_brain(model, image: sitk.Image) -> Tuple[sitk.Image, sitk.Image, np.
     """(mask on the image's grid, the fine stage's box grid, its brain share) for one whole-head image; a
     one-stage model (brainmask-v1) gives its 4 mm share on the coarse grid instead."""
     cube = head_cube(image)
+    settings = MaskSettings.of(model)
     if getattr(model, "one_stage", False):  # as brainmask-v1 was trained: its input sampled at 4 mm
         grid = coarse_grid(cube)
         share = predict_share(model, cube_input(image, grid), "coarse")
-        return refine(share, grid, image), grid, share
+        return refine(share, grid, image, settings), grid, share
     fine = cube_input(image, cube)
     box = brain_box(predict_share(model, coarse_input(fine), "coarse"), model.config.fine_multiple)
     share = predict_share(model, fine[box], "fine")
     grid = box_grid(cube, box)
-    return refine(share, grid, image), grid, share
+    return refine(share, grid, image, settings), grid, share

@@ -109,7 +109,7 @@ def brain_mask_stage(reference: sitk.Image, label: str, model) -> Tuple[sitk.Ima
     if volume < NO_BRAIN_ML:
         raise InputError(f"{label}: no brain found in this image (brain mask {volume:.0f} mL); is it a head MR "
                          "image? A skull-stripped study must have one background value outside the brain.")
-    return mask, brainmask.mask_problems(mask, label)
+    return mask, brainmask.mask_problems(mask, label, reference)
 
 
 def registration_stage(images: Dict[str, sitk.Image], reference_name: str, mask: sitk.Image,

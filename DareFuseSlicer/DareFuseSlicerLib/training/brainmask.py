@@ -6,7 +6,9 @@ voxel inside the engine's brain mask (the mask, on the reference grid, brought t
 motion). The coarse stage learns on the whole 4 mm cube; the fine stage on 64^3 windows of the 2 mm cube
 near the brain (its bounding box and 32 mm), as it sees a box around the coarse brain at inference.
 Contrast, resolution and pose are randomised on the fly (training/brainmask_augment.py), so the network does
-not learn the engine's own contrasts. Loss: binary cross-entropy on the shares plus soft Dice.
+not learn the engine's own contrasts. Loss: binary cross-entropy on the shares plus soft Dice; tumour voxels
+(the engine's label, inside its mask) weigh `tumour_weight` times more in the cross-entropy, since a tumour at
+the brain's surface is a small share of the voxels but the worst place to cut (it would leave the segmentation).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from ..errors import InputError
 from ..pipeline import brainmask as bm
 
 #: Cached samples: one .npz per case (the coarse cube and the fine region of each contrast).
-CACHE_FORMAT = "brainmask-cache/3"
+CACHE_FORMAT = "brainmask-cache/4"
 #: The fine stage's training region: the brain's bounding box in the 2 mm cube and this many mm around it.
 REGION_MARGIN_MM = 32.0
 #: Voxels of a region kept for normalising a randomised contrast (every n-th).
@@ -64,19 +66,22 @@ def region_of(target: np.ndarray) -> Tuple[slice, slice, slice]:
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 
-def contrast_sample(image: sitk.Image, smooth_mask: sitk.Image, to_ref: np.ndarray) -> Dict[str, np.ndarray]:
+def contrast_sample(image: sitk.Image, smooth_mask: sitk.Image, to_ref: np.ndarray,
+                    tumour: sitk.Image) -> Dict[str, np.ndarray]:
     """Inputs and targets of one contrast: the coarse cube, the fine region and its start (float16, the fine
-    target as uint8 shares of 255)."""
+    target as uint8 shares of 255, the fine region's tumour voxels as uint8 0/1)."""
     cube = bm.head_cube(image)
     fine = bm.cube_input(image, cube)
     # The cube lies in this contrast's space; the mask is in the reference's: to_ref takes one to the other.
     target = sitk.Resample(smooth_mask, cube, affine_transform(to_ref), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     target = np.clip(sitk.GetArrayFromImage(target), 0.0, 1.0).astype(np.float32)
+    lesion = sitk.Resample(tumour, cube, affine_transform(to_ref), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     region = region_of(target)
     return {"coarse_image": bm.coarse_input(fine).astype(np.float16),
             "coarse_target": bm.coarse_input(target).astype(np.float16),
             "fine_image": fine[region].astype(np.float16),
             "fine_target": np.round(target[region] * 255).astype(np.uint8),
+            "fine_tumour": (sitk.GetArrayFromImage(lesion)[region] > 0.5).astype(np.uint8),
             "region_start": np.array([r.start for r in region])}
 
 
@@ -86,11 +91,12 @@ def case_samples(folder: Path, row: dict) -> Dict[str, np.ndarray]:
 
     mask = sitk.Cast(sitk.ReadImage(str(Path(folder) / row["brainmask"])), sitk.sitkFloat32)
     smooth_mask = bm.anti_aliased(mask, bm.FINE_MM)
+    tumour = sitk.Cast(sitk.ReadImage(str(Path(folder) / row["seg"])) > 0, sitk.sitkFloat32) * mask
     out = {}
     for contrast in CONTRASTS:
         suffix = BRATS_SUFFIX[contrast]
         image = sitk.ReadImage(str(Path(folder) / row[suffix]), sitk.sitkFloat32)
-        for key, value in contrast_sample(image, smooth_mask, to_reference(row, suffix)).items():
+        for key, value in contrast_sample(image, smooth_mask, to_reference(row, suffix), tumour).items():
             out[f"{contrast}_{key}"] = value
     return out
 
@@ -122,6 +128,7 @@ class Samples:
     coarse_targets: list
     fine_images: list
     fine_targets: list
+    fine_tumours: list
 
     def __len__(self) -> int:
         return len(self.coarse_images)
@@ -130,7 +137,7 @@ class Samples:
 def load_samples(paths: Sequence[Path]) -> Samples:
     import torch
 
-    samples = Samples([], [], [], [])
+    samples = Samples([], [], [], [], [])
     for path in paths:
         with np.load(path) as data:
             for contrast in CONTRASTS:
@@ -138,6 +145,7 @@ def load_samples(paths: Sequence[Path]) -> Samples:
                 samples.coarse_targets.append(torch.from_numpy(data[f"{contrast}_coarse_target"]))
                 samples.fine_images.append(torch.from_numpy(data[f"{contrast}_fine_image"]))
                 samples.fine_targets.append(torch.from_numpy(data[f"{contrast}_fine_target"]))
+                samples.fine_tumours.append(torch.from_numpy(data[f"{contrast}_fine_tumour"]))
     return samples
 
 
@@ -156,23 +164,29 @@ def coarse_batch(samples: Samples, pick, generator):
 
 
 def fine_batch(samples: Samples, pick, size: int, generator):
-    """Randomised size^3 windows of the 2 mm regions: (B, 1, S, S, S) images and targets."""
+    """Randomised size^3 windows of the 2 mm regions: (B, 1, S, S, S) images and (B, 2, S, S, S) targets (the
+    brain share, the tumour)."""
     import torch
 
     from .brainmask_augment import augmented
 
     pairs = []
     for i in pick.tolist():
-        image, target = samples.fine_images[i], samples.fine_targets[i].float() / 255.0
+        image = samples.fine_images[i]
+        target = torch.stack([samples.fine_targets[i].float() / 255.0, samples.fine_tumours[i].float()])
         pairs.append(augmented(image, target, image.flatten()[::LEVEL_STRIDE], size, generator))
     return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
-def loss_fn(logits, target):
+def loss_fn(logits, target, tumour_weight: float = 1.0):
+    """BCE + soft Dice on the brain share (target's channel 0); a channel 1 marks tumour voxels, weighed
+    `tumour_weight` times in the BCE."""
     import torch
     import torch.nn.functional as F
 
-    bce = F.binary_cross_entropy_with_logits(logits, target)
+    weight = 1.0 + (tumour_weight - 1.0) * target[:, 1:2] if target.shape[1] > 1 else None
+    target = target[:, :1]
+    bce = F.binary_cross_entropy_with_logits(logits, target, weight=weight)
     p = torch.sigmoid(logits)
     dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
     return bce + dice
@@ -191,6 +205,7 @@ class BrainMaskTrainOptions:
     threads: int = 2
     window: int = 64  # the fine stage's training windows (2 mm voxels)
     fine_channels: Tuple[int, ...] = (16, 32, 64, 128, 256)
+    tumour_weight: float = 1.0
     cache: Optional[str] = None
     command: str = ""
 
@@ -209,7 +224,7 @@ def train_stage(model, stage: str, steps: int, batch: Callable, options: BrainMa
         for group in optimiser.param_groups:
             group["lr"] = options.lr * 0.5 * (1 + math.cos(math.pi * step / max(steps, 1)))
         x, y = batch(generator)
-        loss = loss_fn(model(x, stage), y)
+        loss = loss_fn(model(x, stage), y, options.tumour_weight)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -239,6 +254,45 @@ def validation_dice(model, folder: Path) -> Dict[str, Dict[str, float]]:
             scores[contrast].append(mask_dice(mask, truth_on(image, truth_ref, row, contrast)))
     return {"mean": {c: round(float(np.mean(v)), 4) for c, v in scores.items()},
             "worst": {c: round(float(np.min(v)), 4) for c, v in scores.items()}}
+
+
+#: The brain-mask settings tune_mask_settings tries (pipeline/brainmask.MaskSettings).
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8)
+OPENINGS_MM = (0.0, 2.0, 4.0, 6.0, 8.0)
+
+
+def setting_scores(model, folder: Path, log=print) -> List[dict]:
+    """Every (threshold, opening) of THRESHOLDS x OPENINGS_MM scored on a clinical folder, each contrast the
+    reference in turn: mean and worst brain-mask Dice, tumour voxels (engine label) left outside the mask."""
+    from ..metrics import mask_dice
+    from .frontend_eval import truth_on
+
+    settings = [bm.MaskSettings(t, o) for t in THRESHOLDS for o in OPENINGS_MM]
+    dice: Dict[bm.MaskSettings, List[float]] = {s: [] for s in settings}
+    outside = {s: 0 for s in settings}
+    for row in clinical_rows(folder):
+        truth_ref = sitk.ReadImage(str(folder / row["brainmask"]))
+        label_ref = sitk.ReadImage(str(folder / row["seg"]))
+        for contrast in CONTRASTS:
+            image = sitk.ReadImage(str(folder / row[BRATS_SUFFIX[contrast]]), sitk.sitkFloat32)
+            truth = truth_on(image, truth_ref, row, contrast)
+            tumour = truth_on(image, label_ref, row, contrast) > 0
+            _, grid, share = bm.extract_brain(model, image)
+            for setting in settings:
+                mask = sitk.GetArrayViewFromImage(bm.refine(share, grid, image, setting)) > 0
+                dice[setting].append(mask_dice(mask, truth))
+                outside[setting] += int(np.count_nonzero(tumour & ~mask))
+        log(f"scored {row['case_id']}")
+    return [{"threshold": s.threshold, "opening_mm": s.opening_mm, "mean_dice": round(float(np.mean(dice[s])), 4),
+             "worst_dice": round(float(np.min(dice[s])), 4), "tumour_voxels_outside": outside[s]} for s in settings]
+
+
+def chosen_setting(scores: List[dict]) -> dict:
+    """The best mean Dice among the settings that leave no more tumour outside than the plain one (0.5, no
+    opening): a tighter mask that cuts a surface tumour is not better, whatever its Dice."""
+    plain = next(s for s in scores if s["threshold"] == 0.5 and s["opening_mm"] == 0.0)
+    allowed = [s for s in scores if s["tumour_voxels_outside"] <= plain["tumour_voxels_outside"]]
+    return max(allowed, key=lambda s: (s["mean_dice"], -s["tumour_voxels_outside"]))
 
 
 def train_brainmask(options: BrainMaskTrainOptions, log=print) -> Path:
@@ -291,7 +345,7 @@ def _card(options: BrainMaskTrainOptions, folders: List[Path], cases: int, sampl
                         "input": "one contrast; coarse: 64^3 cube of 4 mm around the head; fine: the box around "
                                  "the coarse brain at 2 mm"},
         "training": {"batch_size": options.batch_size, "window": options.window, "lr": options.lr,
-                     "threads": options.threads,
+                     "threads": options.threads, "tumour_weight": options.tumour_weight,
                      **{stage: {k: v for k, v in r.items() if k != "losses"} for stage, r in records.items()}},
         "metrics": metrics,
     }

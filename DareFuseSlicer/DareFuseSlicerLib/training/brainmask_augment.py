@@ -116,10 +116,12 @@ def new_resolution(image: torch.Tensor, generator: torch.Generator) -> torch.Ten
 
 def augmented(image: torch.Tensor, target: torch.Tensor, levels: torch.Tensor, size: int,
               generator: torch.Generator, centre=None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """One randomised (image, target) window, each (1, S, S, S), from a cached volume pair (Z, Y, X)."""
+    """One randomised (image, target) window, (1, S, S, S) and (C, S, S, S), from a cached image (Z, Y, X) and
+    its target (Z, Y, X) or (C, Z, Y, X): every channel of the target goes through the same pose."""
     if centre is None:
         centre = random_centre(tuple(image.shape), size, generator)
-    both = window(torch.stack([image, target]).float(), centre, size, random_rotation(generator))
+    stacked = torch.cat([image[None].float(), target.reshape((-1,) + tuple(image.shape)).float()])
+    both = window(stacked, centre, size, random_rotation(generator))
     x, top = new_contrast(both[:1], levels.float(), generator)
     x = new_resolution(x, generator)  # tissue contrast, then the slice profile, then noise: as a scanner does
     x = x + torch.randn(x.shape, generator=generator) * float(torch.rand(1, generator=generator)) * 0.04 * top
