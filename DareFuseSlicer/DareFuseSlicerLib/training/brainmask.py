@@ -256,7 +256,7 @@ def validation_dice(model, folder: Path) -> Dict[str, Dict[str, float]]:
             "worst": {c: round(float(np.min(v)), 4) for c, v in scores.items()}}
 
 
-#: The brain-mask settings tune_mask_settings tries (pipeline/brainmask.MaskSettings).
+#: The brain-mask settings `setting_scores` tries (`darefuse tune-brainmask`; pipeline/brainmask.MaskSettings).
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8)
 OPENINGS_MM = (0.0, 2.0, 4.0, 6.0, 8.0)
 
