@@ -269,17 +269,20 @@ def coarse_grid(cube: sitk.Image) -> sitk.Image:
     return grid
 
 
-def extract_brain(model, image: sitk.Image) -> Tuple[sitk.Image, sitk.Image, np.ndarray]:
-    """(mask on the image's grid, the fine stage's box grid, its brain share) for one whole-head image; a
-    one-stage model (brainmask-v1) gives its 4 mm share on the coarse grid instead."""
+def brain_share(model, image: sitk.Image) -> Tuple[sitk.Image, np.ndarray]:
+    """(the share's grid, the brain share) of one whole-head image: the fine stage's box, or the coarse grid of a
+    one-stage model (brainmask-v1)."""
     cube = head_cube(image)
-    settings = MaskSettings.of(model)
     if getattr(model, "one_stage", False):  # as brainmask-v1 was trained: its input sampled at 4 mm
         grid = coarse_grid(cube)
-        share = predict_share(model, cube_input(image, grid), "coarse")
-        return refine(share, grid, image, settings), grid, share
+        return grid, predict_share(model, cube_input(image, grid), "coarse")
     fine = cube_input(image, cube)
     box = brain_box(predict_share(model, coarse_input(fine), "coarse"), model.config.fine_multiple)
-    share = predict_share(model, fine[box], "fine")
-    grid = box_grid(cube, box)
-    return refine(share, grid, image, settings), grid, share
+    return box_grid(cube, box), predict_share(model, fine[box], "fine")
+
+
+def extract_brain(model, image: sitk.Image) -> Tuple[sitk.Image, sitk.Image, np.ndarray]:
+    """(mask on the image's grid with the card's settings, the share's grid, the share) for one whole-head
+    image."""
+    grid, share = brain_share(model, image)
+    return refine(share, grid, image, MaskSettings.of(model)), grid, share
