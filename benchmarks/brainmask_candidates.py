@@ -5,7 +5,8 @@
 
 For each clinical case: the bundled brain-mask network on every contrast as the reference (Dice against the
 engine's mask brought onto that contrast's grid, tumour voxels of the engine's label brought there left outside
-the mask, wall and CPU seconds; a summary per reference contrast at the end) and, when --deepbet-path holds
+the mask, the image's coefficient of variation inside the mask (brainmask.tissue_variation: what the run's
+uniform-intensity doubt reads), wall and CPU seconds; a summary per reference contrast at the end) and, when --deepbet-path holds
 deepbet 1.0.2 (MIT;
 `pip install --no-deps --target DIR deepbet==1.0.2 connected-components-3d fill_voids`), deepbet on the T1
 (T1 only). deepbet's weights are TorchScript archives: their SHA256 is checked against the values recorded
@@ -65,8 +66,8 @@ def deepbet_mask(folder: Path, path: Path, deepbet_path: Path):
 def print_summary(results) -> None:
     """Per reference contrast: mean and worst Dice, tumour (and meningioma) voxels outside, mean seconds."""
     print("\n| reference | cases | brain-mask Dice mean | worst | tumour voxels outside (meningioma) | "
-          "mean wall / CPU seconds |")
-    print("|---|---|---|---|---|---|")
+          "tissue variation min-max | mean wall / CPU seconds |")
+    print("|---|---|---|---|---|---|---|")
     for contrast in CONTRASTS:
         mine = [r for r in results if r["contrast"] == contrast]
         if not mine:
@@ -75,6 +76,7 @@ def print_summary(results) -> None:
         meningioma = sum(r["outside"] for r in mine if r["tumour_class"] == "meningioma")
         print(f"| {contrast} | {len(mine)} | {np.mean(dice):.4f} | {np.min(dice):.4f} | "
               f"{sum(r['outside'] for r in mine)} ({meningioma}) | "
+              f"{min(r['variation'] for r in mine):.2f}-{max(r['variation'] for r in mine):.2f} | "
               f"{np.mean([r['wall'] for r in mine]):.1f} / {np.mean([r['cpu'] for r in mine]):.1f} |")
 
 
@@ -105,10 +107,12 @@ def main() -> int:
             truth = truth_on(image, mask_ref, row, contrast) > 0
             seg = truth_on(image, seg_ref, row, contrast) > 0
             wall, cpu = time.perf_counter(), time.process_time()
-            mask = sitk.GetArrayFromImage(brainmask.extract_brain(model, image)[0]) > 0
+            mask_image = brainmask.extract_brain(model, image)[0]
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            mask = sitk.GetArrayFromImage(mask_image) > 0
             result = {"contrast": contrast, "tumour_class": row["tumour_class"], "dice": mask_dice(mask, truth),
-                      "outside": int(np.count_nonzero(seg & ~mask)), "wall": wall, "cpu": cpu}
+                      "outside": int(np.count_nonzero(seg & ~mask)), "wall": wall, "cpu": cpu,
+                      "variation": brainmask.tissue_variation(image, mask_image)}
             results.append(result)
             print(f"| {row['case_id']} | {row['tumour_class']} | {contrast} | DareFuse brain mask | "
                   f"{result['dice']:.4f} | {result['outside']} | {wall:.1f} / {cpu:.1f} |", flush=True)

@@ -36,9 +36,10 @@ MIN_BRAIN_ML = 800.0
 MAX_BRAIN_ML = 2300.0
 #: A mask reaching this close to the field of view's edge, in mm, may be cut off by it.
 BORDER_MM = 2.0
-#: Brain tissue is not uniform (grey and white matter, CSF, vessels): inside the masks of the engine's clinical
-#: development cases the image's coefficient of variation was 0.22-0.38 in every contrast, inside a water
-#: bottle's "brain" (brainmask-v2 finds one of adult size) 0.03. Below this the mask holds no brain.
+#: Brain tissue is not uniform (grey and white matter, CSF, vessels): inside brainmask-v2's masks of the engine's
+#: 8 clinical development cases the image's coefficient of variation was 0.22-0.40, each contrast the reference
+#: (benchmarks/brainmask_candidates.py); a water bottle, in which brainmask-v2 finds a "brain" of adult size
+#: (Testing/Python/test_frontend.py), shows only its noise. Below this the mask holds no brain.
 MIN_TISSUE_VARIATION = 0.1
 
 Box = Tuple[slice, slice, slice]
