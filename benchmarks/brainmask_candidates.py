@@ -5,7 +5,8 @@
 
 For each clinical case: the bundled brain-mask network on every contrast as the reference (Dice against the
 engine's mask brought onto that contrast's grid, tumour voxels of the engine's label brought there left outside
-the mask, the image's coefficient of variation inside the mask (brainmask.tissue_variation: what the run's
+the mask and outside the mask grown by the card's margin (`mask_settings.margin_mm`: beyond the segmentation
+network's reach, so never put back into the mask given out), the image's coefficient of variation inside the mask (brainmask.tissue_variation: what the run's
 uniform-intensity doubt reads), wall and CPU seconds; a summary per reference contrast at the end) and, when --deepbet-path holds
 deepbet 1.0.2 (MIT;
 `pip install --no-deps --target DIR deepbet==1.0.2 connected-components-3d fill_voids`), deepbet on the T1
@@ -64,18 +65,21 @@ def deepbet_mask(folder: Path, path: Path, deepbet_path: Path):
 
 
 def print_summary(results) -> None:
-    """Per reference contrast: mean and worst Dice, tumour (and meningioma) voxels outside, mean seconds."""
+    """Per reference contrast: mean and worst Dice, tumour (and meningioma) voxels outside the mask and beyond
+    the margin, tissue variation, mean seconds."""
     print("\n| reference | cases | brain-mask Dice mean | worst | tumour voxels outside (meningioma) | "
-          "tissue variation min-max | mean wall / CPU seconds |")
-    print("|---|---|---|---|---|---|---|")
+          "beyond the margin (meningioma) | tissue variation min-max | mean wall / CPU seconds |")
+    print("|---|---|---|---|---|---|---|---|")
     for contrast in CONTRASTS:
         mine = [r for r in results if r["contrast"] == contrast]
         if not mine:
             continue
         dice = [r["dice"] for r in mine]
-        meningioma = sum(r["outside"] for r in mine if r["tumour_class"] == "meningioma")
+        meningioma = {key: sum(r[key] for r in mine if r["tumour_class"] == "meningioma")
+                      for key in ("outside", "beyond")}
         print(f"| {contrast} | {len(mine)} | {np.mean(dice):.4f} | {np.min(dice):.4f} | "
-              f"{sum(r['outside'] for r in mine)} ({meningioma}) | "
+              f"{sum(r['outside'] for r in mine)} ({meningioma['outside']}) | "
+              f"{sum(r['beyond'] for r in mine)} ({meningioma['beyond']}) | "
               f"{min(r['variation'] for r in mine):.2f}-{max(r['variation'] for r in mine):.2f} | "
               f"{np.mean([r['wall'] for r in mine]):.1f} / {np.mean([r['cpu'] for r in mine]):.1f} |")
 
@@ -93,10 +97,12 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     folder = Path(args.data)
     model = frontend.load_brainmask_model(Path(args.model))
+    margin = brainmask.MaskSettings.of(model).margin_mm
     rows = clinical_rows(folder)[: args.max_cases or None]
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
-    print("| case | class | reference | method | brain-mask Dice | tumour voxels outside | wall / CPU seconds |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| case | class | reference | method | brain-mask Dice | tumour voxels outside | beyond the {margin:g} mm "
+          "margin | wall / CPU seconds |")
+    print("|---|---|---|---|---|---|---|---|")
     results = []
     for row in rows:
         mask_ref = sitk.ReadImage(str(folder / row["brainmask"]))
@@ -112,16 +118,18 @@ def main() -> int:
             mask = sitk.GetArrayFromImage(mask_image) > 0
             result = {"contrast": contrast, "tumour_class": row["tumour_class"], "dice": mask_dice(mask, truth),
                       "outside": int(np.count_nonzero(seg & ~mask)), "wall": wall, "cpu": cpu,
+                      "beyond": int(np.count_nonzero(seg[brainmask.distance_mm(mask_image) > margin])),
                       "variation": brainmask.tissue_variation(image, mask_image)}
             results.append(result)
             print(f"| {row['case_id']} | {row['tumour_class']} | {contrast} | DareFuse brain mask | "
-                  f"{result['dice']:.4f} | {result['outside']} | {wall:.1f} / {cpu:.1f} |", flush=True)
+                  f"{result['dice']:.4f} | {result['outside']} | {result['beyond']} | {wall:.1f} / {cpu:.1f} |",
+                  flush=True)
             if contrast == "t1" and args.deepbet_path:
                 started = time.perf_counter()
                 mask = deepbet_mask(folder, path, Path(args.deepbet_path))
                 seconds = time.perf_counter() - started
                 print(f"| {row['case_id']} | {row['tumour_class']} | t1 | deepbet 1.0.2 | "
-                      f"{mask_dice(mask, truth):.4f} | {int(np.count_nonzero(seg & ~mask))} | {seconds:.1f} |",
+                      f"{mask_dice(mask, truth):.4f} | {int(np.count_nonzero(seg & ~mask))} | | {seconds:.1f} |",
                       flush=True)
     print_summary(results)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

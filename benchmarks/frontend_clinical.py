@@ -5,7 +5,9 @@
 Per case: `frontend.prepare_study` (brain mask of the reference, rigid registration of the others, what the
 network is fed), then the same scores `darefuse evaluate` reports (training/frontend_eval.py): registration
 error in mm against the manifest's motion, brain-mask Dice against the engine's mask, tumour voxels outside
-the mask; and the stage times (wall and CPU). Prints a markdown table and the summary.
+the mask; and the stage times (wall and CPU). Prints a markdown table and the summary. The mask scored is the
+front end's, before the segmented tumour is added to it (no network runs here): `darefuse evaluate` scores the
+mask a run gives out.
 """
 from __future__ import annotations
 
@@ -62,7 +64,7 @@ def main() -> int:
         images = {c: sitk.ReadImage(str(folder / row[BRATS_SUFFIX[c]])) for c in contrasts}
         record = {}
         front = frontend.run_front_end(images, model=model, stage=stage_timer(record))
-        preprocess.prepare(front.images, brain_mask=front.brain_mask)  # what the network would be fed
+        preprocess.prepare(front.images, brain_mask=front.brain_mask, region=front.region)  # what the network is fed
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / row["seg"])))
         case = frontend_eval.case_scores(folder, row, front, truth)
         scores.append(case)

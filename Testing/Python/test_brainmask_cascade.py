@@ -160,24 +160,70 @@ def test_mask_settings_come_from_the_card_and_tighten_the_mask(head):
                                                  sitk.sitkFloat32))
 
     class Card:
-        card = {"mask_settings": {"threshold": 0.8, "opening_mm": 4.0}}
+        card = {"mask_settings": {"threshold": 0.8, "opening_mm": 4.0, "margin_mm": 6.0}}
 
     settings = bm.MaskSettings.of(Card())
-    assert settings == bm.MaskSettings(0.8, 4.0) and bm.MaskSettings.of(object()) == bm.MaskSettings()
+    assert settings == bm.MaskSettings(0.8, 4.0, 6.0) and bm.MaskSettings.of(object()) == bm.MaskSettings()
     plain = sitk.GetArrayFromImage(bm.refine(share, cube, image)) > 0
     tight = sitk.GetArrayFromImage(bm.refine(share, cube, image, settings)) > 0
     assert tight.sum() < plain.sum() and not (tight & ~plain).any()
     assert mask_dice(tight, sitk.GetArrayFromImage(mask) > 0) > 0.85
 
 
-def test_the_chosen_setting_never_cuts_more_tumour_than_the_plain_one():
+def test_the_chosen_setting_hides_no_more_tumour_from_the_network_than_the_plain_mask():
     from DareFuseSlicerLib.training.brainmask import chosen_setting
 
-    def row(threshold, opening, dice, outside):
-        return {"threshold": threshold, "opening_mm": opening, "mean_dice": dice, "worst_dice": dice - 0.05,
-                "tumour_voxels_outside": outside}
+    def row(threshold, margin, dice, outside):
+        return {"threshold": threshold, "opening_mm": 0.0 if threshold == 0.5 else 8.0, "margin_mm": margin,
+                "mean_dice": dice, "worst_dice": dice - 0.05, "tumour_voxels_outside": outside}
 
-    scores = [row(0.5, 0.0, 0.93, 10), row(0.5, 4.0, 0.95, 10), row(0.8, 4.0, 0.97, 400), row(0.6, 0.0, 0.94, 0)]
-    assert chosen_setting(scores) == scores[1]  # 0.97 would cut 400 tumour voxels
-    scores[1]["tumour_voxels_outside"] = 11
-    assert chosen_setting(scores) == scores[3]
+    scores = [row(0.5, 0.0, 0.95, 10), row(0.5, 2.0, 0.95, 4), row(0.8, 0.0, 0.97, 400), row(0.8, 2.0, 0.97, 30),
+              row(0.7, 2.0, 0.96, 9), row(0.8, 6.0, 0.97, 0)]
+    assert chosen_setting(scores) == scores[0]  # without a margin, 0.8 would hide 400 tumour voxels
+    assert chosen_setting(scores, 2.0) == scores[4]  # 0.8 grown by 2 mm still hides 30, 0.7 only 9
+    assert chosen_setting(scores, 6.0) == scores[5]
+    with pytest.raises(ValueError):
+        chosen_setting(scores, 4.0)
+
+
+def test_the_networks_region_is_the_mask_grown_by_the_margin(head):
+    _, mask = head
+    array = sitk.GetArrayFromImage(mask) > 0
+    assert np.array_equal(sitk.GetArrayFromImage(bm.grown(mask, 0.0)) > 0, array)
+    region = sitk.GetArrayFromImage(bm.grown(mask, 4.0)) > 0
+    distance = bm.distance_mm(mask)
+    assert not (array & ~region).any() and region.sum() > array.sum()
+    assert distance[region].max() <= 4.0 and distance[~region].min() > 4.0
+    # 2 mm voxels: a 4 mm margin is two voxels along each axis, no more.
+    z = np.argwhere(array.any(axis=(1, 2)))[-1, 0]
+    assert region[z + 2].any() and not region[z + 3].any()
+
+
+def test_the_mask_given_out_holds_the_segmented_tumour(head):
+    _, mask = head
+    array = sitk.GetArrayFromImage(mask) > 0
+    distance = bm.distance_mm(mask)
+    label = np.zeros(array.shape, np.uint8)
+    z, y, x = np.argwhere(array).mean(0).astype(int)
+    top = np.argwhere(array[:, y, x])[-1, 0]
+    label[top - 3:top + 3, y - 2:y + 3, x - 2:x + 3] = 2  # a tumour across the mask's surface
+    label[(distance > 12.0) & (distance < 14.0)] = 1  # a detached shell outside: not brain
+    out = sitk.GetArrayFromImage(bm.with_tumour(mask, label)) > 0
+    assert out[label == 2].all() and not out[label == 1].any()
+    assert np.count_nonzero(out & ~array) == np.count_nonzero((label == 2) & ~array)
+    # Given the region and its margin, the tumour's edge beyond the segmentation joins too, inside the region.
+    region = bm.grown(mask, 6.0)
+    tumour = sitk.GetImageFromArray((label == 2).astype(np.uint8))
+    tumour.CopyInformation(mask)
+    near = (bm.distance_mm(tumour) <= 4.0) & (sitk.GetArrayFromImage(region) > 0)
+    wider = sitk.GetArrayFromImage(bm.with_tumour(mask, label, region, 4.0)) > 0
+    assert wider[near].all() and wider.sum() > out.sum() and not (wider & ~(sitk.GetArrayFromImage(region) > 0)).any()
+
+
+def test_tune_brainmask_refuses_a_margin_it_does_not_score(tmp_path, capsys):
+    from DareFuseSlicerLib import cli
+
+    status = cli.main(["tune-brainmask", "--model", str(tmp_path / "none.safetensors"), "--data", str(tmp_path),
+                       "--margin", "3"])
+    assert status == 2
+    assert "--margin 3" in capsys.readouterr().err

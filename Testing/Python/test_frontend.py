@@ -186,6 +186,32 @@ def mask_model():
     return frontend.load_brainmask_model()
 
 
+def test_the_network_looks_beyond_the_mask_and_the_mask_given_out_holds_the_tumour(brains, mask, mask_model):
+    """The bundled card's margin: the network's region is the mask grown by it (prepare_study feeds that region),
+    and a tumour the mask cut at the brain's surface is in the mask given out once segmented."""
+    margin = brainmask.MaskSettings.of(mask_model).margin_mm
+    assert margin > 0
+    prep, front = frontend.prepare_study({"t1": whole_head(brains["t1"], mask, "t1")}, model=mask_model)
+    tight = sitk.GetArrayFromImage(front.brain_mask) > 0
+    region = sitk.GetArrayFromImage(front.region) > 0
+    assert np.array_equal(sitk.GetArrayFromImage(prep.foreground_reference) > 0, region)
+    # The intensities are normalised over the brain alone: skull and scalp in the margin do not shift them.
+    brain_only = preprocess.prepare(front.images, brain_mask=front.brain_mask)
+    assert prep.foreground.sum() > brain_only.foreground.sum()
+    assert np.allclose(prep.mean, brain_only.mean, rtol=0.01) and np.allclose(prep.std, brain_only.std, rtol=0.01)
+    wide = preprocess.prepare(front.images, brain_mask=front.region)
+    assert not np.allclose(wide.std, brain_only.std, rtol=0.01)
+    distance = brainmask.distance_mm(front.brain_mask)
+    assert not (tight & ~region).any() and distance[region].max() <= margin < distance[~region].min()
+    label = np.zeros(tight.shape, np.uint8)
+    z = np.argwhere(tight.any(axis=(1, 2)))[-1, 0]
+    label[z - 2:z + 2] = 1  # a tumour across the top of the mask (it is cut by the mask and partly segmented)
+    given = front.with_tumour(label)
+    out = sitk.GetArrayFromImage(given.brain_mask) > 0
+    assert out[(label > 0) & region].all() and not (out & ~region).any()
+    assert given.report()["brain_mask_ml"] > front.report()["brain_mask_ml"]
+
+
 def test_a_non_head_image_is_refused_or_doubted(mask_model):
     """A water-bottle phantom: noise in the air, a uniform cylinder, no brain."""
     rng = np.random.default_rng(0)
@@ -217,6 +243,8 @@ def test_a_raw_study_runs_through_the_front_end(brains, mask, mask_model, tmp_pa
     assert {"brain_mask", "registration"} <= set(result.timings)
     assert any(m.startswith("registering T2") for m in stages)
     assert preprocess.grids_match(result.brain_mask, heads["t1"]) and preprocess.grids_match(result.label, heads["t1"])
+    label = sitk.GetArrayFromImage(result.label) > 0
+    assert not (label & (sitk.GetArrayFromImage(result.brain_mask) == 0)).any()  # the mask holds the tumour
     assert set(result.registered) == {"t2"} and result.front_end["registration"]["t2"]["accepted"]
     found = _matrix_transform(result.front_end["registration"]["t2"]["matrix_lps"])
     error = register.mean_displacement_mm(found, motion.GetInverse(), register.mask_points(mask))

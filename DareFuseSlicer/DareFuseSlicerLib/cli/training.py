@@ -237,13 +237,18 @@ def _register_brainmask(subparsers) -> None:
     tune = subparsers.add_parser(
         "tune-brainmask",
         help="choose the brain-mask network's threshold and opening on clinical development cases",
-        description="Scores every threshold x opening on DATA (each contrast the reference in turn) and prints a "
-        "table; the best mean Dice among the settings that leave no more tumour outside the mask than the plain "
-        "one (0.5, no opening) is chosen. --record writes it into the model's card (mask_settings), which the "
-        "pipeline then uses.",
+        description="Scores every threshold x opening x margin on DATA (each contrast the reference in turn) and "
+        "prints a table: the mask's Dice, and the tumour voxels outside the mask grown by the margin (the region "
+        "the segmentation network sees). For the given --margin, the best mean Dice among the settings whose "
+        "region leaves no more tumour outside than the plain mask (0.5, no opening, no margin) is chosen. "
+        "--record writes it into the model's card (mask_settings), which the pipeline then uses.",
     )
     tune.add_argument("--model", required=True, help="brain-mask network (.safetensors with its card)")
     tune.add_argument("--data", required=True, help="clinical development folder (never a held-out one)")
+    tune.add_argument("--margin", type=float, default=0.0, metavar="MM",
+                      help="how far beyond the mask the segmentation network looks, mm (one of the margins scored; "
+                      "default 0): chosen with the segmentation in the loop (darefuse evaluate on development "
+                      "cases), not here")
     tune.add_argument("--record", action="store_true", help="write the chosen setting into the model's card")
     tune.add_argument("--threads", type=int, default=2)
     tune.set_defaults(handler=_tune_brainmask)
@@ -290,21 +295,27 @@ def _tune_brainmask(args: argparse.Namespace) -> int:
     import torch
 
     from ..network.store import load_model, record_metrics
-    from ..training.brainmask import chosen_setting, clinical_rows, setting_scores
+    from ..errors import OptionError
+    from ..training.brainmask import MARGINS_MM, chosen_setting, clinical_rows, setting_scores
 
+    if args.margin not in MARGINS_MM:
+        raise OptionError(f"{{margin}} {args.margin:g}: give one of the margins scored, "
+                          f"{', '.join(f'{m:g}' for m in MARGINS_MM)} (mm).", "margin")
     torch.set_num_threads(args.threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     model = load_model(args.model)
     scores = setting_scores(model, Path(args.data), log=lambda line: print(line, flush=True))
-    best = chosen_setting(scores)
-    print("| threshold | opening (mm) | Dice mean | worst | tumour voxels outside |\n|---|---|---|---|---|")
+    best = chosen_setting(scores, args.margin)
+    print("| threshold | opening (mm) | margin (mm) | Dice mean | worst | tumour voxels outside the margin |\n"
+          "|---|---|---|---|---|---|")
     for s in scores:
         mark = " (chosen)" if s is best else ""
-        print(f"| {s['threshold']} | {s['opening_mm']:g}{mark} | {s['mean_dice']:.4f} | {s['worst_dice']:.4f} | "
-              f"{s['tumour_voxels_outside']} |")
+        print(f"| {s['threshold']} | {s['opening_mm']:g} | {s['margin_mm']:g}{mark} | {s['mean_dice']:.4f} | "
+              f"{s['worst_dice']:.4f} | {s['tumour_voxels_outside']} |")
     if args.record:
         seeds = sorted(int(row["seed"]) for row in clinical_rows(Path(args.data)))
-        settings = {"threshold": best["threshold"], "opening_mm": best["opening_mm"], "tuned_on_seeds": seeds}
+        settings = {"threshold": best["threshold"], "opening_mm": best["opening_mm"], "margin_mm": best["margin_mm"],
+                    "tuned_on_seeds": seeds}
         print(f"recorded in {record_metrics(args.model, 'tuning', best, mask_settings=settings)}")
     return 0
 

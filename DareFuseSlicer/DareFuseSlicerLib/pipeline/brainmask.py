@@ -9,7 +9,8 @@ voxel inside the brain. That share, opened (a bridge of tissue thinner than the 
 neck, is cut), its largest part kept and its holes filled, interpolated linearly onto the native grid and
 thresholded, is the mask: sub-voxel boundaries (a perfect 2 mm share map gives Dice 0.998 against the engine's
 1 mm masks this way). The threshold and the opening are the model card's `mask_settings` (tuned on development
-cases; 0.5 and none without them).
+cases; 0.5 and none without them), and so is the margin around the mask in which the segmentation network
+looks for tumour that the mask cut (`grown`; the mask given out then holds that tumour: `with_tumour`).
 
 Everything here but `predict_share` is torch-free: training builds its inputs with the same functions.
 """
@@ -47,16 +48,21 @@ Box = Tuple[slice, slice, slice]
 
 @dataclass(frozen=True)
 class MaskSettings:
-    """How a brain share becomes a mask: the share's threshold, the opening's radius in mm (0: none)."""
+    """How a brain share becomes a mask: the share's threshold, the opening's radius in mm (0: none), and how
+    far beyond the mask the segmentation network looks (`margin_mm`): a tight mask scores best against the
+    brain but cuts tumour at the brain's surface, meningiomas above all; the network finds that tumour in the
+    margin, and the mask given out is the mask with the segmented tumour (`with_tumour`)."""
 
     threshold: float = 0.5
     opening_mm: float = 0.0
+    margin_mm: float = 0.0
 
     @classmethod
     def of(cls, model) -> "MaskSettings":
         """The settings on a model's card (`mask_settings`), the defaults without them."""
         values = (getattr(model, "card", None) or {}).get("mask_settings", {})
-        return cls(float(values.get("threshold", 0.5)), float(values.get("opening_mm", 0.0)))
+        return cls(float(values.get("threshold", 0.5)), float(values.get("opening_mm", 0.0)),
+                   float(values.get("margin_mm", 0.0)))
 
 
 def anti_aliased(image: sitk.Image, spacing_mm: float) -> sitk.Image:
@@ -204,6 +210,37 @@ def refine(share: np.ndarray, box: sitk.Image, reference: sitk.Image,
     mask = sitk.GetImageFromArray(inside.astype(np.uint8))
     mask.CopyInformation(reference)
     return mask
+
+
+def distance_mm(mask: sitk.Image) -> np.ndarray:
+    """Each voxel's distance to the mask in mm (0 or less inside), float32 (Z, Y, X)."""
+    return sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(sitk.Cast(mask, sitk.sitkUInt8), insideIsPositive=False,
+                                                               squaredDistance=False, useImageSpacing=True))
+
+
+def grown(mask: sitk.Image, margin_mm: float) -> sitk.Image:
+    """The mask grown by margin_mm (every voxel within that distance of it), uint8."""
+    if margin_mm <= 0:
+        return sitk.Cast(mask, sitk.sitkUInt8)
+    out = sitk.GetImageFromArray((distance_mm(mask) <= margin_mm).astype(np.uint8))
+    out.CopyInformation(mask)
+    return out
+
+
+def with_tumour(mask: sitk.Image, label: np.ndarray, region: Optional[sitk.Image] = None,
+                margin_mm: float = 0.0) -> sitk.Image:
+    """The brain mask with the segmented tumour (label > 0, same grid) in it, as the largest part with its holes
+    filled: BraTS-style brain masks hold the whole tumour, extra-axial ones included. Given the network's region
+    and its margin, the tumour is first grown by the margin inside the region: where a segmentation stops short
+    of a tumour's edge, the mask given out still holds that edge."""
+    tumour = label > 0
+    if region is not None and margin_mm > 0 and tumour.any():
+        image = sitk.GetImageFromArray(tumour.astype(np.uint8))
+        image.CopyInformation(mask)
+        tumour = (distance_mm(image) <= margin_mm) & (sitk.GetArrayViewFromImage(region) > 0)
+    out = sitk.GetImageFromArray(largest_part((sitk.GetArrayViewFromImage(mask) > 0) | tumour).astype(np.uint8))
+    out.CopyInformation(mask)
+    return out
 
 
 def mask_volume_ml(mask: sitk.Image) -> float:

@@ -8,13 +8,15 @@ Two kinds of input are told apart from the images themselves (`study_kind`):
   the brain mask of the reference contrast (pipeline/brainmask.py), then a rigid registration of every other
   contrast to it over the brain region (pipeline/register.py). A contrast whose registration is not believed
   is left out with a warning naming it; the model handles missing contrasts. The network then sees the
-  contrasts inside the brain mask, on the reference's own grid, and every output stays on that grid.
+  contrasts inside the brain mask grown by the brain-mask card's margin (a tumour the mask cut at the brain's
+  surface lies there; intensities normalised over the brain alone), on the reference's own grid, and every
+  output stays on that grid; the brain mask given out holds the segmented tumour (`FrontEnd.with_tumour`).
 
 `prepare_study` is the same path as one call, for training on the front end's output.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -48,6 +50,15 @@ class FrontEnd:
     registrations: Dict[str, register.Registration] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
     doubts: List[str] = field(default_factory=list)  # reasons for low confidence
+    region: Optional[sitk.Image] = None  # where the network looks: the brain mask grown by the card's margin
+    margin_mm: float = 0.0  # that margin
+
+    def with_tumour(self, label) -> "FrontEnd":
+        """The same, its brain mask holding the segmented tumour (label: array on the reference grid), grown by
+        the margin inside the region (brainmask.with_tumour)."""
+        if self.brain_mask is None:
+            return self
+        return replace(self, brain_mask=brainmask.with_tumour(self.brain_mask, label, self.region, self.margin_mm))
 
     def report(self) -> dict:
         """For report.json."""
@@ -153,9 +164,11 @@ def run_front_end(images: Dict[str, sitk.Image], labels: Optional[Dict[str, str]
     with stage("brain_mask", f"brain mask of {labels[reference_name]}"):
         model = model if model is not None else load_brainmask_model()
         mask, doubts = brain_mask_stage(images[reference_name], labels[reference_name], model)
+        margin = brainmask.MaskSettings.of(model).margin_mm
+        region = brainmask.grown(mask, margin)
     with stage("registration", "co-registering the contrasts") as report:
         on_reference, results, warnings = registration_stage(images, reference_name, mask, labels, cancel, report)
-    return FrontEnd(kind, on_reference, mask, results, warnings, doubts)
+    return FrontEnd(kind, on_reference, mask, results, warnings, doubts, region, margin)
 
 
 def prepare_study(images: Dict[str, Optional[sitk.Image]], spacing_mm: float = 2.0, model=None,
@@ -165,5 +178,5 @@ def prepare_study(images: Dict[str, Optional[sitk.Image]], spacing_mm: float = 2
     training and evaluating on the front end's output."""
     given = {name: check_image(contrast_name(name), image)[0] for name, image in images.items() if image is not None}
     front = run_front_end(given, model=model, cancel=cancel)
-    prep = preprocess.prepare(front.images, spacing_mm=spacing_mm, brain_mask=front.brain_mask)
+    prep = preprocess.prepare(front.images, spacing_mm=spacing_mm, brain_mask=front.brain_mask, region=front.region)
     return prep, front

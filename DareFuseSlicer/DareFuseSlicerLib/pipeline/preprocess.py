@@ -131,11 +131,14 @@ def down_sample(image: sitk.Image, grid: sitk.Image, spacing_mm: float) -> sitk.
 
 
 def prepare(images: Dict[str, Optional[sitk.Image]], spacing_mm: float = 2.0,
-            brain_mask: Optional[sitk.Image] = None) -> Prepared:
+            brain_mask: Optional[sitk.Image] = None, region: Optional[sitk.Image] = None) -> Prepared:
     """Resample, crop, down-sample and normalise the given contrasts (see the module docstring).
 
     brain_mask: the brain on the reference grid (the front end's, for whole-head studies); without it the
-    brain is the voxels that differ from the background value in any contrast (skull-stripped input)."""
+    brain is the voxels that differ from the background value in any contrast (skull-stripped input).
+    region: where the network looks, on the reference grid, when wider than the brain (the front end's margin
+    for tumour at the brain's surface); the intensities are still normalised over the brain alone, since
+    skull and scalp in the statistics would shift every brain voxel's value."""
     unknown = set(images) - set(CONTRASTS)
     if unknown:
         raise InputError(f"Unknown contrast name(s) {sorted(unknown)}; expected some of {list(CONTRASTS)}.")
@@ -160,16 +163,18 @@ def prepare(images: Dict[str, Optional[sitk.Image]], spacing_mm: float = 2.0,
             mask = fg if mask is None else (mask | fg)
     if brain_mask is not None:
         mask = sitk.GetArrayFromImage(brain_mask) > 0
+    brain = mask
+    if region is not None:
+        mask = sitk.GetArrayFromImage(region) > 0
 
     foreground_reference = sitk.GetImageFromArray(mask.astype(np.uint8))
     foreground_reference.CopyInformation(reference)
     grid = _low_resolution_grid(reference, mask, spacing_mm)
-    foreground = sitk.GetArrayFromImage(
-        sitk.Resample(foreground_reference, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    )
+    foreground = _on_grid(mask, reference, grid).astype(np.uint8)
     inside = foreground.astype(bool)
     if not inside.any():
         raise InputError("The brain region is too small to analyse at the network's resolution.")
+    counted = inside if region is None else _on_grid(brain, reference, grid) & inside
 
     array = np.zeros((len(CONTRASTS),) + foreground.shape, np.float32)
     present = np.zeros(len(CONTRASTS), np.float32)
@@ -179,7 +184,7 @@ def prepare(images: Dict[str, Optional[sitk.Image]], spacing_mm: float = 2.0,
         if name not in resampled:
             continue
         low = sitk.GetArrayFromImage(down_sample(resampled[name], grid, spacing_mm))
-        values = low[inside]
+        values = low[counted]
         # z-score inside the brain mask, not over non-zero voxels (MONAI's NormalizeIntensity(nonzero=True)):
         # scanner offsets make background non-zero and brain voxels can be zero.
         mean[channel] = float(values.mean())
@@ -199,6 +204,14 @@ def prepare(images: Dict[str, Optional[sitk.Image]], spacing_mm: float = 2.0,
         reference_name=reference_name,
         resampled=resampled,
     )
+
+
+def _on_grid(mask: np.ndarray, reference: sitk.Image, grid: sitk.Image) -> np.ndarray:
+    """A boolean mask on the reference grid brought onto the low-resolution grid (nearest voxel)."""
+    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    image.CopyInformation(reference)
+    return sitk.GetArrayFromImage(sitk.Resample(image, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                                                sitk.sitkUInt8)) > 0
 
 
 def _image_on_grid(array: np.ndarray, grid: sitk.Image) -> sitk.Image:

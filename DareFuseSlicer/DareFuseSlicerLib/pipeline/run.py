@@ -56,7 +56,7 @@ class PipelineResult:
     display_image: Optional[sitk.Image] = None  # the contrast shown beneath overlays, on the reference grid
     settings: dict = field(default_factory=dict)  # spacing, windows, device, post-processing thresholds
     gradcam_class: str = ""  # the class the Grad-CAM++ map explains: the class head's decision
-    brain_mask: Optional[sitk.Image] = None  # uint8 on the reference grid: the front end's (whole-head input)
+    brain_mask: Optional[sitk.Image] = None  # uint8 on the reference grid: the front end's with the tumour (whole head)
     registered: Dict[str, sitk.Image] = field(default_factory=dict)  # co-registered contrasts (whole-head input)
     front_end: dict = field(default_factory=dict)  # input kind, brain-mask volume, registrations (report.json)
     review: Optional[ReviewResult] = None  # ranked places to check (with the segmentation layer)
@@ -241,7 +241,8 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
                                    cancel=cancel, kind=kind)
     warnings += front.warnings
     with stages.stage("preprocess", "resampling and normalising"):
-        prep = preprocess.prepare(front.images, spacing_mm=spacing_mm, brain_mask=front.brain_mask)
+        prep = preprocess.prepare(front.images, spacing_mm=spacing_mm, brain_mask=front.brain_mask,
+                                  region=front.region)
         inputs = _describe_inputs(checked, prep.reference_name)
         del checked  # prep.resampled holds what is needed from here on
     model = model.to(settings.torch_device).eval()
@@ -249,6 +250,7 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
     grid = Grid.of(prep)
     with stages.stage("segmentation", "segmentation and post-processing"):
         segmentation = segmentation_stage(model, network, prep, grid, settings, warnings)
+        front = front.with_tumour(segmentation.label_array)
     layers = _Layers()
     mean_uncertainty = layers.uncertainty_stage(stages, model, network, prep, grid, settings)
     review = review_stage(stages, model, network, prep, grid, settings, segmentation, layers.uncertainty)

@@ -259,17 +259,20 @@ def validation_dice(model, folder: Path) -> Dict[str, Dict[str, float]]:
 #: The brain-mask settings `setting_scores` tries (`darefuse tune-brainmask`; pipeline/brainmask.MaskSettings).
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8)
 OPENINGS_MM = (0.0, 2.0, 4.0, 6.0, 8.0)
+MARGINS_MM = (0.0, 2.0, 4.0, 6.0, 8.0)
 
 
 def setting_scores(model, folder: Path, log=print) -> List[dict]:
-    """Every (threshold, opening) of THRESHOLDS x OPENINGS_MM scored on a clinical folder, each contrast the
-    reference in turn: mean and worst brain-mask Dice, tumour voxels (engine label) left outside the mask."""
+    """Every (threshold, opening, margin) of THRESHOLDS x OPENINGS_MM x MARGINS_MM scored on a clinical folder,
+    each contrast the reference in turn: mean and worst brain-mask Dice (of the mask: the margin does not change
+    it), tumour voxels (engine label) outside the network's region (the mask grown by the margin), where no
+    segmentation can find them."""
     from ..metrics import mask_dice
     from .frontend_eval import truth_on
 
-    settings = [bm.MaskSettings(t, o) for t in THRESHOLDS for o in OPENINGS_MM]
-    dice: Dict[bm.MaskSettings, List[float]] = {s: [] for s in settings}
-    outside = {s: 0 for s in settings}
+    masks = [(t, o) for t in THRESHOLDS for o in OPENINGS_MM]
+    dice: Dict[tuple, List[float]] = {m: [] for m in masks}
+    outside = {(t, o, g): 0 for t, o in masks for g in MARGINS_MM}
     for row in clinical_rows(folder):
         truth_ref = sitk.ReadImage(str(folder / row["brainmask"]))
         label_ref = sitk.ReadImage(str(folder / row["seg"]))
@@ -278,20 +281,28 @@ def setting_scores(model, folder: Path, log=print) -> List[dict]:
             truth = truth_on(image, truth_ref, row, contrast)
             tumour = truth_on(image, label_ref, row, contrast) > 0
             grid, share = bm.brain_share(model, image)  # once; each setting only refines it
-            for setting in settings:
-                mask = sitk.GetArrayViewFromImage(bm.refine(share, grid, image, setting)) > 0
-                dice[setting].append(mask_dice(mask, truth))
-                outside[setting] += int(np.count_nonzero(tumour & ~mask))
+            for t, o in masks:
+                mask = bm.refine(share, grid, image, bm.MaskSettings(t, o))
+                dice[(t, o)].append(mask_dice(sitk.GetArrayViewFromImage(mask) > 0, truth))
+                distance = bm.distance_mm(mask)[tumour]
+                for g in MARGINS_MM:
+                    outside[(t, o, g)] += int(np.count_nonzero(distance > g))
         log(f"scored {row['case_id']}")
-    return [{"threshold": s.threshold, "opening_mm": s.opening_mm, "mean_dice": round(float(np.mean(dice[s])), 4),
-             "worst_dice": round(float(np.min(dice[s])), 4), "tumour_voxels_outside": outside[s]} for s in settings]
+    return [{"threshold": t, "opening_mm": o, "margin_mm": g, "mean_dice": round(float(np.mean(dice[(t, o)])), 4),
+             "worst_dice": round(float(np.min(dice[(t, o)])), 4), "tumour_voxels_outside": outside[(t, o, g)]}
+            for t, o, g in outside]
 
 
-def chosen_setting(scores: List[dict]) -> dict:
-    """The best mean Dice among the settings that leave no more tumour outside than the plain one (0.5, no
-    opening): a tighter mask that cuts a surface tumour is not better, whatever its Dice."""
-    plain = next(s for s in scores if s["threshold"] == 0.5 and s["opening_mm"] == 0.0)
-    allowed = [s for s in scores if s["tumour_voxels_outside"] <= plain["tumour_voxels_outside"]]
+def chosen_setting(scores: List[dict], margin_mm: float = 0.0) -> dict:
+    """For the given margin (chosen with the segmentation in the loop: `darefuse evaluate`), the best mean Dice
+    among the settings whose region (the mask grown by it) leaves no more tumour voxels beyond the network's reach
+    than the plain mask (0.5, no opening, no margin): a mask that scores well but hides more of a surface tumour
+    from the segmentation is not better, whatever its Dice."""
+    plain = next(s for s in scores if s["threshold"] == 0.5 and s["opening_mm"] == 0.0 and s["margin_mm"] == 0.0)
+    allowed = [s for s in scores if s["margin_mm"] == margin_mm
+               and s["tumour_voxels_outside"] <= plain["tumour_voxels_outside"]]
+    if not allowed:
+        raise ValueError(f"no setting with a margin of {margin_mm:g} mm was scored")
     return max(allowed, key=lambda s: (s["mean_dice"], -s["tumour_voxels_outside"]))
 
 

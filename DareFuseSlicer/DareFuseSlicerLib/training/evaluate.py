@@ -328,7 +328,8 @@ class ModelScores:
         self.fp_with, self.fp_without, self.fp_gated, self.seconds = [], [], [], []
         self.rng = np.random.RandomState(0)
 
-    def add(self, case: Case) -> None:
+    def add(self, case: Case) -> np.ndarray:
+        """Score one case; returns the post-processed label (on the case's grid)."""
         model, config = self.model, self.config
         prediction = self.predict(model, case)
         self.seconds.append(prediction.seconds)
@@ -370,6 +371,7 @@ class ModelScores:
                 self.fp_without.append(float(np.count_nonzero(postprocess(ablated.label, voxel_ml, ungated))) * voxel_ml)
                 row["false_positive_ml_without_prior"] = self.fp_without[-1]
         self.rows.append(row)
+        return processed
 
     def _review(self, case: Case, prediction: Prediction, processed: np.ndarray) -> dict:
         """The review regions' efficiency on this case (the post-processed label's regions), kept for the means;
@@ -535,12 +537,13 @@ def score_models(loaded: List[LoadedModel], configs: Dict[str, ChosenPostprocess
     review settings."""
     scorers = {name: ModelScores(model, configs[name][0], hasattr(model, "generator"), reviews[name][0])
                for name, _, model in loaded}
-    front_scores = []
+    front_scores: Dict[str, list] = {name: [] for name in scorers}
     for i, row in enumerate(rows):
         case = load_case(folder, row, contrasts)
-        for scorer in scorers.values():
-            scorer.add(case)
-        front_scores.append(frontend_eval.case_scores(folder, row, case.front, case.truth))
+        for name, scorer in scorers.items():
+            label = scorer.add(case)  # the brain mask given out holds the model's segmented tumour
+            front = case.front.with_tumour(label) if case.front is not None else None
+            front_scores[name].append(frontend_eval.case_scores(folder, row, front, case.truth))
         del case
         log(f"case {i + 1}/{len(rows)} {row['case_id']}")
     results = {}
@@ -554,9 +557,9 @@ def score_models(loaded: List[LoadedModel], configs: Dict[str, ChosenPostprocess
         report["review"] = {"config": reviews[name][0].as_dict(), "tuned_on": reviews[name][2],
                             "tuning": reviews[name][1]}
         results[name] = report
-        front = frontend_eval.summary(front_scores)
-        if front is not None:  # the front end's scores do not depend on the model; each row shows them
-            report["front_end"] = {**front, "per_case": [c for c in front_scores if c is not None]}
+        front = frontend_eval.summary(front_scores[name])
+        if front is not None:
+            report["front_end"] = {**front, "per_case": [c for c in front_scores[name] if c is not None]}
         log(f"{name}: post Dice WT/TC/ET " + "/".join(f"{report['post'][r]['dice']:.3f}" for r in REGIONS))
     return results
 
@@ -649,18 +652,21 @@ def markdown_report(summary: dict) -> str:
               "FP: tumour volume predicted on tumour-free cases after post-processing without the class gate; "
               "without prior = the encoders fed a zero prior (the network is trained with prior dropout); after "
               "class gate = with every tuned setting, the gate included.", ""]
-    front = next((r["front_end"] for r in summary["models"].values() if r.get("front_end")), None)
-    if front is not None:
-        reg, dice = front["registration_error_mm"], front["brain_mask_dice"]
+    fronts = {name: r["front_end"] for name, r in summary["models"].items() if r.get("front_end")}
+    if fronts:
         lines += ["## Whole-head front end (clinical cases)", "",
-                  "| clinical cases | registrations | registration error median (mm) | worst (mm) | contrasts left "
-                  "out | brain-mask Dice mean | worst | tumour voxels outside the mask | of them meningioma |",
-                  "|---|---|---|---|---|---|---|---|---|",
-                  f"| {front['cases']} | {reg['registrations']} | {_f(reg['median'], 2)} | {_f(reg['worst'], 2)} | "
-                  f"{front['contrasts_left_out']} | {_f(dice['mean'], 4)} | {_f(dice['worst'], 4)} | "
-                  f"{front['tumour_voxels_outside_mask']} | {front['meningioma_voxels_outside_mask']} |", "",
-                  "Registration error: mean distance over the engine's brain mask between the recovered rigid "
+                  "| model | clinical cases | registrations | registration error median (mm) | worst (mm) | contrasts "
+                  "left out | brain-mask Dice mean | worst | tumour voxels outside the mask | of them meningioma |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for name, front in fronts.items():
+            reg, dice = front["registration_error_mm"], front["brain_mask_dice"]
+            lines.append(f"| {name} | {front['cases']} | {reg['registrations']} | {_f(reg['median'], 2)} | "
+                         f"{_f(reg['worst'], 2)} | {front['contrasts_left_out']} | {_f(dice['mean'], 4)} | "
+                         f"{_f(dice['worst'], 4)} | {front['tumour_voxels_outside_mask']} | "
+                         f"{front['meningioma_voxels_outside_mask']} |")
+        lines += ["", "Registration error: mean distance over the engine's brain mask between the recovered rigid "
                   "transform and the engine's recorded motion; brain-mask Dice against the engine's mask (brain "
-                  "and every tumour voxel) on the reference grid.", ""]
+                  "and every tumour voxel) on the reference grid, of the mask given out (the brain mask with the "
+                  "model's segmented tumour: it depends on the model).", ""]
     lines += review_efficiency.markdown_lines(summary["models"])
     return "\n".join(lines)
