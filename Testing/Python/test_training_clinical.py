@@ -154,14 +154,20 @@ def test_a_twin_moved_without_its_registration_would_not_be_aligned(clinical_fol
 
 
 def test_the_cache_key_follows_the_brain_mask_model(clinical_folder, monkeypatch):
-    """A new brain-mask model rebuilds clinical cache files; BraTS-style keys are the ones caches were built
+    """A new brain-mask model, or new mask settings, rebuild clinical cache files; BraTS-style keys are the ones caches were built
     with before clinical cases existed, so those files are reused."""
     import hashlib
     import json
 
+    from DareFuseSlicerLib.network import store
+
     row = dataset.read_rows(clinical_folder)[0]
     before = dataset._cache_key(clinical_folder, row)
-    monkeypatch.setattr(dataset, "_brainmask_sha256", lambda: "another model")
+    card = store.read_card(frontend.BRAINMASK_MODEL)
+    other = dict(card, mask_settings=dict(card.get("mask_settings") or {}, margin_mm=8.0))
+    monkeypatch.setattr(store, "read_card", lambda path: other)  # the same model, another margin
+    assert dataset._cache_key(clinical_folder, row) != before
+    monkeypatch.setattr(dataset, "_brainmask_key", lambda: "another model")
     assert dataset._cache_key(clinical_folder, row) != before
     brats = dict(row, acquisition="brats")
     stat = (clinical_folder / row["seg"]).stat()

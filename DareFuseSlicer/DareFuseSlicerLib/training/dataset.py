@@ -45,8 +45,9 @@ if TYPE_CHECKING:
 
 #: Changes whenever the cached arrays would change: old cache files are then rebuilt, never reused.
 CACHE_VERSION = "1"
-#: The same for clinical cases' front-end path (their keys also hold the brain-mask model's SHA256).
-CLINICAL_CACHE_VERSION = "1"
+#: The same for clinical cases' front-end path (their keys also hold the brain-mask model's SHA256 and
+#: mask_settings). 2: the network's region (the mask grown by the card's margin), z-scores over the mask alone.
+CLINICAL_CACHE_VERSION = "2"
 SPACING_MM = 2.0
 #: Class target of a crop that holds none of its case's tumour (cross-entropy's ignore_index).
 IGNORE_CLASS = -100
@@ -159,12 +160,15 @@ def preprocess_clinical_case(folder: Path, row: dict, brainmask_model=None) -> D
     return arrays
 
 
-def _brainmask_sha256() -> str:
-    """The bundled brain-mask network's SHA256 (its card's): a new mask model rebuilds clinical cache files."""
+def _brainmask_key() -> str:
+    """The bundled brain-mask network's SHA256 and mask settings (its card's): a new mask model, or new settings
+    for it, rebuild clinical cache files."""
     from ..network.store import read_card
     from ..pipeline.frontend import BRAINMASK_MODEL
 
-    return str(read_card(BRAINMASK_MODEL)["sha256"])
+    card = read_card(BRAINMASK_MODEL)
+    settings = {k: v for k, v in (card.get("mask_settings") or {}).items() if k != "tuned_on_seeds"}
+    return json.dumps([str(card["sha256"]), settings], sort_keys=True)
 
 
 def _cache_key(folder: Path, row: dict) -> str:
@@ -172,7 +176,7 @@ def _cache_key(folder: Path, row: dict) -> str:
     stat = seg.stat()
     parts = [CACHE_VERSION, SPACING_MM, row["case_id"], str(folder.resolve()), stat.st_size, stat.st_mtime_ns]
     if is_clinical(row):  # BraTS-style keys stay as they were: their cache files are reused
-        parts += ["clinical", CLINICAL_CACHE_VERSION, _brainmask_sha256()]
+        parts += ["clinical", CLINICAL_CACHE_VERSION, _brainmask_key()]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
