@@ -64,7 +64,7 @@ def main() -> int:
         images = {c: sitk.ReadImage(str(folder / row[BRATS_SUFFIX[c]])) for c in contrasts}
         record = {}
         front = frontend.run_front_end(images, model=model, stage=stage_timer(record))
-        preprocess.prepare(front.images, brain_mask=front.brain_mask, region=front.region)  # what the network is fed
+        preprocess.prepare(front.images, brain_mask=front.network_mask, region=front.region)  # what the network is fed
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / row["seg"])))
         case = frontend_eval.case_scores(folder, row, front, truth)
         scores.append(case)

@@ -5,11 +5,11 @@
 
 Row 1: the four contrasts as acquired (each on its own grid: whole head, noise in the air, thick T2/FLAIR
 slices, motion between sequences), the slice nearest the tumour's centre in its own plane. Row 2: the
-reference (T1) with the front end's brain mask, and the other contrasts co-registered onto the reference grid
-(what `--save-registered` writes), the mask's outline on each. Row 3: the segmentation on the reference grid
-beside the engine's ground truth, over the registered FLAIR. Runs the real pipeline (`pipeline.run`); without
---data the case is made with the data engine (`make_case(seed, acquisition="clinical")`, seed 5001 from the
-engine's development range by default).
+reference (T1) with the brain mask given out (made from every registered contrast), and the other contrasts
+co-registered onto the reference grid (what `--save-registered` writes), the mask's outline on each. Row 3:
+the segmentation on the reference grid beside the engine's ground truth, over the registered FLAIR. Runs the
+real pipeline (`pipeline.run`); without --data the case is made with the data engine (`make_case(seed,
+acquisition="clinical")`, seed 5001 from the engine's development range by default).
 """
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def main(argv=None) -> Path:
             continue
         array, spacing = _axial(shown[contrast], z_world)
         reg = result.front_end.get("registration", {}).get(contrast)
-        title = (f"T1 (reference) and its brain mask\nDice {dice:.3f} against the engine's" if contrast == "t1" else
+        title = (f"T1 (reference), the brain mask given out\nDice {dice:.3f} against the engine's" if contrast == "t1" else
                  f"{CONTRAST_NAMES[contrast]} registered to T1\n{reg['rotation_deg']:.1f} deg, "
                  f"{reg['shift_mm']:.1f} mm")
         _show(ax, array, spacing, title, contour=mask_slice)

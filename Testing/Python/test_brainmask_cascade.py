@@ -160,14 +160,39 @@ def test_mask_settings_come_from_the_card_and_tighten_the_mask(head):
                                                  sitk.sitkFloat32))
 
     class Card:
-        card = {"mask_settings": {"threshold": 0.8, "opening_mm": 4.0, "margin_mm": 6.0}}
+        card = {"mask_settings": {"threshold": 0.8, "opening_mm": 4.0, "margin_mm": 6.0, "fuse": True}}
 
     settings = bm.MaskSettings.of(Card())
-    assert settings == bm.MaskSettings(0.8, 4.0, 6.0) and bm.MaskSettings.of(object()) == bm.MaskSettings()
+    assert settings == bm.MaskSettings(0.8, 4.0, 6.0, True) and bm.MaskSettings.of(object()) == bm.MaskSettings()
+    assert not bm.MaskSettings().fuse
     plain = sitk.GetArrayFromImage(bm.refine(share, cube, image)) > 0
     tight = sitk.GetArrayFromImage(bm.refine(share, cube, image, settings)) > 0
     assert tight.sum() < plain.sum() and not (tight & ~plain).any()
     assert mask_dice(tight, sitk.GetArrayFromImage(mask) > 0) > 0.85
+
+
+def test_fused_share_is_the_mean_of_the_registered_contrasts_inside_each_field_of_view(head):
+    """Another contrast's share, on its own grid and pose, is brought onto the reference's share grid through its
+    registration and averaged in; where its field of view ends it says nothing."""
+    image, mask = head
+    cube = bm.head_cube(image)
+    share = _share_in_cube(mask, cube)
+    shift = sitk.TranslationTransform(3, (3.0, -2.0, 4.0))  # reference point -> the other contrast's point
+    other_grid = sitk.Image([bm.FINE_CUBE] * 3, sitk.sitkUInt8)
+    other_grid.SetSpacing(cube.GetSpacing())
+    other_grid.SetOrigin([o + d for o, d in zip(cube.GetOrigin(), (3.0, -2.0, 4.0))])
+    moved = np.clip(share + 0.5, 0.0, 1.0)  # the other contrast says more "brain" everywhere
+    # Its image covers only the upper half of the cube (a 2-D stack stopping short of the neck).
+    upper = bm.FINE_CUBE // 2
+    fov = sitk.Image([bm.FINE_CUBE, bm.FINE_CUBE, bm.FINE_CUBE - upper], sitk.sitkFloat32)
+    fov.SetSpacing(cube.GetSpacing())
+    fov.SetOrigin(other_grid.TransformIndexToPhysicalPoint([0, 0, upper]))
+    fused = bm.fused_share(cube, share, [(other_grid, moved, fov, shift)])
+    assert fused.shape == share.shape and fused.dtype == np.float32
+    inner = (slice(upper + 4, -4), slice(4, -4), slice(4, -4))
+    assert np.allclose(fused[inner], (share[inner] + moved[inner]) / 2.0, atol=1e-4)
+    assert np.allclose(fused[:upper - 4], share[:upper - 4])  # below its field of view: the reference alone
+    assert np.array_equal(bm.fused_share(cube, share, []), share)
 
 
 def test_the_chosen_setting_hides_no_more_tumour_from_the_network_than_the_plain_mask():

@@ -212,6 +212,42 @@ def test_the_network_looks_beyond_the_mask_and_the_mask_given_out_holds_the_tumo
     assert given.report()["brain_mask_ml"] > front.report()["brain_mask_ml"]
 
 
+def _with_mask_settings(model, **settings):
+    """The same network, its card's mask_settings changed (the bundled card is not touched)."""
+    import copy
+
+    other = copy.copy(model)
+    other.card = {**model.card, "mask_settings": {**model.card.get("mask_settings", {}), **settings}}
+    return other
+
+
+def test_a_fusing_card_gives_out_the_mask_from_every_registered_contrast(brains, mask, mask_model):
+    """With `fuse` on the card, the mask given out comes from the mean share of the reference and each contrast
+    whose registration is believed; the network keeps the reference's own mask and the region grown from it (the
+    segmentation model was tuned on those); a contrast left out has no say."""
+    heads, _ = _moved_study(brains, mask, (2.0, -1.0, 3.0), (1.5, 2.0, -2.0))
+    fusing, single = _with_mask_settings(mask_model, fuse=True), _with_mask_settings(mask_model, fuse=False)
+    fused = frontend.run_front_end(heads, model=fusing)
+    plain = frontend.run_front_end(heads, model=single)
+    assert fused.registrations["t2"].accepted
+    _, _, share = frontend.brain_mask_stage(heads["t1"], "T1", fusing)
+    expected = brainmask.refine(frontend.fused_share(heads, share, fused.registrations, fusing), share[0], heads["t1"],
+                                brainmask.MaskSettings.of(fusing))
+    fused_mask = sitk.GetArrayFromImage(fused.brain_mask) > 0
+    plain_mask = sitk.GetArrayFromImage(plain.brain_mask) > 0
+    assert np.array_equal(fused_mask, sitk.GetArrayFromImage(expected) > 0)
+    assert not np.array_equal(fused_mask, plain_mask)
+    assert np.array_equal(sitk.GetArrayFromImage(fused.network_mask) > 0, plain_mask)
+    assert np.array_equal(sitk.GetArrayFromImage(fused.region), sitk.GetArrayFromImage(plain.region))
+    prep, _ = frontend.prepare_study(heads, model=fusing)
+    assert np.array_equal(prep.mean, frontend.prepare_study(heads, model=single)[0].mean)
+    far = sitk.Image(heads["t2"])
+    far.SetOrigin([o + 400.0 for o in far.GetOrigin()])
+    alone = frontend.run_front_end({"t1": heads["t1"], "t2": far}, model=fusing)
+    assert not alone.registrations["t2"].accepted
+    assert np.array_equal(sitk.GetArrayFromImage(alone.brain_mask) > 0, plain_mask)
+
+
 def test_a_non_head_image_is_refused_or_doubted(mask_model):
     """A water-bottle phantom: noise in the air, a uniform cylinder, no brain."""
     rng = np.random.default_rng(0)
@@ -222,7 +258,7 @@ def test_a_non_head_image_is_refused_or_doubted(mask_model):
     image.SetSpacing((2.0, 2.0, 2.0))
     assert frontend.study_kind({"t1": image}, {"t1": "T1"}) == "raw"
     try:
-        _, doubts = frontend.brain_mask_stage(image, "T1", mask_model)
+        _, doubts, _ = frontend.brain_mask_stage(image, "T1", mask_model)
     except InputError as error:
         assert "no brain found" in str(error)
     else:
@@ -240,7 +276,7 @@ def test_a_raw_study_runs_through_the_front_end(brains, mask, mask_model, tmp_pa
     result = run(heads, tiny_model(), outputs=("segmentation",), brainmask_model=mask_model,
                  progress=lambda fraction, message: stages.append(message))
     assert result.front_end["input_kind"] == "raw"
-    assert {"brain_mask", "registration"} <= set(result.timings)
+    assert {"brain_mask", "registration", "brain_mask_fusion"} <= set(result.timings)
     assert any(m.startswith("registering T2") for m in stages)
     assert preprocess.grids_match(result.brain_mask, heads["t1"]) and preprocess.grids_match(result.label, heads["t1"])
     label = sitk.GetArrayFromImage(result.label) > 0

@@ -379,3 +379,24 @@ def test_clinical_cases_are_cached_in_parallel_after_torch_has_run(clinical_fold
     assert "cached 2" in stdout
     assert sorted(p.name for p in (tmp_path / "cache").glob("*.npz")) == ["Tiny-clinical-001.npz",
                                                                          "Tiny-clinical-002.npz"]
+
+
+def test_tune_brainmask_fuse_scores_one_mask_per_case_on_the_reference(clinical_folder):
+    """`tune-brainmask --fuse` scores what the pipeline gives out: one mask per case, on the reference's grid,
+    from the mean share of the contrasts whose registration is believed (FLAIR's 35 degrees are not)."""
+    from DareFuseSlicerLib.metrics import mask_dice
+    from DareFuseSlicerLib.pipeline import brainmask
+    from DareFuseSlicerLib.training.brainmask import (MARGINS_MM, OPENINGS_MM, THRESHOLDS, clinical_rows,
+                                                      scored_shares, setting_scores)
+
+    model = frontend.load_brainmask_model()
+    row = clinical_rows(clinical_folder)[0]
+    single = scored_shares(model, clinical_folder, row)
+    (image, truth, tumour, grid, share), = scored_shares(model, clinical_folder, row, fuse=True)
+    assert len(single) == len(CONTRASTS) and image.GetSize() == single[0][0].GetSize()
+    assert grid.GetSize() == single[0][3].GetSize() and not np.allclose(share, single[0][4])
+    mask = sitk.GetArrayFromImage(brainmask.refine(share, grid, image, brainmask.MaskSettings(0.5))) > 0
+    assert mask_dice(mask, truth) > 0.9 and tumour.any()
+    scores = setting_scores(model, clinical_folder, log=lambda line: None, fuse=True)
+    assert len(scores) == len(THRESHOLDS) * len(OPENINGS_MM) * len(MARGINS_MM)
+    assert all(s["mean_dice"] == s["worst_dice"] for s in scores)  # one sample: the reference's fused mask

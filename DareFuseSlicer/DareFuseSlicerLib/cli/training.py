@@ -237,7 +237,8 @@ def _register_brainmask(subparsers) -> None:
     tune = subparsers.add_parser(
         "tune-brainmask",
         help="choose the brain-mask network's threshold and opening on clinical development cases",
-        description="Scores every threshold x opening x margin on DATA (each contrast the reference in turn) and "
+        description="Scores every threshold x opening x margin on DATA (each contrast the reference in turn, or with "
+        "--fuse the pipeline's reference with the mean share of every registered contrast) and "
         "prints a table: the mask's Dice, and the tumour voxels outside the mask grown by the margin (the region "
         "the segmentation network sees). For the given --margin, the best mean Dice among the settings whose "
         "region leaves no more tumour outside than the plain mask (0.5, no opening, no margin) is chosen. "
@@ -249,6 +250,11 @@ def _register_brainmask(subparsers) -> None:
                       help="how far beyond the mask the segmentation network looks, mm (one of the margins scored; "
                       "default 0): chosen with the segmentation in the loop (darefuse evaluate on development "
                       "cases), not here")
+    tune.add_argument("--fuse", action="store_true",
+                      help="score the mask given out when it is made from every contrast's share (each registered "
+                      "to the reference, as the pipeline does) instead of each contrast's own mask; its tumour "
+                      "column is then what lies beyond the mask grown by the margin, out of reach of the segmented "
+                      "tumour the mask given out adds; --record makes the pipeline fuse")
     tune.add_argument("--record", action="store_true", help="write the chosen setting into the model's card")
     tune.add_argument("--threads", type=int, default=2)
     tune.set_defaults(handler=_tune_brainmask)
@@ -304,7 +310,7 @@ def _tune_brainmask(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     model = load_model(args.model)
-    scores = setting_scores(model, Path(args.data), log=lambda line: print(line, flush=True))
+    scores = setting_scores(model, Path(args.data), log=lambda line: print(line, flush=True), fuse=args.fuse)
     best = chosen_setting(scores, args.margin)
     print("| threshold | opening (mm) | margin (mm) | Dice mean | worst | tumour voxels outside the margin |\n"
           "|---|---|---|---|---|---|")
@@ -315,7 +321,7 @@ def _tune_brainmask(args: argparse.Namespace) -> int:
     if args.record:
         seeds = sorted(int(row["seed"]) for row in clinical_rows(Path(args.data)))
         settings = {"threshold": best["threshold"], "opening_mm": best["opening_mm"], "margin_mm": best["margin_mm"],
-                    "tuned_on_seeds": seeds}
+                    "fuse": args.fuse, "tuned_on_seeds": seeds}
         print(f"recorded in {record_metrics(args.model, 'tuning', best, mask_settings=settings)}")
     return 0
 

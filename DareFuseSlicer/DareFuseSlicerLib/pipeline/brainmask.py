@@ -10,14 +10,15 @@ neck, is cut), its largest part kept and its holes filled, interpolated linearly
 thresholded, is the mask: sub-voxel boundaries (a perfect 2 mm share map gives Dice 0.998 against the engine's
 1 mm masks this way). The threshold and the opening are the model card's `mask_settings` (tuned on development
 cases; 0.5 and none without them), and so is the margin around the mask in which the segmentation network
-looks for tumour that the mask cut (`grown`; the mask given out then holds that tumour: `with_tumour`).
+looks for tumour that the mask cut (`grown`; the mask given out then holds that tumour: `with_tumour`), and
+whether the share is the mean over every registered contrast of the study (`fused_share`, the front end's).
 
 Everything here but `predict_share` is torch-free: training builds its inputs with the same functions.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -56,13 +57,14 @@ class MaskSettings:
     threshold: float = 0.5
     opening_mm: float = 0.0
     margin_mm: float = 0.0
+    fuse: bool = False  # the mask from the mean share of every registered contrast (`fused_share`)
 
     @classmethod
     def of(cls, model) -> "MaskSettings":
         """The settings on a model's card (`mask_settings`), the defaults without them."""
         values = (getattr(model, "card", None) or {}).get("mask_settings", {})
         return cls(float(values.get("threshold", 0.5)), float(values.get("opening_mm", 0.0)),
-                   float(values.get("margin_mm", 0.0)))
+                   float(values.get("margin_mm", 0.0)), bool(values.get("fuse", False)))
 
 
 def anti_aliased(image: sitk.Image, spacing_mm: float) -> sitk.Image:
@@ -195,10 +197,35 @@ def clean_share(share: np.ndarray, threshold: float = 0.5, opening: int = 0) -> 
 
 def share_on_grid(share: np.ndarray, source: sitk.Image, grid: sitk.Image) -> np.ndarray:
     """A brain share on `source`'s grid (cube or box) brought onto another grid, linear; float32 (Z, Y, X)."""
+    return sitk.GetArrayFromImage(sitk.Resample(share_image(share, source), grid, sitk.Transform(), sitk.sitkLinear,
+                                                0.0, sitk.sitkFloat32))
+
+
+def share_image(share: np.ndarray, grid: sitk.Image) -> sitk.Image:
+    """A share array (Z, Y, X) as an image with its grid's geometry (float32)."""
     image = sitk.GetImageFromArray(share.astype(np.float32))
-    image.CopyInformation(source)
-    return sitk.GetArrayFromImage(sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, 0.0,
-                                                sitk.sitkFloat32))
+    image.CopyInformation(grid)
+    return image
+
+
+def fused_share(grid: sitk.Image, share: np.ndarray,
+                others: Sequence[Tuple[sitk.Image, np.ndarray, sitk.Image, sitk.Transform]]) -> np.ndarray:
+    """The reference's share (on `grid`) averaged with other contrasts' shares, each (its share's grid, its share,
+    its image, its registration: reference point -> its point) brought onto `grid` linearly. Each contrast
+    counts only inside its own field of view (a 2-D stack that stops short of the vertex says nothing there).
+    The networks' errors differ between contrasts and resolutions, so the mean is closer to the brain than any
+    one of them (SynthStrip's any-contrast idea, used on every contrast of the study at once)."""
+    total = share.astype(np.float64)
+    weight = np.ones(share.shape, np.float64)
+    for other_grid, other_share, image, transform in others:
+        seen = sitk.Image(image.GetSize(), sitk.sitkFloat32) + 1.0
+        seen.CopyInformation(image)
+        inside = sitk.GetArrayFromImage(sitk.Resample(seen, grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+        moved = sitk.Resample(share_image(other_share, other_grid), grid, transform, sitk.sitkLinear, 0.0,
+                              sitk.sitkFloat32)
+        total += inside * sitk.GetArrayFromImage(moved)
+        weight += inside
+    return (total / weight).astype(np.float32)
 
 
 def refine(share: np.ndarray, box: sitk.Image, reference: sitk.Image,

@@ -7,8 +7,12 @@ Two kinds of input are told apart from the images themselves (`study_kind`):
 - raw (whole head, noise in the air, each contrast on its own grid, the patient moved between sequences):
   the brain mask of the reference contrast (pipeline/brainmask.py), then a rigid registration of every other
   contrast to it over the brain region (pipeline/register.py). A contrast whose registration is not believed
-  is left out with a warning naming it; the model handles missing contrasts. The network then sees the
-  contrasts inside the brain mask grown by the brain-mask card's margin (a tumour the mask cut at the brain's
+  is left out with a warning naming it; the model handles missing contrasts. When the brain-mask card says
+  `fuse`, the brain mask given out is then made again from the mean brain share of the reference and every
+  registered contrast (the networks' errors differ with the contrast and the slice thickness); the network
+  keeps the reference's own mask (`network_mask`), on which the segmentation models were tuned: fed the fused
+  mask instead, darefuse-raw-v1's Dice fell (BRAINMASK_CARD.md). The network then sees the
+  contrasts inside the reference's own mask grown by the brain-mask card's margin (a tumour the mask cut at the brain's
   surface lies there; intensities normalised over the brain alone), on the reference's own grid, and every
   output stays on that grid; the brain mask given out holds the segmented tumour (`FrontEnd.with_tumour`).
 
@@ -50,8 +54,9 @@ class FrontEnd:
     registrations: Dict[str, register.Registration] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
     doubts: List[str] = field(default_factory=list)  # reasons for low confidence
-    region: Optional[sitk.Image] = None  # where the network looks: the brain mask grown by the card's margin
+    region: Optional[sitk.Image] = None  # where the network looks: network_mask grown by the card's margin
     margin_mm: float = 0.0  # that margin
+    network_mask: Optional[sitk.Image] = None  # the reference's own mask: what the network's z-scores are over
 
     def with_tumour(self, label) -> "FrontEnd":
         """The same, its brain mask holding the segmented tumour (label: array on the reference grid), grown by
@@ -113,14 +118,43 @@ def load_brainmask_model(path: Optional[Path] = None):
     return load_model(path or BRAINMASK_MODEL)
 
 
-def brain_mask_stage(reference: sitk.Image, label: str, model) -> Tuple[sitk.Image, List[str]]:
-    """The reference's brain mask and the doubts about it; InputError when no brain is found at all."""
-    mask = brainmask.extract_brain(model, reference)[0]
+def checked_mask(mask: sitk.Image, reference: sitk.Image, label: str) -> Tuple[sitk.Image, List[str]]:
+    """A brain mask and the doubts about it; InputError when no brain is found at all."""
     volume = brainmask.mask_volume_ml(mask)
     if volume < NO_BRAIN_ML:
         raise InputError(f"{label}: no brain found in this image (brain mask {volume:.0f} mL); is it a head MR "
                          "image? A skull-stripped study must have one background value outside the brain.")
     return mask, brainmask.mask_problems(mask, label, reference)
+
+
+def brain_mask_stage(reference: sitk.Image, label: str, model) -> Tuple[sitk.Image, List[str], Tuple]:
+    """The reference's brain mask, the doubts about it and its share (grid, share) for `fused_mask_stage`."""
+    grid, share = brainmask.brain_share(model, reference)
+    mask, doubts = checked_mask(brainmask.refine(share, grid, reference, brainmask.MaskSettings.of(model)),
+                                reference, label)
+    return mask, doubts, (grid, share)
+
+
+def fused_share(images: Dict[str, sitk.Image], reference_share: Tuple,
+                registrations: Dict[str, register.Registration], model) -> np.ndarray:
+    """The mean brain share (on the reference's share grid) of the reference and every contrast whose
+    registration is believed (brainmask.fused_share)."""
+    others = []
+    for name, result in registrations.items():
+        if result.accepted:
+            grid, share = brainmask.brain_share(model, images[name])
+            others.append((grid, share, images[name], result.transform))
+    return brainmask.fused_share(*reference_share, others)
+
+
+def fused_mask_stage(images: Dict[str, sitk.Image], reference_name: str, reference_share: Tuple,
+                     registrations: Dict[str, register.Registration], label: str, model
+                     ) -> Tuple[sitk.Image, List[str]]:
+    """The brain mask from every registered contrast's share (`fused_share`) and the doubts about it."""
+    reference = images[reference_name]
+    share = fused_share(images, reference_share, registrations, model)
+    mask = brainmask.refine(share, reference_share[0], reference, brainmask.MaskSettings.of(model))
+    return checked_mask(mask, reference, label)
 
 
 def registration_stage(images: Dict[str, sitk.Image], reference_name: str, mask: sitk.Image,
@@ -163,12 +197,19 @@ def run_front_end(images: Dict[str, sitk.Image], labels: Optional[Dict[str, str]
     reference_name = reference_contrast(images)
     with stage("brain_mask", f"brain mask of {labels[reference_name]}"):
         model = model if model is not None else load_brainmask_model()
-        mask, doubts = brain_mask_stage(images[reference_name], labels[reference_name], model)
-        margin = brainmask.MaskSettings.of(model).margin_mm
-        region = brainmask.grown(mask, margin)
+        mask, doubts, share = brain_mask_stage(images[reference_name], labels[reference_name], model)
     with stage("registration", "co-registering the contrasts") as report:
         on_reference, results, warnings = registration_stage(images, reference_name, mask, labels, cancel, report)
-    return FrontEnd(kind, on_reference, mask, results, warnings, doubts, region, margin)
+    settings = brainmask.MaskSettings.of(model)
+    given = mask
+    with stage("brain_mask_fusion", "brain mask from every registered contrast"):
+        if settings.fuse and any(r.accepted for r in results.values()):  # the card's choice (tune-brainmask --fuse)
+            used = [n for n in CONTRASTS if n == reference_name or n in results and results[n].accepted]
+            label = ", ".join(labels[n] for n in used)
+            given, fused_doubts = fused_mask_stage(images, reference_name, share, results, label, model)
+            doubts += fused_doubts
+        region = brainmask.grown(mask, settings.margin_mm)
+    return FrontEnd(kind, on_reference, given, results, warnings, doubts, region, settings.margin_mm, mask)
 
 
 def prepare_study(images: Dict[str, Optional[sitk.Image]], spacing_mm: float = 2.0, model=None,
@@ -178,5 +219,5 @@ def prepare_study(images: Dict[str, Optional[sitk.Image]], spacing_mm: float = 2
     training and evaluating on the front end's output."""
     given = {name: check_image(contrast_name(name), image)[0] for name, image in images.items() if image is not None}
     front = run_front_end(given, model=model, cancel=cancel)
-    prep = preprocess.prepare(front.images, spacing_mm=spacing_mm, brain_mask=front.brain_mask, region=front.region)
+    prep = preprocess.prepare(front.images, spacing_mm=spacing_mm, brain_mask=front.network_mask, region=front.region)
     return prep, front

@@ -262,26 +262,46 @@ OPENINGS_MM = (0.0, 2.0, 4.0, 6.0, 8.0)
 MARGINS_MM = (0.0, 2.0, 4.0, 6.0, 8.0)
 
 
-def setting_scores(model, folder: Path, log=print) -> List[dict]:
-    """Every (threshold, opening, margin) of THRESHOLDS x OPENINGS_MM x MARGINS_MM scored on a clinical folder,
-    each contrast the reference in turn: mean and worst brain-mask Dice (of the mask: the margin does not change
-    it), tumour voxels (engine label) outside the network's region (the mask grown by the margin), where no
-    segmentation can find them."""
-    from ..metrics import mask_dice
+def scored_shares(model, folder: Path, row: dict, fuse: bool = False):
+    """(image, engine mask on its grid, engine tumour on its grid, share grid, share) for one case: each contrast
+    the reference in turn, or (fuse) the pipeline's reference with the share of every contrast it registers
+    (pipeline/frontend.fused_share, the pipeline's own path)."""
+    from ..constants import contrast_name, reference_contrast
+    from ..pipeline import frontend
     from .frontend_eval import truth_on
+
+    truth_ref = sitk.ReadImage(str(folder / row["brainmask"]))
+    label_ref = sitk.ReadImage(str(folder / row["seg"]))
+    images = {c: sitk.ReadImage(str(folder / row[BRATS_SUFFIX[c]]), sitk.sitkFloat32) for c in CONTRASTS}
+
+    def scored(contrast: str, grid: sitk.Image, share: np.ndarray):
+        image = images[contrast]
+        return (image, truth_on(image, truth_ref, row, contrast), truth_on(image, label_ref, row, contrast) > 0,
+                grid, share)
+
+    if not fuse:
+        return [scored(c, *bm.brain_share(model, images[c])) for c in CONTRASTS]
+    reference = reference_contrast(images)
+    labels = {c: contrast_name(c) for c in images}
+    mask, _, share = frontend.brain_mask_stage(images[reference], labels[reference], model)
+    registrations = frontend.registration_stage(images, reference, mask, labels)[1]
+    return [scored(reference, share[0], frontend.fused_share(images, share, registrations, model))]
+
+
+def setting_scores(model, folder: Path, log=print, fuse: bool = False) -> List[dict]:
+    """Every (threshold, opening, margin) of THRESHOLDS x OPENINGS_MM x MARGINS_MM scored on a clinical folder,
+    each contrast the reference in turn (or, fuse, the mask given out from every contrast's share on the
+    pipeline's reference): mean and worst brain-mask Dice (of the mask: the margin does not change it), tumour
+    voxels (engine label) outside the mask grown by the margin: beyond the network's region (no segmentation can
+    find them), or (fuse) beyond the segmented tumour's reach, which the mask given out adds grown by the margin."""
+    from ..metrics import mask_dice
 
     masks = [(t, o) for t in THRESHOLDS for o in OPENINGS_MM]
     dice: Dict[tuple, List[float]] = {m: [] for m in masks}
     outside = {(t, o, g): 0 for t, o in masks for g in MARGINS_MM}
     for row in clinical_rows(folder):
-        truth_ref = sitk.ReadImage(str(folder / row["brainmask"]))
-        label_ref = sitk.ReadImage(str(folder / row["seg"]))
-        for contrast in CONTRASTS:
-            image = sitk.ReadImage(str(folder / row[BRATS_SUFFIX[contrast]]), sitk.sitkFloat32)
-            truth = truth_on(image, truth_ref, row, contrast)
-            tumour = truth_on(image, label_ref, row, contrast) > 0
-            grid, share = bm.brain_share(model, image)  # once; each setting only refines it
-            for t, o in masks:
+        for image, truth, tumour, grid, share in scored_shares(model, folder, row, fuse):
+            for t, o in masks:  # the share once; each setting only refines it
                 mask = bm.refine(share, grid, image, bm.MaskSettings(t, o))
                 dice[(t, o)].append(mask_dice(sitk.GetArrayViewFromImage(mask) > 0, truth))
                 distance = bm.distance_mm(mask)[tumour]
