@@ -2,11 +2,12 @@
 
     .venv/bin/python benchmarks/frontend_clinical.py --data CLINICAL_FOLDER [--max-cases N] [--contrasts t1,t2]
 
-Per case: `frontend.prepare_study` (brain mask of the reference, rigid registration of the others, what the
-network is fed), then the same scores `darefuse evaluate` reports (training/frontend_eval.py): registration
-error in mm against the manifest's motion, brain-mask Dice against the engine's mask, tumour voxels outside
-the mask; and the stage times (wall and CPU). Prints a markdown table and the summary. The mask scored is the
-front end's, before the segmented tumour is added to it (no network runs here): `darefuse evaluate` scores the
+Per case: the front end (brain mask of the reference, rigid registration of the others, the mask from every
+registered contrast where the brain-mask card says so) and what the network is fed, then the same scores
+`darefuse evaluate` reports (training/frontend_eval.py): registration error in mm against the manifest's
+motion, brain-mask Dice against the engine's mask, tumour voxels outside the mask; and the stage times (wall
+and CPU). Prints a markdown table and the summary. The mask scored is the front end's, before the segmented
+tumour is added to it (no network runs here): `darefuse evaluate` scores the
 mask a run gives out.
 """
 from __future__ import annotations
@@ -58,8 +59,8 @@ def main() -> int:
         return stage
 
     print("| case | class | brain-mask Dice | registration error (mm) | left out | tumour voxels outside | "
-          "brain mask wall/CPU (s) | registration wall/CPU (s) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "brain mask wall/CPU (s) | registration wall/CPU (s) | mask from every contrast wall/CPU (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         images = {c: sitk.ReadImage(str(folder / row[BRATS_SUFFIX[c]])) for c in contrasts}
         record = {}
@@ -73,7 +74,8 @@ def main() -> int:
         print(f"| {row['case_id']} | {row['tumour_class']} | {case['brain_mask_dice']:.4f} | {errors} | "
               f"{', '.join(case['left_out']) or '-'} | {case['tumour_voxels_outside_mask']} | "
               f"{record['brain_mask'][0]}/{record['brain_mask'][1]} | "
-              f"{record['registration'][0]}/{record['registration'][1]} |", flush=True)
+              f"{record['registration'][0]}/{record['registration'][1]} | "
+              f"{record['brain_mask_fusion'][0]}/{record['brain_mask_fusion'][1]} |", flush=True)
     summary = frontend_eval.summary(scores)
     summary["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0)
     summary["contrasts"] = list(contrasts)
