@@ -223,8 +223,8 @@ def _with_mask_settings(model, **settings):
 
 def test_a_fusing_card_gives_out_the_mask_from_every_registered_contrast(brains, mask, mask_model):
     """With `fuse` on the card, the mask given out comes from the mean share of the reference and each contrast
-    whose registration is believed; the network keeps the reference's own mask and the region grown from it (the
-    segmentation model was tuned on those); a contrast left out has no say."""
+    whose registration is believed; the network's intensities stay normalised over the reference's own mask (the
+    segmentation model was tuned on it), and it looks around both masks; a contrast left out has no say."""
     heads, _ = _moved_study(brains, mask, (2.0, -1.0, 3.0), (1.5, 2.0, -2.0))
     fusing, single = _with_mask_settings(mask_model, fuse=True), _with_mask_settings(mask_model, fuse=False)
     fused = frontend.run_front_end(heads, model=fusing)
@@ -238,9 +238,14 @@ def test_a_fusing_card_gives_out_the_mask_from_every_registered_contrast(brains,
     assert np.array_equal(fused_mask, sitk.GetArrayFromImage(expected) > 0)
     assert not np.array_equal(fused_mask, plain_mask)
     assert np.array_equal(sitk.GetArrayFromImage(fused.network_mask) > 0, plain_mask)
-    assert np.array_equal(sitk.GetArrayFromImage(fused.region), sitk.GetArrayFromImage(plain.region))
+    both = sitk.GetImageFromArray((fused_mask | plain_mask).astype(np.uint8))
+    both.CopyInformation(fused.brain_mask)
+    region = sitk.GetArrayFromImage(fused.region) > 0
+    assert np.array_equal(region, sitk.GetArrayFromImage(brainmask.grown(both, fused.margin_mm)) > 0)
+    assert region.sum() > (sitk.GetArrayFromImage(plain.region) > 0).sum()
     prep, _ = frontend.prepare_study(heads, model=fusing)
     assert np.array_equal(prep.mean, frontend.prepare_study(heads, model=single)[0].mean)
+    assert np.array_equal(sitk.GetArrayFromImage(prep.foreground_reference) > 0, region)
     far = sitk.Image(heads["t2"])
     far.SetOrigin([o + 400.0 for o in far.GetOrigin()])
     alone = frontend.run_front_end({"t1": heads["t1"], "t2": far}, model=fusing)

@@ -9,10 +9,10 @@ Two kinds of input are told apart from the images themselves (`study_kind`):
   contrast to it over the brain region (pipeline/register.py). A contrast whose registration is not believed
   is left out with a warning naming it; the model handles missing contrasts. When the brain-mask card says
   `fuse`, the brain mask given out is then made again from the mean brain share of the reference and every
-  registered contrast (the networks' errors differ with the contrast and the slice thickness); the network
-  keeps the reference's own mask (`network_mask`), on which the segmentation models were tuned: fed the fused
-  mask instead, darefuse-raw-v1's Dice fell (BRAINMASK_CARD.md). The network then sees the
-  contrasts inside the reference's own mask grown by the brain-mask card's margin (a tumour the mask cut at the brain's
+  registered contrast (the networks' errors differ with the contrast and the slice thickness); the network's
+  intensities stay normalised over the reference's own mask (`network_mask`), on which the segmentation
+  models were tuned: fed the fused mask instead, darefuse-raw-v1's Dice fell (BRAINMASK_CARD.md). The network
+  then sees the contrasts inside both masks grown by the brain-mask card's margin (a tumour the mask cut at the brain's
   surface lies there; intensities normalised over the brain alone), on the reference's own grid, and every
   output stays on that grid; the brain mask given out holds the segmented tumour (`FrontEnd.with_tumour`).
 
@@ -54,7 +54,7 @@ class FrontEnd:
     registrations: Dict[str, register.Registration] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
     doubts: List[str] = field(default_factory=list)  # reasons for low confidence
-    region: Optional[sitk.Image] = None  # where the network looks: network_mask grown by the card's margin
+    region: Optional[sitk.Image] = None  # where the network looks: both masks grown by the card's margin
     margin_mm: float = 0.0  # that margin
     network_mask: Optional[sitk.Image] = None  # the reference's own mask: what the network's z-scores are over
 
@@ -208,7 +208,10 @@ def run_front_end(images: Dict[str, sitk.Image], labels: Optional[Dict[str, str]
             label = ", ".join(labels[n] for n in used)
             given, fused_doubts = fused_mask_stage(images, reference_name, share, results, label, model)
             doubts += fused_doubts
-        region = brainmask.grown(mask, settings.margin_mm)
+        # The network looks around both masks: where the fused mask reaches beyond the reference's (a surface
+        # meningioma the reference's network cut), a tumour there is still segmented.
+        reach = mask if given is mask else sitk.Or(sitk.Cast(mask, sitk.sitkUInt8), sitk.Cast(given, sitk.sitkUInt8))
+        region = brainmask.grown(reach, settings.margin_mm)
     return FrontEnd(kind, on_reference, given, results, warnings, doubts, region, settings.margin_mm, mask)
 
 
