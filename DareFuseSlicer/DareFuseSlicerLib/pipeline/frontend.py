@@ -12,9 +12,9 @@ Two kinds of input are told apart from the images themselves (`study_kind`):
   registered contrast (the networks' errors differ with the contrast and the slice thickness); the network's
   intensities stay normalised over the reference's own mask (`network_mask`), on which the segmentation
   models were tuned: fed the fused mask instead, darefuse-raw-v1's Dice fell (BRAINMASK_CARD.md). The network
-  then sees the contrasts inside both masks grown by the brain-mask card's margin (a tumour the mask cut at the brain's
-  surface lies there; intensities normalised over the brain alone), on the reference's own grid, and every
-  output stays on that grid; the brain mask given out holds the segmented tumour (`FrontEnd.with_tumour`).
+  then sees the contrasts inside both masks grown by the brain-mask card's margin (a tumour a mask cut at the
+  brain's surface lies there), on the reference's own grid, and every output stays on that grid; the brain
+  mask given out holds the segmented tumour (`FrontEnd.with_tumour`).
 
 `prepare_study` is the same path as one call, for training on the front end's output.
 """
@@ -148,13 +148,15 @@ def fused_share(images: Dict[str, sitk.Image], reference_share: Tuple,
 
 
 def fused_mask_stage(images: Dict[str, sitk.Image], reference_name: str, reference_share: Tuple,
-                     registrations: Dict[str, register.Registration], label: str, model
+                     registrations: Dict[str, register.Registration], labels: Dict[str, str], model
                      ) -> Tuple[sitk.Image, List[str]]:
-    """The brain mask from every registered contrast's share (`fused_share`) and the doubts about it."""
+    """The brain mask from every registered contrast's share (`fused_share`) and the doubts about it, which
+    name the contrasts it was made from."""
     reference = images[reference_name]
     share = fused_share(images, reference_share, registrations, model)
     mask = brainmask.refine(share, reference_share[0], reference, brainmask.MaskSettings.of(model))
-    return checked_mask(mask, reference, label)
+    used = [n for n in CONTRASTS if n == reference_name or n in registrations and registrations[n].accepted]
+    return checked_mask(mask, reference, ", ".join(labels[n] for n in used))
 
 
 def registration_stage(images: Dict[str, sitk.Image], reference_name: str, mask: sitk.Image,
@@ -204,9 +206,7 @@ def run_front_end(images: Dict[str, sitk.Image], labels: Optional[Dict[str, str]
     given = mask
     with stage("brain_mask_fusion", "brain mask from every registered contrast"):
         if settings.fuse and any(r.accepted for r in results.values()):  # the card's choice (tune-brainmask --fuse)
-            used = [n for n in CONTRASTS if n == reference_name or n in results and results[n].accepted]
-            label = ", ".join(labels[n] for n in used)
-            given, fused_doubts = fused_mask_stage(images, reference_name, share, results, label, model)
+            given, fused_doubts = fused_mask_stage(images, reference_name, share, results, labels, model)
             doubts += fused_doubts
         # The network looks around both masks: where the fused mask reaches beyond the reference's (a surface
         # meningioma the reference's network cut), a tumour there is still segmented.
