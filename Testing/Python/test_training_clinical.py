@@ -22,7 +22,7 @@ from test_training_dataset import make_folder, write_manifest
 from DareFuseSlicerLib.constants import BRATS_SUFFIX, CONTRASTS
 from DareFuseSlicerLib.errors import InputError, OptionError
 from DareFuseSlicerLib.logic import bundled_model_path
-from DareFuseSlicerLib.network.store import card_path, load_model
+from DareFuseSlicerLib.network.store import card_path, load_model, read_card
 from DareFuseSlicerLib.phantoms import file_names, sample_case_paths
 from DareFuseSlicerLib.pipeline import frontend, preprocess, register, run
 from DareFuseSlicerLib.training import dataset, frontend_eval
@@ -281,6 +281,10 @@ def test_a_mixed_run_writes_a_model_whose_card_names_both_sets(brats_folder, cli
     assert recipe["clinical"]["folder"] == str(clinical_folder) and recipe["clinical"]["seeds"] == [77, 77]
     assert recipe["clinical"]["ratio"] == 0.4 and recipe["clinical"]["cases"] == 1
     assert recipe["clinical"]["validation_seeds"] == [77, 77] and recipe["validation_seeds"] == [0, 3]
+    # the brain mask the clinical cases were prepared with, margin included: the network learns that region
+    bundled = read_card(frontend.BRAINMASK_MODEL)
+    assert recipe["clinical"]["brain_mask"]["sha256"] == bundled["sha256"]
+    assert recipe["clinical"]["brain_mask"]["mask_settings"]["margin_mm"] == bundled["mask_settings"]["margin_mm"]
     assert f"--clinical {clinical_folder}" in card["training_command"] and "--clinical-ratio 0.4" in card["training_command"]
     assert card["training"]["steps"] == 2  # 5 samples (2 clinical), batch 2
     assert 0.0 <= card["metrics"]["validation_2mm"]["val_clinical_dice_wt"] <= 1.0

@@ -160,15 +160,21 @@ def preprocess_clinical_case(folder: Path, row: dict, brainmask_model=None) -> D
     return arrays
 
 
-def _brainmask_key() -> str:
-    """The bundled brain-mask network's SHA256 and mask settings (its card's): a new mask model, or new settings
-    for it, rebuild clinical cache files."""
+def brainmask_recipe() -> dict:
+    """The bundled brain-mask network clinical cases are prepared with: its version, SHA256 and mask settings
+    (its card's; the margin is where the segmentation network looks), for the cache key and the model card."""
     from ..network.store import read_card
     from ..pipeline.frontend import BRAINMASK_MODEL
 
     card = read_card(BRAINMASK_MODEL)
     settings = {k: v for k, v in (card.get("mask_settings") or {}).items() if k != "tuned_on_seeds"}
-    return json.dumps([str(card["sha256"]), settings], sort_keys=True)
+    return {"version": card.get("version"), "sha256": str(card["sha256"]), "mask_settings": settings}
+
+
+def _brainmask_key() -> str:
+    """A new mask model, or new settings for it, rebuild clinical cache files."""
+    recipe = brainmask_recipe()
+    return json.dumps([recipe["sha256"], recipe["mask_settings"]], sort_keys=True)
 
 
 def _cache_key(folder: Path, row: dict) -> str:

@@ -49,7 +49,7 @@ from ..network.losses import DareFuseLoss, consistency_loss, kl_annealing
 from ..network.model import DareFuseNet, count_parameters
 from ..network.store import load_model, save_model
 from .baseline import SegResNetBaseline
-from .dataset import MixedSampler, TrainDataset, build_cache, is_clinical, labelled_subset, load_cases, read_rows, seed_for
+from .dataset import MixedSampler, TrainDataset, brainmask_recipe, build_cache, is_clinical, labelled_subset, load_cases, read_rows, seed_for
 from .frontend_eval import card_seeds, seed_field
 from .run_options import check_budget, check_device
 
@@ -691,6 +691,7 @@ def _data_recipe(options: TrainOptions, data: TrainData) -> dict:
             "validation_seeds": _validation_seeds(options.clinical_val, options.val_cases),
             "preprocessing": "pipeline.frontend.prepare_study (the pipeline's front end: brain mask, rigid "
                              "registration, every contrast resampled onto the reference grid), then as above",
+            "brain_mask": brainmask_recipe(),
         })
         recipe["clinical"] = clinical
     return recipe
