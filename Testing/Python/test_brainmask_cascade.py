@@ -243,6 +243,11 @@ def test_the_mask_given_out_holds_the_segmented_tumour(head):
     near = (bm.distance_mm(tumour) <= 4.0) & (sitk.GetArrayFromImage(region) > 0)
     wider = sitk.GetArrayFromImage(bm.with_tumour(mask, label, region, 4.0)) > 0
     assert wider[near].all() and wider.sum() > out.sum() and not (wider & ~(sitk.GetArrayFromImage(region) > 0)).any()
+    # Several margins at once: the same masks, each holding the narrower's.
+    masks = bm.with_tumour_margins(mask, label, region, [0.0, 2.0, 4.0])
+    assert np.array_equal(sitk.GetArrayFromImage(masks[4.0]) > 0, wider)
+    assert np.array_equal(sitk.GetArrayFromImage(masks[0.0]) > 0, out)
+    assert ((sitk.GetArrayFromImage(masks[2.0]) > 0) >= out).all() and (wider >= (sitk.GetArrayFromImage(masks[2.0]) > 0)).all()
 
 
 def test_tune_brainmask_refuses_a_margin_it_does_not_score(tmp_path, capsys):

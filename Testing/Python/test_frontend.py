@@ -161,6 +161,41 @@ def test_evaluate_refuses_seeds_a_model_was_trained_or_validated_on(tmp_path):
         frontend_eval.check_tuning_folder(tmp_path / "a", tmp_path / "b", [{"seed": "5"}], [{"seed": "5"}])
 
 
+def test_evaluate_scores_the_mask_given_out_at_every_tumour_margin(mask, tmp_path):
+    """The card's tumour margin is the figure; each margin of TUMOUR_MARGINS_MM is scored beside it on the same
+    segmentation: a wider margin keeps more of a tumour the segmentation stopped short of."""
+    from DareFuseSlicerLib.training.evaluate import _front_end_lines
+
+    inside = sitk.GetArrayFromImage(mask) > 0
+    truth = np.zeros(inside.shape, np.uint8)
+    z, y, x = np.argwhere(inside).mean(0).astype(int)
+    top = np.argwhere(inside[:, y, x])[-1, 0]
+    truth[top - 2:top + 4, y - 4:y + 5, x - 4:x + 5] = 1  # a meningioma at the top, half of it beyond the mask
+    label = np.zeros_like(truth)
+    label[top - 2:top + 2, y - 3:y + 4, x - 3:x + 4] = 1  # its segmentation stops short of its edge
+    engine = sitk.GetImageFromArray((inside | (truth > 0)).astype(np.uint8))
+    engine.CopyInformation(mask)
+    sitk.WriteImage(engine, str(tmp_path / "bm.nii.gz"))
+    front = frontend.FrontEnd("raw", {}, mask, region=brainmask.grown(mask, 6.0), margin_mm=6.0,
+                              tumour_margin_mm=2.0)
+    row = {"acquisition": "clinical", "brainmask": "bm.nii.gz", "tumour_class": "meningioma"}
+    case = frontend_eval.case_scores(tmp_path, row, front, truth, label)
+    assert set(case["by_tumour_margin"]) == {f"{m:g}" for m in frontend_eval.TUMOUR_MARGINS_MM}
+    given = sitk.GetArrayFromImage(front.with_tumour(label).brain_mask) > 0
+    assert case["tumour_margin_mm"] == 2.0 and case["by_tumour_margin"]["2"] == {
+        "brain_mask_dice": case["brain_mask_dice"], "tumour_voxels_outside_mask": case["tumour_voxels_outside_mask"]}
+    assert case["tumour_voxels_outside_mask"] == np.count_nonzero((truth > 0) & ~given)
+    outside = [case["by_tumour_margin"][f"{m:g}"]["tumour_voxels_outside_mask"] for m in frontend_eval.TUMOUR_MARGINS_MM]
+    assert outside[0] > 0 and outside[-1] == 0 and outside == sorted(outside, reverse=True)
+    summary = frontend_eval.summary([case, None])
+    assert summary["meningioma_voxels_outside_mask"] == case["tumour_voxels_outside_mask"]
+    rows = {r["tumour_margin_mm"]: r for r in summary["by_tumour_margin"]}
+    assert rows[0.0]["meningioma_voxels_outside_mask"] == outside[0] and rows[2.0]["brain_mask_dice"]["mean"] == \
+        case["brain_mask_dice"]
+    text = "\n".join(_front_end_lines({"models": {"m": {"front_end": summary}}}))
+    assert f"| m | 2* | {case['brain_mask_dice']:.4f} |" in text and "| m | 6 |" in text
+
+
 def test_registration_error_against_the_manifest_motion(mask):
     """The engine's to_ref (contrast -> reference) read back as the reference -> contrast map."""
     motion = rigid((2.0, 0.0, -1.0), (1.0, 2.0, 0.0), register.brain_centre(mask))
@@ -210,6 +245,25 @@ def test_the_network_looks_beyond_the_mask_and_the_mask_given_out_holds_the_tumo
     out = sitk.GetArrayFromImage(given.brain_mask) > 0
     assert out[(label > 0) & region].all() and not (out & ~region).any()
     assert given.report()["brain_mask_ml"] > front.report()["brain_mask_ml"]
+
+
+def test_the_cards_tumour_margin_grows_the_tumour_in_the_mask_given_out(brains, mask, mask_model):
+    """The network looks `margin_mm` beyond the mask; the segmented tumour joins the mask given out grown by
+    `tumour_margin_mm` (the margin when the card has none)."""
+    settings = brainmask.MaskSettings.of(mask_model)
+    assert brainmask.MaskSettings(margin_mm=6.0).given_margin_mm == 6.0
+    head = {"t1": whole_head(brains["t1"], mask, "t1")}
+    narrow = frontend.run_front_end(head, model=_with_mask_settings(mask_model, tumour_margin_mm=1.0))
+    assert narrow.margin_mm == settings.margin_mm > 1.0 and narrow.tumour_margin_mm == 1.0
+    tight = sitk.GetArrayFromImage(narrow.brain_mask) > 0
+    label = np.zeros(tight.shape, np.uint8)
+    z = np.argwhere(tight.any(axis=(1, 2)))[-1, 0]
+    label[z - 2:z + 2] = 1
+    expected = brainmask.with_tumour(narrow.brain_mask, label, narrow.region, 1.0)
+    out = sitk.GetArrayFromImage(narrow.with_tumour(label).brain_mask) > 0
+    assert np.array_equal(out, sitk.GetArrayFromImage(expected) > 0)
+    wide = sitk.GetArrayFromImage(brainmask.with_tumour(narrow.brain_mask, label, narrow.region, settings.margin_mm))
+    assert out.sum() < (wide > 0).sum()
 
 
 def _with_mask_settings(model, **settings):

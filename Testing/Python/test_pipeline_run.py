@@ -167,6 +167,24 @@ def test_run_uses_the_post_processing_thresholds_of_the_model_card():
     assert kept.settings["postprocess"]["no_tumour_gate"] is None
 
 
+def test_a_no_tumour_class_beside_tumour_segments_is_low_confidence():
+    """The class head says no tumour while the segmentation keeps tumour: the two contradict each other, so the
+    result is low confidence, with the reason; once nothing is segmented they agree and that doubt is gone."""
+    images = four_contrasts(lesion_mm=18.0)
+    model = tiny_model()
+    probabilities = torch.full((1, len(CLASSES)), 0.1, dtype=torch.float64)
+    probabilities[0, CLASSES.index("no_tumour")] = 0.7
+    model.class_probabilities = lambda out: probabilities
+    result = run(images, model, outputs=("segmentation",), **FAST)
+    assert result.predicted_class == "no_tumour" and result.volumes_ml["WT"] > 0
+    doubt = [w for w in result.warnings if "class head gives no tumour (70%)" in w]
+    assert result.low_confidence and len(doubt) == 1 and doubt[0].startswith("Low confidence:")
+    assert f"{result.volumes_ml['WT']:.1f} mL are segmented as tumour" in doubt[0]
+    model.card = {"postprocess": {"config": {"wt_min_ml": 1e6}, "tuned_on": "val"}}
+    empty = run(images, model, outputs=("segmentation",), **FAST)
+    assert empty.volumes_ml["WT"] == 0.0 and not any("class head gives no tumour" in w for w in empty.warnings)
+
+
 @pytest.mark.parametrize("given", [("flair",), ("t2", "flair"), ("t1ce",), ("t1", "t2")])
 def test_any_subset_of_contrasts_and_the_reference_rule(given):
     images = {name: image for name, image in four_contrasts().items() if name in given}

@@ -135,6 +135,9 @@ def test_report_on_a_tiny_folder(tmp_path):
     assert 0.0 <= dare["classification"]["accuracy_class_head"] <= 1.0
     rows = dare["per_case"]
     assert all(r["class_head"] in CLASSES for r in rows)
+    # Each case's class probabilities, the class head's answer their arg-max.
+    assert all(max(r["class_probabilities"], key=r["class_probabilities"].get) == r["class_head"] for r in rows)
+    assert all(abs(sum(r["class_probabilities"].values()) - 1.0) < 1e-3 for r in rows)
     # The class rule can only turn the class head's answer into no_tumour, and only when it is on.
     assert all(r["predicted_class"] in (r["class_head"], "no_tumour") for r in rows)
     if not dare["postprocess"]["config"]["empty_means_no_tumour"]:

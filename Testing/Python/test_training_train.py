@@ -120,6 +120,25 @@ def test_init_starts_from_a_stored_model_and_names_it(tiny, tmp_path):
     assert not any((tmp_path / name).exists() for name in ("wrong", "from-tampered"))
 
 
+def test_class_head_only_changes_the_class_head_alone(tiny, tmp_path):
+    """--class-head-only: the class head learns; every other weight (segmentation, uncertainty, prior) is the
+    --init model's bit for bit, so its segmentations are the same; the card and the command say so. It needs
+    --init."""
+    first = train(_options(tiny, tmp_path / "first"))
+    head = train(_options(tiny, tmp_path / "head", init=str(first), class_head_only=True, epochs=2, lr=0.01, seed=9))
+    start = dict(load_model(first).named_parameters())
+    after = dict(load_model(head).named_parameters())
+    frozen = [k for k in start if not k.startswith("classifier.")]
+    assert frozen and all(torch.equal(start[k], after[k]) for k in frozen)
+    assert any(not torch.equal(start[k], after[k]) for k in start if k.startswith("classifier."))
+    card = json.loads(card_path(head).read_text())
+    assert card["training"]["trained_weights"].startswith("the class head alone")
+    assert "--class-head-only" in card["training_command"].split()
+    with pytest.raises(InputError, match="class head of a stored DareFuse model"):
+        train(_options(tiny, tmp_path / "no-init", class_head_only=True))
+    assert not (tmp_path / "no-init").exists()
+
+
 def test_bad_options_are_input_errors(tiny, tmp_path):
     with pytest.raises(InputError, match="budget"):
         train(_options(tiny, tmp_path / "x", epochs=None))

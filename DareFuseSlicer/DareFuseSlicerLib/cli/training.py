@@ -23,6 +23,9 @@ def register(subparsers) -> None:
                        help="share of each epoch's crops drawn from the --clinical cases (default 0.5)")
     train.add_argument("--clinical-val", metavar="DIR",
                        help="clinical validation folder, scored apart after every epoch (val_clinical_* columns)")
+    train.add_argument("--class-head-only", action="store_true",
+                       help="train the class head of the --init model alone: the segmentation, its uncertainty and "
+                            "the prior stay bit for bit as they were (no --resume)")
     train.add_argument("--out", required=True, help="run folder: checkpoint.pt, metrics.csv, train.log, the model")
     train.add_argument("--epochs", type=int, help="number of epochs")
     train.add_argument("--minutes", type=float, help="wall-clock budget for the training steps")
@@ -270,7 +273,7 @@ def _train(args: argparse.Namespace) -> int:
         contrast_dropout=args.contrast_dropout, prior_dropout=args.prior_dropout, max_cases=args.max_cases,
         val_cases=args.val_cases, precision=args.precision, loader_workers=args.loader_workers,
         progress=not args.no_progress, clinical=args.clinical, clinical_ratio=args.clinical_ratio,
-        clinical_val=args.clinical_val,
+        clinical_val=args.clinical_val, class_head_only=args.class_head_only,
     )
     path = train(options)
     if path is not None:

@@ -18,7 +18,7 @@ Everything here but `predict_share` is torch-free: training builds its inputs wi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -58,13 +58,24 @@ class MaskSettings:
     opening_mm: float = 0.0
     margin_mm: float = 0.0
     fuse: bool = False  # the mask from the mean share of every registered contrast (`fused_share`)
+    #: How far the segmented tumour is grown (inside the network's region) into the mask given out; None: the
+    #: margin. Chosen with the segmentation in the loop (`darefuse evaluate` scores TUMOUR_MARGINS_MM): the
+    #: network needs room to find a cut tumour, the mask given out only the tumour's edge.
+    tumour_margin_mm: Optional[float] = None
 
     @classmethod
     def of(cls, model) -> "MaskSettings":
         """The settings on a model's card (`mask_settings`), the defaults without them."""
         values = (getattr(model, "card", None) or {}).get("mask_settings", {})
+        tumour = values.get("tumour_margin_mm")
         return cls(float(values.get("threshold", 0.5)), float(values.get("opening_mm", 0.0)),
-                   float(values.get("margin_mm", 0.0)), bool(values.get("fuse", False)))
+                   float(values.get("margin_mm", 0.0)), bool(values.get("fuse", False)),
+                   None if tumour is None else float(tumour))
+
+    @property
+    def given_margin_mm(self) -> float:
+        """The tumour's margin in the mask given out."""
+        return self.margin_mm if self.tumour_margin_mm is None else self.tumour_margin_mm
 
 
 def anti_aliased(image: sitk.Image, spacing_mm: float) -> sitk.Image:
@@ -258,15 +269,29 @@ def with_tumour(mask: sitk.Image, label: np.ndarray, region: Optional[sitk.Image
                 margin_mm: float = 0.0) -> sitk.Image:
     """The brain mask with the segmented tumour (label > 0, same grid) in it, as the largest part with its holes
     filled: BraTS-style brain masks hold the whole tumour, extra-axial ones included. Given the network's region
-    and its margin, the tumour is first grown by the margin inside the region: where a segmentation stops short
+    and a margin, the tumour is first grown by the margin inside the region: where a segmentation stops short
     of a tumour's edge, the mask given out still holds that edge."""
+    return with_tumour_margins(mask, label, region, [margin_mm])[margin_mm]
+
+
+def with_tumour_margins(mask: sitk.Image, label: np.ndarray, region: Optional[sitk.Image],
+                        margins_mm: Sequence[float]) -> Dict[float, sitk.Image]:
+    """`with_tumour` at each of several margins (the tumour's distance map made once)."""
     tumour = label > 0
-    if region is not None and margin_mm > 0 and tumour.any():
+    distance = None
+    if region is not None and tumour.any() and max(margins_mm) > 0:
         image = sitk.GetImageFromArray(tumour.astype(np.uint8))
         image.CopyInformation(mask)
-        tumour = (distance_mm(image) <= margin_mm) & (sitk.GetArrayViewFromImage(region) > 0)
-    out = sitk.GetImageFromArray(largest_part((sitk.GetArrayViewFromImage(mask) > 0) | tumour).astype(np.uint8))
-    out.CopyInformation(mask)
+        distance = distance_mm(image)
+    inside = sitk.GetArrayViewFromImage(mask) > 0
+    out = {}
+    for margin in margins_mm:
+        grown_tumour = tumour
+        if distance is not None and margin > 0:
+            grown_tumour = (distance <= margin) & (sitk.GetArrayViewFromImage(region) > 0)
+        image = sitk.GetImageFromArray(largest_part(inside | grown_tumour).astype(np.uint8))
+        image.CopyInformation(mask)
+        out[margin] = image
     return out
 
 

@@ -14,7 +14,7 @@ Two kinds of input are told apart from the images themselves (`study_kind`):
   models were tuned: fed the fused mask instead, darefuse-raw-v1's Dice fell (BRAINMASK_CARD.md). The network
   then sees the contrasts inside both masks grown by the brain-mask card's margin (a tumour a mask cut at the
   brain's surface lies there), on the reference's own grid, and every output stays on that grid; the brain
-  mask given out holds the segmented tumour (`FrontEnd.with_tumour`).
+  mask given out holds the segmented tumour, grown by the card's tumour margin (`FrontEnd.with_tumour`).
 
 `prepare_study` is the same path as one call, for training on the front end's output.
 """
@@ -57,13 +57,15 @@ class FrontEnd:
     region: Optional[sitk.Image] = None  # where the network looks: both masks grown by the card's margin
     margin_mm: float = 0.0  # that margin
     network_mask: Optional[sitk.Image] = None  # the reference's own mask: what the network's z-scores are over
+    tumour_margin_mm: float = 0.0  # how far the segmented tumour is grown into the mask given out
 
     def with_tumour(self, label) -> "FrontEnd":
         """The same, its brain mask holding the segmented tumour (label: array on the reference grid), grown by
-        the margin inside the region (brainmask.with_tumour)."""
+        the card's tumour margin inside the region (brainmask.with_tumour)."""
         if self.brain_mask is None:
             return self
-        return replace(self, brain_mask=brainmask.with_tumour(self.brain_mask, label, self.region, self.margin_mm))
+        return replace(self, brain_mask=brainmask.with_tumour(self.brain_mask, label, self.region,
+                                                              self.tumour_margin_mm))
 
     def report(self) -> dict:
         """For report.json."""
@@ -212,7 +214,8 @@ def run_front_end(images: Dict[str, sitk.Image], labels: Optional[Dict[str, str]
         # meningioma the reference's network cut), a tumour there is still segmented.
         reach = mask if given is mask else sitk.Or(sitk.Cast(mask, sitk.sitkUInt8), sitk.Cast(given, sitk.sitkUInt8))
         region = brainmask.grown(reach, settings.margin_mm)
-    return FrontEnd(kind, on_reference, given, results, warnings, doubts, region, settings.margin_mm, mask)
+    return FrontEnd(kind, on_reference, given, results, warnings, doubts, region, settings.margin_mm, mask,
+                    settings.given_margin_mm)
 
 
 def prepare_study(images: Dict[str, Optional[sitk.Image]], spacing_mm: float = 2.0, model=None,

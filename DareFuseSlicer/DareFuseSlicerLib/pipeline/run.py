@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Dict, Iterable, Iterator, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -260,7 +260,8 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
     layers.gradcam_stage(stages, model, network, prep, grid, settings)
     stages.check_cancel()
 
-    doubts = low_confidence_warnings(grid, prep, mean_uncertainty, front, getattr(model, "card", None))
+    doubts = low_confidence_warnings(grid, prep, mean_uncertainty, front, getattr(model, "card", None),
+                                     class_disagreement(segmentation, network.class_probabilities))
     warnings += doubts
     display = display_contrast(prep.resampled)
     stages.timings["total"] = round(time.perf_counter() - started, 3)
@@ -282,10 +283,11 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
 
 
 def low_confidence_warnings(grid: Grid, prep: preprocess.Prepared, mean_uncertainty: float, front: frontend.FrontEnd,
-                            card: Optional[dict]) -> List[str]:
+                            card: Optional[dict], model_doubts: Sequence[str] = ()) -> List[str]:
     """Why the result is in doubt, a warning each: an image that may not be a brain MR image, a whole-head front
-    end in doubt, a raw study given to a model never trained on one. Empty when none."""
-    warnings = []
+    end in doubt, a raw study given to a model never trained on one, the model's own outputs contradicting each
+    other (`class_disagreement`). Empty when none."""
+    warnings = [f"Low confidence: {doubt}." for doubt in model_doubts]
     doubts = plausibility(grid, prep, mean_uncertainty)
     if doubts:
         warnings.append("Low confidence: this may not be a brain MR image (" + "; ".join(doubts) + ").")
@@ -294,6 +296,18 @@ def low_confidence_warnings(grid: Grid, prep: preprocess.Prepared, mean_uncertai
     if front_doubts:
         warnings.append("Low confidence: the whole-head front end is in doubt (" + "; ".join(front_doubts) + ").")
     return warnings + [f"Low confidence: {doubt}." for doubt in frontend.model_doubts(card, front.kind)]
+
+
+def class_disagreement(segmentation: Segmentation, class_probabilities: np.ndarray) -> List[str]:
+    """The reported class is no tumour while tumour segments remain: the class head and the segmentation
+    disagree, and one of them is wrong (on raw engine studies both happen: a meningioma called tumour-free, a
+    tumour-free brain with a false part)."""
+    wt_ml = segmentation.volumes_ml.get("WT", 0.0)
+    if CLASSES[segmentation.predicted_index] != "no_tumour" or wt_ml <= 0.0:
+        return []
+    no_tumour = float(class_probabilities[CLASSES.index("no_tumour")])
+    return [f"the class head gives no tumour ({no_tumour:.0%}) while {wt_ml:.1f} mL are segmented as tumour: "
+            "one of the two is wrong; review the segments and the class"]
 
 
 def run_settings(model: torch.nn.Module, outputs: Iterable[str], device: str,

@@ -167,7 +167,9 @@ def brainmask_recipe() -> dict:
     from ..pipeline.frontend import BRAINMASK_MODEL
 
     card = read_card(BRAINMASK_MODEL)
-    settings = {k: v for k, v in (card.get("mask_settings") or {}).items() if k != "tuned_on_seeds"}
+    # The tumour margin only shapes the mask given out after segmentation: the network's inputs do not change.
+    settings = {k: v for k, v in (card.get("mask_settings") or {}).items()
+                if k not in ("tuned_on_seeds", "tumour_margin_mm")}
     return {"version": card.get("version"), "sha256": str(card["sha256"]), "mask_settings": settings}
 
 

@@ -357,6 +357,7 @@ class ModelScores:
             self.class_probabilities.append(prediction.class_probabilities)
             row["predicted_class"] = CLASSES[self.predicted_class[-1]]
             row["class_head"] = CLASSES[self.head_class[-1]]
+            row["class_probabilities"] = {c: round(float(p), 4) for c, p in zip(CLASSES, prediction.class_probabilities)}
         row["class_gate_closed"] = gate_closes(config, no_tumour)
         if case.tumour_class == "no_tumour":
             # The prior's effect is measured without the class gate, which would hide it.
@@ -542,8 +543,7 @@ def score_models(loaded: List[LoadedModel], configs: Dict[str, ChosenPostprocess
         case = load_case(folder, row, contrasts)
         for name, scorer in scorers.items():
             label = scorer.add(case)  # the brain mask given out holds the model's segmented tumour
-            front = case.front.with_tumour(label) if case.front is not None else None
-            front_scores[name].append(frontend_eval.case_scores(folder, row, front, case.truth))
+            front_scores[name].append(frontend_eval.case_scores(folder, row, case.front, case.truth, label))
         del case
         log(f"case {i + 1}/{len(rows)} {row['case_id']}")
     results = {}
@@ -652,21 +652,38 @@ def markdown_report(summary: dict) -> str:
               "FP: tumour volume predicted on tumour-free cases after post-processing without the class gate; "
               "without prior = the encoders fed a zero prior (the network is trained with prior dropout); after "
               "class gate = with every tuned setting, the gate included.", ""]
-    fronts = {name: r["front_end"] for name, r in summary["models"].items() if r.get("front_end")}
-    if fronts:
-        lines += ["## Whole-head front end (clinical cases)", "",
-                  "| model | clinical cases | registrations | registration error median (mm) | worst (mm) | contrasts "
-                  "left out | brain-mask Dice mean | worst | tumour voxels outside the mask | of them meningioma |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for name, front in fronts.items():
-            reg, dice = front["registration_error_mm"], front["brain_mask_dice"]
-            lines.append(f"| {name} | {front['cases']} | {reg['registrations']} | {_f(reg['median'], 2)} | "
-                         f"{_f(reg['worst'], 2)} | {front['contrasts_left_out']} | {_f(dice['mean'], 4)} | "
-                         f"{_f(dice['worst'], 4)} | {front['tumour_voxels_outside_mask']} | "
-                         f"{front['meningioma_voxels_outside_mask']} |")
-        lines += ["", "Registration error: mean distance over the engine's brain mask between the recovered rigid "
-                  "transform and the engine's recorded motion; brain-mask Dice against the engine's mask (brain "
-                  "and every tumour voxel) on the reference grid, of the mask given out (the brain mask with the "
-                  "model's segmented tumour: it depends on the model).", ""]
+    lines += _front_end_lines(summary)
     lines += review_efficiency.markdown_lines(summary["models"])
     return "\n".join(lines)
+
+
+def _front_end_lines(summary: dict) -> List[str]:
+    """The whole-head front end's section: registration and the mask given out, at the card's tumour margin
+    and at every margin scored."""
+    fronts = {name: r["front_end"] for name, r in summary["models"].items() if r.get("front_end")}
+    if not fronts:
+        return []
+    lines = ["## Whole-head front end (clinical cases)", "",
+             "| model | clinical cases | registrations | registration error median (mm) | worst (mm) | contrasts "
+             "left out | brain-mask Dice mean | worst | tumour voxels outside the mask | of them meningioma |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, front in fronts.items():
+        reg, dice = front["registration_error_mm"], front["brain_mask_dice"]
+        lines.append(f"| {name} | {front['cases']} | {reg['registrations']} | {_f(reg['median'], 2)} | "
+                     f"{_f(reg['worst'], 2)} | {front['contrasts_left_out']} | {_f(dice['mean'], 4)} | "
+                     f"{_f(dice['worst'], 4)} | {front['tumour_voxels_outside_mask']} | "
+                     f"{front['meningioma_voxels_outside_mask']} |")
+    lines += ["", "Registration error: mean distance over the engine's brain mask between the recovered rigid "
+              "transform and the engine's recorded motion; brain-mask Dice against the engine's mask (brain "
+              "and every tumour voxel) on the reference grid, of the mask given out (the brain mask with the "
+              "model's segmented tumour grown by the brain-mask card's tumour margin: it depends on the model).",
+              "", "The mask given out at each tumour margin (mm; * the card's), on the same segmentations:", "",
+              "| model | tumour margin | brain-mask Dice mean | worst | tumour voxels outside | of them meningioma |",
+              "|---|---|---|---|---|---|"]
+    for name, front in fronts.items():
+        for row in front.get("by_tumour_margin", []):
+            mark = "*" if row["tumour_margin_mm"] == front.get("tumour_margin_mm") else ""
+            lines.append(f"| {name} | {row['tumour_margin_mm']:g}{mark} | {_f(row['brain_mask_dice']['mean'], 4)} | "
+                         f"{_f(row['brain_mask_dice']['worst'], 4)} | {row['tumour_voxels_outside_mask']} | "
+                         f"{row['meningioma_voxels_outside_mask']} |")
+    return lines + [""]

@@ -17,7 +17,11 @@ import SimpleITK as sitk
 from ..constants import BRATS_SUFFIX
 from ..errors import OptionError
 from ..metrics import mask_dice
-from ..pipeline import register
+from ..pipeline import brainmask, register
+
+#: The tumour margins (mm) at which `darefuse evaluate` scores the mask given out, beside the card's
+#: (`mask_settings.tumour_margin_mm`, chosen on development cases from these).
+TUMOUR_MARGINS_MM = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0)
 
 
 def seed_field(seeds: Iterable[int]) -> list:
@@ -111,39 +115,60 @@ def truth_on(image: sitk.Image, truth_ref: sitk.Image, row: dict, contrast: str)
     return sitk.GetArrayFromImage(moved)
 
 
-def case_scores(folder: Path, row: dict, front, truth: np.ndarray) -> Optional[dict]:
-    """The front end's scores on one clinical case (None for a BraTS-style case, where it does nothing)."""
+def case_scores(folder: Path, row: dict, front, truth: np.ndarray, label: np.ndarray) -> Optional[dict]:
+    """The front end's scores on one clinical case (None for a BraTS-style case, where it does nothing): the
+    mask given out holds the model's segmented tumour (`label`, on the reference grid) grown by the card's
+    tumour margin, and is scored at every margin of TUMOUR_MARGINS_MM beside it."""
     if front is None or front.brain_mask is None or row.get("acquisition") != "clinical":
         return None
-    engine_mask = sitk.ReadImage(str(Path(folder) / row["brainmask"]))
-    mask = sitk.GetArrayViewFromImage(front.brain_mask) > 0
-    points = register.mask_points(engine_mask, step=4)
+    engine_image = sitk.ReadImage(str(Path(folder) / row["brainmask"]))
+    engine_mask = sitk.GetArrayViewFromImage(engine_image)
+    points = register.mask_points(engine_image, step=4)
     errors = {name: round(register.mean_displacement_mm(result.transform, true_transform(row, name), points), 4)
               for name, result in front.registrations.items()}
-    outside = int(np.count_nonzero((truth > 0) & ~mask))
+    margins = sorted({float(front.tumour_margin_mm), *TUMOUR_MARGINS_MM})
+    given = brainmask.with_tumour_margins(front.brain_mask, label, front.region, margins)
+    scores = {m: _mask_scores(sitk.GetArrayViewFromImage(given[m]) > 0, engine_mask, truth) for m in margins}
     return {
         "registration_error_mm": errors,
         "left_out": sorted(n for n, r in front.registrations.items() if not r.accepted),
-        "brain_mask_dice": round(mask_dice(mask, sitk.GetArrayViewFromImage(engine_mask)), 5),
-        "tumour_voxels_outside_mask": outside,
+        **scores[float(front.tumour_margin_mm)],
+        "tumour_margin_mm": float(front.tumour_margin_mm),
+        "by_tumour_margin": {f"{m:g}": scores[m] for m in margins},
         "tumour_class": row["tumour_class"],
     }
 
 
+def _mask_scores(mask: np.ndarray, engine_mask: np.ndarray, truth: np.ndarray) -> dict:
+    return {"brain_mask_dice": round(mask_dice(mask, engine_mask), 5),
+            "tumour_voxels_outside_mask": int(np.count_nonzero((truth > 0) & ~mask))}
+
+
 def summary(per_case: Iterable[Optional[dict]]) -> Optional[dict]:
-    """Median and worst registration error, brain-mask Dice, tumour voxels outside the mask (clinical cases)."""
+    """Median and worst registration error, brain-mask Dice, tumour voxels outside the mask (clinical cases),
+    and the last two at every tumour margin scored (`by_tumour_margin`)."""
     cases = [c for c in per_case if c is not None]
     if not cases:
         return None
     errors = [e for c in cases for e in c["registration_error_mm"].values()]
-    dice = [c["brain_mask_dice"] for c in cases]
-    meningioma = [c["tumour_voxels_outside_mask"] for c in cases if c["tumour_class"] == "meningioma"]
     return {
         "cases": len(cases),
         "registration_error_mm": {"median": float(np.median(errors)) if errors else None,
                                   "worst": float(np.max(errors)) if errors else None, "registrations": len(errors)},
         "contrasts_left_out": sum(len(c["left_out"]) for c in cases),
+        **_mask_summary(cases),
+        "tumour_margin_mm": cases[0]["tumour_margin_mm"],
+        "by_tumour_margin": [{"tumour_margin_mm": float(m), **_mask_summary(
+            [{"tumour_class": c["tumour_class"], **c["by_tumour_margin"][m]} for c in cases])}
+            for m in cases[0]["by_tumour_margin"]],
+    }
+
+
+def _mask_summary(cases: List[dict]) -> dict:
+    dice = [c["brain_mask_dice"] for c in cases]
+    return {
         "brain_mask_dice": {"mean": float(np.mean(dice)), "worst": float(np.min(dice))},
         "tumour_voxels_outside_mask": sum(c["tumour_voxels_outside_mask"] for c in cases),
-        "meningioma_voxels_outside_mask": sum(meningioma),
+        "meningioma_voxels_outside_mask": sum(c["tumour_voxels_outside_mask"] for c in cases
+                                              if c["tumour_class"] == "meningioma"),
     }

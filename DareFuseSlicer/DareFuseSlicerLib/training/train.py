@@ -54,6 +54,8 @@ from .frontend_eval import card_seeds, seed_field
 from .run_options import check_budget, check_device
 
 CHECKPOINT = "checkpoint.pt"
+#: The class head's weights (DareFuseNet.classifier): what --class-head-only trains.
+CLASS_HEAD = "classifier."
 ARCH_FILES = {"darefuse": "darefuse.safetensors", "segresnet": "segresnet.safetensors"}
 ARCH_CLASSES = {"darefuse": DareFuseNet, "segresnet": SegResNetBaseline}  # each built with its default settings
 
@@ -93,6 +95,7 @@ class TrainOptions:
     clinical: Optional[str] = None  # a folder of clinical (whole-head) engine cases mixed into the training
     clinical_ratio: Optional[float] = None  # their share of each epoch's crops (default 0.5 with --clinical)
     clinical_val: Optional[str] = None  # clinical validation folder, scored apart (val_clinical_*)
+    class_head_only: bool = False  # train the class head alone; every other weight stays --init's, bit for bit
 
     @property
     def mix_ratio(self) -> float:
@@ -104,10 +107,13 @@ class TrainOptions:
         defaults = TrainOptions(data="", out="")
         for name in ("val", "epochs", "minutes", "seed", "labelled_fraction", "init", "arch", "device", "roi", "batch_size",
                      "lr", "cache", "threads", "contrast_dropout", "prior_dropout", "max_cases", "val_cases", "precision",
-                     "loader_workers", "clinical", "clinical_ratio", "clinical_val"):
+                     "loader_workers", "clinical", "clinical_ratio", "clinical_val", "class_head_only"):
             value = getattr(self, name)
             if value is not None and value != getattr(defaults, name) or name == "seed":
                 flag = "--" + name.replace("_", "-")
+                if isinstance(value, bool):
+                    parts += [flag]
+                    continue
                 parts += [flag] + ([str(v) for v in value] if isinstance(value, (tuple, list)) else [str(value)])
         return " ".join(shlex.quote(p) for p in parts)
 
@@ -228,8 +234,11 @@ def stored_start(arch: str, init: str) -> Tuple[torch.nn.Module, dict]:
 
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """The mean teacher follows the trained weights; frozen ones stay exact (blending two equal floats can move
+    their last bit)."""
     for e, p in zip(ema.parameters(), model.parameters()):
-        e.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
+        if p.requires_grad:
+            e.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
     for e, b in zip(ema.buffers(), model.buffers()):
         e.copy_(b)
 
@@ -405,6 +414,9 @@ def check_options(options: TrainOptions) -> None:
         raise OptionError(f"{{arch}} must be darefuse or segresnet, got {options.arch!r}.", "arch")
     if options.init is not None and options.resume:
         raise OptionError("{init} and {resume} exclude each other: {resume} continues OUT/checkpoint.pt.", "init", "resume")
+    if options.class_head_only and (options.init is None or options.arch != "darefuse"):
+        raise OptionError("{class_head_only} trains the class head of a stored DareFuse model: give it with {init}.",
+                          "class_head_only", "init")
     if options.loader_workers < 0:
         raise OptionError(f"{{loader_workers}} must be 0 or more, got {options.loader_workers}.", "loader_workers")
     if options.precision not in PRECISIONS:
@@ -471,10 +483,13 @@ def build_state(options: TrainOptions, runtime: Runtime, start: Optional[torch.n
                 log) -> TrainState:
     """A new model (or the --init one), its EMA copy and the optimiser; restored from the checkpoint on resume."""
     model = (start if start is not None else build_model(options.arch)).to(runtime.device)
+    if options.class_head_only:  # the segmentation, its uncertainty and the prior stay as --init made them
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(CLASS_HEAD))
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=options.lr, weight_decay=1e-4)
     state = TrainState(model, ema, optimizer)
     if options.resume:
         if not checkpoint_path.is_file():
@@ -589,7 +604,7 @@ def train_step(options: TrainOptions, runtime: Runtime, net: torch.nn.Module, st
         total = total + options.consistency * ramp * terms["consistency"]
     state.optimizer.zero_grad(set_to_none=True)
     total.backward()
-    torch.nn.utils.clip_grad_norm_(state.model.parameters(), 12.0)
+    torch.nn.utils.clip_grad_norm_([p for p in state.model.parameters() if p.requires_grad], 12.0)
     state.optimizer.step()
     update_ema(state.ema, state.model, min(options.ema_decay, (1.0 + step) / (10.0 + step)))
     return terms
@@ -647,6 +662,8 @@ def save_result(options: TrainOptions, runtime: Runtime, state: TrainState, data
             "contrast_dropout": options.contrast_dropout, "prior_dropout": options.prior_dropout,
             "labelled_fraction": options.labelled_fraction, "mean_teacher": options.labelled_fraction < 1.0,
             "precision": options.precision, "loader_workers": options.loader_workers,
+            "trained_weights": ("the class head alone (DareFuseNet.classifier); every other weight is --init's, "
+                                "bit for bit" if options.class_head_only else "all"),
         },
         "metrics": {"validation_2mm": {k: v for k, v in last_metrics.items() if k.startswith("val_")}},
         "parameters": count_parameters(state.model),
