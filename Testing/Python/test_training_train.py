@@ -126,9 +126,9 @@ def test_class_head_only_changes_the_class_head_alone(tiny, tmp_path):
     --init."""
     first = train(_options(tiny, tmp_path / "first"))
     head = train(_options(tiny, tmp_path / "head", init=str(first), class_head_only=True, epochs=2, lr=0.01, seed=9))
-    start = dict(load_model(first).named_parameters())
-    after = dict(load_model(head).named_parameters())
+    start, after = load_model(first).state_dict(), load_model(head).state_dict()  # weights and buffers
     frozen = [k for k in start if not k.startswith("classifier.")]
+    assert any("running_mean" in k for k in frozen)  # the refiner's batch norms: their statistics too
     assert frozen and all(torch.equal(start[k], after[k]) for k in frozen)
     assert any(not torch.equal(start[k], after[k]) for k in start if k.startswith("classifier."))
     card = json.loads(card_path(head).read_text())

@@ -243,6 +243,16 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.copy_(b)
 
 
+def train_mode(model: torch.nn.Module, class_head_only: bool = False) -> None:
+    """Training mode; with the class head alone, the rest stays in eval mode: the refiner's batch norms would
+    otherwise move their running statistics, and with them the segmentation."""
+    model.train()
+    if class_head_only:
+        for name, module in model.named_children():
+            if name != CLASS_HEAD.rstrip("."):
+                module.eval()
+
+
 def _select(out: Dict[str, torch.Tensor], mask: torch.Tensor) -> Dict[str, torch.Tensor]:
     return {k: v[mask] for k, v in out.items()}
 
@@ -532,7 +542,7 @@ def run_epoch(options: TrainOptions, runtime: Runtime, net: torch.nn.Module, sta
     """One epoch's steps (fewer when the time budget runs out); returns the summed loss terms and the count."""
     batches.sampler.set_epoch(state.epoch)
     batches.dataset.set_epoch(state.epoch)
-    state.model.train()
+    train_mode(state.model, options.class_head_only)
     sums: Dict[str, float] = {}
     count = 0
     kl_weight = kl_annealing(state.epoch, options.kl_anneal_epochs)
