@@ -116,7 +116,7 @@ def test_a_raw_study_from_files_runs_on_the_bundled_raw_study_model(brains, mask
         assert report["front_end"]["input_kind"] == kind
         assert not any("not on raw whole-head" in w for w in report["warnings"])
         versions[kind] = report["model"]["version"]
-    assert versions == {"raw": "darefuse-raw-v3", "preprocessed": "darefuse-v7"}
+    assert versions == {"raw": "darefuse-raw-v4", "preprocessed": "darefuse-v7"}
     assert json.loads((tmp_path / "raw" / "report.json").read_text())["model"]["weights_file"] == \
         "darefuse-raw.safetensors"
 
