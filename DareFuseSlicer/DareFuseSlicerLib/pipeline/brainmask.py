@@ -278,17 +278,18 @@ def with_tumour_margins(mask: sitk.Image, label: np.ndarray, region: Optional[si
                         margins_mm: Sequence[float]) -> Dict[float, sitk.Image]:
     """`with_tumour` at each of several margins (the tumour's distance map made once)."""
     tumour = label > 0
-    distance = None
+    distance = in_region = None
     if region is not None and tumour.any() and max(margins_mm) > 0:
         image = sitk.GetImageFromArray(tumour.astype(np.uint8))
         image.CopyInformation(mask)
         distance = distance_mm(image)
+        in_region = sitk.GetArrayViewFromImage(region) > 0
     inside = sitk.GetArrayViewFromImage(mask) > 0
     out = {}
     for margin in margins_mm:
         grown_tumour = tumour
         if distance is not None and margin > 0:
-            grown_tumour = (distance <= margin) & (sitk.GetArrayViewFromImage(region) > 0)
+            grown_tumour = (distance <= margin) & in_region
         image = sitk.GetImageFromArray(largest_part(inside | grown_tumour).astype(np.uint8))
         image.CopyInformation(mask)
         out[margin] = image
