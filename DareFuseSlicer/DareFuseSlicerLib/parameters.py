@@ -34,6 +34,7 @@ PARAMETERS = (
     Parameter("priorOutput", BOOL, True, output="prior"),
     Parameter("gradcamOutput", BOOL, True, output="gradcam"),
     Parameter("device", CHOICE, "cpu", choices=("cpu", "cuda"), process_argument="device"),
+    Parameter("classGate", BOOL, True, process_argument="class_gate"),
 )
 BY_NAME: Dict[str, Parameter] = {parameter.name: parameter for parameter in PARAMETERS}
 

@@ -257,3 +257,17 @@ def test_tune_brainmask_refuses_a_margin_it_does_not_score(tmp_path, capsys):
                        "--margin", "3"])
     assert status == 2
     assert "--margin 3" in capsys.readouterr().err
+
+
+def test_tune_brainmask_record_keeps_what_was_chosen_with_the_segmentation():
+    """--record replaces the threshold, opening and margin it chose; the tumour margin and the mask given out's
+    threshold, chosen with the segmentation in the loop by `darefuse evaluate`, stay."""
+    from DareFuseSlicerLib.training.brainmask import recorded_mask_settings
+
+    card = {"mask_settings": {"threshold": 0.7, "opening_mm": 8.0, "margin_mm": 6.0, "fuse": True,
+                              "tumour_margin_mm": 4.0, "given_threshold": 0.8, "tuned_on_seeds": [1]}}
+    best = {"threshold": 0.6, "opening_mm": 4.0, "margin_mm": 2.0, "mean_dice": 0.9}
+    assert recorded_mask_settings(card, best, False, [9, 3]) == {
+        "threshold": 0.6, "opening_mm": 4.0, "margin_mm": 2.0, "fuse": False, "tumour_margin_mm": 4.0,
+        "given_threshold": 0.8, "tuned_on_seeds": [3, 9]}
+    assert recorded_mask_settings({}, best, True, [])["fuse"] is True

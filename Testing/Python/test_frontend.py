@@ -307,6 +307,44 @@ def test_a_fusing_card_gives_out_the_mask_from_every_registered_contrast(brains,
     assert np.array_equal(sitk.GetArrayFromImage(alone.brain_mask) > 0, plain_mask)
 
 
+def test_a_given_threshold_tightens_the_mask_given_out_and_nothing_else(brains, mask, mask_model, tmp_path):
+    """`given_threshold` remakes only the mask given out from the same share, at its own threshold: the network's
+    region and intensities keep the card's threshold (what the segmentation model was trained on). `darefuse
+    evaluate` scores the mask given out at every GIVEN_THRESHOLDS beside the card's, from the share kept."""
+    settings = brainmask.MaskSettings.of(mask_model)
+    assert settings.given_out().threshold == settings.threshold and settings.given_out(0.85).threshold == 0.85
+    heads, _ = _moved_study(brains, mask, (2.0, -1.0, 3.0), (1.5, 2.0, -2.0))
+    card = frontend.run_front_end(heads, model=_with_mask_settings(mask_model, fuse=True))
+    tight = frontend.run_front_end(heads, model=_with_mask_settings(mask_model, fuse=True, given_threshold=0.9))
+    assert tight.mask_settings.given_threshold == 0.9
+    # The region: both masks at the card's threshold, grown by the margin (the share from the same registrations).
+    fused = brainmask.refine(tight.share[1], tight.share[0], heads["t1"], settings)
+    both = sitk.Or(sitk.Cast(tight.network_mask, sitk.sitkUInt8), sitk.Cast(fused, sitk.sitkUInt8))
+    assert np.array_equal(sitk.GetArrayFromImage(tight.region) > 0,
+                          sitk.GetArrayFromImage(brainmask.grown(both, settings.margin_mm)) > 0)
+    assert np.array_equal(sitk.GetArrayFromImage(tight.network_mask), sitk.GetArrayFromImage(card.network_mask))
+    given, before = sitk.GetArrayFromImage(tight.brain_mask) > 0, sitk.GetArrayFromImage(fused) > 0
+    assert given.sum() < before.sum() and not (given & ~before).any()
+    remade = brainmask.refine(tight.share[1], tight.share[0], heads["t1"], settings.given_out(0.9))
+    assert np.array_equal(given, sitk.GetArrayFromImage(remade) > 0)
+
+    sitk.WriteImage(card.brain_mask, str(tmp_path / "bm.nii.gz"))  # the truth: the card's own mask
+    row = {"acquisition": "clinical", "brainmask": "bm.nii.gz", "tumour_class": "no_tumour"}
+    empty = np.zeros(before.shape, np.uint8)
+    case = frontend_eval.case_scores(tmp_path, row, card, empty, empty)
+    scored = case["by_given_threshold"]
+    assert set(scored) == {f"{t:g}" for t in frontend_eval.GIVEN_THRESHOLDS} | {f"{settings.threshold:g}"}
+    assert case["given_threshold"] == settings.threshold and case["brain_mask_dice"] == 1.0
+    assert scored[f"{settings.threshold:g}"]["brain_mask_dice"] == 1.0 and scored["0.9"]["brain_mask_dice"] < 1.0
+    summary = frontend_eval.summary([case])
+    assert [r["given_threshold"] for r in summary["by_given_threshold"]] == sorted(
+        {settings.threshold, *frontend_eval.GIVEN_THRESHOLDS})
+    from DareFuseSlicerLib.training.evaluate import _front_end_lines
+
+    text = "\n".join(_front_end_lines({"models": {"m": {"front_end": summary}}}))
+    assert f"| m | {settings.threshold:g}* | 1.0000 |" in text and "| m | 0.9 |" in text
+
+
 def test_a_non_head_image_is_refused_or_doubted(mask_model):
     """A water-bottle phantom: noise in the air, a uniform cylinder, no brain."""
     rng = np.random.default_rng(0)

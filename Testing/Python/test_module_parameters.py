@@ -57,6 +57,8 @@ def test_process_arguments_are_process_parameters():
     assert set(arguments) <= set(signature.parameters)
     assert arguments["outputs"] == constants.OUTPUTS  # all layers by default
     assert arguments["device"] == signature.parameters["device"].default
+    assert arguments["class_gate"] is signature.parameters["class_gate"].default is True
+    assert parameters.process_arguments({"classGate": False})["class_gate"] is False  # the panel's Advanced box
 
 
 def test_layer_switches_map_to_outputs():

@@ -148,8 +148,20 @@ def test_run_uses_the_post_processing_thresholds_of_the_model_card():
     model.card = {"postprocess": {"config": {"no_tumour_gate": 0.0}, "tuned_on": "val"}}
     gated = run(images, model, outputs=("segmentation",), **FAST)
     assert not sitk.GetArrayViewFromImage(gated.label).any() and gated.volumes_ml["WT"] == 0.0
-    assert any("class gate's 0.0 (tuned on val)" in w and "mL the segmentation had labelled" in w
-               for w in gated.warnings)
+    cleared = [w for w in gated.warnings if "class gate's 0.0 (tuned on val)" in w]
+    assert len(cleared) == 1 and "mL that post-processing kept were cleared" in cleared[0]
+    # The class head and the segmentation disagree, and the map shown hides it: low confidence, saying so.
+    doubt = [w for w in gated.warnings if "its gate cleared" in w]
+    assert gated.low_confidence and len(doubt) == 1 and doubt[0].startswith("Low confidence:")
+    assert "--no-class-gate" in doubt[0]
+    # Nothing post-processing would have kept: the gate clears no tumour, so no doubt.
+    model.card = {"postprocess": {"config": {"no_tumour_gate": 0.0, "wt_min_ml": 1e6}, "tuned_on": "val"}}
+    quiet = run(images, model, outputs=("segmentation",), **FAST)
+    assert any("0.0 mL that post-processing kept were cleared" in w for w in quiet.warnings)
+    assert not any("its gate cleared" in w for w in quiet.warnings)
+    # What the size threshold removed is still named: the gate hides the map, not where to look.
+    assert any(w.startswith("Post-processing removed") for w in quiet.warnings)
+    model.card = {"postprocess": {"config": {"no_tumour_gate": 0.0}, "tuned_on": "val"}}
     head = max(gated.class_probabilities, key=gated.class_probabilities.get)
     assert head != "no_tumour"  # this untrained model names a tumour, so the rule below has something to change
     assert gated.predicted_class == gated.gradcam_class == head and not any("class rule" in w for w in gated.warnings)

@@ -179,16 +179,20 @@ def test_the_cache_key_follows_the_brain_mask_model(clinical_folder, monkeypatch
 def test_the_bundled_raw_model_was_trained_on_the_bundled_brain_masks_region(monkeypatch):
     """The front end takes the network's region from the brain-mask card; the raw model's card records the
     region it was trained on: the two must agree (a new margin on the brain-mask card needs a new model). The
-    tumour margin of the mask given out is not part of it: it does not change the network's inputs."""
+    tumour margin and the threshold of the mask given out are not part of it: they do not change the network's
+    inputs; the network's own threshold is."""
     from DareFuseSlicerLib import logic
     from DareFuseSlicerLib.network import store
 
     recorded = store.read_card(logic.MODELS_DIR / logic.BUNDLED_RAW_MODEL_NAME)["data_recipe"]["clinical"]["brain_mask"]
     assert recorded == dataset.brainmask_recipe()
     card = store.read_card(frontend.BRAINMASK_MODEL)
-    other = dict(card, mask_settings=dict(card["mask_settings"], tumour_margin_mm=0.5))
+    other = dict(card, mask_settings=dict(card["mask_settings"], tumour_margin_mm=0.5, given_threshold=0.9))
     monkeypatch.setattr(store, "read_card", lambda path: other)
     assert dataset.brainmask_recipe() == recorded
+    moved = dict(card, mask_settings=dict(card["mask_settings"], threshold=0.9))
+    monkeypatch.setattr(store, "read_card", lambda path: moved)
+    assert dataset.brainmask_recipe() != recorded
 
 
 def test_contrast_dropout_keeps_only_contrasts_a_case_has():

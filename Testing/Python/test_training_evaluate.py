@@ -17,6 +17,7 @@ from DareFuseSlicerLib.network.store import load_model, save_model
 from DareFuseSlicerLib.pipeline import review
 from DareFuseSlicerLib.pipeline.postprocess import PostprocessConfig, config_for_card
 from DareFuseSlicerLib.training.baseline import SegResNetBaseline
+from DareFuseSlicerLib.training.class_gate_eval import gate_table
 from DareFuseSlicerLib.training.evaluate import (
     HD95_EMPTY_PENALTY,
     expected_calibration_error,
@@ -26,6 +27,7 @@ from DareFuseSlicerLib.training.evaluate import (
     run_evaluation,
     _labelled_box,
     load_case,
+    parse_class_gate,
     parse_contrasts,
     tune_class_rule,
     tune_postprocessing,
@@ -167,6 +169,67 @@ def test_report_on_a_tiny_folder(tmp_path):
         review.ReviewConfig.from_dict(dare["review"]["config"]), f"tuned on {tune}")
     assert card["metrics"]["held_out"]["review_efficiency"]["cases"] == 4
     assert "## Review efficiency" in text and "| darefuse | tumour 3 | 5 |" in text
+
+
+def _gate_case(tumour_class, p_no_tumour, post_dice, truth_ml=None, fp_ml=0.0):
+    row = {"class": tumour_class, "class_probabilities": {"no_tumour": p_no_tumour},
+           "post": {r: {"dice": d, "hd95": 0.0} for r, d in zip(("WT", "TC", "ET"), post_dice)}}
+    if truth_ml is not None:
+        row["truth_ml"] = dict(zip(("WT", "TC", "ET"), truth_ml))
+    if tumour_class == "no_tumour":
+        row["false_positive_ml"] = fp_ml
+    return row
+
+
+def test_class_gate_table_known_answers():
+    rows = [_gate_case("no_tumour", 0.99, (0.0, 1.0, 1.0), fp_ml=1.2),  # a false part the gate can clear
+            _gate_case("no_tumour", 0.90, (1.0, 1.0, 1.0)),
+            _gate_case("glioma", 0.60, (0.8, 0.6, 0.4), truth_ml=(30.0, 10.0, 0.0)),  # no ET in the truth
+            _gate_case("metastasis", 0.01, (0.9, 0.9, 0.9), truth_ml=(5.0, 2.0, 1.0))]
+    none, half, high = gate_table(rows, (None, 0.5, 0.95))
+    assert none["dice"]["WT"] == pytest.approx((0.0 + 1.0 + 0.8 + 0.9) / 4)
+    assert none["false_positive_ml"] == pytest.approx(0.6) and none["tumour_cases_cleared"] == 0
+    # 0.5 clears both tumour-free brains (1 each) and the glioma: WT 0, TC 0, ET 1 (its truth has none).
+    assert half["dice"] == pytest.approx({"WT": (1 + 1 + 0 + 0.9) / 4, "TC": (1 + 1 + 0 + 0.9) / 4,
+                                          "ET": (1 + 1 + 1 + 0.9) / 4})
+    assert half["dice_tumour_cases"]["WT"] == pytest.approx(0.45)
+    assert (half["tumour_cases_cleared"], half["tumour_free_cases_cleared"]) == (1, 2)
+    assert half["false_positive_ml"] == 0.0
+    # 0.95 clears only the false part.
+    assert high["dice"]["WT"] == pytest.approx((1.0 + 1.0 + 0.8 + 0.9) / 4) and high["tumour_cases_cleared"] == 0
+    # A report older than truth_ml cannot score a gate that clears a tumour case: left unscored, not guessed.
+    del rows[2]["truth_ml"]
+    assert gate_table(rows, (0.5,))[0]["dice"] is None and gate_table(rows, (0.95,))[0]["dice"] is not None
+    # Scored from the map before the gate when the report's own gate had closed.
+    rows[1]["post_without_class_gate"] = {r: {"dice": 0.0, "hd95": 1.0} for r in ("WT", "TC", "ET")}
+    assert gate_table(rows, (None,))[0]["dice"]["WT"] == pytest.approx((0.0 + 0.0 + 0.8 + 0.9) / 4)
+    # No class head, no table.
+    assert gate_table([{k: v for k, v in rows[0].items() if k != "class_probabilities"}], (None,)) == []
+
+
+def test_a_given_class_gate_is_used_reported_and_recorded(tmp_path):
+    assert parse_class_gate("0.8") == 0.8 and parse_class_gate("None") is None
+    for bad in ("0", "1.5", "high", ""):
+        with pytest.raises(InputError, match="^class_gate ") as raised:
+            parse_class_gate(bad)
+        assert user_message(raised.value).startswith("--class-gate ")
+    folder = make_folder(tmp_path / "held-out", n_cases=2, seed=13)
+    torch.manual_seed(0)
+    path = tmp_path / "m" / "darefuse.safetensors"
+    save_model(DareFuseNet(NetConfig()), path, {"training_command": "test", "seed": 0})
+    json_path, md_path = run_evaluation(folder, [f"darefuse={path}"], tmp_path / "report", log=lambda *_: None,
+                                        record=True, class_gate="1e-9")  # closes on every case
+    dare = json.loads(json_path.read_text())["models"]["darefuse"]
+    assert dare["postprocess"]["config"]["no_tumour_gate"] == 1e-9 and dare["postprocess"]["class_gate_given"] == 1e-9
+    rows = dare["per_case"]
+    assert all(r["class_gate_closed"] and "post_without_class_gate" in r and set(r["truth_ml"]) == {"WT", "TC", "ET"}
+               for r in rows)
+    assert all(r["post"]["WT"]["dice"] == (1.0 if r["class"] == "no_tumour" else 0.0) for r in rows)
+    card = json.loads((tmp_path / "m" / "darefuse.card.json").read_text())
+    assert card["postprocess"]["config"]["no_tumour_gate"] == 1e-9
+    text = md_path.read_text()
+    assert "class gate 1e-09 given by --class-gate" in text and "## The class gate at each candidate" in text
+    assert "| darefuse | none |" in text and "| darefuse | 0.95 |" in text
 
 
 def test_contrasts_parsed_with_errors_that_name_the_option():

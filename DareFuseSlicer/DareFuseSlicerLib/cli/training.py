@@ -79,6 +79,9 @@ def register(subparsers) -> None:
     evaluate.add_argument("--contrasts", metavar="LIST",
                           help="comma-separated contrasts given to the models, e.g. t1ce,flair (default: all four; "
                                "the others are missing, on the held-out and the tuning cases alike)")
+    evaluate.add_argument("--class-gate", metavar="P|none",
+                          help="clear the map when the class head's P(no tumour) reaches P (none: no gate), instead "
+                               "of the card's or the tuned gate; with --record it goes into the card")
     evaluate.set_defaults(handler=_evaluate)
 
 
@@ -305,7 +308,8 @@ def _tune_brainmask(args: argparse.Namespace) -> int:
 
     from ..network.store import load_model, record_metrics
     from ..errors import OptionError
-    from ..training.brainmask import MARGINS_MM, chosen_setting, clinical_rows, setting_scores
+    from ..training.brainmask import (MARGINS_MM, chosen_setting, clinical_rows, recorded_mask_settings,
+                                      setting_scores)
 
     if args.margin not in MARGINS_MM:
         raise OptionError(f"{{margin}} {args.margin:g}: give one of the margins scored, "
@@ -322,9 +326,8 @@ def _tune_brainmask(args: argparse.Namespace) -> int:
         print(f"| {s['threshold']} | {s['opening_mm']:g} | {s['margin_mm']:g}{mark} | {s['mean_dice']:.4f} | "
               f"{s['worst_dice']:.4f} | {s['tumour_voxels_outside']} |")
     if args.record:
-        seeds = sorted(int(row["seed"]) for row in clinical_rows(Path(args.data)))
-        settings = {"threshold": best["threshold"], "opening_mm": best["opening_mm"], "margin_mm": best["margin_mm"],
-                    "fuse": args.fuse, "tuned_on_seeds": seeds}
+        seeds = [int(row["seed"]) for row in clinical_rows(Path(args.data))]
+        settings = recorded_mask_settings(model.card, best, args.fuse, seeds)
         print(f"recorded in {record_metrics(args.model, 'tuning', best, mask_settings=settings)}")
     return 0
 
@@ -348,6 +351,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     json_path, md_path = run_evaluation(
         data=args.data, models=args.model, out=args.out, tune=args.tune, max_cases=args.max_cases,
         device=args.device, threads=args.threads, record=args.record, contrasts=args.contrasts,
+        class_gate=args.class_gate,
     )
     print(f"report: {json_path} and {md_path}")
     return 0

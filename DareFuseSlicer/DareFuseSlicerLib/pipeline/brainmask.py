@@ -17,7 +17,7 @@ Everything here but `predict_share` is torch-free: training builds its inputs wi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -62,20 +62,29 @@ class MaskSettings:
     #: margin. Chosen with the segmentation in the loop (`darefuse evaluate` scores TUMOUR_MARGINS_MM): the
     #: network needs room to find a cut tumour, the mask given out only the tumour's edge.
     tumour_margin_mm: Optional[float] = None
+    #: The share's threshold for the mask given out; None: `threshold`. The network's region and intensities
+    #: keep `threshold` (what the segmentation model was trained on): a tighter mask given out scores closer to
+    #: the brain, and the segmented tumour (grown by the tumour margin) keeps the tumour in it.
+    given_threshold: Optional[float] = None
 
     @classmethod
     def of(cls, model) -> "MaskSettings":
         """The settings on a model's card (`mask_settings`), the defaults without them."""
         values = (getattr(model, "card", None) or {}).get("mask_settings", {})
-        tumour = values.get("tumour_margin_mm")
+        tumour, given = values.get("tumour_margin_mm"), values.get("given_threshold")
         return cls(float(values.get("threshold", 0.5)), float(values.get("opening_mm", 0.0)),
                    float(values.get("margin_mm", 0.0)), bool(values.get("fuse", False)),
-                   None if tumour is None else float(tumour))
+                   None if tumour is None else float(tumour), None if given is None else float(given))
 
     @property
     def given_margin_mm(self) -> float:
         """The tumour's margin in the mask given out."""
         return self.margin_mm if self.tumour_margin_mm is None else self.tumour_margin_mm
+
+    def given_out(self, threshold: Optional[float] = None) -> "MaskSettings":
+        """These settings with the mask given out's threshold (or `threshold`) as the threshold, for `refine`."""
+        chosen = threshold if threshold is not None else self.given_threshold
+        return replace(self, threshold=self.threshold if chosen is None else float(chosen))
 
 
 def anti_aliased(image: sitk.Image, spacing_mm: float) -> sitk.Image:

@@ -58,6 +58,10 @@ class FrontEnd:
     margin_mm: float = 0.0  # that margin
     network_mask: Optional[sitk.Image] = None  # the reference's own mask: what the network's z-scores are over
     tumour_margin_mm: float = 0.0  # how far the segmented tumour is grown into the mask given out
+    #: The brain share the mask given out was made from (its 2 mm box grid, the share) and the settings it was
+    #: made with, so that an evaluation can remake it at other thresholds.
+    share: Optional[Tuple[sitk.Image, np.ndarray]] = None
+    mask_settings: Optional[brainmask.MaskSettings] = None
 
     def with_tumour(self, label) -> "FrontEnd":
         """The same, its brain mask holding the segmented tumour (label: array on the reference grid), grown by
@@ -151,14 +155,14 @@ def fused_share(images: Dict[str, sitk.Image], reference_share: Tuple,
 
 def fused_mask_stage(images: Dict[str, sitk.Image], reference_name: str, reference_share: Tuple,
                      registrations: Dict[str, register.Registration], labels: Dict[str, str], model
-                     ) -> Tuple[sitk.Image, List[str]]:
-    """The brain mask from every registered contrast's share (`fused_share`) and the doubts about it, which
-    name the contrasts it was made from."""
+                     ) -> Tuple[sitk.Image, List[str], np.ndarray]:
+    """The brain mask from every registered contrast's share (`fused_share`), the doubts about it, which
+    name the contrasts it was made from, and that share."""
     reference = images[reference_name]
     share = fused_share(images, reference_share, registrations, model)
     mask = brainmask.refine(share, reference_share[0], reference, brainmask.MaskSettings.of(model))
     used = [n for n in CONTRASTS if n == reference_name or n in registrations and registrations[n].accepted]
-    return checked_mask(mask, reference, ", ".join(labels[n] for n in used))
+    return (*checked_mask(mask, reference, ", ".join(labels[n] for n in used)), share)
 
 
 def registration_stage(images: Dict[str, sitk.Image], reference_name: str, mask: sitk.Image,
@@ -205,17 +209,21 @@ def run_front_end(images: Dict[str, sitk.Image], labels: Optional[Dict[str, str]
     with stage("registration", "co-registering the contrasts") as report:
         on_reference, results, warnings = registration_stage(images, reference_name, mask, labels, cancel, report)
     settings = brainmask.MaskSettings.of(model)
-    given = mask
+    fused, given_share = mask, share
     with stage("brain_mask_fusion", "brain mask from every registered contrast"):
         if settings.fuse and any(r.accepted for r in results.values()):  # the card's choice (tune-brainmask --fuse)
-            given, fused_doubts = fused_mask_stage(images, reference_name, share, results, labels, model)
+            fused, fused_doubts, fused_array = fused_mask_stage(images, reference_name, share, results, labels, model)
             doubts += fused_doubts
+            given_share = (share[0], fused_array)
         # The network looks around both masks: where the fused mask reaches beyond the reference's (a surface
         # meningioma the reference's network cut), a tumour there is still segmented.
-        reach = mask if given is mask else sitk.Or(sitk.Cast(mask, sitk.sitkUInt8), sitk.Cast(given, sitk.sitkUInt8))
+        reach = mask if fused is mask else sitk.Or(sitk.Cast(mask, sitk.sitkUInt8), sitk.Cast(fused, sitk.sitkUInt8))
         region = brainmask.grown(reach, settings.margin_mm)
+        given = fused
+        if settings.given_threshold is not None:
+            given = brainmask.refine(given_share[1], given_share[0], images[reference_name], settings.given_out())
     return FrontEnd(kind, on_reference, given, results, warnings, doubts, region, settings.margin_mm, mask,
-                    settings.given_margin_mm)
+                    settings.given_margin_mm, given_share, settings)
 
 
 def prepare_study(images: Dict[str, Optional[sitk.Image]], spacing_mm: float = 2.0, model=None,

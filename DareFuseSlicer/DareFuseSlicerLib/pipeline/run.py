@@ -186,6 +186,7 @@ class Segmentation:
     predicted_index: int  # the reported class (postprocess.reported_class)
     label_array: np.ndarray  # the post-processed label (z, y, x)
     margin: np.ndarray  # float32 (z, y, x): the two most probable labels' probability difference, 1 outside
+    cleared_ml: float = 0.0  # tumour the class gate cleared that post-processing had kept
 
 
 @dataclass
@@ -299,13 +300,17 @@ def low_confidence_warnings(grid: Grid, prep: preprocess.Prepared, mean_uncertai
 
 
 def class_disagreement(segmentation: Segmentation, class_probabilities: np.ndarray) -> List[str]:
-    """The reported class is no tumour while tumour segments remain: the class head and the segmentation
-    disagree, and one of them is wrong (on raw engine studies both happen: a meningioma called tumour-free, a
-    tumour-free brain with a false part)."""
+    """The class head says no tumour while the segmentation keeps tumour, shown or cleared by the class gate:
+    the two disagree, and one of them is wrong (on raw engine studies both happen: a meningioma called
+    tumour-free, a tumour-free brain with a false part)."""
+    no_tumour = float(class_probabilities[CLASSES.index("no_tumour")])
+    if segmentation.cleared_ml > 0.0:
+        return [f"the class head gives no tumour ({no_tumour:.0%}) and its gate cleared {segmentation.cleared_ml:.1f} "
+                "mL the segmentation kept: one of the two is wrong; to see that tumour, run again without the "
+                "class gate (--no-class-gate; in Slicer, untick Advanced > Class gate)"]
     wt_ml = segmentation.volumes_ml.get("WT", 0.0)
     if CLASSES[segmentation.predicted_index] != "no_tumour" or wt_ml <= 0.0:
         return []
-    no_tumour = float(class_probabilities[CLASSES.index("no_tumour")])
     return [f"the class head gives no tumour ({no_tumour:.0%}) while {wt_ml:.1f} mL are segmented as tumour: "
             "one of the two is wrong; review the segments and the class"]
 
@@ -362,15 +367,18 @@ def segmentation_stage(model: torch.nn.Module, network: NetworkPass, prep: prepr
     label[~grid.inside] = 0
     margin[~grid.inside] = 1.0
     no_tumour = float(probabilities[CLASSES.index("no_tumour")])
+    processed = postprocess(label, grid.voxel_ml, replace(config, no_tumour_gate=None))
+    # Named even when the class gate then clears the map: a small part the segmentation found is where to look.
+    warnings.extend(removed_parts_warning(label, processed, grid.voxel_ml, prep.reference, config, source))
+    cleared_ml = 0.0
     if gate_closes(config, no_tumour):
+        cleared_ml = float(np.count_nonzero(processed)) * grid.voxel_ml
         warnings.append(
             f"No tumour segments: the class head gives no tumour a probability of {no_tumour:.2f}, at least "
-            f"the class gate's {config.no_tumour_gate} ({source}); "
-            f"{np.count_nonzero(label) * grid.voxel_ml:.1f} mL the segmentation had labelled were cleared."
+            f"the class gate's {config.no_tumour_gate} ({source}); {cleared_ml:.1f} mL that post-processing "
+            f"kept were cleared."
         )
-    processed = postprocess(label, grid.voxel_ml, config, no_tumour)
-    if not gate_closes(config, no_tumour):
-        warnings.extend(removed_parts_warning(label, processed, grid.voxel_ml, prep.reference, config, source))
+        processed = np.zeros_like(processed)
     label = processed
     predicted_index = reported_class(config, probabilities, bool(label.any()))
     head_index = network.head_index
@@ -382,7 +390,7 @@ def segmentation_stage(model: torch.nn.Module, network: NetworkPass, prep: prepr
         )
     volumes = volumes_ml(label, grid.voxel_ml)
     label_image = _image_like(label, prep.reference) if "segmentation" in settings.wanted else None
-    return Segmentation(label_image, volumes, predicted_index, label, margin)
+    return Segmentation(label_image, volumes, predicted_index, label, margin, cleared_ml)
 
 
 def removed_parts_warning(before: np.ndarray, after: np.ndarray, voxel_ml: float, reference: sitk.Image,

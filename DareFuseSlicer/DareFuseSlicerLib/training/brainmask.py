@@ -326,6 +326,14 @@ def chosen_setting(scores: List[dict], margin_mm: float = 0.0) -> dict:
     return max(allowed, key=lambda s: (s["mean_dice"], -s["tumour_voxels_outside"]))
 
 
+def recorded_mask_settings(card: dict, best: dict, fuse: bool, seeds: Sequence[int]) -> dict:
+    """The card's mask_settings once `tune-brainmask --record` chose `best`: its threshold, opening and margin
+    replace the card's; what is chosen elsewhere with the segmentation in the loop (the tumour margin, the
+    mask given out's threshold) is kept."""
+    return {**card.get("mask_settings", {}), "threshold": best["threshold"], "opening_mm": best["opening_mm"],
+            "margin_mm": best["margin_mm"], "fuse": fuse, "tuned_on_seeds": sorted(int(s) for s in seeds)}
+
+
 def train_brainmask(options: BrainMaskTrainOptions, log=print) -> Path:
     """Train both stages, score on options.val, save OUT/brainmask.safetensors with its card."""
     import torch

@@ -167,9 +167,10 @@ def brainmask_recipe() -> dict:
     from ..pipeline.frontend import BRAINMASK_MODEL
 
     card = read_card(BRAINMASK_MODEL)
-    # The tumour margin only shapes the mask given out after segmentation: the network's inputs do not change.
+    # The tumour margin and the given-out threshold only shape the mask given out: the network's inputs do not
+    # change.
     settings = {k: v for k, v in (card.get("mask_settings") or {}).items()
-                if k not in ("tuned_on_seeds", "tumour_margin_mm")}
+                if k not in ("tuned_on_seeds", "tumour_margin_mm", "given_threshold")}
     return {"version": card.get("version"), "sha256": str(card["sha256"]), "mask_settings": settings}
 
 

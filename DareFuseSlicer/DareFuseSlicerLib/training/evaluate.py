@@ -33,7 +33,7 @@ from ..pipeline import frontend, preprocess
 from ..pipeline.postprocess import (CARD_KEY, PostprocessConfig, config_for_card, gate_closes, postprocess,
                                     reported_class)
 from ..pipeline import review
-from . import frontend_eval, review_efficiency
+from . import class_gate_eval, frontend_eval, review_efficiency
 from .dataset import read_rows
 
 #: BraTS convention for HD95 when exactly one of prediction and truth is empty (the image diagonal, mm).
@@ -83,6 +83,20 @@ def parse_contrasts(text) -> Tuple[str, ...]:
                           f"{', '.join(CONTRASTS)}" + (f" (unknown: {', '.join(unknown)})" if unknown else "") + ".",
                           "contrasts")
     return tuple(c for c in CONTRASTS if c in names)
+
+
+def parse_class_gate(text) -> Optional[float]:
+    """--class-gate "0.8" -> 0.8, "none" -> None (no gate): a gate chosen on development sets, given instead of
+    the card's or the tuned one."""
+    if isinstance(text, str) and text.strip().lower() == "none":
+        return None
+    try:
+        gate = float(text)
+    except (TypeError, ValueError):
+        gate = float("nan")
+    if not 0.0 < gate <= 1.0:
+        raise OptionError(f"{{class_gate}} {text!r}: give a probability in (0, 1], e.g. 0.8, or none.", "class_gate")
+    return gate
 
 
 def load_case(folder: Path, row: dict, contrasts: Sequence[str] = CONTRASTS) -> Case:
@@ -349,6 +363,8 @@ class ModelScores:
         self.confidence.append(prediction.confidence_low)
         self.correct.append(prediction.correct_low)
         row = {"case_id": case.case_id, "class": case.tumour_class, "seconds": round(prediction.seconds, 2),
+               "truth_ml": {r: round(float(np.count_nonzero(np.isin(case.truth, labels))) * voxel_ml, 4)
+                            for r, labels in REGIONS.items()},
                "raw": raw_scores, "post": post_scores, "review": self._review(case, prediction, processed)}
         if prediction.class_probabilities is not None:
             self.true_class.append(CLASSES.index(case.tumour_class))
@@ -359,11 +375,13 @@ class ModelScores:
             row["class_head"] = CLASSES[self.head_class[-1]]
             row["class_probabilities"] = {c: round(float(p), 4) for c, p in zip(CLASSES, prediction.class_probabilities)}
         row["class_gate_closed"] = gate_closes(config, no_tumour)
+        ungated = replace(config, no_tumour_gate=None)
+        kept = postprocess(prediction.label, voxel_ml, ungated) if row["class_gate_closed"] else processed
+        if row["class_gate_closed"]:  # what the other gates would do is scored from these (class_gate_eval)
+            row["post_without_class_gate"] = region_scores(kept, case.truth, case.spacing)
         if case.tumour_class == "no_tumour":
             # The prior's effect is measured without the class gate, which would hide it.
-            ungated = replace(config, no_tumour_gate=None)
             self.fp_gated.append(float(np.count_nonzero(processed)) * voxel_ml)
-            kept = postprocess(prediction.label, voxel_ml, ungated) if row["class_gate_closed"] else processed
             self.fp_with.append(float(np.count_nonzero(kept)) * voxel_ml)
             row["false_positive_ml"] = self.fp_with[-1]
             row["false_positive_ml_after_class_gate"] = self.fp_gated[-1]
@@ -439,18 +457,20 @@ ChosenReview = Tuple[review.ReviewConfig, Optional[dict], Optional[str]]
 
 def run_evaluation(data, models: Sequence[str], out, tune: Optional[str] = None, max_cases: Optional[int] = None,
                    device: Optional[str] = None, threads: int = 2, log=print, record: bool = False,
-                   contrasts=None) -> Tuple[Path, Path]:
+                   contrasts=None, class_gate: Optional[str] = None) -> Tuple[Path, Path]:
     """Score every model (NAME=PATH or PATH) on `data`; writes OUT.json and OUT.md. Post-processing: thresholds
     tuned on `tune` when given, else those of each model's card. record: also write the summary into each
     model's card (metrics["held_out"], and the tuned thresholds, which the pipeline then uses). contrasts: the
     ones given to the models (parse_contrasts: None for all four), on the held-out and the tuning cases alike
-    (the others are missing).
+    (the others are missing). class_gate: parse_class_gate's text, the class gate used (and recorded) instead of
+    the card's or the tuned one; None: not given.
 
     The stages: models loaded -> post-processing chosen per model -> scores per model -> summary -> reports
     (and the cards when recording)."""
     from ..network.store import load_model
 
     contrasts = parse_contrasts(contrasts)
+    given_gate = None if class_gate is None else parse_class_gate(class_gate)
     if record and contrasts != tuple(CONTRASTS):
         raise OptionError("{record} is for all four contrasts: a card's held-out figures and thresholds are the "
                           "ones the pipeline uses by default.", "record")
@@ -463,9 +483,15 @@ def run_evaluation(data, models: Sequence[str], out, tune: Optional[str] = None,
     started = time.perf_counter()
     log(f"evaluate: {len(rows)} cases of {folder}, {len(loaded)} model(s), contrasts {', '.join(contrasts)}")
     configs, tuning_cases = choose_postprocessing(loaded, tune, contrasts, log)
+    if class_gate is not None:
+        configs = {name: (replace(c, no_tumour_gate=given_gate), score, on) for name, (c, score, on) in configs.items()}
+        log(f"class gate given: {given_gate}")
     reviews = choose_review(loaded, configs, tuning_cases, tune, log)
     del tuning_cases
     results = score_models(loaded, configs, reviews, folder, rows, contrasts, log)
+    if class_gate is not None:
+        for report in results.values():
+            report["postprocess"]["class_gate_given"] = given_gate
     summary = {
         "data": {"folder": str(folder), "cases": len(rows),
                  "classes": {c: sum(1 for r in rows if r["tumour_class"] == c) for c in CLASSES},
@@ -584,7 +610,8 @@ def record_in_cards(loaded: List[LoadedModel], summary: dict, json_path: Path) -
             "data": summary["data"], "report": str(json_path),
             **{k: r[k] for k in ("raw", "post", "uncertainty", "postprocess", "cases")},
             **{k: r[k] for k in ("classification", "false_positive_ml_tumour_free", "review_efficiency") if k in r},
-        }, postprocess=r["postprocess"] if r["postprocess"]["tuned_on"] else None,
+        }, postprocess=r["postprocess"] if r["postprocess"]["tuned_on"] or "class_gate_given" in r["postprocess"]
+            else None,
             review=r["review"] if r["review"]["tuned_on"] else None)
 
 
@@ -646,15 +673,41 @@ def markdown_report(summary: dict) -> str:
     for name, r in summary["models"].items():
         p = r["postprocess"]
         lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in p["config"].items())
-                     + (f" (tuned on `{p['tuned_on']}`)" if p["tuned_on"] else " (literature defaults, not tuned)"))
+                     + (f" (tuned on `{p['tuned_on']}`)" if p["tuned_on"] else " (literature defaults, not tuned)")
+                     + (f"; class gate {p['class_gate_given']} given by --class-gate" if "class_gate_given" in p else ""))
     lines += ["", "Uncertainty: SEGU K/sum(alpha), one pass; error-AUROC and correlation over brain voxels "
               "(point-biserial); ECE of the expected label probability on the 2 mm grid, 15 bins. "
               "FP: tumour volume predicted on tumour-free cases after post-processing without the class gate; "
               "without prior = the encoders fed a zero prior (the network is trained with prior dropout); after "
               "class gate = with every tuned setting, the gate included.", ""]
+    lines += _class_gate_lines(summary)
     lines += _front_end_lines(summary)
     lines += review_efficiency.markdown_lines(summary["models"])
     return "\n".join(lines)
+
+
+def _class_gate_lines(summary: dict) -> List[str]:
+    """What each candidate class gate (the tuning grid's) would do on these cases, the card's marked *."""
+    tables = {name: class_gate_eval.gate_table(r["per_case"], TUNE_GRID["no_tumour_gate"])
+              for name, r in summary["models"].items()}
+    if not any(tables.values()):
+        return []
+    lines = ["## The class gate at each candidate (post-processed Dice, the rest of the card's settings)", "",
+             "| model | gate | Dice WT | TC | ET | tumour cases: WT | TC | ET | FP mL, tumour-free | tumour cases "
+             "cleared | tumour-free cases cleared |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, table in tables.items():
+        card_gate = summary["models"][name]["postprocess"]["config"].get("no_tumour_gate")
+        for row in table:
+            gate = row["no_tumour_gate"]
+            mark = "*" if gate == card_gate else ""
+            all_cases, tumour = row["dice"] or {}, row["dice_tumour_cases"] or {}
+            lines.append(f"| {name} | {'none' if gate is None else gate}{mark} | "
+                         + " | ".join(_f(all_cases.get(r)) for r in REGIONS) + " | "
+                         + " | ".join(_f(tumour.get(r)) for r in REGIONS) + f" | {_f(row['false_positive_ml'], 2)} | "
+                         f"{row['tumour_cases_cleared']} | {row['tumour_free_cases_cleared']} |")
+    return lines + ["", "The gate clears the map when the class head's P(no tumour) reaches it; a cleared "
+                    "tumour-free case scores 1, a cleared tumour case 0 on each region its truth holds (n/a: a "
+                    "report older than its truth volumes, where such a case would be cleared).", ""]
 
 
 def _front_end_lines(summary: dict) -> List[str]:
@@ -677,13 +730,26 @@ def _front_end_lines(summary: dict) -> List[str]:
               "transform and the engine's recorded motion; brain-mask Dice against the engine's mask (brain "
               "and every tumour voxel) on the reference grid, of the mask given out (the brain mask with the "
               "model's segmented tumour grown by the brain-mask card's tumour margin: it depends on the model).",
-              "", "The mask given out at each tumour margin (mm; * the card's), on the same segmentations:", "",
-              "| model | tumour margin | brain-mask Dice mean | worst | tumour voxels outside | of them meningioma |",
-              "|---|---|---|---|---|---|"]
+              ""]
+    lines += _mask_variant_lines(fronts, "by_tumour_margin", "tumour_margin_mm", "tumour margin",
+                                 "The mask given out at each tumour margin (mm; * the card's), on the same segmentations:")
+    lines += _mask_variant_lines(fronts, "by_given_threshold", "given_threshold", "threshold",
+                                 "The mask given out at each share threshold (the network's region and intensities "
+                                 "unchanged; at the card's tumour margin; * the card's), on the same segmentations:")
+    return lines
+
+
+def _mask_variant_lines(fronts: Dict[str, dict], listed: str, key: str, column: str, title: str) -> List[str]:
+    """A table of the mask given out at each value of `key` scored (the rows front_end[listed]), the card's
+    value (front_end[key]) marked *."""
+    if not any(front.get(listed) for front in fronts.values()):
+        return []
+    lines = [title, "", f"| model | {column} | brain-mask Dice mean | worst | tumour voxels outside | of them meningioma |",
+             "|---|---|---|---|---|---|"]
     for name, front in fronts.items():
-        for row in front.get("by_tumour_margin", []):
-            mark = "*" if row["tumour_margin_mm"] == front.get("tumour_margin_mm") else ""
-            lines.append(f"| {name} | {row['tumour_margin_mm']:g}{mark} | {_f(row['brain_mask_dice']['mean'], 4)} | "
+        for row in front.get(listed, []):
+            mark = "*" if row[key] == front.get(key) else ""
+            lines.append(f"| {name} | {row[key]:g}{mark} | {_f(row['brain_mask_dice']['mean'], 4)} | "
                          f"{_f(row['brain_mask_dice']['worst'], 4)} | {row['tumour_voxels_outside_mask']} | "
                          f"{row['meningioma_voxels_outside_mask']} |")
     return lines + [""]

@@ -22,6 +22,9 @@ from ..pipeline import brainmask, register
 #: The tumour margins (mm) at which `darefuse evaluate` scores the mask given out, beside the card's
 #: (`mask_settings.tumour_margin_mm`, chosen on development cases from these).
 TUMOUR_MARGINS_MM = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0)
+#: The share thresholds at which it scores the mask given out (at the card's tumour margin), beside the card's
+#: (`mask_settings.given_threshold`, chosen on development cases from these).
+GIVEN_THRESHOLDS = (0.7, 0.75, 0.8, 0.85, 0.9)
 
 
 def seed_field(seeds: Iterable[int]) -> list:
@@ -135,8 +138,24 @@ def case_scores(folder: Path, row: dict, front, truth: np.ndarray, label: np.nda
         **scores[float(front.tumour_margin_mm)],
         "tumour_margin_mm": float(front.tumour_margin_mm),
         "by_tumour_margin": {f"{m:g}": scores[m] for m in margins},
+        **_threshold_scores(front, label, engine_mask, truth),
         "tumour_class": row["tumour_class"],
     }
+
+
+def _threshold_scores(front, label: np.ndarray, engine_mask: np.ndarray, truth: np.ndarray) -> dict:
+    """The mask given out remade from its share at every threshold of GIVEN_THRESHOLDS and the card's, with
+    the segmented tumour at the card's tumour margin (empty when the front end kept no share)."""
+    if front.share is None or front.mask_settings is None:
+        return {}
+    settings = front.mask_settings
+    card = settings.given_out().threshold
+    scores = {}
+    for threshold in sorted({card, *GIVEN_THRESHOLDS}):
+        mask = brainmask.refine(front.share[1], front.share[0], front.brain_mask, settings.given_out(threshold))
+        given = brainmask.with_tumour(mask, label, front.region, front.tumour_margin_mm)
+        scores[f"{threshold:g}"] = _mask_scores(sitk.GetArrayViewFromImage(given) > 0, engine_mask, truth)
+    return {"given_threshold": card, "by_given_threshold": scores}
 
 
 def _mask_scores(mask: np.ndarray, engine_mask: np.ndarray, truth: np.ndarray) -> dict:
@@ -146,7 +165,7 @@ def _mask_scores(mask: np.ndarray, engine_mask: np.ndarray, truth: np.ndarray) -
 
 def summary(per_case: Iterable[Optional[dict]]) -> Optional[dict]:
     """Median and worst registration error, brain-mask Dice, tumour voxels outside the mask (clinical cases),
-    and the last two at every tumour margin scored (`by_tumour_margin`)."""
+    and the last two at every tumour margin (`by_tumour_margin`) and given-out threshold scored."""
     cases = [c for c in per_case if c is not None]
     if not cases:
         return None
@@ -161,7 +180,18 @@ def summary(per_case: Iterable[Optional[dict]]) -> Optional[dict]:
         "by_tumour_margin": [{"tumour_margin_mm": float(m), **_mask_summary(
             [{"tumour_class": c["tumour_class"], **c["by_tumour_margin"][m]} for c in cases])}
             for m in cases[0]["by_tumour_margin"]],
+        **_threshold_summary(cases),
     }
+
+
+def _threshold_summary(cases: List[dict]) -> dict:
+    """`_mask_summary` at every given-out threshold scored, when every case scored them."""
+    if not all("by_given_threshold" in c for c in cases):
+        return {}
+    return {"given_threshold": cases[0]["given_threshold"],
+            "by_given_threshold": [{"given_threshold": float(t), **_mask_summary(
+                [{"tumour_class": c["tumour_class"], **c["by_given_threshold"][t]} for c in cases])}
+                for t in cases[0]["by_given_threshold"]]}
 
 
 def _mask_summary(cases: List[dict]) -> dict:
