@@ -227,16 +227,19 @@ def test_the_network_looks_beyond_the_mask_and_the_mask_given_out_holds_the_tumo
     margin = brainmask.MaskSettings.of(mask_model).margin_mm
     assert margin > 0
     prep, front = frontend.prepare_study({"t1": whole_head(brains["t1"], mask, "t1")}, model=mask_model)
-    tight = sitk.GetArrayFromImage(front.brain_mask) > 0
+    tight = sitk.GetArrayFromImage(front.network_mask) > 0
     region = sitk.GetArrayFromImage(front.region) > 0
     assert np.array_equal(sitk.GetArrayFromImage(prep.foreground_reference) > 0, region)
+    # The mask given out is the same share at the card's given-out threshold: within the network's mask.
+    given_alone = sitk.GetArrayFromImage(front.brain_mask) > 0
+    assert not (given_alone & ~tight).any()
     # The intensities are normalised over the brain alone: skull and scalp in the margin do not shift them.
-    brain_only = preprocess.prepare(front.images, brain_mask=front.brain_mask)
+    brain_only = preprocess.prepare(front.images, brain_mask=front.network_mask)
     assert prep.foreground.sum() > brain_only.foreground.sum()
     assert np.allclose(prep.mean, brain_only.mean, rtol=0.01) and np.allclose(prep.std, brain_only.std, rtol=0.01)
     wide = preprocess.prepare(front.images, brain_mask=front.region)
     assert not np.allclose(wide.std, brain_only.std, rtol=0.01)
-    distance = brainmask.distance_mm(front.brain_mask)
+    distance = brainmask.distance_mm(front.network_mask)
     assert not (tight & ~region).any() and distance[region].max() <= margin < distance[~region].min()
     label = np.zeros(tight.shape, np.uint8)
     z = np.argwhere(tight.any(axis=(1, 2)))[-1, 0]
@@ -285,13 +288,15 @@ def test_a_fusing_card_gives_out_the_mask_from_every_registered_contrast(brains,
     plain = frontend.run_front_end(heads, model=single)
     assert fused.registrations["t2"].accepted
     _, _, share = frontend.brain_mask_stage(heads["t1"], "T1", fusing)
-    expected = brainmask.refine(frontend.fused_share(heads, share, fused.registrations, fusing), share[0], heads["t1"],
-                                brainmask.MaskSettings.of(fusing))
-    fused_mask = sitk.GetArrayFromImage(fused.brain_mask) > 0
-    plain_mask = sitk.GetArrayFromImage(plain.brain_mask) > 0
-    assert np.array_equal(fused_mask, sitk.GetArrayFromImage(expected) > 0)
+    settings = brainmask.MaskSettings.of(fusing)
+    mean_share = frontend.fused_share(heads, share, fused.registrations, fusing)
+    expected = brainmask.refine(mean_share, share[0], heads["t1"], settings.given_out())
+    fused_mask = sitk.GetArrayFromImage(brainmask.refine(mean_share, share[0], heads["t1"], settings)) > 0
+    plain_mask = sitk.GetArrayFromImage(plain.network_mask) > 0  # the reference's own, at the card's threshold
+    assert np.array_equal(sitk.GetArrayFromImage(fused.brain_mask) > 0, sitk.GetArrayFromImage(expected) > 0)
     assert not np.array_equal(fused_mask, plain_mask)
     assert np.array_equal(sitk.GetArrayFromImage(fused.network_mask) > 0, plain_mask)
+    # The region: both masks at the card's threshold (not the mask given out's), grown by the margin.
     both = sitk.GetImageFromArray((fused_mask | plain_mask).astype(np.uint8))
     both.CopyInformation(fused.brain_mask)
     region = sitk.GetArrayFromImage(fused.region) > 0
@@ -304,17 +309,18 @@ def test_a_fusing_card_gives_out_the_mask_from_every_registered_contrast(brains,
     far.SetOrigin([o + 400.0 for o in far.GetOrigin()])
     alone = frontend.run_front_end({"t1": heads["t1"], "t2": far}, model=fusing)
     assert not alone.registrations["t2"].accepted
-    assert np.array_equal(sitk.GetArrayFromImage(alone.brain_mask) > 0, plain_mask)
+    assert np.array_equal(sitk.GetArrayFromImage(alone.brain_mask) > 0, sitk.GetArrayFromImage(plain.brain_mask) > 0)
 
 
 def test_a_given_threshold_tightens_the_mask_given_out_and_nothing_else(brains, mask, mask_model, tmp_path):
     """`given_threshold` remakes only the mask given out from the same share, at its own threshold: the network's
     region and intensities keep the card's threshold (what the segmentation model was trained on). `darefuse
     evaluate` scores the mask given out at every GIVEN_THRESHOLDS beside the card's, from the share kept."""
-    settings = brainmask.MaskSettings.of(mask_model)
+    settings = brainmask.MaskSettings.of(_with_mask_settings(mask_model, given_threshold=None))
     assert settings.given_out().threshold == settings.threshold and settings.given_out(0.85).threshold == 0.85
+    assert brainmask.MaskSettings(0.7, given_threshold=0.8).given_out().threshold == 0.8
     heads, _ = _moved_study(brains, mask, (2.0, -1.0, 3.0), (1.5, 2.0, -2.0))
-    card = frontend.run_front_end(heads, model=_with_mask_settings(mask_model, fuse=True))
+    card = frontend.run_front_end(heads, model=_with_mask_settings(mask_model, fuse=True, given_threshold=None))
     tight = frontend.run_front_end(heads, model=_with_mask_settings(mask_model, fuse=True, given_threshold=0.9))
     assert tight.mask_settings.given_threshold == 0.9
     # The region: both masks at the card's threshold, grown by the margin (the share from the same registrations).
