@@ -152,7 +152,8 @@ def _threshold_scores(front, label: np.ndarray, engine_mask: np.ndarray, truth: 
     card = settings.given_out().threshold
     scores = {}
     for threshold in sorted({card, *GIVEN_THRESHOLDS}):
-        mask = brainmask.refine(front.share[1], front.share[0], front.brain_mask, settings.given_out(threshold))
+        mask = front.brain_mask if threshold == card else brainmask.refine(  # the card's: the front end's own
+            front.share[1], front.share[0], front.brain_mask, settings.given_out(threshold))
         given = brainmask.with_tumour(mask, label, front.region, front.tumour_margin_mm)
         scores[f"{threshold:g}"] = _mask_scores(sitk.GetArrayViewFromImage(given) > 0, engine_mask, truth)
     return {"given_threshold": card, "by_given_threshold": scores}
