@@ -138,22 +138,25 @@ def case_scores(folder: Path, row: dict, front, truth: np.ndarray, label: np.nda
         **scores[float(front.tumour_margin_mm)],
         "tumour_margin_mm": float(front.tumour_margin_mm),
         "by_tumour_margin": {f"{m:g}": scores[m] for m in margins},
-        **_threshold_scores(front, label, engine_mask, truth),
+        **_threshold_scores(front, label, engine_mask, truth, scores[float(front.tumour_margin_mm)]),
         "tumour_class": row["tumour_class"],
     }
 
 
-def _threshold_scores(front, label: np.ndarray, engine_mask: np.ndarray, truth: np.ndarray) -> dict:
-    """The mask given out remade from its share at every threshold of GIVEN_THRESHOLDS and the card's, with
-    the segmented tumour at the card's tumour margin (empty when the front end kept no share)."""
+def _threshold_scores(front, label: np.ndarray, engine_mask: np.ndarray, truth: np.ndarray, card_scores: dict) -> dict:
+    """The mask given out remade from its share at every threshold of GIVEN_THRESHOLDS, with the segmented
+    tumour at the card's tumour margin, beside the card's threshold (`card_scores`: the mask the front end gave
+    out, already scored); empty when the front end kept no share."""
     if front.share is None or front.mask_settings is None:
         return {}
     settings = front.mask_settings
     card = settings.given_out().threshold
     scores = {}
     for threshold in sorted({card, *GIVEN_THRESHOLDS}):
-        mask = front.brain_mask if threshold == card else brainmask.refine(  # the card's: the front end's own
-            front.share[1], front.share[0], front.brain_mask, settings.given_out(threshold))
+        if threshold == card:
+            scores[f"{threshold:g}"] = card_scores
+            continue
+        mask = brainmask.refine(front.share[1], front.share[0], front.brain_mask, settings.given_out(threshold))
         given = brainmask.with_tumour(mask, label, front.region, front.tumour_margin_mm)
         scores[f"{threshold:g}"] = _mask_scores(sitk.GetArrayViewFromImage(given) > 0, engine_mask, truth)
     return {"given_threshold": card, "by_given_threshold": scores}
@@ -178,21 +181,18 @@ def summary(per_case: Iterable[Optional[dict]]) -> Optional[dict]:
         "contrasts_left_out": sum(len(c["left_out"]) for c in cases),
         **_mask_summary(cases),
         "tumour_margin_mm": cases[0]["tumour_margin_mm"],
-        "by_tumour_margin": [{"tumour_margin_mm": float(m), **_mask_summary(
-            [{"tumour_class": c["tumour_class"], **c["by_tumour_margin"][m]} for c in cases])}
-            for m in cases[0]["by_tumour_margin"]],
-        **_threshold_summary(cases),
+        "by_tumour_margin": _variant_summary(cases, "by_tumour_margin", "tumour_margin_mm"),
+        **({"given_threshold": cases[0]["given_threshold"],
+            "by_given_threshold": _variant_summary(cases, "by_given_threshold", "given_threshold")}
+           if all("by_given_threshold" in c for c in cases) else {}),
     }
 
 
-def _threshold_summary(cases: List[dict]) -> dict:
-    """`_mask_summary` at every given-out threshold scored, when every case scored them."""
-    if not all("by_given_threshold" in c for c in cases):
-        return {}
-    return {"given_threshold": cases[0]["given_threshold"],
-            "by_given_threshold": [{"given_threshold": float(t), **_mask_summary(
-                [{"tumour_class": c["tumour_class"], **c["by_given_threshold"][t]} for c in cases])}
-                for t in cases[0]["by_given_threshold"]]}
+def _variant_summary(cases: List[dict], listed: str, key: str) -> List[dict]:
+    """`_mask_summary` at each value scored (each case's `listed`: value -> its scores), as rows keyed `key`."""
+    return [{key: float(value), **_mask_summary([{"tumour_class": c["tumour_class"], **c[listed][value]}
+                                                 for c in cases])}
+            for value in cases[0][listed]]
 
 
 def _mask_summary(cases: List[dict]) -> dict:
