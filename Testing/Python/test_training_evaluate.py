@@ -159,6 +159,10 @@ def test_report_on_a_tiny_folder(tmp_path):
     assert len(tumour_rows) == 3
     assert dare["post_tumour_cases"]["WT"]["dice"] == pytest.approx(np.mean([r["WT"]["dice"] for r in tumour_rows]))
     assert "| darefuse | tuned, tumour cases only (3) |" in text
+    # What the unshown-tumour alarm would do at each candidate (a pipeline model only), from each case's parts.
+    assert all("unshown" in r and isinstance(r["unshown"]["missed_lesions_ml"], list) for r in rows)
+    assert len(dare["unshown_alarm"]["candidates"]) == 10 and "unshown_alarm" not in base
+    assert "## Unshown tumour: the alarm at each candidate" in text
     # Review efficiency: every case scored, the settings tuned on the tuning folder, recorded and then used.
     efficiency = dare["review_efficiency"]
     assert efficiency["cases"] == 4 and efficiency["tumour_cases"] == 3

@@ -114,10 +114,11 @@ def read_card(path: PathLike) -> dict:
 
 
 def record_metrics(path: PathLike, key: str, metrics: dict, postprocess: Optional[dict] = None,
-                   review: Optional[dict] = None, mask_settings: Optional[dict] = None) -> Path:
+                   review: Optional[dict] = None, mask_settings: Optional[dict] = None,
+                   unshown: Optional[dict] = None) -> Path:
     """Add measured metrics (e.g. a held-out evaluation) to a model's card under metrics[key], and the
-    post-processing thresholds, review-region settings or brain-mask settings those metrics were measured with
-    (card["postprocess"], card["review"], card["mask_settings"], which the pipeline then uses). The weights are untouched, so the card's SHA256 stays valid;
+    post-processing thresholds, review-region, brain-mask or unshown-tumour settings those metrics were measured
+    with (card["postprocess"], card["review"], card["mask_settings"], card["unshown"], which the pipeline then uses). The weights are untouched, so the card's SHA256 stays valid;
     it is checked first, so a card never describes weights other than its own."""
     path = Path(path)
     card = read_card(path)
@@ -130,6 +131,8 @@ def record_metrics(path: PathLike, key: str, metrics: dict, postprocess: Optiona
         card["review"] = review
     if mask_settings is not None:
         card["mask_settings"] = mask_settings
+    if unshown is not None:
+        card["unshown"] = unshown
     target = card_path(path)
     target.write_text(json.dumps(card, indent=2, default=str) + "\n")
     return target

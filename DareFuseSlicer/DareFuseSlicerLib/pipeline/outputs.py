@@ -133,6 +133,7 @@ def build_report(result, model_info: Optional[dict], files: Sequence[str]) -> di
         "review_regions": result.review.table() if getattr(result, "review", None) is not None else [],
         "review_message": result.review.message if getattr(result, "review", None) is not None else
         "No review regions: the segmentation was not computed.",
+        "unshown_parts": getattr(result, "unshown", []),
         "files": sorted(files),
     }
 

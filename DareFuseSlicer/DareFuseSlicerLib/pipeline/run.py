@@ -18,7 +18,7 @@ import torch
 
 from ..constants import CLASSES, CONTRASTS, OUTPUTS, contrast_name, display_contrast
 from ..progress import CancelFn, ProgressFn, check_cancel
-from . import frontend, preprocess
+from . import frontend, preprocess, unshown
 from .inference import WindowPlan, WindowPredictor, infer, resolve_device
 from .postprocess import (PostprocessConfig, config_for_card, gate_closes, postprocess, removed_parts, reported_class,
                           volumes_ml)
@@ -62,6 +62,8 @@ class PipelineResult:
     front_end: dict = field(default_factory=dict)  # input kind, brain-mask volume, registrations (report.json)
     review: Optional[ReviewResult] = None  # ranked places to check (with the segmentation layer)
     margin: Optional[np.ndarray] = None  # top-two label probability margin (z, y, x), when keep_margin
+    tumour_probability: Optional[np.ndarray] = None  # 1 - p(background) (z, y, x), 0 outside, when keep_margin
+    unshown: List[dict] = field(default_factory=list)  # likely tumour the map does not show (pipeline/unshown.py)
 
     @property
     def reference(self) -> str:
@@ -159,6 +161,8 @@ class RunSettings:
     postprocess_source: str  # where the thresholds come from, for the report and the warnings
     review: ReviewConfig
     review_source: str
+    unshown: unshown.UnshownConfig = field(default_factory=unshown.UnshownConfig)
+    unshown_source: str = "defaults (no alarm)"
 
 
 @dataclass
@@ -187,6 +191,8 @@ class Segmentation:
     label_array: np.ndarray  # the post-processed label (z, y, x)
     margin: np.ndarray  # float32 (z, y, x): the two most probable labels' probability difference, 1 outside
     cleared_ml: float = 0.0  # tumour the class gate cleared that post-processing had kept
+    tumour_probability: Optional[np.ndarray] = None  # float32 (z, y, x): 1 - p(background), 0 outside
+    unshown: List[unshown.UnshownPart] = field(default_factory=list)  # likely tumour not in `label_array`
 
 
 @dataclass
@@ -261,8 +267,9 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
     layers.gradcam_stage(stages, model, network, prep, grid, settings)
     stages.check_cancel()
 
-    doubts = low_confidence_warnings(grid, prep, mean_uncertainty, front, getattr(model, "card", None),
-                                     class_disagreement(segmentation, network.class_probabilities))
+    model_doubts = class_disagreement(segmentation, network.class_probabilities)
+    model_doubts += unshown.alarm(segmentation.unshown, settings.unshown, prep.reference)
+    doubts = low_confidence_warnings(grid, prep, mean_uncertainty, front, getattr(model, "card", None), model_doubts)
     warnings += doubts
     display = display_contrast(prep.resampled)
     stages.timings["total"] = round(time.perf_counter() - started, 3)
@@ -280,6 +287,8 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
         brain_mask=front.brain_mask, front_end=front.report(),
         registered={n: prep.resampled[n] for n, r in front.registrations.items() if r.accepted},
         review=review, margin=segmentation.margin if keep_margin else None,
+        tumour_probability=segmentation.tumour_probability if keep_margin else None,
+        unshown=[part.as_dict(prep.reference) for part in segmentation.unshown[:unshown.REPORTED]],
     )
 
 
@@ -333,7 +342,8 @@ def run_settings(model: torch.nn.Module, outputs: Iterable[str], device: str,
         review_config, review_source = review_config_for_card(getattr(model, "card", None))
     else:
         review_source = "given by the caller"
-    return RunSettings(wanted, torch_device, postprocess_config, postprocess_source, review_config, review_source)
+    return RunSettings(wanted, torch_device, postprocess_config, postprocess_source, review_config, review_source,
+                       *unshown.config_for_card(getattr(model, "card", None)))
 
 
 def network_stage(stages: _Stages, model: torch.nn.Module, prep: preprocess.Prepared, device: str,
@@ -360,12 +370,14 @@ def segmentation_stage(model: torch.nn.Module, network: NetworkPass, prep: prepr
     # segmentation follows the reference's finer grid rather than the 2 mm blocks. Linear interpolation
     # keeps their sum at 1, so the background is 1 - the rest: three resamplings instead of four.
     tumour = preprocess.to_reference(model.probabilities(network.out)[0, 1:].numpy(), prep)
-    label_probabilities = [1.0 - tumour.sum(0)] + list(tumour)
+    tumour_probability = tumour.sum(0)
+    label_probabilities = [1.0 - tumour_probability] + list(tumour)
     label = _argmax(label_probabilities)
     margin = top_two_margin(label_probabilities)  # where the review regions look
     del tumour, label_probabilities
     label[~grid.inside] = 0
     margin[~grid.inside] = 1.0
+    tumour_probability[~grid.inside] = 0.0
     no_tumour = float(probabilities[CLASSES.index("no_tumour")])
     processed = postprocess(label, grid.voxel_ml, replace(config, no_tumour_gate=None))
     # Named even when the class gate then clears the map: a small part the segmentation found is where to look.
@@ -373,10 +385,11 @@ def segmentation_stage(model: torch.nn.Module, network: NetworkPass, prep: prepr
     cleared_ml = 0.0
     if gate_closes(config, no_tumour):
         cleared_ml = float(np.count_nonzero(processed)) * grid.voxel_ml
+        cleared = (f"{cleared_ml:.1f} mL that post-processing kept were cleared" if cleared_ml > 0.0
+                   else "post-processing had kept none")
         warnings.append(
             f"No tumour segments: the class head gives no tumour a probability of {no_tumour:.2f}, at least "
-            f"the class gate's {config.no_tumour_gate} ({source}); {cleared_ml:.1f} mL that post-processing "
-            f"kept were cleared."
+            f"the class gate's {config.no_tumour_gate} ({source}); {cleared}."
         )
         processed = np.zeros_like(processed)
     label = processed
@@ -390,7 +403,8 @@ def segmentation_stage(model: torch.nn.Module, network: NetworkPass, prep: prepr
         )
     volumes = volumes_ml(label, grid.voxel_ml)
     label_image = _image_like(label, prep.reference) if "segmentation" in settings.wanted else None
-    return Segmentation(label_image, volumes, predicted_index, label, margin, cleared_ml)
+    parts = unshown.unshown_parts(tumour_probability, label, grid.voxel_ml, settings.unshown.probability)
+    return Segmentation(label_image, volumes, predicted_index, label, margin, cleared_ml, tumour_probability, parts)
 
 
 def removed_parts_warning(before: np.ndarray, after: np.ndarray, voxel_ml: float, reference: sitk.Image,
@@ -506,4 +520,5 @@ def _settings_report(settings: RunSettings, spacing_mm: float, network: NetworkP
         "postprocess": {**settings.postprocess.as_dict(), "source": settings.postprocess_source},
         "review": {**{key: value for key, value in settings.review.as_dict().items()
                       if not key.startswith("calibration")}, "source": settings.review_source},
+        "unshown": {**settings.unshown.as_dict(), "source": settings.unshown_source},
     }

@@ -33,7 +33,7 @@ from ..pipeline import frontend, preprocess
 from ..pipeline.postprocess import (CARD_KEY, PostprocessConfig, config_for_card, gate_closes, postprocess,
                                     reported_class)
 from ..pipeline import review
-from . import class_gate_eval, frontend_eval, review_efficiency
+from . import class_gate_eval, frontend_eval, review_efficiency, unshown_eval
 from .dataset import read_rows
 
 #: BraTS convention for HD95 when exactly one of prediction and truth is empty (the image diagonal, mm).
@@ -56,6 +56,7 @@ class Prediction:
     correct_low: np.ndarray  # whether the 2 mm arg-max equals the 2 mm truth (same voxels)
     seconds: float = 0.0
     margin: Optional[np.ndarray] = None  # float32 (z, y, x): top-two label probability margin (review regions)
+    tumour_probability: Optional[np.ndarray] = None  # float32 (z, y, x): 1 - p(background) (unshown tumour)
 
 
 @dataclass
@@ -157,7 +158,7 @@ def predict_pipeline(model, case: Case) -> Prediction:
     probabilities = np.array([result.class_probabilities[c] for c in CLASSES])
     confidence, correct = _low_res_calibration(model, case)
     return Prediction(sitk.GetArrayFromImage(result.label), sitk.GetArrayFromImage(result.uncertainty),
-                      probabilities, confidence, correct, seconds, result.margin)
+                      probabilities, confidence, correct, seconds, result.margin, result.tumour_probability)
 
 
 def predict_direct(model, case: Case) -> Prediction:
@@ -366,6 +367,8 @@ class ModelScores:
                "truth_ml": {r: round(float(np.count_nonzero(np.isin(case.truth, labels))) * voxel_ml, 4)
                             for r, labels in REGIONS.items()},
                "raw": raw_scores, "post": post_scores, "review": self._review(case, prediction, processed)}
+        if prediction.tumour_probability is not None:  # what the unshown-tumour alarm would say of the map shown
+            row["unshown"] = unshown_eval.case_row(prediction.tumour_probability, processed, case.truth, voxel_ml)
         if prediction.class_probabilities is not None:
             self.true_class.append(CLASSES.index(case.tumour_class))
             self.head_class.append(int(np.argmax(prediction.class_probabilities)))
@@ -420,6 +423,8 @@ class ModelScores:
         report["post_tumour_cases"] = tumour_case_means(report)
         if self.review_cases:
             report["review_efficiency"] = review_efficiency.summarise(self.review_cases)
+        if any("unshown" in row for row in self.rows):
+            report["unshown_alarm"] = unshown_eval.summary(self.rows, getattr(self.model, "card", None))
         if self.class_probabilities:
             probs = np.stack(self.class_probabilities)
             truth = np.asarray(self.true_class)
@@ -681,6 +686,7 @@ def markdown_report(summary: dict) -> str:
               "without prior = the encoders fed a zero prior (the network is trained with prior dropout); after "
               "class gate = with every tuned setting, the gate included.", ""]
     lines += _class_gate_lines(summary)
+    lines += unshown_eval.markdown_lines(summary["models"])
     lines += _front_end_lines(summary)
     lines += review_efficiency.markdown_lines(summary["models"])
     return "\n".join(lines)

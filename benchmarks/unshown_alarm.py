@@ -1,0 +1,93 @@
+"""The unshown-tumour alarm's candidates (training/unshown_eval.py) on development sets: each case is run once by
+the pipeline as a user runs it (the model card's post-processing and class gate), then every candidate's alarms on
+tumour-free brains, on tumour cases, and the missed lesions it finds are counted; the rule's choice is printed.
+
+    PYTHONPATH=DareFuseSlicer .venv/bin/python benchmarks/unshown_alarm.py run --data SET --out ROWS.json [--threads 1]
+    PYTHONPATH=DareFuseSlicer .venv/bin/python benchmarks/unshown_alarm.py choose ROWS.json [...] [--record MODEL]
+
+`run` writes each case's row as soon as it is made (a stopped run keeps what it did and resumes there).
+`choose --record MODEL` writes the choice into MODEL's card ("unshown"), which the pipeline then uses.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "DareFuseSlicer"))
+from DareFuseSlicerLib.constants import BRATS_SUFFIX, CONTRASTS  # noqa: E402
+from DareFuseSlicerLib.network.store import load_model, record_metrics  # noqa: E402
+from DareFuseSlicerLib.pipeline.run import run  # noqa: E402
+from DareFuseSlicerLib.training import unshown_eval  # noqa: E402
+from DareFuseSlicerLib.training.dataset import read_rows  # noqa: E402
+
+RAW_MODEL = Path(__file__).resolve().parents[1] / "DareFuseSlicer/Resources/Models/darefuse-raw.safetensors"
+
+
+def run_set(data: Path, out: Path, model_path: Path, threads: int) -> None:
+    torch.set_num_threads(threads)
+    model = load_model(model_path)
+    rows = json.loads(out.read_text()) if out.exists() else []
+    done = {row["case_id"] for row in rows}
+    for case in read_rows(data):
+        if case["case_id"] in done:
+            continue
+        images = {c: sitk.ReadImage(str(data / case[BRATS_SUFFIX[c]])) for c in CONTRASTS}
+        result = run(images, model, outputs=("segmentation",), keep_margin=True)
+        truth = sitk.ReadImage(str(data / case["seg"]))
+        voxel_ml = float(np.prod(truth.GetSpacing())) / 1000.0
+        row = {"set": data.name, "case_id": case["case_id"], "class": case["tumour_class"],
+               "shown_wt_ml": result.volumes_ml["WT"], "low_confidence": result.low_confidence,
+               **unshown_eval.case_row(result.tumour_probability, sitk.GetArrayViewFromImage(result.label),
+                                       sitk.GetArrayViewFromImage(truth), voxel_ml)}
+        rows.append(row)
+        out.write_text(json.dumps(rows, indent=1))
+        print(case["case_id"], row["class"], row["missed_lesions_ml"],
+              {k: v[:2] for k, v in row["parts"].items()}, flush=True)
+
+
+def choose(paths, record=None) -> None:
+    rows = [row for path in paths for row in json.loads(Path(path).read_text())]
+    table = unshown_eval.candidate_table(rows)
+    tumour_free = sum(row["class"] == "no_tumour" for row in rows)
+    print(f"{len(rows)} cases, {tumour_free} tumour-free, {table[0]['missed_lesions']} missed lesions "
+          f"(at least {unshown_eval.MISSED_MIN_ML} mL, no shown voxel on them)")
+    print("| P(tumour) >= | alarm mL | tumour-free alarms | tumour-case alarms | of which find no missed lesion "
+          "| missed lesions found |\n|---|---|---|---|---|---|")
+    for c in table:
+        print(f"| {c['probability']:g} | {c['alarm_ml']:g} | {c['tumour_free_alarms']} | {c['tumour_case_alarms']} "
+              f"| {c['alarms_without_a_missed_lesion']} | {c['missed_lesions_found']} of {c['missed_lesions']} |")
+    choice = unshown_eval.choose(table)
+    print(json.dumps(choice))
+    if record is not None and choice["chosen"] is not None:
+        sets = sorted({row["set"] for row in rows})
+        record_metrics(record, "unshown_alarm_choice", {"candidates": table, **choice},
+                       unshown={"config": choice["chosen"], "chosen_on": "development sets " + ", ".join(sets)})
+        print(f"recorded in the card of {record}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    one = sub.add_parser("run")
+    one.add_argument("--data", type=Path, required=True)
+    one.add_argument("--out", type=Path, required=True)
+    one.add_argument("--model", type=Path, default=RAW_MODEL)
+    one.add_argument("--threads", type=int, default=1)
+    pick = sub.add_parser("choose")
+    pick.add_argument("rows", nargs="+")
+    pick.add_argument("--record", type=Path, help="write the choice into this model's card")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        run_set(args.data, args.out, args.model, args.threads)
+    else:
+        choose(args.rows, args.record)
+
+
+if __name__ == "__main__":
+    main()
