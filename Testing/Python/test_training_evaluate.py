@@ -163,6 +163,11 @@ def test_report_on_a_tiny_folder(tmp_path):
     assert all("unshown" in r and isinstance(r["unshown"]["missed_lesions_ml"], list) for r in rows)
     assert len(dare["unshown_alarm"]["candidates"]) == 10 and "unshown_alarm" not in base
     assert "## Unshown tumour: the alarm at each candidate" in text
+    # Lesion-wise detection for every model, from each case's lesions.
+    for r in (dare, base):
+        assert r["lesions"]["tumour_cases"] == 3 and r["lesions"]["found"] <= r["lesions"]["lesions"]
+        assert all(len(row["lesions"]["truth_ml"]) == len(row["lesions"]["found"]) for row in r["per_case"])
+    assert "## Lesion-wise detection (the map shown)" in text and "| baseline | " in text
     # Review efficiency: every case scored, the settings tuned on the tuning folder, recorded and then used.
     efficiency = dare["review_efficiency"]
     assert efficiency["cases"] == 4 and efficiency["tumour_cases"] == 3

@@ -33,7 +33,7 @@ from ..pipeline import frontend, preprocess
 from ..pipeline.postprocess import (CARD_KEY, PostprocessConfig, config_for_card, gate_closes, postprocess,
                                     reported_class)
 from ..pipeline import review
-from . import class_gate_eval, frontend_eval, review_efficiency, unshown_eval
+from . import class_gate_eval, frontend_eval, lesions, review_efficiency, unshown_eval
 from .dataset import read_rows
 
 #: BraTS convention for HD95 when exactly one of prediction and truth is empty (the image diagonal, mm).
@@ -366,7 +366,8 @@ class ModelScores:
         row = {"case_id": case.case_id, "class": case.tumour_class, "seconds": round(prediction.seconds, 2),
                "truth_ml": {r: round(float(np.count_nonzero(np.isin(case.truth, labels))) * voxel_ml, 4)
                             for r, labels in REGIONS.items()},
-               "raw": raw_scores, "post": post_scores, "review": self._review(case, prediction, processed)}
+               "raw": raw_scores, "post": post_scores, "review": self._review(case, prediction, processed),
+               "lesions": lesions.lesion_row(processed, case.truth, voxel_ml)}
         if prediction.tumour_probability is not None:  # what the unshown-tumour alarm would say of the map shown
             row["unshown"] = unshown_eval.case_row(prediction.tumour_probability, processed, case.truth, voxel_ml)
         if prediction.class_probabilities is not None:
@@ -421,6 +422,7 @@ class ModelScores:
             "per_case": self.rows,
         }
         report["post_tumour_cases"] = tumour_case_means(report)
+        report["lesions"] = lesions.summary(self.rows)
         if self.review_cases:
             report["review_efficiency"] = review_efficiency.summarise(self.review_cases)
         if any("unshown" in row for row in self.rows):
@@ -686,6 +688,7 @@ def markdown_report(summary: dict) -> str:
               "without prior = the encoders fed a zero prior (the network is trained with prior dropout); after "
               "class gate = with every tuned setting, the gate included.", ""]
     lines += _class_gate_lines(summary)
+    lines += lesions.markdown_lines(summary["models"])
     lines += unshown_eval.markdown_lines(summary["models"])
     lines += _front_end_lines(summary)
     lines += review_efficiency.markdown_lines(summary["models"])

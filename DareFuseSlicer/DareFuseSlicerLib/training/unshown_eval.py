@@ -9,24 +9,19 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..pipeline import unshown
+from . import lesions
 
 #: The candidates the rule chose among: P(tumour) thresholds, and the alarm's expected volumes (mL).
 PROBABILITIES = (0.3, 0.5)
 ALARM_ML = (0.25, 0.5, 1.0, 2.0, 4.0)
-#: A truth lesion (whole-tumour component) counts as missed from this volume up, when no shown voxel touches it.
-MISSED_MIN_ML = 0.5
 #: Parts a row keeps per threshold (the largest): enough for any candidate's alarm.
 PARTS_KEPT = 10
 
 
 def missed_lesions(truth: np.ndarray, shown: np.ndarray, voxel_ml: float) -> List[np.ndarray]:
-    """Masks of the truth's whole-tumour components of at least MISSED_MIN_ML that share no voxel with `shown`."""
-    components = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray((truth > 0).astype(np.uint8)),
-                                                                True))
-    sizes = np.bincount(components.ravel())
-    shown_ids = set(np.unique(components[shown > 0]).tolist())
-    return [components == c for c in range(1, sizes.size)
-            if sizes[c] * voxel_ml >= MISSED_MIN_ML and c not in shown_ids]
+    """Masks of the truth lesions (lesions.truth_lesions: from lesions.MIN_ML) that `shown` does not find."""
+    labels, found = lesions.truth_lesions(truth, shown, voxel_ml)
+    return [labels == label for label, _, hit in found if not hit]
 
 
 def case_row(tumour_probability: np.ndarray, shown: np.ndarray, truth: np.ndarray, voxel_ml: float,
@@ -102,4 +97,4 @@ def markdown_lines(models: Dict[str, dict]) -> List[str]:
     return lines + ["", "A part: voxels whose P(tumour) = 1 - p(background) reaches the threshold, connected, with no "
                     "voxel in the map shown; its size is its expected volume (the sum of P(tumour)). The alarm "
                     f"sounds when a part reaches the alarm volume. A missed lesion: a truth lesion of at least "
-                    f"{MISSED_MIN_ML:g} mL with no shown voxel; found when an alarming part touches it.", ""]
+                    f"{lesions.MIN_ML:g} mL with no shown voxel; found when an alarming part touches it.", ""]
