@@ -15,40 +15,16 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
-import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "DareFuseSlicer"))
-from DareFuseSlicerLib.constants import BRATS_SUFFIX, CONTRASTS  # noqa: E402
-from DareFuseSlicerLib.network.store import load_model, record_metrics  # noqa: E402
-from DareFuseSlicerLib.pipeline.run import run  # noqa: E402
-from DareFuseSlicerLib.training import unshown_eval  # noqa: E402
-from DareFuseSlicerLib.training.dataset import read_rows  # noqa: E402
-
-RAW_MODEL = Path(__file__).resolve().parents[1] / "DareFuseSlicer/Resources/Models/darefuse-raw.safetensors"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from case_runs import add_run_command, run_cases  # noqa: E402
+from DareFuseSlicerLib.network.store import record_metrics  # noqa: E402
+from DareFuseSlicerLib.training import lesions, unshown_eval  # noqa: E402
 
 
-def run_set(data: Path, out: Path, model_path: Path, threads: int) -> None:
-    torch.set_num_threads(threads)
-    model = load_model(model_path)
-    rows = json.loads(out.read_text()) if out.exists() else []
-    done = {row["case_id"] for row in rows}
-    for case in read_rows(data):
-        if case["case_id"] in done:
-            continue
-        images = {c: sitk.ReadImage(str(data / case[BRATS_SUFFIX[c]])) for c in CONTRASTS}
-        result = run(images, model, outputs=("segmentation",), keep_margin=True)
-        truth = sitk.ReadImage(str(data / case["seg"]))
-        voxel_ml = float(np.prod(truth.GetSpacing())) / 1000.0
-        row = {"set": data.name, "case_id": case["case_id"], "class": case["tumour_class"],
-               "shown_wt_ml": result.volumes_ml["WT"], "low_confidence": result.low_confidence,
-               **unshown_eval.case_row(result.tumour_probability, sitk.GetArrayViewFromImage(result.label),
-                                       sitk.GetArrayViewFromImage(truth), voxel_ml)}
-        rows.append(row)
-        out.write_text(json.dumps(rows, indent=1))
-        print(case["case_id"], row["class"], row["missed_lesions_ml"],
-              {k: v[:2] for k, v in row["parts"].items()}, flush=True)
+def case_row(result, truth, voxel_ml: float) -> dict:
+    return unshown_eval.case_row(result.tumour_probability, sitk.GetArrayViewFromImage(result.label), truth, voxel_ml)
 
 
 def choose(paths, record=None) -> None:
@@ -56,7 +32,7 @@ def choose(paths, record=None) -> None:
     table = unshown_eval.candidate_table(rows)
     tumour_free = sum(row["class"] == "no_tumour" for row in rows)
     print(f"{len(rows)} cases, {tumour_free} tumour-free, {table[0]['missed_lesions']} missed lesions "
-          f"(at least {unshown_eval.MISSED_MIN_ML} mL, no shown voxel on them)")
+          f"(at least {lesions.MIN_ML} mL, no shown voxel on them)")
     print("| P(tumour) >= | alarm mL | tumour-free alarms | tumour-case alarms | of which find no missed lesion "
           "| missed lesions found |\n|---|---|---|---|---|---|")
     for c in table:
@@ -74,17 +50,13 @@ def choose(paths, record=None) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    one = sub.add_parser("run")
-    one.add_argument("--data", type=Path, required=True)
-    one.add_argument("--out", type=Path, required=True)
-    one.add_argument("--model", type=Path, default=RAW_MODEL)
-    one.add_argument("--threads", type=int, default=1)
+    add_run_command(sub)
     pick = sub.add_parser("choose")
     pick.add_argument("rows", nargs="+")
     pick.add_argument("--record", type=Path, help="write the choice into this model's card")
     args = parser.parse_args(argv)
     if args.command == "run":
-        run_set(args.data, args.out, args.model, args.threads)
+        run_cases(args.data, args.out, case_row, args.model, args.threads, keep_margin=True)
     else:
         choose(args.rows, args.record)
 

@@ -250,6 +250,22 @@ def test_the_network_looks_beyond_the_mask_and_the_mask_given_out_holds_the_tumo
     assert given.report()["brain_mask_ml"] > front.report()["brain_mask_ml"]
 
 
+def test_tumour_parts_not_connected_to_the_brain_are_outside_it(brains, mask, mask_model):
+    """A part of the segmentation that the mask given out does not take in (it keeps the part connected to the
+    brain) is outside the brain: a run removes it (pipeline.run); preprocessed studies have no such parts."""
+    _, front = frontend.prepare_study({"t1": whole_head(brains["t1"], mask, "t1")}, model=mask_model)
+    given = sitk.GetArrayFromImage(front.brain_mask) > 0
+    label = np.zeros(given.shape, np.uint8)
+    z = np.argwhere(given.any(axis=(1, 2)))[-1, 0]
+    label[z - 2:z + 2] = 1  # across the top of the mask: a tumour the mask cut at the brain's surface
+    assert z - 2 > 3 and not given[:3, :3, :3].any()
+    label[:3, :3, :3] = 2  # a corner of the field of view, away from the brain
+    outside = front.outside_brain(label)
+    assert outside[:3, :3, :3].all() and outside.sum() == 27
+    assert not front.outside_brain(np.zeros_like(label)).any()
+    assert not frontend.FrontEnd("preprocessed", {}).outside_brain(label).any()
+
+
 def test_the_cards_tumour_margin_grows_the_tumour_in_the_mask_given_out(brains, mask, mask_model):
     """The network looks `margin_mm` beyond the mask; the segmented tumour joins the mask given out grown by
     `tumour_margin_mm` (the margin when the card has none)."""

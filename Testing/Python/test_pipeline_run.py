@@ -126,6 +126,23 @@ def test_run_gives_every_layer_on_the_reference_grid():
     assert result.inputs["reference"] == "t1" and result.settings["windows"] == 1
 
 
+def test_tumour_outside_the_brain_is_removed_and_named(monkeypatch):
+    from DareFuseSlicerLib.pipeline import frontend
+
+    images = four_contrasts(lesion_mm=18.0)
+    model = tiny_model()
+    plain = run(images, model, outputs=("segmentation",), **FAST)
+    shown = sitk.GetArrayFromImage(plain.label) > 0
+    assert shown.any() and not any("outside the brain" in w for w in plain.warnings)
+    # Whole-head studies only (FrontEnd.outside_brain, test_frontend.py); here every part is said to lie outside.
+    monkeypatch.setattr(frontend.FrontEnd, "outside_brain", lambda self, label: np.asarray(label) > 0)
+    removed = run(images, model, outputs=("segmentation",), **FAST)
+    assert not sitk.GetArrayViewFromImage(removed.label).any() and removed.volumes_ml["WT"] == 0.0
+    (warning,) = [w for w in removed.warnings if "outside the brain" in w]
+    assert warning.startswith("Removed ") and f"({plain.volumes_ml['WT']:.1f} mL in all)" in warning
+    assert "at RAS (" in warning
+
+
 def test_run_uses_the_post_processing_thresholds_of_the_model_card():
     images = four_contrasts(lesion_mm=18.0)
     model = tiny_model()

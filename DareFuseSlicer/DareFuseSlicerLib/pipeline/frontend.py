@@ -71,6 +71,19 @@ class FrontEnd:
         return replace(self, brain_mask=brainmask.with_tumour(self.brain_mask, label, self.region,
                                                               self.tumour_margin_mm))
 
+    def outside_brain(self, label: np.ndarray) -> np.ndarray:
+        """Tumour voxels (label > 0, on the reference grid) in parts that are not in the brain mask given out with
+        that tumour (`with_tumour`, which keeps the part connected to the brain): none for preprocessed studies.
+        An intracranial tumour, extra-axial ones included, touches the brain; a part that does not, even grown by
+        the tumour margin, lies in the face, the neck or the scalp (734016, a tumour-free study: 17.5 mL segmented
+        in the nasal cavity and the orbits where the field of view cut the face)."""
+        tumour = np.asarray(label) > 0
+        if self.brain_mask is None or not tumour.any():
+            return np.zeros(tumour.shape, bool)
+        given = sitk.GetArrayFromImage(self.with_tumour(label).brain_mask) > 0  # a copy: the image is a temporary
+        parts = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(tumour.astype(np.uint8)), True))
+        return tumour & ~np.isin(parts, np.unique(parts[given]))
+
     def report(self) -> dict:
         """For report.json."""
         out = {"input_kind": self.kind}

@@ -226,7 +226,8 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
     class_gate: False keeps the segmentation even when the class gate of those settings would clear it.
     brainmask_model: the brain-mask network for whole-head studies (default: the bundled one, loaded when needed).
     review_config: the review regions' settings; None takes the card's (pipeline/review.py). keep_margin: also
-    return the top-two margin map (for `darefuse evaluate`, which scores review regions of its own).
+    return the top-two margin map and the tumour probability (for `darefuse evaluate`, which scores review regions
+    and unshown parts of its own).
     Raises InputError for unusable inputs (validate.py lists them), Cancelled when cancelled.
 
     The stages, each a function from one value to the next: settings -> checked images -> (whole-head studies:
@@ -257,7 +258,9 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
     network = network_stage(stages, model, prep, device, plan, settings, cancel)
     grid = Grid.of(prep)
     with stages.stage("segmentation", "segmentation and post-processing"):
-        segmentation = segmentation_stage(model, network, prep, grid, settings, warnings)
+        segmentation = segmentation_stage(model, network, prep, grid, settings, warnings, front)
+        if not keep_margin:  # only `darefuse evaluate` reads it; 4 bytes a voxel off the run's peak
+            segmentation.tumour_probability = None
         front = front.with_tumour(segmentation.label_array)
     layers = _Layers()
     mean_uncertainty = layers.uncertainty_stage(stages, model, network, prep, grid, settings)
@@ -362,8 +365,9 @@ def network_stage(stages: _Stages, model: torch.nn.Module, prep: preprocess.Prep
 
 
 def segmentation_stage(model: torch.nn.Module, network: NetworkPass, prep: preprocess.Prepared, grid: Grid,
-                       settings: RunSettings, warnings: List[str]) -> Segmentation:
-    """The label on the reference grid, post-processed, and the reported class; warnings for the class rules."""
+                       settings: RunSettings, warnings: List[str], front: frontend.FrontEnd) -> Segmentation:
+    """The label on the reference grid, post-processed (whole-head studies: parts outside the brain removed),
+    and the reported class; warnings for what was removed and for the class rules."""
     config, source = settings.postprocess, settings.postprocess_source
     probabilities = network.class_probabilities
     # Label probabilities are interpolated onto the reference grid before the arg-max, so that the
@@ -382,6 +386,10 @@ def segmentation_stage(model: torch.nn.Module, network: NetworkPass, prep: prepr
     processed = postprocess(label, grid.voxel_ml, replace(config, no_tumour_gate=None))
     # Named even when the class gate then clears the map: a small part the segmentation found is where to look.
     warnings.extend(removed_parts_warning(label, processed, grid.voxel_ml, prep.reference, config, source))
+    outside = front.outside_brain(processed)
+    if outside.any():
+        warnings.extend(outside_brain_warning(outside, grid.voxel_ml, prep.reference))
+        processed[outside] = 0
     cleared_ml = 0.0
     if gate_closes(config, no_tumour):
         cleared_ml = float(np.count_nonzero(processed)) * grid.voxel_ml
@@ -419,6 +427,16 @@ def removed_parts_warning(before: np.ndarray, after: np.ndarray, voxel_ml: float
     return [f"Post-processing removed {len(parts)} tumour part(s) smaller than {config.wt_min_ml:g} mL "
             f"({sum(ml for ml, _ in parts):.2f} mL in all; {source}): a lesion that small is not shown. "
             f"Largest first, at RAS {places}{more} mm."]
+
+
+def outside_brain_warning(outside: np.ndarray, voxel_ml: float, reference: sitk.Image) -> List[str]:
+    """A warning naming the tumour parts removed because they lie outside the brain (FrontEnd.outside_brain)."""
+    parts = removed_parts(outside, np.zeros_like(outside), voxel_ml)
+    places = ", ".join("({:.0f}, {:.0f}, {:.0f})".format(*index_to_ras(reference, zyx)) for _, zyx in parts[:3])
+    more = f" and {len(parts) - 3} more" if len(parts) > 3 else ""
+    return [f"Removed {len(parts)} tumour part(s) outside the brain ({sum(ml for ml, _ in parts):.1f} mL in all): "
+            f"an intracranial tumour touches the brain, so these lie in the face, the neck or the scalp. Largest "
+            f"first, at RAS {places}{more} mm."]
 
 
 def review_stage(stages: _Stages, model: torch.nn.Module, network: NetworkPass, prep: preprocess.Prepared,

@@ -327,6 +327,13 @@ def _parse_models(specs: Sequence[str]) -> List[Tuple[str, Path]]:
     return parsed
 
 
+def _in_brain(label: np.ndarray, case: Case) -> np.ndarray:
+    """The post-processed label without the parts a whole-head run removes as outside the brain (pipeline.run)."""
+    if case.front is not None:
+        label[case.front.outside_brain(label)] = 0
+    return label
+
+
 class ModelScores:
     """Scores of one model, accumulated case by case (a BraTS-grid case with its pre-processing holds about
     300 MB: cases are loaded one at a time and dropped)."""
@@ -350,7 +357,7 @@ class ModelScores:
         self.seconds.append(prediction.seconds)
         voxel_ml = float(np.prod(case.spacing)) / 1000.0
         no_tumour = _no_tumour_probability(prediction)
-        processed = postprocess(prediction.label, voxel_ml, config, no_tumour)
+        processed = _in_brain(postprocess(prediction.label, voxel_ml, config, no_tumour), case)
         tumour_found = bool(processed.any())
         raw_scores = region_scores(prediction.label, case.truth, case.spacing)
         post_scores = region_scores(processed, case.truth, case.spacing)
@@ -380,7 +387,7 @@ class ModelScores:
             row["class_probabilities"] = {c: round(float(p), 4) for c, p in zip(CLASSES, prediction.class_probabilities)}
         row["class_gate_closed"] = gate_closes(config, no_tumour)
         ungated = replace(config, no_tumour_gate=None)
-        kept = postprocess(prediction.label, voxel_ml, ungated) if row["class_gate_closed"] else processed
+        kept = _in_brain(postprocess(prediction.label, voxel_ml, ungated), case) if row["class_gate_closed"] else processed
         if row["class_gate_closed"]:  # what the other gates would do is scored from these (class_gate_eval)
             row["post_without_class_gate"] = region_scores(kept, case.truth, case.spacing)
         if case.tumour_class == "no_tumour":
