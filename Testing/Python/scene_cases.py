@@ -109,6 +109,8 @@ class DrawnResult:
     front_end: dict = field(default_factory=dict)
     review: Optional[object] = None
     margin: Optional[np.ndarray] = None
+    tumour_probability: Optional[np.ndarray] = None
+    unshown: List[dict] = field(default_factory=list)
 
 
 def drawn_pipeline(images, model, outputs=("segmentation", "uncertainty", "prior", "gradcam"), device="cpu",

@@ -192,8 +192,10 @@ def test_evaluate_scores_the_mask_given_out_at_every_tumour_margin(mask, tmp_pat
     rows = {r["tumour_margin_mm"]: r for r in summary["by_tumour_margin"]}
     assert rows[0.0]["meningioma_voxels_outside_mask"] == outside[0] and rows[2.0]["brain_mask_dice"]["mean"] == \
         case["brain_mask_dice"]
-    text = "\n".join(_front_end_lines({"models": {"m": {"front_end": summary}}}))
+    rows = [{"outside_brain_ml": 0.0}, {"outside_brain_ml": 1.25}, {"outside_brain_ml": 0.5}]
+    text = "\n".join(_front_end_lines({"models": {"m": {"front_end": summary, "per_case": rows}}}))
     assert f"| m | 2* | {case['brain_mask_dice']:.4f} |" in text and "| m | 6 |" in text
+    assert "- m: tumour parts removed as outside the brain (not in the mask given out) in 2 case(s), 1.75 mL" in text
 
 
 def test_registration_error_against_the_manifest_motion(mask):

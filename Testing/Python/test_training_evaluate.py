@@ -163,6 +163,8 @@ def test_report_on_a_tiny_folder(tmp_path):
     assert all("unshown" in r and isinstance(r["unshown"]["missed_lesions_ml"], list) for r in rows)
     assert len(dare["unshown_alarm"]["candidates"]) == 10 and "unshown_alarm" not in base
     assert "## Unshown tumour: the alarm at each candidate" in text
+    # Parts removed as outside the brain: none in BraTS-style cases (no front-end brain mask).
+    assert all(row["outside_brain_ml"] == 0.0 for r in (dare, base) for row in r["per_case"])
     # Lesion-wise detection for every model, from each case's lesions.
     for r in (dare, base):
         assert r["lesions"]["tumour_cases"] == 3 and r["lesions"]["found"] <= r["lesions"]["lesions"]

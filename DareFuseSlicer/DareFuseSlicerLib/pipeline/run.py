@@ -226,8 +226,7 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
     class_gate: False keeps the segmentation even when the class gate of those settings would clear it.
     brainmask_model: the brain-mask network for whole-head studies (default: the bundled one, loaded when needed).
     review_config: the review regions' settings; None takes the card's (pipeline/review.py). keep_margin: also
-    return the top-two margin map and the tumour probability (for `darefuse evaluate`, which scores review regions
-    and unshown parts of its own).
+    return the top-two margin and the tumour probability maps (for `darefuse evaluate`'s own review scores).
     Raises InputError for unusable inputs (validate.py lists them), Cancelled when cancelled.
 
     The stages, each a function from one value to the next: settings -> checked images -> (whole-head studies:
@@ -258,9 +257,7 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
     network = network_stage(stages, model, prep, device, plan, settings, cancel)
     grid = Grid.of(prep)
     with stages.stage("segmentation", "segmentation and post-processing"):
-        segmentation = segmentation_stage(model, network, prep, grid, settings, warnings, front)
-        if not keep_margin:  # only `darefuse evaluate` reads it; 4 bytes a voxel off the run's peak
-            segmentation.tumour_probability = None
+        segmentation = segmentation_stage(model, network, prep, grid, settings, warnings, front, keep_margin)
         front = front.with_tumour(segmentation.label_array)
     layers = _Layers()
     mean_uncertainty = layers.uncertainty_stage(stages, model, network, prep, grid, settings)
@@ -270,9 +267,8 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
     layers.gradcam_stage(stages, model, network, prep, grid, settings)
     stages.check_cancel()
 
-    model_doubts = class_disagreement(segmentation, network.class_probabilities)
-    model_doubts += unshown.alarm(segmentation.unshown, settings.unshown, prep.reference)
-    doubts = low_confidence_warnings(grid, prep, mean_uncertainty, front, getattr(model, "card", None), model_doubts)
+    doubts = low_confidence_warnings(grid, prep, mean_uncertainty, front, getattr(model, "card", None),
+                                     result_doubts(segmentation, network, settings, prep.reference))
     warnings += doubts
     display = display_contrast(prep.resampled)
     stages.timings["total"] = round(time.perf_counter() - started, 3)
@@ -309,6 +305,13 @@ def low_confidence_warnings(grid: Grid, prep: preprocess.Prepared, mean_uncertai
     if front_doubts:
         warnings.append("Low confidence: the whole-head front end is in doubt (" + "; ".join(front_doubts) + ").")
     return warnings + [f"Low confidence: {doubt}." for doubt in frontend.model_doubts(card, front.kind)]
+
+
+def result_doubts(segmentation: Segmentation, network: NetworkPass, settings: RunSettings,
+                  reference: sitk.Image) -> List[str]:
+    """The model's own outputs in doubt: class and segmentation disagreeing, and the unshown-tumour alarm."""
+    return (class_disagreement(segmentation, network.class_probabilities)
+            + unshown.alarm(segmentation.unshown, settings.unshown, reference))
 
 
 def class_disagreement(segmentation: Segmentation, class_probabilities: np.ndarray) -> List[str]:
@@ -365,9 +368,11 @@ def network_stage(stages: _Stages, model: torch.nn.Module, prep: preprocess.Prep
 
 
 def segmentation_stage(model: torch.nn.Module, network: NetworkPass, prep: preprocess.Prepared, grid: Grid,
-                       settings: RunSettings, warnings: List[str], front: frontend.FrontEnd) -> Segmentation:
+                       settings: RunSettings, warnings: List[str], front: frontend.FrontEnd,
+                       keep_probability: bool = False) -> Segmentation:
     """The label on the reference grid, post-processed (whole-head studies: parts outside the brain removed),
-    and the reported class; warnings for what was removed and for the class rules."""
+    and the reported class; warnings for what was removed and for the class rules. keep_probability: keep the
+    tumour probability map (for `darefuse evaluate`; 4 bytes a voxel on the run's peak otherwise)."""
     config, source = settings.postprocess, settings.postprocess_source
     probabilities = network.class_probabilities
     # Label probabilities are interpolated onto the reference grid before the arg-max, so that the
@@ -412,7 +417,8 @@ def segmentation_stage(model: torch.nn.Module, network: NetworkPass, prep: prepr
     volumes = volumes_ml(label, grid.voxel_ml)
     label_image = _image_like(label, prep.reference) if "segmentation" in settings.wanted else None
     parts = unshown.unshown_parts(tumour_probability, label, grid.voxel_ml, settings.unshown.probability)
-    return Segmentation(label_image, volumes, predicted_index, label, margin, cleared_ml, tumour_probability, parts)
+    return Segmentation(label_image, volumes, predicted_index, label, margin, cleared_ml,
+                        tumour_probability if keep_probability else None, parts)
 
 
 def removed_parts_warning(before: np.ndarray, after: np.ndarray, voxel_ml: float, reference: sitk.Image,

@@ -328,10 +328,11 @@ def _parse_models(specs: Sequence[str]) -> List[Tuple[str, Path]]:
 
 
 def _in_brain(label: np.ndarray, case: Case) -> np.ndarray:
-    """The post-processed label without the parts a whole-head run removes as outside the brain (pipeline.run)."""
-    if case.front is not None:
-        label[case.front.outside_brain(label)] = 0
-    return label
+    """Removes from a post-processed label, in place, the parts a whole-head run removes as outside the brain
+    (pipeline.run); returns where they were."""
+    outside = case.front.outside_brain(label) if case.front is not None else np.zeros(label.shape, bool)
+    label[outside] = 0
+    return outside
 
 
 class ModelScores:
@@ -357,7 +358,8 @@ class ModelScores:
         self.seconds.append(prediction.seconds)
         voxel_ml = float(np.prod(case.spacing)) / 1000.0
         no_tumour = _no_tumour_probability(prediction)
-        processed = _in_brain(postprocess(prediction.label, voxel_ml, config, no_tumour), case)
+        processed = postprocess(prediction.label, voxel_ml, config, no_tumour)
+        outside_ml = float(np.count_nonzero(_in_brain(processed, case))) * voxel_ml
         tumour_found = bool(processed.any())
         raw_scores = region_scores(prediction.label, case.truth, case.spacing)
         post_scores = region_scores(processed, case.truth, case.spacing)
@@ -374,7 +376,7 @@ class ModelScores:
                "truth_ml": {r: round(float(np.count_nonzero(np.isin(case.truth, labels))) * voxel_ml, 4)
                             for r, labels in REGIONS.items()},
                "raw": raw_scores, "post": post_scores, "review": self._review(case, prediction, processed),
-               "lesions": lesions.lesion_row(processed, case.truth, voxel_ml)}
+               "lesions": lesions.lesion_row(processed, case.truth, voxel_ml), "outside_brain_ml": round(outside_ml, 3)}
         if prediction.tumour_probability is not None:  # what the unshown-tumour alarm would say of the map shown
             row["unshown"] = unshown_eval.case_row(prediction.tumour_probability, processed, case.truth, voxel_ml)
         if prediction.class_probabilities is not None:
@@ -387,7 +389,10 @@ class ModelScores:
             row["class_probabilities"] = {c: round(float(p), 4) for c, p in zip(CLASSES, prediction.class_probabilities)}
         row["class_gate_closed"] = gate_closes(config, no_tumour)
         ungated = replace(config, no_tumour_gate=None)
-        kept = _in_brain(postprocess(prediction.label, voxel_ml, ungated), case) if row["class_gate_closed"] else processed
+        kept = processed
+        if row["class_gate_closed"]:
+            kept = postprocess(prediction.label, voxel_ml, ungated)
+            _in_brain(kept, case)
         if row["class_gate_closed"]:  # what the other gates would do is scored from these (class_gate_eval)
             row["post_without_class_gate"] = region_scores(kept, case.truth, case.spacing)
         if case.tumour_class == "no_tumour":
@@ -747,6 +752,11 @@ def _front_end_lines(summary: dict) -> List[str]:
               "and every tumour voxel) on the reference grid, of the mask given out (the brain mask with the "
               "model's segmented tumour grown by the brain-mask card's tumour margin: it depends on the model).",
               ""]
+    for name in fronts:
+        removed = [row["outside_brain_ml"] for row in summary["models"][name].get("per_case", [])
+                   if row.get("outside_brain_ml")]
+        lines += [f"- {name}: tumour parts removed as outside the brain (not in the mask given out) in "
+                  f"{len(removed)} case(s), {sum(removed):.2f} mL in all.", ""]
     lines += _mask_variant_lines(fronts, "by_tumour_margin", "tumour_margin_mm", "tumour margin",
                                  "The mask given out at each tumour margin (mm; * the card's), on the same segmentations:")
     lines += _mask_variant_lines(fronts, "by_given_threshold", "given_threshold", "threshold",
