@@ -390,10 +390,9 @@ class ModelScores:
         row["class_gate_closed"] = gate_closes(config, no_tumour)
         ungated = replace(config, no_tumour_gate=None)
         kept = processed
-        if row["class_gate_closed"]:
+        if row["class_gate_closed"]:  # what the other gates would do is scored from these (class_gate_eval)
             kept = postprocess(prediction.label, voxel_ml, ungated)
             _in_brain(kept, case)
-        if row["class_gate_closed"]:  # what the other gates would do is scored from these (class_gate_eval)
             row["post_without_class_gate"] = region_scores(kept, case.truth, case.spacing)
         if case.tumour_class == "no_tumour":
             # The prior's effect is measured without the class gate, which would hide it.
