@@ -43,6 +43,13 @@ def test_recorded_metrics_keep_the_model_loadable(saved):
     card = json.loads(card_path(path).read_text())
     assert card["metrics"] == {"dice_wt": 0.5, "held_out": {"dice_wt": 0.9}}
     assert load_model(path).card["metrics"]["held_out"]["dice_wt"] == 0.9
+    # A setting recorded beside its figures is what the pipeline then reads (the unshown-tumour alarm's here).
+    from DareFuseSlicerLib.pipeline import unshown
+
+    record_metrics(path, "unshown_alarm_choice", {"chosen": None}, unshown={"config": {"alarm_ml": 2.0},
+                                                                            "chosen_on": "development sets a, b"})
+    assert unshown.config_for_card(load_model(path).card) == (unshown.UnshownConfig(alarm_ml=2.0),
+                                                              "development sets a, b")
 
 
 def test_file_is_not_a_pickle(saved):
