@@ -327,6 +327,12 @@ def index_to_ras(reference: sitk.Image, zyx: Sequence[int]) -> Tuple[float, floa
     return (-float(x), -float(y), float(z))
 
 
+def ras_places(points: Sequence[Sequence[float]], listed: int = 3) -> str:
+    """RAS points for a warning, to the millimetre: the first `listed`, then how many more."""
+    places = ", ".join("({:.0f}, {:.0f}, {:.0f})".format(*point) for point in points[:listed])
+    return places + (f" and {len(points) - listed} more" if len(points) > listed else "")
+
+
 def regions_of(places: Places, reference: sitk.Image, config: ReviewConfig) -> Tuple[List[ReviewRegion], np.ndarray]:
     """The top config.max_regions places as ranked regions, and their label map on the reference grid."""
     spacing_zyx = np.array(reference.GetSpacing()[::-1], np.float64)

@@ -22,7 +22,7 @@ from . import frontend, preprocess, unshown
 from .inference import WindowPlan, WindowPredictor, infer, resolve_device
 from .postprocess import (PostprocessConfig, config_for_card, gate_closes, postprocess, removed_parts, reported_class,
                           volumes_ml)
-from .review import ReviewConfig, ReviewResult, find_regions, index_to_ras, top_two_margin
+from .review import ReviewConfig, ReviewResult, find_regions, index_to_ras, ras_places, top_two_margin
 from .review import config_for_card as review_config_for_card
 from .validate import brain_plausibility, check_images, check_outputs
 
@@ -428,21 +428,19 @@ def removed_parts_warning(before: np.ndarray, after: np.ndarray, voxel_ml: float
     parts = removed_parts(before, after, voxel_ml, config.fully_connected)
     if not parts:
         return []
-    places = ", ".join("({:.0f}, {:.0f}, {:.0f})".format(*index_to_ras(reference, zyx)) for _, zyx in parts[:3])
-    more = f" and {len(parts) - 3} more" if len(parts) > 3 else ""
+    places = ras_places([index_to_ras(reference, zyx) for _, zyx in parts])
     return [f"Post-processing removed {len(parts)} tumour part(s) smaller than {config.wt_min_ml:g} mL "
             f"({sum(ml for ml, _ in parts):.2f} mL in all; {source}): a lesion that small is not shown. "
-            f"Largest first, at RAS {places}{more} mm."]
+            f"Largest first, at RAS {places} mm."]
 
 
 def outside_brain_warning(outside: np.ndarray, voxel_ml: float, reference: sitk.Image) -> List[str]:
     """A warning naming the tumour parts removed because they lie outside the brain (FrontEnd.outside_brain)."""
     parts = removed_parts(outside, np.zeros_like(outside), voxel_ml)
-    places = ", ".join("({:.0f}, {:.0f}, {:.0f})".format(*index_to_ras(reference, zyx)) for _, zyx in parts[:3])
-    more = f" and {len(parts) - 3} more" if len(parts) > 3 else ""
+    places = ras_places([index_to_ras(reference, zyx) for _, zyx in parts])
     return [f"Removed {len(parts)} tumour part(s) outside the brain ({sum(ml for ml, _ in parts):.1f} mL in all): "
             f"an intracranial tumour touches the brain, so these lie in the face, the neck or the scalp. Largest "
-            f"first, at RAS {places}{more} mm."]
+            f"first, at RAS {places} mm."]
 
 
 def review_stage(stages: _Stages, model: torch.nn.Module, network: NetworkPass, prep: preprocess.Prepared,

@@ -1,4 +1,4 @@
-"""Unshown tumour: parts the network finds likely tumour that the map shown does not hold. numpy and SimpleITK.
+"""Unshown tumour: parts the network finds likely tumour that the map shown does not hold (numpy, SimpleITK).
 
 Post-processing removes small parts and the class gate can clear the whole map; either can hide a real lesion
 (a raw engine study's 6.7 mL meningioma, 733014, was shown as an empty map with the class head at 0.994 for no
@@ -15,6 +15,8 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
+
+from .review import index_to_ras, ras_places
 
 #: Where a model card keeps the setting.
 CARD_KEY = "unshown"
@@ -54,10 +56,9 @@ class UnshownPart:
     label: int = 0  # its value in `label_parts`' map
 
     def as_dict(self, reference: sitk.Image) -> dict:
-        x, y, z = reference.TransformIndexToPhysicalPoint([int(v) for v in self.centre_zyx[::-1]])  # LPS
         return {"expected_ml": round(self.expected_ml, 3), "volume_ml": round(self.volume_ml, 3),
                 "peak_probability": round(self.peak_probability, 3),
-                "centre_ras": [round(-x, 1), round(-y, 1), round(z, 1)]}
+                "centre_ras": [round(v, 1) for v in index_to_ras(reference, self.centre_zyx)]}
 
 
 def label_parts(tumour_probability: np.ndarray, probability: float) -> sitk.Image:
@@ -95,7 +96,7 @@ def alarm(parts: List[UnshownPart], config: UnshownConfig, reference: sitk.Image
     if config.alarm_ml is None or not parts or parts[0].expected_ml < config.alarm_ml:
         return []
     large = [part for part in parts if part.expected_ml >= config.alarm_ml]
-    places = ", ".join("({:.0f}, {:.0f}, {:.0f})".format(*part.as_dict(reference)["centre_ras"]) for part in large[:3])
+    places = ras_places([index_to_ras(reference, part.centre_zyx) for part in large])
     return [f"the network finds {len(large)} place(s) more likely tumour than not (P >= {config.probability:g}, "
             f"{large[0].expected_ml:.1f} mL expected in the largest) that the segmentation does not show, at RAS "
             f"{places} mm: look there, and run again without the class gate if it cleared the map"]
