@@ -40,11 +40,33 @@ def choose(paths, record=None) -> None:
               f"| {c['alarms_without_a_missed_lesion']} | {c['missed_lesions_found']} of {c['missed_lesions']} |")
     choice = unshown_eval.choose(table)
     print(json.dumps(choice))
+    describe(rows)
     if record is not None and choice["chosen"] is not None:
         sets = sorted({row["set"] for row in rows})
         record_metrics(record, "unshown_alarm_choice", {"candidates": table, **choice},
                        unshown={"config": choice["chosen"], "chosen_on": "development sets " + ", ".join(sets)})
         print(f"recorded in the card of {record}")
+
+
+def describe(rows) -> None:
+    """The missed lesions and the tumour-free brains' largest unshown parts behind the table."""
+    missed = [(row, ml) for row in rows for ml in row["missed_lesions_ml"]]
+    by_class = {}
+    for row, _ in missed:
+        by_class[row["class"]] = by_class.get(row["class"], 0) + 1
+    cases = {row["case_id"] for row, _ in missed}
+    print(f"missed lesions: {len(missed)} in {len(cases)} of {sum(r['class'] != 'no_tumour' for r in rows)} tumour "
+          f"cases; by class {by_class}; {sum(row['shown_wt_ml'] > 0 for row, _ in missed)} in cases with tumour "
+          f"shown; volumes (mL) {sorted(ml for _, ml in missed)}")
+    for row in rows:
+        parts = row["parts"]["0.5"]
+        if row["class"] == "no_tumour" and parts:
+            print(f"tumour-free {row['case_id']}: largest unshown part at P >= 0.5 {parts[0][0]:.2f} mL expected; "
+                  f"shown {row['shown_wt_ml']:.2f} mL; low confidence {row['low_confidence']}")
+    for row in rows:
+        if row["class"] != "no_tumour" and row["shown_wt_ml"] == 0 and row["parts"]["0.5"]:
+            print(f"empty map on a tumour case {row['case_id']}: largest unshown part at P >= 0.5 "
+                  f"{row['parts']['0.5'][0][0]:.2f} mL expected")
 
 
 def main(argv=None) -> None:
