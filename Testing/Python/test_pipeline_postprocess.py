@@ -140,3 +140,21 @@ def test_class_rule_reports_no_tumour_only_for_an_empty_map_and_only_when_on():
     assert reported_class(ruled, probabilities, tumour_found=True) == meningioma
     card = {"postprocess": {"config": ruled.as_dict(), "tuned_on": "v"}}
     assert config_for_card(card)[0].empty_means_no_tumour is True
+
+
+def test_enhancement_rule_reports_glioma_for_an_enhancing_class_without_enhancing_tumour():
+    index = CLASSES.index
+    meningioma, metastasis = [0.1, 0.2, 0.6, 0.1], [0.1, 0.2, 0.1, 0.6]
+    assert reported_class(PostprocessConfig(), meningioma, True, et_ml=0.0) == index("meningioma")  # off by default
+    ruled = PostprocessConfig(non_enhancing_glioma_ml=0.5)
+    assert reported_class(ruled, meningioma, True, et_ml=0.0) == index("glioma")
+    assert reported_class(ruled, metastasis, True, et_ml=0.5) == index("glioma")  # at the volume: acts
+    assert reported_class(ruled, metastasis, True, et_ml=0.51) == index("metastasis")
+    assert reported_class(ruled, meningioma, False, et_ml=0.0) == index("meningioma")  # nothing shown: no evidence
+    assert reported_class(ruled, [0.1, 0.6, 0.2, 0.1], True, et_ml=0.0) == index("glioma")
+    assert reported_class(ruled, [0.6, 0.1, 0.2, 0.1], True, et_ml=0.0) == index("no_tumour")  # not an enhancing class
+    both = PostprocessConfig(non_enhancing_glioma_ml=0.0, empty_means_no_tumour=True)
+    assert reported_class(both, meningioma, False) == index("no_tumour")  # the empty map's rule comes first
+    card = {"postprocess": {"config": ruled.as_dict(), "tuned_on": "v"}}
+    assert config_for_card(card)[0].non_enhancing_glioma_ml == 0.5
+    assert config_for_card({"postprocess": {"config": {}, "tuned_on": "v"}})[0].non_enhancing_glioma_ml is None

@@ -214,6 +214,33 @@ def test_a_no_tumour_class_beside_tumour_segments_is_low_confidence():
     assert empty.volumes_ml["WT"] == 0.0 and not any("class head gives no tumour" in w for w in empty.warnings)
 
 
+def test_the_enhancement_rule_reports_glioma_when_no_enhancing_tumour_is_shown_and_says_so():
+    """The class head says meningioma while the map shows tumour but no ET (a card relabels every ET voxel NETC):
+    with the card's enhancement rule on, glioma is reported, low confidence, naming both; Grad-CAM++ still explains
+    the class head. Off (no card setting), or with no tumour shown, the class head's answer stands."""
+    images = four_contrasts(lesion_mm=18.0)
+    model = tiny_model()
+    probabilities = torch.full((1, len(CLASSES)), 0.1, dtype=torch.float64)
+    probabilities[0, CLASSES.index("meningioma")] = 0.7
+    model.class_probabilities = lambda out: probabilities
+    no_et = {"et_to_netc_ml": 1e6}
+    model.card = {"postprocess": {"config": {**no_et, "non_enhancing_glioma_ml": 0.0}, "tuned_on": "val"}}
+    ruled = run(images, model, outputs=("segmentation", "gradcam"), **FAST)
+    assert ruled.volumes_ml["WT"] > 0 and ruled.volumes_ml["ET"] == 0.0
+    assert ruled.predicted_class == "glioma" and ruled.gradcam_class == "meningioma"
+    doubt = [w for w in ruled.warnings if "class head gives meningioma (70%)" in w]
+    assert ruled.low_confidence and len(doubt) == 1 and doubt[0].startswith("Low confidence:")
+    assert "0.0 mL of enhancing tumour" in doubt[0] and "reported as glioma" in doubt[0] and "(tuned on val)" in doubt[0]
+    assert ruled.settings["postprocess"]["non_enhancing_glioma_ml"] == 0.0
+    model.card = {"postprocess": {"config": no_et, "tuned_on": "val"}}
+    plain = run(images, model, outputs=("segmentation",), **FAST)
+    assert plain.predicted_class == "meningioma" and not any("enhancement rule" in w for w in plain.warnings)
+    model.card = {"postprocess": {"config": {"wt_min_ml": 1e6, "non_enhancing_glioma_ml": 0.0}, "tuned_on": "val"}}
+    empty = run(images, model, outputs=("segmentation",), **FAST)
+    assert empty.volumes_ml["WT"] == 0.0 and empty.predicted_class == "meningioma"
+    assert not any("enhancement rule" in w for w in empty.warnings)
+
+
 @pytest.mark.parametrize("given", [("flair",), ("t2", "flair"), ("t1ce",), ("t1", "t2")])
 def test_any_subset_of_contrasts_and_the_reference_rule(given):
     images = {name: image for name, image in four_contrasts().items() if name in given}

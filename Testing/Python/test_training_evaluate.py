@@ -13,7 +13,7 @@ from DareFuseSlicerLib.cli import user_message
 from DareFuseSlicerLib.constants import BRATS_SUFFIX, CLASSES, CONTRASTS
 from DareFuseSlicerLib.errors import InputError
 from DareFuseSlicerLib.network.model import DareFuseNet, NetConfig
-from DareFuseSlicerLib.network.store import load_model, save_model
+from DareFuseSlicerLib.network.store import load_model, record_metrics, save_model
 from DareFuseSlicerLib.pipeline import review
 from DareFuseSlicerLib.pipeline.postprocess import PostprocessConfig, config_for_card
 from DareFuseSlicerLib.training.baseline import SegResNetBaseline
@@ -124,6 +124,8 @@ def test_report_on_a_tiny_folder(tmp_path):
     save_model(DareFuseNet(NetConfig()), net_path, {"training_command": "test", "seed": 0})
     base_path = tmp_path / "m" / "segresnet.safetensors"
     save_model(SegResNetBaseline(), base_path, {"training_command": "test", "seed": 0})
+    # An enhancement rule already in the card (chosen on development sets) survives the tuning below.
+    record_metrics(net_path, "enhancement_rule_choice", {}, postprocess={"config": {"non_enhancing_glioma_ml": 0.0}})
     json_path, md_path = run_evaluation(folder, [f"darefuse={net_path}", f"baseline={base_path}"], tmp_path / "report",
                                         tune=tune, log=lambda *_: None, record=True)
     report = json.loads(json_path.read_text())
@@ -140,10 +142,15 @@ def test_report_on_a_tiny_folder(tmp_path):
     # Each case's class probabilities, the class head's answer their arg-max.
     assert all(max(r["class_probabilities"], key=r["class_probabilities"].get) == r["class_head"] for r in rows)
     assert all(abs(sum(r["class_probabilities"].values()) - 1.0) < 1e-3 for r in rows)
-    # The class rule can only turn the class head's answer into no_tumour, and only when it is on.
-    assert all(r["predicted_class"] in (r["class_head"], "no_tumour") for r in rows)
+    # The class rule can only turn the class head's answer into no_tumour, and only when it is on; the
+    # enhancement rule only an enhancing class into glioma, where the map shows tumour and no ET.
+    assert dare["postprocess"]["config"]["non_enhancing_glioma_ml"] == 0.0
+    assert all(r["predicted_class"] in (r["class_head"], "no_tumour", "glioma") for r in rows)
+    for r in rows:
+        if r["predicted_class"] == "glioma" != r["class_head"]:
+            assert r["class_head"] in ("meningioma", "metastasis") and r["shown_ml"]["ET"] == 0.0 < r["shown_ml"]["WT"]
     if not dare["postprocess"]["config"]["empty_means_no_tumour"]:
-        assert all(r["class_head"] == r["predicted_class"] for r in rows)
+        assert all(r["predicted_class"] in (r["class_head"], "glioma") for r in rows)
     fp = dare["false_positive_ml_tumour_free"]
     assert fp["cases"] == 1 and fp["with_prior"] >= 0.0 and fp["without_prior"] >= 0.0
     card = json.loads((tmp_path / "m" / "darefuse.card.json").read_text())

@@ -33,6 +33,8 @@ import SimpleITK as sitk
 from ..constants import CLASSES, LABELS, REGIONS
 
 NETC, SNFH, ET = 1, 2, 3
+#: Tumour classes that enhance (ET): every meningioma, every metastasis' core; only gliomas present without.
+ENHANCING_CLASSES = ("meningioma", "metastasis")
 
 
 @dataclass
@@ -44,6 +46,7 @@ class PostprocessConfig:
     fully_connected: bool = True  # 26-connectivity: voxels touching at a corner are one component
     no_tumour_gate: Optional[float] = None  # clear the map when P(no tumour) >= this; None: no gate
     empty_means_no_tumour: bool = False  # report no_tumour when the post-processed map holds no tumour
+    non_enhancing_glioma_ml: Optional[float] = None  # the enhancement rule: see reported_class; None: off
 
     def as_dict(self) -> Dict[str, float]:
         return asdict(self)
@@ -90,12 +93,19 @@ def gate_closes(config: PostprocessConfig, no_tumour_probability: Optional[float
             and no_tumour_probability >= config.no_tumour_gate)
 
 
-def reported_class(config: PostprocessConfig, class_probabilities: Sequence[float], tumour_found: bool) -> int:
+def reported_class(config: PostprocessConfig, class_probabilities: Sequence[float], tumour_found: bool,
+                   et_ml: float = 0.0) -> int:
     """Index (into CLASSES) of the class to report: the class head's arg-max, or no_tumour when the class
-    rule is on and the post-processed map holds no tumour."""
+    rule is on and the post-processed map holds no tumour, or glioma when the enhancement rule is on and the
+    class head calls an enhancing class (ENHANCING_CLASSES) while the map shows tumour with at most
+    `non_enhancing_glioma_ml` mL of ET (et_ml)."""
     if config.empty_means_no_tumour and not tumour_found:
         return CLASSES.index("no_tumour")
-    return int(np.argmax(class_probabilities))
+    head = int(np.argmax(class_probabilities))
+    if (config.non_enhancing_glioma_ml is not None and tumour_found and CLASSES[head] in ENHANCING_CLASSES
+            and et_ml <= config.non_enhancing_glioma_ml):
+        return CLASSES.index("glioma")
+    return head
 
 
 def postprocess(label: np.ndarray, voxel_ml: float, config: PostprocessConfig = PostprocessConfig(),

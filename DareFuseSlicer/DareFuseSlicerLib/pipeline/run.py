@@ -20,8 +20,8 @@ from ..constants import CLASSES, CONTRASTS, OUTPUTS, contrast_name, display_cont
 from ..progress import CancelFn, ProgressFn, check_cancel
 from . import frontend, preprocess, unshown
 from .inference import WindowPlan, WindowPredictor, infer, resolve_device
-from .postprocess import (PostprocessConfig, config_for_card, gate_closes, postprocess, removed_parts, reported_class,
-                          volumes_ml)
+from .postprocess import (ENHANCING_CLASSES, PostprocessConfig, config_for_card, gate_closes, postprocess,
+                          removed_parts, reported_class, volumes_ml)
 from .review import ReviewConfig, ReviewResult, find_regions, index_to_ras, ras_places, top_two_margin
 from .review import config_for_card as review_config_for_card
 from .validate import brain_plausibility, check_images, check_outputs
@@ -311,7 +311,20 @@ def result_doubts(segmentation: Segmentation, network: NetworkPass, settings: Ru
                   reference: sitk.Image) -> List[str]:
     """The model's own outputs in doubt: class and segmentation disagreeing, and the unshown-tumour alarm."""
     return (class_disagreement(segmentation, network.class_probabilities)
+            + enhancement_doubt(segmentation, network, settings.postprocess_source)
             + unshown.alarm(segmentation.unshown, settings.unshown, reference))
+
+
+def enhancement_doubt(segmentation: Segmentation, network: NetworkPass, source: str) -> List[str]:
+    """The enhancement rule acted (postprocess.reported_class): the class head called a class that enhances, the
+    map shows no enhancing tumour, and the class is reported as glioma. The two disagreed, so the run is in doubt."""
+    head = CLASSES[network.head_index]
+    if CLASSES[segmentation.predicted_index] != "glioma" or head not in ENHANCING_CLASSES:
+        return []
+    return [f"the class head gives {head} ({network.class_probabilities[network.head_index]:.0%}), but the map "
+            f"shows {segmentation.volumes_ml['ET']:.1f} mL of enhancing tumour, which meningiomas and metastases "
+            f"show; by the enhancement rule ({source}) the class is reported as glioma, the class that presents "
+            "without enhancement; review the class"]
 
 
 def class_disagreement(segmentation: Segmentation, class_probabilities: np.ndarray) -> List[str]:
@@ -406,15 +419,15 @@ def segmentation_stage(model: torch.nn.Module, network: NetworkPass, prep: prepr
         )
         processed = np.zeros_like(processed)
     label = processed
-    predicted_index = reported_class(config, probabilities, bool(label.any()))
+    volumes = volumes_ml(label, grid.voxel_ml)
+    predicted_index = reported_class(config, probabilities, bool(label.any()), volumes["ET"])
     head_index = network.head_index
-    if predicted_index != head_index:
+    if CLASSES[predicted_index] == "no_tumour" != CLASSES[head_index]:  # the enhancement rule's: enhancement_doubt
         warnings.append(
             f"Class no tumour: no tumour is segmented, and the class rule ({source}) then reports "
             f"no tumour; the class head alone gives {CLASSES[head_index]} "
             f"{probabilities[head_index]:.0%}."
         )
-    volumes = volumes_ml(label, grid.voxel_ml)
     label_image = _image_like(label, prep.reference) if "segmentation" in settings.wanted else None
     parts = unshown.unshown_parts(tumour_probability, label, grid.voxel_ml, settings.unshown.probability)
     return Segmentation(label_image, volumes, predicted_index, label, margin, cleared_ml,

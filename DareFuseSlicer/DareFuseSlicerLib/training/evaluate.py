@@ -31,7 +31,7 @@ from ..errors import InputError, OptionError
 from ..metrics import region_dice
 from ..pipeline import frontend, preprocess
 from ..pipeline.postprocess import (CARD_KEY, PostprocessConfig, config_for_card, gate_closes, postprocess,
-                                    reported_class)
+                                    reported_class, volumes_ml)
 from ..pipeline import review
 from . import class_gate_eval, frontend_eval, lesions, review_efficiency, unshown_eval
 from .dataset import read_rows
@@ -376,13 +376,15 @@ class ModelScores:
                "truth_ml": {r: round(float(np.count_nonzero(np.isin(case.truth, labels))) * voxel_ml, 4)
                             for r, labels in REGIONS.items()},
                "raw": raw_scores, "post": post_scores, "review": self._review(case, prediction, processed),
-               "lesions": lesions.lesion_row(processed, case.truth, voxel_ml), "outside_brain_ml": round(outside_ml, 3)}
+               "lesions": lesions.lesion_row(processed, case.truth, voxel_ml), "outside_brain_ml": round(outside_ml, 3),
+               "shown_ml": {k: round(v, 4) for k, v in volumes_ml(processed, voxel_ml).items()}}
         if prediction.tumour_probability is not None:  # what the unshown-tumour alarm would say of the map shown
             row["unshown"] = unshown_eval.case_row(prediction.tumour_probability, processed, case.truth, voxel_ml)
         if prediction.class_probabilities is not None:
             self.true_class.append(CLASSES.index(case.tumour_class))
             self.head_class.append(int(np.argmax(prediction.class_probabilities)))
-            self.predicted_class.append(reported_class(config, prediction.class_probabilities, tumour_found))
+            self.predicted_class.append(reported_class(config, prediction.class_probabilities, tumour_found,
+                                                       row["shown_ml"]["ET"]))
             self.class_probabilities.append(prediction.class_probabilities)
             row["predicted_class"] = CLASSES[self.predicted_class[-1]]
             row["class_head"] = CLASSES[self.head_class[-1]]
@@ -551,8 +553,10 @@ def choose_postprocessing(loaded: List[LoadedModel], tune: Optional[str], contra
         del case
     log(f"tuned post-processing on {tune}")
     configs = {}
-    for name, _, _ in loaded:
+    for name, _, model in loaded:
         config, score = tune_postprocessing(raw[name])
+        # The enhancement rule is chosen on development sets (benchmarks/class_enhancement.py), not here: kept.
+        config = replace(config, non_enhancing_glioma_ml=config_for_card(model.card)[0].non_enhancing_glioma_ml)
         configs[name] = (tune_class_rule(config, classed[name]), score, str(tune))
     return configs, crops
 
@@ -686,7 +690,9 @@ def markdown_report(summary: dict) -> str:
                      f"{_f(fp.get('after_class_gate'), 2)} | {_f(r['seconds_per_case'], 1)} |")
     lines += ["", "Post-processing settings (thresholds in mL; no_tumour_gate: the map is cleared when the class "
               "head's P(no tumour) reaches it, None: no gate; empty_means_no_tumour: the class rule, no_tumour is "
-              "reported when post-processing leaves no tumour; accuracy and macro-F1 are of the reported class, "
+              "reported when post-processing leaves no tumour; non_enhancing_glioma_ml: the enhancement rule, glioma is "
+              "reported when the class head says meningioma or metastasis and the map shows tumour with at most this "
+              "much ET, None: off; accuracy and macro-F1 are of the reported class, "
               "AUROC of the class head's probabilities):", ""]
     for name, r in summary["models"].items():
         p = r["postprocess"]
