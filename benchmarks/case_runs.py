@@ -52,3 +52,21 @@ def add_run_command(commands) -> None:
     one.add_argument("--out", type=Path, required=True)
     one.add_argument("--model", type=Path, default=RAW_MODEL)
     one.add_argument("--threads", type=int, default=1)
+
+
+def run_or_choose(argv, description: str, make_row: Callable, choose: Callable, keep_margin: bool = False) -> None:
+    """The command line of a rule's development script: `run` (one row per case, run_cases) and `choose ROWS.json
+    ... [--record MODEL]` (choose(row files, model or None) applies the rule and may record it in the card)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_run_command(commands)
+    pick = commands.add_parser("choose")
+    pick.add_argument("rows", nargs="+")
+    pick.add_argument("--record", type=Path, help="write the choice into this model's card")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        run_cases(args.data, args.out, make_row, args.model, args.threads, keep_margin=keep_margin)
+    else:
+        choose(args.rows, args.record)

@@ -11,7 +11,6 @@ would do to the class. The rule that decided it is in the README (Reliability) a
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from case_runs import add_run_command, run_cases  # noqa: E402
+from case_runs import run_or_choose  # noqa: E402
 from DareFuseSlicerLib.network.store import read_card, record_metrics  # noqa: E402
 from DareFuseSlicerLib.pipeline.postprocess import ET  # noqa: E402
 from DareFuseSlicerLib.training import enhancement_eval  # noqa: E402
@@ -59,17 +58,7 @@ def choose(paths, record=None) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_run_command(sub)
-    pick = sub.add_parser("choose")
-    pick.add_argument("rows", nargs="+")
-    pick.add_argument("--record", type=Path, help="write the choice into this model's card")
-    args = parser.parse_args(argv)
-    if args.command == "run":
-        run_cases(args.data, args.out, case_row, args.model, args.threads)
-    else:
-        choose(args.rows, args.record)
+    run_or_choose(argv, __doc__.splitlines()[0], case_row, choose)
 
 
 if __name__ == "__main__":

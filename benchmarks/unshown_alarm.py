@@ -10,7 +10,6 @@ tumour-free brains, on tumour cases, and the missed lesions it finds are counted
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from case_runs import add_run_command, run_cases  # noqa: E402
+from case_runs import run_or_choose  # noqa: E402
 from DareFuseSlicerLib.network.store import record_metrics  # noqa: E402
 from DareFuseSlicerLib.training import lesions, unshown_eval  # noqa: E402
 
@@ -70,17 +69,7 @@ def describe(rows) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_run_command(sub)
-    pick = sub.add_parser("choose")
-    pick.add_argument("rows", nargs="+")
-    pick.add_argument("--record", type=Path, help="write the choice into this model's card")
-    args = parser.parse_args(argv)
-    if args.command == "run":
-        run_cases(args.data, args.out, case_row, args.model, args.threads, keep_margin=True)
-    else:
-        choose(args.rows, args.record)
+    run_or_choose(argv, __doc__.splitlines()[0], case_row, choose, keep_margin=True)
 
 
 if __name__ == "__main__":
