@@ -1,10 +1,13 @@
 """Choosing the enhancement rule on development rows (training/enhancement_eval.py): known answers."""
+from DareFuseSlicerLib.constants import CLASSES
 from DareFuseSlicerLib.training import enhancement_eval
 
 
 def _row(truth, head, et_ml, wt_ml=10.0, reported=None):
+    probabilities = {c: 0.9 if c == head else 0.1 / (len(CLASSES) - 1) for c in CLASSES}
     return {"case_id": f"{truth}-{head}-{et_ml}", "class": truth, "class_head": head,
-            "predicted_class": reported or head, "shown_ml": {"ET": et_ml, "WT": wt_ml}}
+            "class_probabilities": probabilities, "predicted_class": reported or head,
+            "shown_ml": {"ET": et_ml, "WT": wt_ml}}
 
 
 def test_candidates_count_what_each_would_change_and_the_rule_chooses():

@@ -422,7 +422,8 @@ def segmentation_stage(model: torch.nn.Module, network: NetworkPass, prep: prepr
     volumes = volumes_ml(label, grid.voxel_ml)
     predicted_index = reported_class(config, probabilities, bool(label.any()), volumes["ET"])
     head_index = network.head_index
-    if CLASSES[predicted_index] == "no_tumour" != CLASSES[head_index]:  # the enhancement rule's: enhancement_doubt
+    # The class rule's change is a warning; the enhancement rule's, a doubt (enhancement_doubt).
+    if CLASSES[predicted_index] == "no_tumour" != CLASSES[head_index]:
         warnings.append(
             f"Class no tumour: no tumour is segmented, and the class rule ({source}) then reports "
             f"no tumour; the class head alone gives {CLASSES[head_index]} "

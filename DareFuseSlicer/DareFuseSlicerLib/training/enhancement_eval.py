@@ -5,17 +5,20 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
 
-from ..pipeline.postprocess import ENHANCING_CLASSES
+from ..constants import CLASSES
+from ..pipeline.postprocess import PostprocessConfig, reported_class
 
 #: The shown ET volumes (mL) at or below which a candidate rule acts; written before any figure of them.
 CANDIDATES_ML = (0.0, 0.1, 0.5, 1.0)
 
 
 def acts(row: dict, et_ml: float) -> bool:
-    """Whether the rule with this ET volume would change the row's class to glioma."""
-    shown = row["shown_ml"]
-    return (row["predicted_class"] == row["class_head"] and row["class_head"] in ENHANCING_CLASSES
-            and shown["WT"] > 0.0 and shown["ET"] <= et_ml)
+    """Whether the rule with this ET volume would change the row's class (to glioma), by reported_class itself;
+    a class another rule already changed (no_tumour for an empty map) is left alone."""
+    shown, probabilities = row["shown_ml"], [row["class_probabilities"][c] for c in CLASSES]
+    ruled = reported_class(PostprocessConfig(non_enhancing_glioma_ml=et_ml), probabilities, shown["WT"] > 0.0,
+                           shown["ET"])
+    return row["predicted_class"] == row["class_head"] != CLASSES[ruled]
 
 
 def candidate_table(rows: Sequence[dict], candidates: Sequence[float] = CANDIDATES_ML) -> List[dict]:

@@ -376,7 +376,8 @@ class ModelScores:
                "truth_ml": {r: round(float(np.count_nonzero(np.isin(case.truth, labels))) * voxel_ml, 4)
                             for r, labels in REGIONS.items()},
                "raw": raw_scores, "post": post_scores, "review": self._review(case, prediction, processed),
-               "lesions": lesions.lesion_row(processed, case.truth, voxel_ml), "outside_brain_ml": round(outside_ml, 3),
+               "lesions": lesions.lesion_row(processed, case.truth, voxel_ml),
+               "outside_brain_ml": round(outside_ml, 3),
                "shown_ml": {k: round(v, 4) for k, v in volumes_ml(processed, voxel_ml).items()}}
         if prediction.tumour_probability is not None:  # what the unshown-tumour alarm would say of the map shown
             row["unshown"] = unshown_eval.case_row(prediction.tumour_probability, processed, case.truth, voxel_ml)
@@ -690,9 +691,9 @@ def markdown_report(summary: dict) -> str:
                      f"{_f(fp.get('after_class_gate'), 2)} | {_f(r['seconds_per_case'], 1)} |")
     lines += ["", "Post-processing settings (thresholds in mL; no_tumour_gate: the map is cleared when the class "
               "head's P(no tumour) reaches it, None: no gate; empty_means_no_tumour: the class rule, no_tumour is "
-              "reported when post-processing leaves no tumour; non_enhancing_glioma_ml: the enhancement rule, glioma is "
-              "reported when the class head says meningioma or metastasis and the map shows tumour with at most this "
-              "much ET, None: off; accuracy and macro-F1 are of the reported class, "
+              "reported when post-processing leaves no tumour; non_enhancing_glioma_ml: the enhancement rule, "
+              "glioma is reported when the class head says meningioma or metastasis and the map shows tumour with at "
+              "most this much ET, None: off; accuracy and macro-F1 are of the reported class, "
               "AUROC of the class head's probabilities):", ""]
     for name, r in summary["models"].items():
         p = r["postprocess"]
