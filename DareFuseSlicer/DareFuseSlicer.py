@@ -395,9 +395,8 @@ if IN_SLICER_APP:
         def _showReport(self, report, volumesOnly=False):
             rows = report_rows(report)
             if not volumesOnly:
-                predicted = (report.get("predicted_class") or "").replace("_", " ")
                 caution = " (low confidence: see the warnings)" if report.get("low_confidence") else ""
-                self.ui.predictionLabel.text = f"Predicted class: {predicted}{caution}"
+                self.ui.predictionLabel.text = f"Predicted class: {rows['predicted']}{caution}"
             tables = ((self.ui.volumeTable, "volumes"),) if volumesOnly else (
                 (self.ui.classTable, "classes"), (self.ui.volumeTable, "volumes"))
             for table, key in tables:

@@ -40,6 +40,15 @@ def contrast_name(contrast: str) -> str:
     return CONTRAST_NAMES.get(contrast, contrast)
 
 
+def class_text(predicted: str, probabilities: Mapping[str, float], head: Optional[str] = None,
+               percent=lambda p: f"{p:.0%}") -> str:
+    """How a run's class is shown: 'glioma (88%)', the class head's probability; when a rule replaced the class
+    head's answer (head, its arg-max), that answer instead: 'glioma (by a rule; class head: meningioma 88%)'."""
+    if not head or head == predicted:
+        return f"{predicted} ({percent(probabilities.get(predicted, 0.0))})"
+    return f"{predicted} (by a rule; class head: {head} {percent(probabilities.get(head, 0.0))})"
+
+
 def _given(inputs: Union[Mapping[str, Any], Iterable[str]]) -> set:
     if isinstance(inputs, Mapping):
         return {name for name, value in inputs.items() if value is not None}

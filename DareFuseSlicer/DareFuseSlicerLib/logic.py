@@ -25,7 +25,7 @@ import SimpleITK as sitk
 
 import slicer
 
-from .constants import CONTRAST_NAMES, CONTRASTS, OUTPUTS, display_contrast, reference_contrast
+from .constants import CONTRAST_NAMES, CONTRASTS, OUTPUTS, class_text, display_contrast, reference_contrast
 from .errors import InputError
 from .inputs import check_input_node, node_geometry
 from .pipeline import validate
@@ -481,8 +481,9 @@ def display_background(prepared: PreparedInputs) -> slicer.vtkMRMLScalarVolumeNo
 
 # --------------------------------------------------------------------------------------------------------------
 # Presentation helpers for the widget (kept here so they are tested without Qt)
-def report_rows(report: Mapping[str, Any]) -> Dict[str, List[Tuple[str, str]]]:
-    """The report as display rows: class probabilities (predicted first) and volumes NETC, SNFH, ET, WT, TC."""
+def report_rows(report: Mapping[str, Any]) -> Dict[str, Any]:
+    """The report as display rows: class probabilities (predicted first) and volumes NETC, SNFH, ET, WT, TC, and
+    the predicted class as shown (with the class head's own answer when a rule replaced it)."""
     probabilities = report.get("class_probabilities") or {}
     predicted = report.get("predicted_class")
     order = sorted(probabilities, key=lambda name: (name != predicted, -probabilities[name]))
@@ -490,6 +491,7 @@ def report_rows(report: Mapping[str, Any]) -> Dict[str, List[Tuple[str, str]]]:
     volumes_ml = report.get("volumes_ml") or {}
     regions = [(name, f"{volumes_ml[name]:.1f} mL") for name in ("NETC", "SNFH", "ET", "WT", "TC")
                if name in volumes_ml]
-    return {"classes": classes, "volumes": regions}
+    shown = class_text(predicted or "", probabilities, report.get("gradcam_class")).replace("_", " ")
+    return {"classes": classes, "volumes": regions, "predicted": shown}
 
 

@@ -143,6 +143,19 @@ def test_a_non_brain_image_is_flagged_low_confidence(files, tmp_path, capsys):
     assert "[LOW CONFIDENCE]" in capsys.readouterr().out
 
 
+def test_the_summary_line_names_the_class_heads_answer_when_a_rule_replaced_it():
+    from DareFuseSlicerLib.cli.segment import summary
+
+    report = {"predicted_class": "glioma", "gradcam_class": "meningioma", "low_confidence": True,
+              "class_probabilities": {"no_tumour": 0.01, "glioma": 0.03, "meningioma": 0.88, "metastasis": 0.08},
+              "volumes_ml": {"WT": 14.2, "TC": 2.0, "ET": 0.0}}
+    line = summary(report, "out")
+    assert line.startswith("glioma (by a rule; class head: meningioma 88 %), WT 14.2 mL") and "3 %" not in line
+    assert line.endswith("-> out [LOW CONFIDENCE]")
+    agreed = dict(report, gradcam_class="glioma", low_confidence=False)
+    assert summary(agreed, "out") == "glioma (3 %), WT 14.2 mL, TC 2.0 mL, ET 0.0 mL -> out"
+
+
 def test_usage_errors(files, tmp_path, capsys):
     out = tmp_path / "out"
     assert_refused(capsys, segment(files, out), out, "give at least one of --t1, --t1ce, --t2, --flair")

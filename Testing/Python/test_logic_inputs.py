@@ -185,6 +185,10 @@ def test_report_rows():
     assert [name for name, _ in rows["classes"]] == ["meningioma", "glioma", "no tumour", "metastasis"]
     assert rows["volumes"] == [("NETC", "1.2 mL"), ("SNFH", "20.0 mL"), ("ET", "3.0 mL"), ("WT", "24.2 mL"),
                                ("TC", "4.2 mL")]
+    assert rows["predicted"] == "meningioma (55%)"
+    # A rule replaced the class head's answer: the class head's own answer is named, not its P(no tumour).
+    ruled = logic_module.report_rows(dict(report, predicted_class="no_tumour", gradcam_class="meningioma"))
+    assert ruled["predicted"] == "no tumour (by a rule; class head: meningioma 55%)"
 
 
 def test_requirements_helpers(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from DareFuseSlicerLib.constants import CLASSES, CONTRASTS
+from DareFuseSlicerLib.constants import CLASSES, CONTRASTS, class_text
 from DareFuseSlicerLib.errors import Cancelled, InputError
 from DareFuseSlicerLib.network.gradcam import gradcam_pp
 from DareFuseSlicerLib.pipeline import inference
@@ -231,7 +231,10 @@ def test_the_enhancement_rule_reports_glioma_when_no_enhancing_tumour_is_shown_a
     doubt = [w for w in ruled.warnings if "class head gives meningioma (70%)" in w]
     assert ruled.low_confidence and len(doubt) == 1 and doubt[0].startswith("Low confidence:")
     assert "0.0 mL of enhancing tumour" in doubt[0] and "reported as glioma" in doubt[0]
-    assert "enhancement rule (tuned on val)" in doubt[0]
+    assert "enhancement rule (non_enhancing_glioma_ml 0.0 mL)" in doubt[0]
+    # Shown (command line, overview) with the class head's own answer, not its probability of glioma.
+    heading = class_text(ruled.predicted_class, ruled.class_probabilities, ruled.gradcam_class)
+    assert heading == "glioma (by a rule; class head: meningioma 70%)"
     assert ruled.settings["postprocess"]["non_enhancing_glioma_ml"] == 0.0
     model.card = {"postprocess": {"config": no_et, "tuned_on": "val"}}
     plain = run(images, model, outputs=("segmentation",), **FAST)

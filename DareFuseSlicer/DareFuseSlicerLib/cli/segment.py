@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from ..constants import BRATS_SUFFIX, CONTRASTS, OUTPUTS, contrast_name
+from ..constants import BRATS_SUFFIX, CONTRASTS, OUTPUTS, class_text, contrast_name
 from ..errors import Cancelled, DareFuseError, InputError
 from ..headless import segment_case, set_threads
 from ..pipeline.outputs import OUTPUT_FORMATS
@@ -37,9 +37,10 @@ def flag_labels(paths, dicom: Optional[str] = None) -> Dict[str, str]:
 
 
 def summary(report: dict, output_dir) -> str:
-    probability = report["class_probabilities"][report["predicted_class"]]
+    shown = class_text(report["predicted_class"], report["class_probabilities"], report.get("gradcam_class"),
+                       percent=lambda p: f"{100 * p:.0f} %")
     volumes = report["volumes_ml"]
-    text = (f"{report['predicted_class']} ({100 * probability:.0f} %), WT {volumes['WT']:.1f} mL, "
+    text = (f"{shown}, WT {volumes['WT']:.1f} mL, "
             f"TC {volumes['TC']:.1f} mL, ET {volumes['ET']:.1f} mL -> {output_dir}")
     return text + (" [LOW CONFIDENCE]" if report.get("low_confidence") else "")
 

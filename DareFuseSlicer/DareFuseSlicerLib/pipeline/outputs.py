@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .. import __version__
-from ..constants import CONTRASTS, LABEL_COLOURS, LABELS
+from ..constants import CONTRASTS, LABEL_COLOURS, LABELS, class_text
 from ..dicom.export import MAP_FILES, SEG_FILE
 from ..dicom.synthetic import SAMPLE_STUDY_DIR
 from ..errors import OptionError
@@ -411,9 +411,9 @@ def render_overview(result, path: PathLike, dpi: int = 110) -> None:
 
 
 def _heading(figure, result) -> None:
-    probability = result.class_probabilities.get(result.predicted_class, 0.0)
     volumes = result.volumes_ml
-    heading = (f"{result.predicted_class} ({probability:.0%})   WT {volumes['WT']:.1f} mL   "
+    heading = (f"{class_text(result.predicted_class, result.class_probabilities, result.gradcam_class)}   "
+               f"WT {volumes['WT']:.1f} mL   "
                f"TC {volumes['TC']:.1f} mL   ET {volumes['ET']:.1f} mL")
     if result.low_confidence:
         heading += "   LOW CONFIDENCE"

@@ -311,11 +311,11 @@ def result_doubts(segmentation: Segmentation, network: NetworkPass, settings: Ru
                   reference: sitk.Image) -> List[str]:
     """The model's own outputs in doubt: class and segmentation disagreeing, and the unshown-tumour alarm."""
     return (class_disagreement(segmentation, network.class_probabilities)
-            + enhancement_doubt(segmentation, network, settings.postprocess_source)
+            + enhancement_doubt(segmentation, network, settings.postprocess)
             + unshown.alarm(segmentation.unshown, settings.unshown, reference))
 
 
-def enhancement_doubt(segmentation: Segmentation, network: NetworkPass, source: str) -> List[str]:
+def enhancement_doubt(segmentation: Segmentation, network: NetworkPass, config: PostprocessConfig) -> List[str]:
     """The enhancement rule acted (postprocess.reported_class): the class head called a class that enhances, the
     map shows no enhancing tumour, and the class is reported as glioma. The two disagreed, so the run is in doubt."""
     head = CLASSES[network.head_index]
@@ -323,8 +323,8 @@ def enhancement_doubt(segmentation: Segmentation, network: NetworkPass, source: 
         return []
     return [f"the class head gives {head} ({network.class_probabilities[network.head_index]:.0%}), but the map "
             f"shows {segmentation.volumes_ml['ET']:.1f} mL of enhancing tumour, which meningiomas and metastases "
-            f"show; by the enhancement rule ({source}) the class is reported as glioma, the class that presents "
-            "without enhancement; review the class"]
+            f"show; by the enhancement rule (non_enhancing_glioma_ml {config.non_enhancing_glioma_ml} mL) the class "
+            "is reported as glioma, the class that presents without enhancement; review the class"]
 
 
 def class_disagreement(segmentation: Segmentation, class_probabilities: np.ndarray) -> List[str]:
