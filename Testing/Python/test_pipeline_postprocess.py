@@ -6,7 +6,8 @@ from hypothesis.extra.numpy import arrays
 
 from DareFuseSlicerLib.constants import CLASSES
 from DareFuseSlicerLib.pipeline.postprocess import (PostprocessConfig, config_for_card, gate_closes, postprocess,
-                                                    removed_parts, reported_class, volumes_ml)
+                                                    removed_parts, reported_class, shown_enhancement_ml,
+                                                    volumes_ml)
 
 NO_ET_RULE = PostprocessConfig(et_to_netc_ml=0.0)
 
@@ -153,6 +154,10 @@ def test_enhancement_rule_reports_glioma_for_an_enhancing_class_without_enhancin
     assert reported_class(ruled, meningioma, False, et_ml=0.0) == index("meningioma")  # nothing shown: no evidence
     assert reported_class(ruled, [0.1, 0.6, 0.2, 0.1], True, et_ml=0.0) == index("glioma")
     assert reported_class(ruled, [0.6, 0.1, 0.2, 0.1], True, et_ml=0.0) == index("no_tumour")  # not an enhancing class
+    # Without T1ce no ET shown says nothing of enhancement: the rule does not act.
+    assert reported_class(ruled, meningioma, True, et_ml=None) == index("meningioma")
+    assert shown_enhancement_ml({"ET": 0.0, "WT": 9.0}, ("t1", "t2", "flair")) is None
+    assert shown_enhancement_ml({"ET": 0.2, "WT": 9.0}, ("t1ce", "flair")) == 0.2
     both = PostprocessConfig(non_enhancing_glioma_ml=0.0, empty_means_no_tumour=True)
     assert reported_class(both, meningioma, False) == index("no_tumour")  # the empty map's rule comes first
     card = {"postprocess": {"config": ruled.as_dict(), "tuned_on": "v"}}

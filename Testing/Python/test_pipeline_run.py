@@ -217,7 +217,7 @@ def test_a_no_tumour_class_beside_tumour_segments_is_low_confidence():
 def test_the_enhancement_rule_reports_glioma_when_no_enhancing_tumour_is_shown_and_says_so():
     """The class head says meningioma while the map shows tumour but no ET (a card relabels every ET voxel NETC):
     with the card's enhancement rule on, glioma is reported, low confidence, naming both; Grad-CAM++ still explains
-    the class head. Off (no card setting), or with no tumour shown, the class head's answer stands."""
+    the class head. Off (no card setting), without T1ce, or with no tumour shown, the class head's answer stands."""
     images = four_contrasts(lesion_mm=18.0)
     model = tiny_model()
     probabilities = torch.full((1, len(CLASSES)), 0.1, dtype=torch.float64)
@@ -236,6 +236,10 @@ def test_the_enhancement_rule_reports_glioma_when_no_enhancing_tumour_is_shown_a
     heading = class_text(ruled.predicted_class, ruled.class_probabilities, ruled.gradcam_class)
     assert heading == "glioma (by a rule; class head: meningioma 70%)"
     assert ruled.settings["postprocess"]["non_enhancing_glioma_ml"] == 0.0
+    # Without T1ce the map cannot show enhancement, so its absence is no evidence: the class head's answer stands.
+    unseen = run({n: i for n, i in images.items() if n != "t1ce"}, model, outputs=("segmentation",), **FAST)
+    assert unseen.volumes_ml["WT"] > 0 and unseen.volumes_ml["ET"] == 0.0
+    assert unseen.predicted_class == "meningioma" and not any("enhancement rule" in w for w in unseen.warnings)
     model.card = {"postprocess": {"config": no_et, "tuned_on": "val"}}
     plain = run(images, model, outputs=("segmentation",), **FAST)
     assert plain.predicted_class == "meningioma" and not any("enhancement rule" in w for w in plain.warnings)

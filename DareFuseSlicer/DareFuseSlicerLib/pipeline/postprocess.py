@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -35,6 +35,8 @@ from ..constants import CLASSES, LABELS, REGIONS
 NETC, SNFH, ET = 1, 2, 3
 #: Tumour classes that enhance (ET): every meningioma, every metastasis' core; only gliomas present without.
 ENHANCING_CLASSES = ("meningioma", "metastasis")
+#: The contrast enhancement is seen on: without it, no ET in the map says nothing about enhancement.
+ENHANCEMENT_CONTRAST = "t1ce"
 
 
 @dataclass
@@ -93,17 +95,23 @@ def gate_closes(config: PostprocessConfig, no_tumour_probability: Optional[float
             and no_tumour_probability >= config.no_tumour_gate)
 
 
+def shown_enhancement_ml(volumes: Dict[str, float], given: Iterable[str]) -> Optional[float]:
+    """The map's ET volume (mL) as evidence of enhancement for reported_class: None when ENHANCEMENT_CONTRAST
+    was not given (or was left out), since then no ET shown says nothing about enhancement."""
+    return volumes["ET"] if ENHANCEMENT_CONTRAST in set(given) else None
+
+
 def reported_class(config: PostprocessConfig, class_probabilities: Sequence[float], tumour_found: bool,
-                   et_ml: float = 0.0) -> int:
+                   et_ml: Optional[float] = None) -> int:
     """Index (into CLASSES) of the class to report: the class head's arg-max, or no_tumour when the class
     rule is on and the post-processed map holds no tumour, or glioma when the enhancement rule is on and the
     class head calls an enhancing class (ENHANCING_CLASSES) while the map shows tumour with at most
-    `non_enhancing_glioma_ml` mL of ET (et_ml)."""
+    `non_enhancing_glioma_ml` mL of ET (et_ml, shown_enhancement_ml; None: enhancement unseen, no rule)."""
     if config.empty_means_no_tumour and not tumour_found:
         return CLASSES.index("no_tumour")
     head = int(np.argmax(class_probabilities))
     if (config.non_enhancing_glioma_ml is not None and tumour_found and CLASSES[head] in ENHANCING_CLASSES
-            and et_ml <= config.non_enhancing_glioma_ml):
+            and et_ml is not None and et_ml <= config.non_enhancing_glioma_ml):
         return CLASSES.index("glioma")
     return head
 

@@ -21,7 +21,7 @@ from ..progress import CancelFn, ProgressFn, check_cancel
 from . import frontend, preprocess, unshown
 from .inference import WindowPlan, WindowPredictor, infer, resolve_device
 from .postprocess import (ENHANCING_CLASSES, PostprocessConfig, config_for_card, gate_closes, postprocess,
-                          removed_parts, reported_class, volumes_ml)
+                          removed_parts, reported_class, shown_enhancement_ml, volumes_ml)
 from .review import ReviewConfig, ReviewResult, find_regions, index_to_ras, ras_places, top_two_margin
 from .review import config_for_card as review_config_for_card
 from .validate import brain_plausibility, check_images, check_outputs
@@ -420,7 +420,8 @@ def segmentation_stage(model: torch.nn.Module, network: NetworkPass, prep: prepr
         processed = np.zeros_like(processed)
     label = processed
     volumes = volumes_ml(label, grid.voxel_ml)
-    predicted_index = reported_class(config, probabilities, bool(label.any()), volumes["ET"])
+    given = [name for name, present in zip(CONTRASTS, prep.present) if present]
+    predicted_index = reported_class(config, probabilities, bool(label.any()), shown_enhancement_ml(volumes, given))
     head_index = network.head_index
     # The class rule's change is a warning; the enhancement rule's, a doubt (enhancement_doubt).
     if CLASSES[predicted_index] == "no_tumour" != CLASSES[head_index]:

@@ -14,7 +14,8 @@ CANDIDATES_ML = (0.0, 0.1, 0.5, 1.0)
 
 def acts(row: dict, et_ml: float) -> bool:
     """Whether the rule with this ET volume would change the row's class (to glioma), by reported_class itself;
-    a class another rule already changed (no_tumour for an empty map) is left alone."""
+    a class another rule already changed (no_tumour for an empty map) is left alone. The rows are of runs given
+    T1ce (the development runs had all four contrasts, none left out), so their ET is evidence."""
     shown, probabilities = row["shown_ml"], [row["class_probabilities"][c] for c in CLASSES]
     ruled = reported_class(PostprocessConfig(non_enhancing_glioma_ml=et_ml), probabilities, shown["WT"] > 0.0,
                            shown["ET"])

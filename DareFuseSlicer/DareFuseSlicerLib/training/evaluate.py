@@ -31,7 +31,7 @@ from ..errors import InputError, OptionError
 from ..metrics import region_dice
 from ..pipeline import frontend, preprocess
 from ..pipeline.postprocess import (CARD_KEY, PostprocessConfig, config_for_card, gate_closes, postprocess,
-                                    reported_class, volumes_ml)
+                                    reported_class, shown_enhancement_ml, volumes_ml)
 from ..pipeline import review
 from . import class_gate_eval, frontend_eval, lesions, review_efficiency, unshown_eval
 from .dataset import read_rows
@@ -384,8 +384,9 @@ class ModelScores:
         if prediction.class_probabilities is not None:
             self.true_class.append(CLASSES.index(case.tumour_class))
             self.head_class.append(int(np.argmax(prediction.class_probabilities)))
+            given = [name for name, present in zip(CONTRASTS, case.prep.present) if present]
             self.predicted_class.append(reported_class(config, prediction.class_probabilities, tumour_found,
-                                                       row["shown_ml"]["ET"]))
+                                                       shown_enhancement_ml(row["shown_ml"], given)))
             self.class_probabilities.append(prediction.class_probabilities)
             row["predicted_class"] = CLASSES[self.predicted_class[-1]]
             row["class_head"] = CLASSES[self.head_class[-1]]
