@@ -7,7 +7,7 @@ brain. `to_reference` maps network outputs back onto the reference grid and affi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -37,6 +37,11 @@ class Prepared:
     std: np.ndarray = field(default_factory=lambda: np.ones(4, np.float32))
     reference_name: str = "t1"
     resampled: Dict[str, sitk.Image] = field(default_factory=dict)  # given contrasts on the reference grid
+
+    @property
+    def given(self) -> List[str]:
+        """The contrasts the network was given (`present`), in CONTRASTS order."""
+        return [name for name, flag in zip(CONTRASTS, self.present) if flag]
 
 
 def _background_value(array: np.ndarray) -> float:

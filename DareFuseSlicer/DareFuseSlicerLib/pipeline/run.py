@@ -420,8 +420,8 @@ def segmentation_stage(model: torch.nn.Module, network: NetworkPass, prep: prepr
         processed = np.zeros_like(processed)
     label = processed
     volumes = volumes_ml(label, grid.voxel_ml)
-    given = [name for name, present in zip(CONTRASTS, prep.present) if present]
-    predicted_index = reported_class(config, probabilities, bool(label.any()), shown_enhancement_ml(volumes, given))
+    predicted_index = reported_class(config, probabilities, bool(label.any()),
+                                     shown_enhancement_ml(volumes, prep.given))
     head_index = network.head_index
     # The class rule's change is a warning; the enhancement rule's, a doubt (enhancement_doubt).
     if CLASSES[predicted_index] == "no_tumour" != CLASSES[head_index]:

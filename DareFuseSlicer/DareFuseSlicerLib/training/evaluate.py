@@ -384,9 +384,8 @@ class ModelScores:
         if prediction.class_probabilities is not None:
             self.true_class.append(CLASSES.index(case.tumour_class))
             self.head_class.append(int(np.argmax(prediction.class_probabilities)))
-            given = [name for name, present in zip(CONTRASTS, case.prep.present) if present]
             self.predicted_class.append(reported_class(config, prediction.class_probabilities, tumour_found,
-                                                       shown_enhancement_ml(row["shown_ml"], given)))
+                                                       shown_enhancement_ml(row["shown_ml"], case.prep.given)))
             self.class_probabilities.append(prediction.class_probabilities)
             row["predicted_class"] = CLASSES[self.predicted_class[-1]]
             row["class_head"] = CLASSES[self.head_class[-1]]
