@@ -1,0 +1,72 @@
+"""Two models' `darefuse evaluate` reports on the same development sets, side by side: the figures a rule for
+replacing the bundled model names (Dice, class, uncertainty, false tumour, meningioma outside the mask given
+out), each set's and, over the sets, their mean (a count: its sum). It prints; the rule and its verdict are in the model card.
+
+    .venv/bin/python benchmarks/model_choice.py --old V4_SET1.json V4_SET2.json --new V5_SET1.json V5_SET2.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from statistics import mean
+
+REGIONS = ("WT", "TC", "ET")
+COUNTS = ("meningioma outside",)
+
+
+def figures(path: str) -> dict:
+    """One report's one model: the rule's figures."""
+    report = json.loads(Path(path).read_text())
+    (name, model), = report["models"].items()
+    front_end = model.get("front_end", {})
+    return {"model": name, "data": f"{min(report['data']['seeds'])}-{max(report['data']['seeds'])}",
+            **{r: model["post"][r]["dice"] for r in REGIONS},
+            **{f"tumour {r}": model["post_tumour_cases"][r]["dice"] for r in REGIONS},
+            "class": model["classification"]["accuracy"],
+            "error-AUROC": model["uncertainty"]["error_auroc"],
+            "FP mL": model["false_positive_ml_tumour_free"]["after_class_gate"],
+            "meningioma outside": front_end.get("meningioma_voxels_outside_mask")}
+
+
+def table(rows) -> str:
+    keys = [k for k in rows[0] if k != "model"]
+    lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for row in rows:
+        cells = [f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in keys]
+        lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def mean_row(rows) -> dict:
+    """Each figure's mean over the sets; a count of voxels is summed."""
+    row = {"model": rows[0]["model"], "data": "the sets together"}
+    for key in rows[0]:
+        if key not in row:
+            known = [r[key] for r in rows if r[key] is not None]
+            row[key] = None if len(known) < len(rows) else sum(known) if key in COUNTS else mean(known)
+    row["mean Dice"] = mean(row[r] for r in REGIONS)
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--old", nargs="+", required=True, help="the bundled model's reports, one per set")
+    parser.add_argument("--new", nargs="+", required=True, help="the candidate's reports, the same sets in order")
+    args = parser.parse_args(argv)
+    if len(args.old) != len(args.new):
+        parser.error("--old and --new need one report per set each")
+    old, new = [figures(p) for p in args.old], [figures(p) for p in args.new]
+    for a, b in zip(old, new):
+        if a["data"] != b["data"]:
+            parser.error(f"--old {a['data']} and --new {b['data']} are not the same set")
+    rows = [row for pair in zip(old, new) for row in pair] + [mean_row(old), mean_row(new)]
+    for row in rows:
+        row.setdefault("mean Dice", mean(row[r] for r in REGIONS))
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
