@@ -1,6 +1,7 @@
 """Two models' `darefuse evaluate` reports on the same development sets, side by side: the figures a rule for
 replacing the bundled model names (Dice, class, uncertainty, false tumour, meningioma outside the mask given
-out), each set's and, over the sets, their mean (a count: its sum). It prints; the rule and its verdict are in the model card.
+out), each set's and, over the sets, their mean (a count: its sum). It prints; the rule and its verdict are in
+the model card.
 
     .venv/bin/python benchmarks/model_choice.py --old V4_SET1.json V4_SET2.json --new V5_SET1.json V5_SET2.json
 """
@@ -46,7 +47,6 @@ def mean_row(rows) -> dict:
         if key not in row:
             known = [r[key] for r in rows if r[key] is not None]
             row[key] = None if len(known) < len(rows) else sum(known) if key in COUNTS else mean(known)
-    row["mean Dice"] = mean(row[r] for r in REGIONS)
     return row
 
 
