@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from case_runs import run_or_choose  # noqa: E402

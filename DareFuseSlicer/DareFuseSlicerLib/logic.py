@@ -491,7 +491,7 @@ def report_rows(report: Mapping[str, Any]) -> Dict[str, Any]:
     volumes_ml = report.get("volumes_ml") or {}
     regions = [(name, f"{volumes_ml[name]:.1f} mL") for name in ("NETC", "SNFH", "ET", "WT", "TC")
                if name in volumes_ml]
-    shown = class_text(predicted or "", probabilities, report.get("gradcam_class")).replace("_", " ")
+    shown = class_text(predicted, probabilities, report.get("gradcam_class")).replace("_", " ") if predicted else ""
     return {"classes": classes, "volumes": regions, "predicted": shown}
 
 

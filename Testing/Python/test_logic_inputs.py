@@ -189,6 +189,8 @@ def test_report_rows():
     # A rule replaced the class head's answer: the class head's own answer is named, not its P(no tumour).
     ruled = logic_module.report_rows(dict(report, predicted_class="no_tumour", gradcam_class="meningioma"))
     assert ruled["predicted"] == "no tumour (by a rule; class head: meningioma 55%)"
+    # No class in the report (nothing predicted): no class text, not an empty class at 0 %.
+    assert logic_module.report_rows({"volumes_ml": {}})["predicted"] == ""
 
 
 def test_requirements_helpers(tmp_path):
