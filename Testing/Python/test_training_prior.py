@@ -23,7 +23,7 @@ from DareFuseSlicerLib.training.prior import MODEL_FILE, PriorOptions, inpaintin
 sys.path.insert(0, str(Path(__file__).parent))
 from test_training_dataset import make_folder  # noqa: E402
 
-SEED = 760900  # the prior's seeds are 760000-762999; tiny test folders take 760900-760999
+SEED = 760900  # SEEDS.md: prior tests 760900-760999 (the prior's block is 760000-762999)
 
 
 @pytest.fixture(scope="module")
