@@ -1,11 +1,11 @@
 """SEEDS.md, the registry of phantom case seeds: the bundled models' training and validation seeds are in it and
 never on a held-out row, and the tests' seed blocks are registered as tests."""
-import json
 import re
 from pathlib import Path
 
 import pytest
 
+from DareFuseSlicerLib.network.store import read_card
 from DareFuseSlicerLib.training.frontend_eval import card_seeds
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +39,7 @@ def test_registry_table_reads():
 
 @pytest.mark.parametrize("card", ["darefuse", "darefuse-raw", "brainmask"])
 def test_card_seeds_are_registered_and_never_held_out(card):
-    seeds = card_seeds(json.loads((MODELS / f"{card}.card.json").read_text()))
+    seeds = card_seeds(read_card(MODELS / f"{card}.safetensors"))
     assert seeds["training"], card
     for role, values in seeds.items():
         for seed in sorted(values):
