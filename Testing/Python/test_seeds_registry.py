@@ -1,6 +1,7 @@
 """SEEDS.md, the registry of phantom case seeds: the bundled models' training and validation seeds are in it and
 never on a held-out row, and the tests' seed blocks are registered as tests."""
 import re
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,9 @@ MODELS = ROOT / "DareFuseSlicer" / "Resources" / "Models"
 ROW = re.compile(r"^\| (\d+)(?:-(\d+))? \| ([^|]+) \|")
 
 
-def _rows() -> list:
-    """(first, last, role) of each row of the case-seed table (the first table of SEEDS.md)."""
+@lru_cache(maxsize=1)
+def _rows() -> tuple:
+    """(first, last, role) of each row of the case-seed table (the first table of SEEDS.md), read once."""
     rows, inside = [], False
     for line in (ROOT / "SEEDS.md").read_text().splitlines():
         if line.startswith("| seeds | role |"):
@@ -24,7 +26,7 @@ def _rows() -> list:
         elif inside and ROW.match(line):
             first, last, role = ROW.match(line).groups()
             rows.append((int(first), int(last or first), role.strip()))
-    return rows
+    return tuple(rows)
 
 
 def _roles(seed: int) -> list:
