@@ -10,6 +10,7 @@ from clinical_helpers import brain_mask_of, pad_for_head, rigid, study, thick_sl
 
 from DareFuseSlicerLib.constants import BRATS_SUFFIX
 from DareFuseSlicerLib.errors import InputError, OptionError
+from DareFuseSlicerLib.metrics import mask_dice
 from DareFuseSlicerLib.phantoms import sample_case_paths
 from DareFuseSlicerLib.pipeline import brainmask, frontend, preprocess, register
 from DareFuseSlicerLib.training import frontend_eval
@@ -185,6 +186,8 @@ def test_evaluate_scores_the_mask_given_out_at_every_tumour_margin(mask, tmp_pat
     assert case["tumour_margin_mm"] == 2.0 and case["by_tumour_margin"]["2"] == {
         "brain_mask_dice": case["brain_mask_dice"], "tumour_voxels_outside_mask": case["tumour_voxels_outside_mask"]}
     assert case["tumour_voxels_outside_mask"] == np.count_nonzero((truth > 0) & ~given)
+    exact = mask_dice(given, sitk.GetArrayFromImage(engine) > 0)  # 7 decimals kept: a rule's 0.97 can be that close
+    assert abs(case["brain_mask_dice"] - exact) <= 5e-8 and exact != round(exact, 5)
     outside = [case["by_tumour_margin"][f"{m:g}"]["tumour_voxels_outside_mask"] for m in frontend_eval.TUMOUR_MARGINS_MM]
     assert outside[0] > 0 and outside[-1] == 0 and outside == sorted(outside, reverse=True)
     summary = frontend_eval.summary([case, None])

@@ -163,7 +163,8 @@ def _threshold_scores(front, label: np.ndarray, engine_mask: np.ndarray, truth: 
 
 
 def _mask_scores(mask: np.ndarray, engine_mask: np.ndarray, truth: np.ndarray) -> dict:
-    return {"brain_mask_dice": round(mask_dice(mask, engine_mask), 5),
+    # 7 decimals: with 5, a development set's mean fell 1.25e-6 below a rule's 0.97, within its own rounding.
+    return {"brain_mask_dice": round(mask_dice(mask, engine_mask), 7),
             "tumour_voxels_outside_mask": int(np.count_nonzero((truth > 0) & ~mask))}
 
 
