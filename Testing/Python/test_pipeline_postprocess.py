@@ -5,8 +5,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from DareFuseSlicerLib.constants import CLASSES
-from DareFuseSlicerLib.pipeline.postprocess import (PostprocessConfig, config_for_card, gate_closes, postprocess,
-                                                    removed_parts, reported_class, shown_enhancement_ml,
+from DareFuseSlicerLib.pipeline.postprocess import (PostprocessConfig, class_in_doubt, config_for_card, gate_closes,
+                                                    postprocess, removed_parts, reported_class, shown_enhancement_ml,
                                                     volumes_ml)
 
 NO_ET_RULE = PostprocessConfig(et_to_netc_ml=0.0)
@@ -163,3 +163,14 @@ def test_enhancement_rule_reports_glioma_for_an_enhancing_class_without_enhancin
     card = {"postprocess": {"config": ruled.as_dict(), "tuned_on": "v"}}
     assert config_for_card(card)[0].non_enhancing_glioma_ml == 0.5
     assert config_for_card({"postprocess": {"config": {}, "tuned_on": "v"}})[0].non_enhancing_glioma_ml is None
+
+
+def test_class_doubt_flags_a_class_head_below_its_threshold_and_is_off_by_default():
+    unsure, sure = [0.05, 0.6, 0.05, 0.3], [0.02, 0.95, 0.01, 0.02]
+    assert not class_in_doubt(PostprocessConfig(), unsure)  # off by default: no card, no doubt
+    doubt = PostprocessConfig(class_doubt_below=0.9)
+    assert class_in_doubt(doubt, unsure) and not class_in_doubt(doubt, sure)
+    assert not class_in_doubt(doubt, [0.0, 0.9, 0.05, 0.05])  # at the threshold: not below it
+    card = {"postprocess": {"config": doubt.as_dict(), "tuned_on": "v"}}
+    assert config_for_card(card)[0].class_doubt_below == 0.9
+    assert config_for_card({"postprocess": {"config": {}, "tuned_on": "v"}})[0].class_doubt_below is None

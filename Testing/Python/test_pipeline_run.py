@@ -249,6 +249,25 @@ def test_the_enhancement_rule_reports_glioma_when_no_enhancing_tumour_is_shown_a
     assert not any("enhancement rule" in w for w in empty.warnings)
 
 
+def test_an_unsure_class_head_makes_the_run_low_confidence_naming_its_two_likeliest_classes():
+    """The card's class doubt (0.9): a class head at 70 % is flagged with what it hesitates between; at 0.6, or
+    with no card setting, it is not."""
+    images = four_contrasts(lesion_mm=18.0)
+    model = tiny_model()
+    probabilities = torch.tensor([[0.05, 0.7, 0.05, 0.2]], dtype=torch.float64)
+    model.class_probabilities = lambda out: probabilities
+    model.card = {"postprocess": {"config": {"class_doubt_below": 0.9}, "tuned_on": "val"}}
+    unsure = run(images, model, outputs=("segmentation",), **FAST)
+    doubt = [w for w in unsure.warnings if "class head is unsure" in w]
+    assert unsure.low_confidence and len(doubt) == 1 and doubt[0].startswith("Low confidence:")
+    assert "glioma 70%, metastasis 20% (below 90%" in doubt[0]
+    assert unsure.settings["postprocess"]["class_doubt_below"] == 0.9
+    for config in ({"class_doubt_below": 0.6}, {}):
+        model.card = {"postprocess": {"config": config, "tuned_on": "val"}}
+        sure = run(images, model, outputs=("segmentation",), **FAST)
+        assert not any("class head is unsure" in w for w in sure.warnings)
+
+
 @pytest.mark.parametrize("given", [("flair",), ("t2", "flair"), ("t1ce",), ("t1", "t2")])
 def test_any_subset_of_contrasts_and_the_reference_rule(given):
     images = {name: image for name, image in four_contrasts().items() if name in given}

@@ -49,6 +49,7 @@ class PostprocessConfig:
     no_tumour_gate: Optional[float] = None  # clear the map when P(no tumour) >= this; None: no gate
     empty_means_no_tumour: bool = False  # report no_tumour when the post-processed map holds no tumour
     non_enhancing_glioma_ml: Optional[float] = None  # the enhancement rule: see reported_class; None: off
+    class_doubt_below: Optional[float] = None  # the class doubt: see class_in_doubt; None: off
 
     def as_dict(self) -> Dict[str, float]:
         return asdict(self)
@@ -114,6 +115,12 @@ def reported_class(config: PostprocessConfig, class_probabilities: Sequence[floa
             and et_ml is not None and et_ml <= config.non_enhancing_glioma_ml):
         return CLASSES.index("glioma")
     return head
+
+
+def class_in_doubt(config: PostprocessConfig, class_probabilities: Sequence[float]) -> bool:
+    """Whether the class head is too unsure for its answer to stand unflagged: its top probability is below
+    `class_doubt_below` (chosen on development sets: training/class_doubt_eval.py). Off when None."""
+    return config.class_doubt_below is not None and float(np.max(class_probabilities)) < config.class_doubt_below
 
 
 def postprocess(label: np.ndarray, voxel_ml: float, config: PostprocessConfig = PostprocessConfig(),

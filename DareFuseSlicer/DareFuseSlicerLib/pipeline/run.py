@@ -20,8 +20,8 @@ from ..constants import CLASSES, CONTRASTS, OUTPUTS, contrast_name, display_cont
 from ..progress import CancelFn, ProgressFn, check_cancel
 from . import frontend, preprocess, unshown
 from .inference import WindowPlan, WindowPredictor, infer, resolve_device
-from .postprocess import (ENHANCING_CLASSES, PostprocessConfig, config_for_card, gate_closes, postprocess,
-                          removed_parts, reported_class, shown_enhancement_ml, volumes_ml)
+from .postprocess import (ENHANCING_CLASSES, PostprocessConfig, class_in_doubt, config_for_card, gate_closes,
+                          postprocess, removed_parts, reported_class, shown_enhancement_ml, volumes_ml)
 from .review import ReviewConfig, ReviewResult, find_regions, index_to_ras, ras_places, top_two_margin
 from .review import config_for_card as review_config_for_card
 from .validate import brain_plausibility, check_images, check_outputs
@@ -309,9 +309,11 @@ def low_confidence_warnings(grid: Grid, prep: preprocess.Prepared, mean_uncertai
 
 def result_doubts(segmentation: Segmentation, network: NetworkPass, settings: RunSettings,
                   reference: sitk.Image) -> List[str]:
-    """The model's own outputs in doubt: class and segmentation disagreeing, and the unshown-tumour alarm."""
+    """The model's own outputs in doubt: class and segmentation disagreeing, the class head unsure, and the
+    unshown-tumour alarm."""
     return (class_disagreement(segmentation, network.class_probabilities)
             + enhancement_doubt(segmentation, network, settings.postprocess)
+            + class_doubt(network.class_probabilities, settings.postprocess)
             + unshown.alarm(segmentation.unshown, settings.unshown, reference))
 
 
@@ -325,6 +327,17 @@ def enhancement_doubt(segmentation: Segmentation, network: NetworkPass, config: 
             f"shows {segmentation.volumes_ml['ET']:.1f} mL of enhancing tumour, which meningiomas and metastases "
             f"show; by the enhancement rule (non_enhancing_glioma_ml {config.non_enhancing_glioma_ml} mL) the class "
             "is reported as glioma, the class that presents without enhancement; review the class"]
+
+
+def class_doubt(class_probabilities: np.ndarray, config: PostprocessConfig) -> List[str]:
+    """The class head unsure (postprocess.class_in_doubt): its two likeliest classes, so the reader sees between
+    what; on the development sets most wrong classes were such calls, glioma against metastasis above all."""
+    if not class_in_doubt(config, class_probabilities):
+        return []
+    first, second = np.argsort(class_probabilities)[::-1][:2]
+    return [f"the class head is unsure: {CLASSES[first]} {class_probabilities[first]:.0%}, {CLASSES[second]} "
+            f"{class_probabilities[second]:.0%} (below {config.class_doubt_below:.0%}, the model card's class "
+            "doubt); review the class"]
 
 
 def class_disagreement(segmentation: Segmentation, class_probabilities: np.ndarray) -> List[str]:

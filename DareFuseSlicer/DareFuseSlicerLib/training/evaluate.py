@@ -30,10 +30,10 @@ from ..constants import BRATS_SUFFIX, CLASSES, CONTRASTS, REGIONS, reference_con
 from ..errors import InputError, OptionError
 from ..metrics import region_dice
 from ..pipeline import frontend, preprocess
-from ..pipeline.postprocess import (CARD_KEY, PostprocessConfig, config_for_card, gate_closes, postprocess,
-                                    reported_class, shown_enhancement_ml, volumes_ml)
+from ..pipeline.postprocess import (CARD_KEY, PostprocessConfig, class_in_doubt, config_for_card, gate_closes,
+                                    postprocess, reported_class, shown_enhancement_ml, volumes_ml)
 from ..pipeline import review
-from . import class_gate_eval, frontend_eval, lesions, review_efficiency, unshown_eval
+from . import class_doubt_eval, class_gate_eval, frontend_eval, lesions, review_efficiency, unshown_eval
 from .dataset import read_rows
 
 #: BraTS convention for HD95 when exactly one of prediction and truth is empty (the image diagonal, mm).
@@ -390,6 +390,7 @@ class ModelScores:
             row["predicted_class"] = CLASSES[self.predicted_class[-1]]
             row["class_head"] = CLASSES[self.head_class[-1]]
             row["class_probabilities"] = {c: round(float(p), 4) for c, p in zip(CLASSES, prediction.class_probabilities)}
+            row["class_in_doubt"] = class_in_doubt(config, prediction.class_probabilities)
         row["class_gate_closed"] = gate_closes(config, no_tumour)
         ungated = replace(config, no_tumour_gate=None)
         kept = processed
@@ -556,8 +557,11 @@ def choose_postprocessing(loaded: List[LoadedModel], tune: Optional[str], contra
     configs = {}
     for name, _, model in loaded:
         config, score = tune_postprocessing(raw[name])
-        # The enhancement rule is chosen on development sets (benchmarks/class_enhancement.py), not here: kept.
-        config = replace(config, non_enhancing_glioma_ml=config_for_card(model.card)[0].non_enhancing_glioma_ml)
+        # The enhancement rule and the class doubt are chosen on development sets (benchmarks/class_enhancement.py,
+        # benchmarks/class_doubt.py), not here: kept.
+        card = config_for_card(model.card)[0]
+        config = replace(config, non_enhancing_glioma_ml=card.non_enhancing_glioma_ml,
+                         class_doubt_below=card.class_doubt_below)
         configs[name] = (tune_class_rule(config, classed[name]), score, str(tune))
     return configs, crops
 
@@ -693,7 +697,8 @@ def markdown_report(summary: dict) -> str:
               "head's P(no tumour) reaches it, None: no gate; empty_means_no_tumour: the class rule, no_tumour is "
               "reported when post-processing leaves no tumour; non_enhancing_glioma_ml: the enhancement rule, "
               "glioma is reported when the class head says meningioma or metastasis and the map shows tumour with at "
-              "most this much ET, None: off; accuracy and macro-F1 are of the reported class, "
+              "most this much ET, None: off; class_doubt_below: the class doubt, low confidence when the class "
+              "head's top probability is below it, None: off; accuracy and macro-F1 are of the reported class, "
               "AUROC of the class head's probabilities):", ""]
     for name, r in summary["models"].items():
         p = r["postprocess"]
@@ -706,6 +711,7 @@ def markdown_report(summary: dict) -> str:
               "without prior = the encoders fed a zero prior (the network is trained with prior dropout); after "
               "class gate = with every tuned setting, the gate included.", ""]
     lines += _class_gate_lines(summary)
+    lines += class_doubt_eval.markdown_lines(summary["models"])
     lines += lesions.markdown_lines(summary["models"])
     lines += unshown_eval.markdown_lines(summary["models"])
     lines += _front_end_lines(summary)

@@ -1,0 +1,67 @@
+"""Choosing and scoring the class doubt (postprocess.class_in_doubt: a run is low confidence when the class head's
+top probability is below a threshold) from `darefuse evaluate`'s per-case rows, which hold the truth class, the
+reported class and the class head's probabilities: no network is run again.
+
+A wrong class the doubt flags is no longer a confident wrong answer; a right class it flags is a false alarm, a
+study a reader looks at again for nothing. The choice trades the two with a cap on false alarms fixed in advance.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+from ..constants import CLASSES
+from ..pipeline.postprocess import PostprocessConfig, class_in_doubt
+
+#: The thresholds scored (the class head's top probability below which a run is in doubt).
+CANDIDATES = (0.6, 0.7, 0.8, 0.9, 0.95)
+#: At most this share of right classes flagged: about one study in ten looked at again for its class.
+MAX_RIGHT_FLAGGED = 0.10
+
+
+def in_doubt(row: dict, below: Optional[float]) -> bool:
+    probabilities = [row["class_probabilities"][c] for c in CLASSES]
+    return class_in_doubt(PostprocessConfig(class_doubt_below=below), probabilities)
+
+
+def candidate_row(rows: Sequence[dict], below: Optional[float]) -> dict:
+    """How many wrong and right reported classes the doubt at `below` flags over `rows`."""
+    wrong = [row for row in rows if row["predicted_class"] != row["class"]]
+    right = [row for row in rows if row["predicted_class"] == row["class"]]
+    return {"below": below, "wrong": len(wrong), "wrong_flagged": sum(in_doubt(row, below) for row in wrong),
+            "right": len(right), "right_flagged": sum(in_doubt(row, below) for row in right)}
+
+
+def candidate_table(rows: Sequence[dict], candidates: Sequence[float] = CANDIDATES) -> List[dict]:
+    return [candidate_row(rows, below) for below in candidates]
+
+
+def choose(table: Sequence[dict]) -> Dict[str, Optional[float]]:
+    """The highest threshold that flags at most MAX_RIGHT_FLAGGED of the right classes and at least one wrong one;
+    None (the doubt stays off) when none does."""
+    eligible = [c for c in table if c["right"] and c["right_flagged"] <= MAX_RIGHT_FLAGGED * c["right"]
+                and c["wrong_flagged"] > 0]
+    if not eligible:
+        return {"chosen": None, "why": f"no candidate flags a wrong class while flagging at most "
+                                       f"{MAX_RIGHT_FLAGGED:.0%} of the right ones"}
+    best = max(eligible, key=lambda c: c["below"])
+    return {"chosen": best["below"], "why": f"flags {best['wrong_flagged']} of {best['wrong']} wrong classes and "
+                                            f"{best['right_flagged']} of {best['right']} right ones"}
+
+
+def markdown_lines(models: Dict[str, dict]) -> List[str]:
+    """`darefuse evaluate`'s section: each model's candidates on these cases, the card's marked *."""
+    tables = {name: candidate_table(r["per_case"]) for name, r in models.items()
+              if r.get("per_case") and "class_probabilities" in r["per_case"][0]}
+    if not tables:
+        return []
+    lines = ["## The class doubt at each candidate", "",
+             "| model | class head's top probability below | wrong classes flagged | right classes flagged |",
+             "|---|---|---|---|"]
+    for name, table in tables.items():
+        card = models[name]["postprocess"]["config"].get("class_doubt_below")
+        for c in table:
+            mark = "*" if c["below"] == card else ""
+            lines.append(f"| {name} | {c['below']:g}{mark} | {c['wrong_flagged']} of {c['wrong']} | "
+                         f"{c['right_flagged']} of {c['right']} |")
+    return lines + ["", "A flagged run is low confidence, naming the class head's two likeliest classes: a wrong "
+                    "class it does not flag is a confident wrong answer.", ""]
