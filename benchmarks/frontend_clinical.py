@@ -1,12 +1,12 @@
 """Issue 16: the whole-head front end alone on the data engine's clinical cases (no segmentation network).
 
-    .venv/bin/python benchmarks/frontend_clinical.py --data CLINICAL_FOLDER [--max-cases N] [--contrasts t1,t2]
+    .venv/bin/python benchmarks/frontend_clinical.py --data CLINICAL_FOLDER [--max-cases N | --cases ID ...] [--contrasts t1,t2]
 
 Per case: the front end (brain mask of the reference, rigid registration of the others, the mask from every
 registered contrast where the brain-mask card says so) and what the network is fed, then the same scores
 `darefuse evaluate` reports (training/frontend_eval.py): registration error in mm against the manifest's
-motion, brain-mask Dice against the engine's mask, tumour voxels outside the mask; and the stage times (wall
-and CPU). Prints a markdown table and the summary. The mask scored is the front end's, before the segmented
+motion, brain-mask Dice against the engine's mask, tumour voxels outside the mask; how the mask errs (mL beyond
+the engine's mask, mL of it missed); and the stage times (wall and CPU). Prints a markdown table and the summary. The mask scored is the front end's, before the segmented
 tumour is added to it (no network runs here): `darefuse evaluate` scores the
 mask a run gives out.
 """
@@ -20,6 +20,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,10 +33,18 @@ from DareFuseSlicerLib.training.brainmask import clinical_rows  # noqa: E402
 from DareFuseSlicerLib.training.evaluate import parse_contrasts  # noqa: E402
 
 
+def mask_errors_ml(mask: sitk.Image, engine: sitk.Image) -> tuple:
+    """mL of `mask` beyond the engine's brain mask, and mL of the engine's mask it misses (same grid)."""
+    given, truth = sitk.GetArrayViewFromImage(mask) > 0, sitk.GetArrayViewFromImage(engine) > 0
+    voxel_ml = float(np.prod(mask.GetSpacing())) / 1000.0
+    return np.count_nonzero(given & ~truth) * voxel_ml, np.count_nonzero(truth & ~given) * voxel_ml
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--max-cases", type=int)
+    parser.add_argument("--cases", nargs="+", help="only these case ids")
     parser.add_argument("--contrasts", help="comma-separated subset (default: all four)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
@@ -47,7 +56,7 @@ def main() -> int:
     contrasts = parse_contrasts(args.contrasts)
     folder = Path(args.data)
     model = frontend.load_brainmask_model()
-    rows = clinical_rows(folder)[: args.max_cases or None]
+    rows = [r for r in clinical_rows(folder) if not args.cases or r["case_id"] in args.cases][: args.max_cases or None]
     scores, times = [], []
 
     def stage_timer(record):
@@ -58,20 +67,22 @@ def main() -> int:
             record[name] = (round(time.perf_counter() - wall, 2), round(time.process_time() - cpu, 2))
         return stage
 
-    print("| case | class | brain-mask Dice | registration error (mm) | left out | tumour voxels outside | "
-          "brain mask wall/CPU (s) | registration wall/CPU (s) | mask from every contrast wall/CPU (s) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| case | class | brain-mask Dice | mL beyond / missed | registration error (mm) | left out | tumour voxels "
+          "outside | brain mask wall/CPU (s) | registration wall/CPU (s) | mask from every contrast wall/CPU (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         images = {c: sitk.ReadImage(str(folder / row[BRATS_SUFFIX[c]])) for c in contrasts}
         record = {}
         front = frontend.run_front_end(images, model=model, stage=stage_timer(record))
         preprocess.prepare(front.images, brain_mask=front.network_mask, region=front.region)  # what the network is fed
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / row["seg"])))
-        case = frontend_eval.case_scores(folder, row, front, truth)
+        case = frontend_eval.case_scores(folder, row, front, truth, np.zeros_like(truth))  # no segmented tumour
+        beyond, missed = mask_errors_ml(front.brain_mask, sitk.ReadImage(str(folder / row["brainmask"])))
         scores.append(case)
         times.append(record)
         errors = ", ".join(f"{c} {e:.2f}" for c, e in case["registration_error_mm"].items())
-        print(f"| {row['case_id']} | {row['tumour_class']} | {case['brain_mask_dice']:.4f} | {errors} | "
+        print(f"| {row['case_id']} | {row['tumour_class']} | {case['brain_mask_dice']:.4f} | {beyond:.1f} / "
+              f"{missed:.1f} | {errors} | "
               f"{', '.join(case['left_out']) or '-'} | {case['tumour_voxels_outside_mask']} | "
               f"{record['brain_mask'][0]}/{record['brain_mask'][1]} | "
               f"{record['registration'][0]}/{record['registration'][1]} | "

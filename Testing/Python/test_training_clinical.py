@@ -423,3 +423,22 @@ def test_tune_brainmask_fuse_scores_one_mask_per_case_on_the_reference(clinical_
     scores = setting_scores(model, clinical_folder, log=lambda line: None, fuse=True)
     assert len(scores) == len(THRESHOLDS) * len(OPENINGS_MM) * len(MARGINS_MM)
     assert all(s["mean_dice"] == s["worst_dice"] for s in scores)  # one sample: the reference's fused mask
+
+
+def test_the_front_end_benchmark_scores_a_case_and_says_how_its_mask_errs(clinical_folder, tmp_path):
+    """benchmarks/frontend_clinical.py on one engine-style case: its row's mL beyond and missed are the two ways
+    the mask differs from the engine's, so with the engine mask's volume they give back the Dice it prints."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "frontend_clinical.py"
+    out = subprocess.run([sys.executable, str(script), "--data", str(clinical_folder), "--cases", CASE_ID,
+                          "--json", str(tmp_path / "front.json")], capture_output=True, text=True, check=True).stdout
+    cells = [c.strip() for c in next(line for line in out.splitlines() if line.startswith(f"| {CASE_ID}")).split("|")]
+    dice, (beyond, missed) = float(cells[3]), (float(v) for v in cells[4].split("/"))
+    engine = sitk.ReadImage(str(clinical_folder / file_names(CASE_ID)["brainmask"]))
+    truth_ml = np.count_nonzero(sitk.GetArrayViewFromImage(engine)) * np.prod(engine.GetSpacing()) / 1000.0
+    assert beyond + missed > 0 and dice == pytest.approx(2 * (truth_ml - missed) / (2 * truth_ml - missed + beyond),
+                                                         abs=2e-3)
+    assert json.loads((tmp_path / "front.json").read_text())["summary"]["cases"] == 1
