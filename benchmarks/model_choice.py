@@ -1,7 +1,8 @@
 """Two models' `darefuse evaluate` reports on the same development sets, side by side: the figures a rule for
 replacing the bundled model names (Dice, class, uncertainty, false tumour, meningioma outside the mask given
-out), each set's and, over the sets, their mean (a count: its sum). It prints; the rule and its verdict are in
-the model card.
+out), each set's and, over the sets, their mean (a count: its sum); then the mask given out at each tumour margin
+scored, each set's mean brain-mask Dice (7 decimals: a rule's threshold can lie that close) and meningioma voxels
+outside. It prints; the rule and its verdict are in the model card.
 
     .venv/bin/python benchmarks/model_choice.py --old V4_SET1.json V4_SET2.json --new V5_SET1.json V5_SET2.json
 """
@@ -29,6 +30,16 @@ def figures(path: str) -> dict:
             "error-AUROC": model["uncertainty"]["error_auroc"],
             "FP mL": model["false_positive_ml_tumour_free"]["after_class_gate"],
             "meningioma outside": front_end.get("meningioma_voxels_outside_mask")}
+
+
+def margin_rows(path: str) -> list:
+    """One report's mask given out at each tumour margin (empty for a report without the front end)."""
+    report = json.loads(Path(path).read_text())
+    (name, model), = report["models"].items()
+    data = f"{min(report['data']['seeds'])}-{max(report['data']['seeds'])}"
+    return [{"model": name, "data": data, "tumour margin mm": f"{m['tumour_margin_mm']:g}",
+             "mask Dice": f"{m['brain_mask_dice']['mean']:.7f}", "meningioma outside": m["meningioma_voxels_outside_mask"]}
+            for m in model.get("front_end", {}).get("by_tumour_margin", [])]
 
 
 def table(rows) -> str:
@@ -65,6 +76,9 @@ def main(argv=None) -> int:
     for row in rows:
         row.setdefault("mean Dice", mean(row[r] for r in REGIONS))
     print(table(rows))
+    margins = [row for pair in zip(args.old, args.new) for path in pair for row in margin_rows(path)]
+    if margins:
+        print("\nThe mask given out at each tumour margin:\n\n" + table(margins))
     return 0
 
 
