@@ -1,14 +1,15 @@
 """Issue 16: the whole-head front end alone on the data engine's clinical cases (no segmentation network).
 
-    .venv/bin/python benchmarks/frontend_clinical.py --data CLINICAL_FOLDER [--max-cases N | --cases ID ...] [--contrasts t1,t2]
+    .venv/bin/python benchmarks/frontend_clinical.py --data CLINICAL_FOLDER [--max-cases N] [--cases ID ...] \
+        [--contrasts t1,t2]
 
 Per case: the front end (brain mask of the reference, rigid registration of the others, the mask from every
 registered contrast where the brain-mask card says so) and what the network is fed, then the same scores
 `darefuse evaluate` reports (training/frontend_eval.py): registration error in mm against the manifest's
 motion, brain-mask Dice against the engine's mask, tumour voxels outside the mask; how the mask errs (mL beyond
-the engine's mask, mL of it missed); and the stage times (wall and CPU). Prints a markdown table and the summary. The mask scored is the front end's, before the segmented
-tumour is added to it (no network runs here): `darefuse evaluate` scores the
-mask a run gives out.
+the engine's mask, mL of it missed); and the stage times (wall and CPU). Prints a markdown table and the summary.
+The mask scored is the front end's, before the segmented tumour is added to it (no network runs here): `darefuse
+evaluate` scores the mask a run gives out.
 """
 from __future__ import annotations
 
