@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from DareFuseSlicerLib.network.store import read_card, record_metrics
-from DareFuseSlicerLib.training import class_doubt_eval
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_choice import one_model  # noqa: E402
+from DareFuseSlicerLib.network.store import read_card, record_metrics  # noqa: E402
+from DareFuseSlicerLib.training import class_doubt_eval  # noqa: E402
 
 
 def report_rows(paths) -> dict:
     """case id -> its per-case row (with `report`, the file it came from), from each report's one model."""
     rows = {}
     for path in paths:
-        models = json.loads(Path(path).read_text())["models"]
-        if len(models) != 1:
-            raise SystemExit(f"{path}: one model per report, found {len(models)}")
-        for row in next(iter(models.values()))["per_case"]:
+        for row in one_model(path)[1]["per_case"]:
             rows[row["case_id"]] = {**row, "report": Path(path).name}
     return rows
 

@@ -18,12 +18,19 @@ REGIONS = ("WT", "TC", "ET")
 COUNTS = ("meningioma outside",)
 
 
-def figures(path: str) -> dict:
-    """One report's one model: the rule's figures."""
+def one_model(path: str) -> tuple:
+    """A `darefuse evaluate` report of one model: (its name, its figures, the seed range of its set)."""
     report = json.loads(Path(path).read_text())
+    if len(report["models"]) != 1:
+        raise SystemExit(f"{path}: one model per report, found {len(report['models'])}")
     (name, model), = report["models"].items()
+    return name, model, f"{min(report['data']['seeds'])}-{max(report['data']['seeds'])}"
+
+
+def figures(name: str, model: dict, data: str) -> dict:
+    """The rule's figures of one report's model."""
     front_end = model.get("front_end", {})
-    return {"model": name, "data": f"{min(report['data']['seeds'])}-{max(report['data']['seeds'])}",
+    return {"model": name, "data": data,
             **{r: model["post"][r]["dice"] for r in REGIONS},
             **{f"tumour {r}": model["post_tumour_cases"][r]["dice"] for r in REGIONS},
             "class": model["classification"]["accuracy"],
@@ -32,11 +39,8 @@ def figures(path: str) -> dict:
             "meningioma outside": front_end.get("meningioma_voxels_outside_mask")}
 
 
-def margin_rows(path: str) -> list:
+def margin_rows(name: str, model: dict, data: str) -> list:
     """One report's mask given out at each tumour margin (empty for a report without the front end)."""
-    report = json.loads(Path(path).read_text())
-    (name, model), = report["models"].items()
-    data = f"{min(report['data']['seeds'])}-{max(report['data']['seeds'])}"
     return [{"model": name, "data": data, "tumour margin mm": f"{m['tumour_margin_mm']:g}",
              "mask Dice": f"{m['brain_mask_dice']['mean']:.7f}", "meningioma outside": m["meningioma_voxels_outside_mask"]}
             for m in model.get("front_end", {}).get("by_tumour_margin", [])]
@@ -68,7 +72,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if len(args.old) != len(args.new):
         parser.error("--old and --new need one report per set each")
-    old, new = [figures(p) for p in args.old], [figures(p) for p in args.new]
+    reports = [(one_model(a), one_model(b)) for a, b in zip(args.old, args.new)]
+    old, new = [figures(*a) for a, _ in reports], [figures(*b) for _, b in reports]
     for a, b in zip(old, new):
         if a["data"] != b["data"]:
             parser.error(f"--old {a['data']} and --new {b['data']} are not the same set")
@@ -76,7 +81,7 @@ def main(argv=None) -> int:
     for row in rows:
         row.setdefault("mean Dice", mean(row[r] for r in REGIONS))
     print(table(rows))
-    margins = [row for pair in zip(args.old, args.new) for path in pair for row in margin_rows(path)]
+    margins = [row for pair in reports for report in pair for row in margin_rows(*report)]
     if margins:
         print("\nThe mask given out at each tumour margin:\n\n" + table(margins))
     return 0

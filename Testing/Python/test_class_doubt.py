@@ -32,7 +32,7 @@ def test_the_table_counts_flagged_wrong_and_right_classes_and_the_rule_caps_fals
     assert table[0.6] == {"below": 0.6, "wrong": 2, "wrong_flagged": 0, "right": 10, "right_flagged": 0}
     assert (table[0.7]["wrong_flagged"], table[0.7]["right_flagged"]) == (1, 0)
     assert (table[0.9]["wrong_flagged"], table[0.9]["right_flagged"]) == (1, 1)  # 1 of 10: at the cap
-    # 0.9 is the highest within the cap (0.95 flags the same); 0.99 would flag every right class.
+    # 0.95 flags what 0.9 does, 1 of 10 right classes (at the cap): the highest within it is chosen.
     assert class_doubt_eval.choose(list(table.values()))["chosen"] == 0.95
     capped = class_doubt_eval.candidate_table(development_rows() + [row("r10", "glioma", "glioma", 0.92)])
     assert class_doubt_eval.choose(capped)["chosen"] == 0.9  # 0.95 flags 2 of 11 right classes: over the cap
@@ -41,8 +41,9 @@ def test_the_table_counts_flagged_wrong_and_right_classes_and_the_rule_caps_fals
 
 def test_the_benchmark_pools_reports_once_per_case_and_records_its_choice(tmp_path):
     rows = development_rows()
-    first = {"models": {"m": {"per_case": rows[:6]}}}
-    again = {"models": {"m": {"per_case": [row("w1", "metastasis", "glioma", 0.75)] + rows[6:]}}}
+    first = {"data": {"seeds": [1, 6]}, "models": {"m": {"per_case": rows[:6]}}}
+    again = {"data": {"seeds": [7, 12]}, "models": {"m": {"per_case": [row("w1", "metastasis", "glioma", 0.75)]
+                                                                      + rows[6:]}}}
     paths = []
     for name, report in (("a.json", first), ("b.json", again)):
         paths.append(tmp_path / name)
