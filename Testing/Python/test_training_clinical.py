@@ -442,3 +442,40 @@ def test_the_front_end_benchmark_scores_a_case_and_says_how_its_mask_errs(clinic
     assert beyond + missed > 0 and dice == pytest.approx(2 * (truth_ml - missed) / (2 * truth_ml - missed + beyond),
                                                          abs=2e-3)
     assert json.loads((tmp_path / "front.json").read_text())["summary"]["cases"] == 1
+
+
+def _candidate_brainmask(folder, version: str, **card_changes):
+    """The bundled brain-mask network copied into `folder` with its card changed (the weights, and so their
+    SHA256, stay): a stand-in for a newly trained candidate."""
+    import shutil
+
+    path = folder / "brainmask.safetensors"
+    shutil.copy(frontend.BRAINMASK_MODEL, path)
+    card = {**read_card(frontend.BRAINMASK_MODEL), "version": version, **card_changes}
+    card_path(path).write_text(json.dumps(card))
+    return path
+
+
+def test_evaluate_judges_a_candidate_brain_mask_network(clinical_folder, tmp_path):
+    """`darefuse evaluate --brainmask` feeds whole-head cases through the candidate's front end (its card's mask
+    settings), checks the held-out seeds against its card too, and is never recorded in a card."""
+    from DareFuseSlicerLib.training.evaluate import _brainmask_lines, load_case, read_rows, run_evaluation
+
+    settings = {**read_card(frontend.BRAINMASK_MODEL)["mask_settings"], "margin_mm": 2.0}
+    candidate = load_model(_candidate_brainmask(tmp_path, "brainmask-test", mask_settings=settings))
+    row = read_rows(clinical_folder)[0]
+    assert load_case(clinical_folder, row).front.margin_mm == 6.0  # the bundled card's
+    assert load_case(clinical_folder, row, CONTRASTS, candidate).front.margin_mm == 2.0
+    (tmp_path / "seen").mkdir()
+    trained_on_it = _candidate_brainmask(tmp_path / "seen", "bm-seen", data_recipe={"train_seeds": [77, 77]})
+    raw = str(frontend.BRAINMASK_MODEL.parent / "darefuse-raw.safetensors")
+    with pytest.raises(OptionError, match="not held out for model brain mask bm-seen"):
+        run_evaluation(clinical_folder, [raw], tmp_path / "r", brainmask=str(trained_on_it), log=lambda *_: None)
+    with pytest.raises(OptionError, match="bundled brain-mask network"):
+        run_evaluation(clinical_folder, [raw], tmp_path / "r", brainmask=str(trained_on_it), record=True)
+    assert not (tmp_path / "r.json").exists()
+    summary = {"data": {"grids": ["clinical"]}, "brainmask": {"path": "/c/bm.safetensors", "version": "bm-x",
+                                                              "sha256": "0123456789", "bundled": False}}
+    assert _brainmask_lines(summary)[0] == ("Brain-mask network of the front end: bm-x (a candidate, not the bundled "
+                                            "one: `/c/bm.safetensors`; sha256 01234567...).")
+    assert _brainmask_lines({**summary, "data": {"grids": ["brats"]}}) == []

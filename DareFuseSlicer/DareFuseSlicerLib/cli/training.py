@@ -82,6 +82,9 @@ def register(subparsers) -> None:
     evaluate.add_argument("--class-gate", metavar="P|none",
                           help="clear the map when the class head's P(no tumour) reaches P (none: no gate), instead "
                                "of the card's or the tuned gate; with --record it goes into the card")
+    evaluate.add_argument("--brainmask", metavar="PATH",
+                          help="brain-mask network (.safetensors with its card) for whole-head cases instead of the "
+                               "bundled one: a candidate judged with the segmentation in the loop; not with --record")
     evaluate.set_defaults(handler=_evaluate)
 
 
@@ -351,7 +354,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     json_path, md_path = run_evaluation(
         data=args.data, models=args.model, out=args.out, tune=args.tune, max_cases=args.max_cases,
         device=args.device, threads=args.threads, record=args.record, contrasts=args.contrasts,
-        class_gate=args.class_gate,
+        class_gate=args.class_gate, brainmask=args.brainmask,
     )
     print(f"report: {json_path} and {md_path}")
     return 0

@@ -100,8 +100,9 @@ def parse_class_gate(text) -> Optional[float]:
     return gate
 
 
-def load_case(folder: Path, row: dict, contrasts: Sequence[str] = CONTRASTS) -> Case:
-    """One engine case; only `contrasts` are given to the models (the others are missing, as in use)."""
+def load_case(folder: Path, row: dict, contrasts: Sequence[str] = CONTRASTS, brainmask_model=None) -> Case:
+    """One engine case; only `contrasts` are given to the models (the others are missing, as in use).
+    brainmask_model: the front end's brain-mask network for whole-head cases (None: the bundled one)."""
     images = {c: sitk.ReadImage(str(folder / row[BRATS_SUFFIX[c]])) if c in contrasts else None for c in CONTRASTS}
     seg = sitk.ReadImage(str(folder / row["seg"]))
     reference = reference_contrast(images)
@@ -110,7 +111,7 @@ def load_case(folder: Path, row: dict, contrasts: Sequence[str] = CONTRASTS) -> 
         raise InputError(f"Case {row['case_id']}: its {reference} image (the reference for contrasts "
                          f"{', '.join(c for c in CONTRASTS if images[c] is not None)}) is not on the segmentation's grid; "
                          "evaluate on BraTS-grid cases (phantoms made on the grid 'brats') or give a T1.")
-    prep, front = frontend.prepare_study(images)  # whole-head cases: brain mask and registration first
+    prep, front = frontend.prepare_study(images, model=brainmask_model)  # whole-head cases: mask, registration
     return Case(
         case_id=row["case_id"], tumour_class=row["tumour_class"], images=images,
         truth=sitk.GetArrayFromImage(seg).astype(np.uint8), spacing=tuple(seg.GetSpacing()[::-1]), prep=prep,
@@ -479,13 +480,16 @@ ChosenReview = Tuple[review.ReviewConfig, Optional[dict], Optional[str]]
 
 def run_evaluation(data, models: Sequence[str], out, tune: Optional[str] = None, max_cases: Optional[int] = None,
                    device: Optional[str] = None, threads: int = 2, log=print, record: bool = False,
-                   contrasts=None, class_gate: Optional[str] = None) -> Tuple[Path, Path]:
+                   contrasts=None, class_gate: Optional[str] = None,
+                   brainmask: Optional[str] = None) -> Tuple[Path, Path]:
     """Score every model (NAME=PATH or PATH) on `data`; writes OUT.json and OUT.md. Post-processing: thresholds
     tuned on `tune` when given, else those of each model's card. record: also write the summary into each
     model's card (metrics["held_out"], and the tuned thresholds, which the pipeline then uses). contrasts: the
     ones given to the models (parse_contrasts: None for all four), on the held-out and the tuning cases alike
     (the others are missing). class_gate: parse_class_gate's text, the class gate used (and recorded) instead of
-    the card's or the tuned one; None: not given.
+    the card's or the tuned one; None: not given. brainmask: the front end's brain-mask network (.safetensors
+    with its card) for whole-head cases instead of the bundled one, to judge a candidate with the segmentation
+    in the loop; not with `record` (a card's held-out figures are the pipeline's, with the bundled mask).
 
     The stages: models loaded -> post-processing chosen per model -> scores per model -> summary -> reports
     (and the cards when recording)."""
@@ -496,21 +500,26 @@ def run_evaluation(data, models: Sequence[str], out, tune: Optional[str] = None,
     if record and contrasts != tuple(CONTRASTS):
         raise OptionError("{record} is for all four contrasts: a card's held-out figures and thresholds are the "
                           "ones the pipeline uses by default.", "record")
+    if record and brainmask is not None:
+        raise OptionError("{record} is for the bundled brain-mask network: a card's held-out figures are the ones "
+                          "the pipeline gives; leave out {brainmask}.", "record", "brainmask")
     torch.set_num_threads(threads)
     folder = Path(data)
     rows = read_rows(folder)[: max_cases or None]
     loaded = [(name, path, load_model(path, device or "cpu")) for name, path in _parse_models(models)]
-    frontend_eval.check_held_out(rows, {name: model.card for name, _, model in loaded})
+    mask_model = frontend.load_brainmask_model(Path(brainmask) if brainmask else None)
+    frontend_eval.check_held_out(rows, {**{name: model.card for name, _, model in loaded},
+                                        f"brain mask {mask_model.card.get('version')}": mask_model.card})
     frontend_eval.check_tuning_folder(folder, Path(tune) if tune else None, rows, read_rows(tune) if tune else [])
     started = time.perf_counter()
     log(f"evaluate: {len(rows)} cases of {folder}, {len(loaded)} model(s), contrasts {', '.join(contrasts)}")
-    configs, tuning_cases = choose_postprocessing(loaded, tune, contrasts, log)
+    configs, tuning_cases = choose_postprocessing(loaded, tune, contrasts, log, mask_model)
     if class_gate is not None:
         configs = {name: (replace(c, no_tumour_gate=given_gate), score, on) for name, (c, score, on) in configs.items()}
         log(f"class gate given: {given_gate}")
     reviews = choose_review(loaded, configs, tuning_cases, tune, log)
     del tuning_cases
-    results = score_models(loaded, configs, reviews, folder, rows, contrasts, log)
+    results = score_models(loaded, configs, reviews, folder, rows, contrasts, log, mask_model)
     if class_gate is not None:
         for report in results.values():
             report["postprocess"]["class_gate_given"] = given_gate
@@ -519,6 +528,8 @@ def run_evaluation(data, models: Sequence[str], out, tune: Optional[str] = None,
                  "classes": {c: sum(1 for r in rows if r["tumour_class"] == c) for c in CLASSES},
                  "grids": sorted({r["grid"] for r in rows}), "seeds": [int(r["seed"]) for r in rows],
                  "contrasts": list(contrasts)},
+        "brainmask": {"path": str(brainmask or frontend.BRAINMASK_MODEL), "version": mask_model.card.get("version"),
+                      "sha256": mask_model.card.get("sha256"), "bundled": brainmask is None},
         "seconds": round(time.perf_counter() - started, 1),
         "models": results,
     }
@@ -529,7 +540,7 @@ def run_evaluation(data, models: Sequence[str], out, tune: Optional[str] = None,
 
 
 def choose_postprocessing(loaded: List[LoadedModel], tune: Optional[str], contrasts: Sequence[str],
-                          log) -> Tuple[Dict[str, ChosenPostprocess], Dict[str, list]]:
+                          log, mask_model=None) -> Tuple[Dict[str, ChosenPostprocess], Dict[str, list]]:
     """Each model's post-processing: tuned on the `tune` folder when given (cases loaded one at a time), else
     the thresholds the pipeline would use with it (its card's). Also returns, per model, the tuning cases'
     predictions as review_efficiency.tuning_crop keeps them (empty without `tune`), for choose_review."""
@@ -539,7 +550,7 @@ def choose_postprocessing(loaded: List[LoadedModel], tune: Optional[str], contra
     raw: Dict[str, list] = {name: [] for name, _, _ in loaded}
     classed: Dict[str, list] = {name: [] for name, _, _ in loaded}  # for the class rule
     for row in read_rows(tune):
-        case = load_case(Path(tune), row, contrasts)
+        case = load_case(Path(tune), row, contrasts, mask_model)
         voxel_ml = float(np.prod(case.spacing)) / 1000.0
         for name, _, model in loaded:
             prediction = predictor_for(model)(model, case)
@@ -586,14 +597,14 @@ def choose_review(loaded: List[LoadedModel], configs: Dict[str, ChosenPostproces
 
 
 def score_models(loaded: List[LoadedModel], configs: Dict[str, ChosenPostprocess], reviews: Dict[str, ChosenReview],
-                 folder: Path, rows: List[dict], contrasts: Sequence[str], log) -> Dict[str, dict]:
+                 folder: Path, rows: List[dict], contrasts: Sequence[str], log, mask_model=None) -> Dict[str, dict]:
     """Every model's report on the held-out cases (loaded one at a time), with its model, post-processing and
     review settings."""
     scorers = {name: ModelScores(model, configs[name][0], hasattr(model, "generator"), reviews[name][0])
                for name, _, model in loaded}
     front_scores: Dict[str, list] = {name: [] for name in scorers}
     for i, row in enumerate(rows):
-        case = load_case(folder, row, contrasts)
+        case = load_case(folder, row, contrasts, mask_model)
         for name, scorer in scorers.items():
             label = scorer.add(case)  # the brain mask given out holds the model's segmented tumour
             front_scores[name].append(frontend_eval.case_scores(folder, row, case.front, case.truth, label))
@@ -652,6 +663,15 @@ def _f(value, digits=3) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+def _brainmask_lines(summary: dict) -> List[str]:
+    """Which brain-mask network the front end used, for reports with whole-head cases."""
+    mask = summary.get("brainmask")
+    if not mask or "clinical" not in summary["data"]["grids"]:
+        return []
+    where = "the bundled one" if mask["bundled"] else f"a candidate, not the bundled one: `{mask['path']}`"
+    return [f"Brain-mask network of the front end: {mask['version']} ({where}; sha256 {mask['sha256'][:8]}...).", ""]
+
+
 def markdown_report(summary: dict) -> str:
     d = summary["data"]
     given = list(d.get("contrasts", CONTRASTS))
@@ -665,6 +685,7 @@ def markdown_report(summary: dict) -> str:
         f"Contrasts given to the models: {', '.join(given)}"
         + ("" if given == list(CONTRASTS) else " (the others missing)") + ".",
         "",
+        *_brainmask_lines(summary),
         "## Segmentation (mean over cases; HD95 in mm)",
         "",
         "| model | post-processing | Dice WT | Dice TC | Dice ET | HD95 WT | HD95 TC | HD95 ET |",
