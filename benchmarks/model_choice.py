@@ -1,6 +1,6 @@
 """Two models' `darefuse evaluate` reports on the same development sets, side by side: the figures a rule for
 replacing the bundled model names (Dice, class, uncertainty, false tumour, meningioma outside the mask given
-out), each set's and, over the sets, their mean (a count: its sum); then the mask given out at each tumour margin
+out, registration error), each set's and, over the sets, their mean (a count: its sum); then the mask given out at each tumour margin
 scored, each set's mean brain-mask Dice (7 decimals: a rule's threshold can lie that close) and meningioma voxels
 outside. It prints; the rule and its verdict are in the model card.
 
@@ -19,11 +19,15 @@ COUNTS = ("meningioma outside",)
 
 
 def one_model(path: str) -> tuple:
-    """A `darefuse evaluate` report of one model: (its name, its figures, the seed range of its set)."""
+    """A `darefuse evaluate` report of one model: (its name, its figures, the seed range of its set). The name
+    says the brain-mask network too when the report's was a candidate (`evaluate --brainmask`)."""
     report = json.loads(Path(path).read_text())
     if len(report["models"]) != 1:
         raise SystemExit(f"{path}: one model per report, found {len(report['models'])}")
     (name, model), = report["models"].items()
+    mask = report.get("brainmask") or {}
+    if mask and not mask.get("bundled", True):
+        name = f"{name} + {mask['version']}"
     return name, model, f"{min(report['data']['seeds'])}-{max(report['data']['seeds'])}"
 
 
@@ -36,7 +40,8 @@ def figures(name: str, model: dict, data: str) -> dict:
             "class": model["classification"]["accuracy"],
             "error-AUROC": model["uncertainty"]["error_auroc"],
             "FP mL": model["false_positive_ml_tumour_free"]["after_class_gate"],
-            "meningioma outside": front_end.get("meningioma_voxels_outside_mask")}
+            "meningioma outside": front_end.get("meningioma_voxels_outside_mask"),
+            **{f"registration {k} mm": front_end.get("registration_error_mm", {}).get(k) for k in ("median", "worst")}}
 
 
 def margin_rows(name: str, model: dict, data: str) -> list:

@@ -21,3 +21,19 @@ def test_model_choice_prints_each_set_the_sets_together_and_the_mask_at_each_mar
     mismatched = subprocess.run([sys.executable, str(REPO / "benchmarks" / "model_choice.py"), "--old", str(old[0]),
                                  "--new", str(new[1])], capture_output=True, text=True)
     assert mismatched.returncode != 0 and "are not the same set" in mismatched.stderr
+
+
+def test_model_choice_names_a_candidate_brain_mask_and_prints_the_registration_error():
+    """brainmask-v3 judged with darefuse-raw-v4 on 739000 (docs/brainmask-v3-candidate.md): the same segmentation
+    model, told apart by the brain-mask network its report names; the rule's registration figure is printed."""
+    docs = REPO / "docs"
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "model_choice.py"),
+                          "--old", str(docs / "evaluation-darefuse-raw-v4-clinical17.json"),
+                          "--new", str(docs / "evaluation-darefuse-raw-v4-brainmask-v3-dev739.json")],
+                         capture_output=True, text=True, check=True).stdout
+    assert "registration median mm | registration worst mm |" in out
+    assert "| darefuse-raw-v4 | 739000-739023 | 0.889 | 0.889 | 0.897 |" in out and "| 0 | 0.261 | 0.915 |" in out
+    assert "| darefuse-raw-v4 + brainmask-v3 | 739000-739023 | 0.900 | 0.889 | 0.897 |" in out
+    assert "| 0 | 0.252 | 1.152 |" in out  # criterion 4: the worst registration 0.237 mm worse
+    assert "| darefuse-raw-v4 + brainmask-v3 | 739000-739023 | 4 | 0.9724113 | 0 |" in out
+    assert "| darefuse-raw-v4 | 739000-739023 | 4 | 0.9685598 | 0 |" in out
