@@ -1,8 +1,8 @@
 """Two models' `darefuse evaluate` reports on the same development sets, side by side: the figures a rule for
 replacing the bundled model names (Dice, class, uncertainty, false tumour, meningioma outside the mask given
-out, registration error), each set's and, over the sets, their mean (a count: its sum); then the mask given out at each tumour margin
-scored, each set's mean brain-mask Dice (7 decimals: a rule's threshold can lie that close) and meningioma voxels
-outside. It prints; the rule and its verdict are in the model card.
+out, registration error), each set's and, over the sets, their mean (a count: its sum); then the mask given out
+at each tumour margin scored, each set's mean brain-mask Dice (7 decimals: a rule's threshold can lie that close)
+and meningioma voxels outside. It prints; the rule and its verdict are in the model card.
 
     .venv/bin/python benchmarks/model_choice.py --old V4_SET1.json V4_SET2.json --new V5_SET1.json V5_SET2.json
 """
