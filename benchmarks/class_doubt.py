@@ -1,10 +1,14 @@
-"""The class doubt chosen on development sets: for each candidate threshold, how many wrong and right classes of
-`darefuse evaluate` reports it would flag low confidence (training/class_doubt_eval.py), pooled over the reports
-(a case in several reports counts once, from the last given). The rule that decided it is in the raw model's card.
+"""The doubts on the reported class chosen on development sets: for each candidate threshold, how many wrong and
+right classes of `darefuse evaluate` reports it would flag low confidence (training/class_doubt_eval.py), pooled
+over the reports (a case in several reports counts once, from the last given). The rules that decided them are in
+the raw model's card.
 
-    PYTHONPATH=DareFuseSlicer .venv/bin/python benchmarks/class_doubt.py REPORT.json [...] [--record MODEL]
+    PYTHONPATH=DareFuseSlicer .venv/bin/python benchmarks/class_doubt.py REPORT.json [...] [--doubt oedema]
+        [--record MODEL]
 
-`--record MODEL` writes the choice into MODEL's card (postprocess.config.class_doubt_below).
+--doubt class (the default): the class head's top probability below a threshold (class_doubt_below);
+--doubt oedema: a glioma call whose map's oedema is more than a threshold times its tumour core
+(oedema_doubt_above). `--record MODEL` writes the choice into MODEL's card (postprocess.config).
 """
 from __future__ import annotations
 
@@ -12,11 +16,33 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_choice import one_model  # noqa: E402
 from DareFuseSlicerLib.network.store import read_card, record_metrics  # noqa: E402
-from DareFuseSlicerLib.training import class_doubt_eval  # noqa: E402
+from DareFuseSlicerLib.training import class_doubt_eval as ev  # noqa: E402
+
+class Doubt(NamedTuple):
+    setting: str  # its key in the card's postprocess.config
+    heading: str  # the table's first column
+    calls: str  # what it judges
+    key: str  # the candidates' threshold in a table row
+    table: Callable
+    choose: Callable
+    rule: str
+
+
+DOUBTS = {
+    "class": Doubt("class_doubt_below", "class head's top probability below", "classes", "below",
+                   ev.candidate_table, ev.choose,
+                   f"the highest of {list(ev.CANDIDATES)} flagging at most {ev.MAX_RIGHT_FLAGGED:.0%} of the right "
+                   "classes and at least one wrong one"),
+    "oedema": Doubt("oedema_doubt_above", "oedema over tumour core above", "glioma calls", "above",
+                    ev.oedema_candidate_table, ev.choose_oedema,
+                    f"the lowest of {list(ev.OEDEMA_CANDIDATES)} flagging at most {ev.MAX_RIGHT_FLAGGED:.0%} of the "
+                    "right glioma calls and at least one wrong one"),
+}
 
 
 def report_rows(paths) -> dict:
@@ -28,36 +54,46 @@ def report_rows(paths) -> dict:
     return rows
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("reports", nargs="+")
-    parser.add_argument("--record", help="the model file whose card takes the choice")
-    args = parser.parse_args(argv)
-    rows = list(report_rows(args.reports).values())
-    table = class_doubt_eval.candidate_table(rows)
-    print(f"{len(rows)} cases from {len(args.reports)} reports")
-    print("| class head's top probability below | wrong classes flagged | right classes flagged |\n|---|---|---|")
+def print_table(doubt: Doubt, rows: list, table: list) -> None:
+    print(f"| {doubt.heading} | wrong {doubt.calls} flagged | right {doubt.calls} flagged |\n|---|---|---|")
     for c in table:
-        print(f"| {c['below']:g} | {c['wrong_flagged']} of {c['wrong']} | {c['right_flagged']} of {c['right']} "
+        print(f"| {c[doubt.key]:g} | {c['wrong_flagged']} of {c['wrong']} | {c['right_flagged']} of {c['right']} "
               f"({c['right_flagged'] / max(c['right'], 1):.3f}) |")
     for row in rows:
         if row["predicted_class"] != row["class"]:
             top = max(row["class_probabilities"].values())
+            shown = row.get("shown_ml")
+            oedema = f", oedema {shown['SNFH']:.1f} mL, core {shown['TC']:.1f} mL" if shown else ""
             print(f"  {row['case_id']} truth {row['class']}, reported {row['predicted_class']}, class head "
-                  f"{row['class_head']} {top:.3f}")
-    choice = class_doubt_eval.choose(table)
+                  f"{row['class_head']} {top:.3f}{oedema}")
+
+
+def record(model: str, name: str, table: list, choice: dict, rows: list) -> None:
+    doubt = DOUBTS[name]
+    postprocess = read_card(model)["postprocess"]
+    postprocess["config"][doubt.setting] = choice["chosen"]
+    reports = sorted({row["report"] for row in rows})
+    record_metrics(model, f"{name}_doubt_choice",
+                   {"candidates": table, **choice, "chosen_on": reports, "cases": len(rows), "rule": doubt.rule},
+                   postprocess=postprocess)
+    print(f"recorded in the card of {model}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reports", nargs="+")
+    parser.add_argument("--doubt", choices=sorted(DOUBTS), default="class")
+    parser.add_argument("--record", help="the model file whose card takes the choice")
+    args = parser.parse_args(argv)
+    rows = list(report_rows(args.reports).values())
+    doubt = DOUBTS[args.doubt]
+    table = doubt.table(rows)
+    print(f"{len(rows)} cases from {len(args.reports)} reports")
+    print_table(doubt, rows, table)
+    choice = doubt.choose(table)
     print(json.dumps(choice))
     if args.record and choice["chosen"] is not None:
-        postprocess = read_card(args.record)["postprocess"]
-        postprocess["config"]["class_doubt_below"] = choice["chosen"]
-        reports = sorted({row["report"] for row in rows})
-        record_metrics(args.record, "class_doubt_choice",
-                       {"candidates": table, **choice, "chosen_on": reports, "cases": len(rows),
-                        "rule": f"the highest of {list(class_doubt_eval.CANDIDATES)} flagging at most "
-                                f"{class_doubt_eval.MAX_RIGHT_FLAGGED:.0%} of the right classes and at least one "
-                                "wrong one"},
-                       postprocess=postprocess)
-        print(f"recorded in the card of {args.record}")
+        record(args.record, args.doubt, table, choice, rows)
 
 
 if __name__ == "__main__":

@@ -61,3 +61,45 @@ def test_the_benchmark_pools_reports_once_per_case_and_records_its_choice(tmp_pa
     card = read_card(model)
     assert card["postprocess"] == {"config": {"wt_min_ml": 1.0, "class_doubt_below": 0.95}, "tuned_on": "val"}
     assert card["metrics"]["class_doubt_choice"]["chosen_on"] == ["a.json", "b.json"]
+
+
+def called(case_id, truth, reported, snfh, tc):
+    """A row whose map shows `snfh` mL of oedema around `tc` mL of tumour core."""
+    return {**row(case_id, truth, reported, 0.99),
+            "shown_ml": {"NETC": tc / 2, "SNFH": snfh, "ET": tc / 2, "WT": snfh + tc, "TC": tc}}
+
+
+def oedema_rows():
+    """Two metastases called glioma (oedema 14 and 25 times the core), ten right gliomas (3 times, one 9 times),
+    a metastasis called right with 30 times (the doubt questions glioma calls only) and a row of an old report
+    without volumes (left out)."""
+    rows = [called("w1", "metastasis", "glioma", 140.0, 10.0), called("w2", "metastasis", "glioma", 100.0, 4.0),
+            called("r0", "glioma", "glioma", 90.0, 10.0), called("m0", "metastasis", "metastasis", 300.0, 10.0),
+            row("old", "metastasis", "glioma", 0.99)]
+    return rows + [called(f"r{i}", "glioma", "glioma", 30.0, 10.0) for i in range(1, 10)]
+
+
+def test_the_oedema_doubt_counts_glioma_calls_and_its_rule_takes_the_lowest_within_the_cap():
+    table = {c["above"]: c for c in class_doubt_eval.oedema_candidate_table(oedema_rows())}
+    assert table[6.0] == {"above": 6.0, "wrong": 2, "wrong_flagged": 2, "right": 10, "right_flagged": 1}
+    assert (table[15.0]["wrong_flagged"], table[15.0]["right_flagged"]) == (1, 0)
+    assert (table[20.0]["wrong_flagged"], table[20.0]["right_flagged"]) == (1, 0)
+    assert class_doubt_eval.choose_oedema(list(table.values()))["chosen"] == 6.0  # 1 of 10 right: at the cap
+    swollen = oedema_rows() + [called("r10", "glioma", "glioma", 70.0, 10.0)]  # 7 times: 2 of 11 above 6
+    assert class_doubt_eval.choose_oedema(class_doubt_eval.oedema_candidate_table(swollen))["chosen"] == 8.0
+    plain = [r for r in oedema_rows() if r["case_id"] not in ("w1", "w2")]
+    assert class_doubt_eval.choose_oedema(class_doubt_eval.oedema_candidate_table(plain))["chosen"] is None
+
+
+def test_the_benchmark_records_the_oedema_doubt(tmp_path):
+    path = tmp_path / "dev.json"
+    path.write_text(json.dumps({"data": {"seeds": [1, 14]}, "models": {"m": {"per_case": oedema_rows()}}}))
+    model = tmp_path / "m" / "darefuse.safetensors"
+    save_model(DareFuseNet(NetConfig()), model, {"training_command": "test", "seed": 0})
+    record_metrics(model, "held_out", {}, postprocess={"config": {"class_doubt_below": 0.9}, "tuned_on": "val"})
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "class_doubt.py"), str(path), "--doubt", "oedema",
+                          "--record", str(model)], capture_output=True, text=True, check=True).stdout
+    assert "| 10 | 2 of 2 | 0 of 10 (0.000) |" in out and "w1 truth metastasis, reported glioma" in out
+    card = read_card(model)
+    assert card["postprocess"]["config"] == {"class_doubt_below": 0.9, "oedema_doubt_above": 6.0}
+    assert card["metrics"]["oedema_doubt_choice"]["chosen"] == 6.0

@@ -6,8 +6,8 @@ from hypothesis.extra.numpy import arrays
 
 from DareFuseSlicerLib.constants import CLASSES
 from DareFuseSlicerLib.pipeline.postprocess import (PostprocessConfig, class_in_doubt, config_for_card, gate_closes,
-                                                    postprocess, removed_parts, reported_class, shown_enhancement_ml,
-                                                    volumes_ml)
+                                                    oedema_in_doubt, oedema_ratio, postprocess, removed_parts,
+                                                    reported_class, shown_enhancement_ml, volumes_ml)
 
 NO_ET_RULE = PostprocessConfig(et_to_netc_ml=0.0)
 
@@ -174,3 +174,21 @@ def test_class_doubt_flags_a_class_head_below_its_threshold_and_is_off_by_defaul
     card = {"postprocess": {"config": doubt.as_dict(), "tuned_on": "v"}}
     assert config_for_card(card)[0].class_doubt_below == 0.9
     assert config_for_card({"postprocess": {"config": {}, "tuned_on": "v"}})[0].class_doubt_below is None
+
+
+def test_oedema_doubt_questions_a_glioma_call_with_oedema_out_of_proportion_to_its_core():
+    """Oedema (SNFH) over tumour core (TC) above the card's setting makes a glioma call doubtful; other classes,
+    an ordinary ratio, a map without oedema and a card without the setting are left alone."""
+    swollen = {"SNFH": 120.0, "TC": 8.0, "NETC": 3.0, "ET": 5.0, "WT": 128.0}  # 15 times
+    ordinary = {"SNFH": 40.0, "TC": 10.0, "NETC": 4.0, "ET": 6.0, "WT": 50.0}  # 4 times
+    assert oedema_ratio(swollen) == 15.0 and oedema_ratio(ordinary) == 4.0
+    assert oedema_ratio({"SNFH": 2.0, "TC": 0.0}) == float("inf") and oedema_ratio({"SNFH": 0.0, "TC": 3.0}) is None
+    doubt = PostprocessConfig(oedema_doubt_above=10.0)
+    assert oedema_in_doubt(doubt, "glioma", swollen)
+    assert not oedema_in_doubt(doubt, "glioma", ordinary) and not oedema_in_doubt(doubt, "metastasis", swollen)
+    assert oedema_in_doubt(doubt, "glioma", {"SNFH": 2.0, "TC": 0.0})  # oedema around no core at all
+    assert not oedema_in_doubt(doubt, "glioma", {"SNFH": 0.0, "TC": 3.0})
+    assert not oedema_in_doubt(PostprocessConfig(), "glioma", swollen)  # off by default
+    assert not oedema_in_doubt(PostprocessConfig(oedema_doubt_above=15.0), "glioma", swollen)  # not above it
+    card = {"postprocess": {"config": doubt.as_dict(), "tuned_on": "v"}}
+    assert config_for_card(card)[0].oedema_doubt_above == 10.0

@@ -268,6 +268,24 @@ def test_an_unsure_class_head_makes_the_run_low_confidence_naming_its_two_likeli
         assert not any("class head is unsure" in w for w in sure.warnings)
 
 
+def test_a_glioma_call_with_disproportionate_oedema_is_low_confidence_naming_metastasis():
+    """The card's oedema doubt: a run reporting glioma whose map shows 15 times more oedema than core gets a
+    warning (result_doubts makes the run low confidence) naming both volumes and metastasis."""
+    from types import SimpleNamespace
+
+    from DareFuseSlicerLib.pipeline.postprocess import PostprocessConfig
+    from DareFuseSlicerLib.pipeline.run import oedema_doubt
+
+    swollen = SimpleNamespace(predicted_index=CLASSES.index("glioma"),
+                              volumes_ml={"NETC": 3.0, "SNFH": 120.0, "ET": 5.0, "WT": 128.0, "TC": 8.0})
+    doubt = oedema_doubt(swollen, PostprocessConfig(oedema_doubt_above=10.0))
+    assert len(doubt) == 1 and "120.0 mL of oedema around 8.0 mL of tumour core" in doubt[0]
+    assert "more than 10 times" in doubt[0] and "metastasis" in doubt[0]
+    assert oedema_doubt(swollen, PostprocessConfig()) == []
+    called_metastasis = SimpleNamespace(predicted_index=CLASSES.index("metastasis"), volumes_ml=swollen.volumes_ml)
+    assert oedema_doubt(called_metastasis, PostprocessConfig(oedema_doubt_above=10.0)) == []
+
+
 @pytest.mark.parametrize("given", [("flair",), ("t2", "flair"), ("t1ce",), ("t1", "t2")])
 def test_any_subset_of_contrasts_and_the_reference_rule(given):
     images = {name: image for name, image in four_contrasts().items() if name in given}

@@ -126,7 +126,8 @@ def test_report_on_a_tiny_folder(tmp_path):
     save_model(SegResNetBaseline(), base_path, {"training_command": "test", "seed": 0})
     # An enhancement rule already in the card (chosen on development sets) survives the tuning below.
     record_metrics(net_path, "enhancement_rule_choice", {},
-                   postprocess={"config": {"non_enhancing_glioma_ml": 0.0, "class_doubt_below": 0.9}})
+                   postprocess={"config": {"non_enhancing_glioma_ml": 0.0, "class_doubt_below": 0.9,
+                                           "oedema_doubt_above": 10.0}})
     json_path, md_path = run_evaluation(folder, [f"darefuse={net_path}", f"baseline={base_path}"], tmp_path / "report",
                                         tune=tune, log=lambda *_: None, record=True)
     report = json.loads(json_path.read_text())
@@ -149,6 +150,10 @@ def test_report_on_a_tiny_folder(tmp_path):
     # So does the class doubt: each row says whether it flagged the class head.
     assert dare["postprocess"]["config"]["class_doubt_below"] == 0.9
     assert all(r["class_in_doubt"] == (max(r["class_probabilities"].values()) < 0.9) for r in rows)
+    # And the oedema doubt: glioma calls with oedema over 10 times the core shown.
+    assert dare["postprocess"]["config"]["oedema_doubt_above"] == 10.0
+    assert all(r["oedema_in_doubt"] == (r["predicted_class"] == "glioma" and r["shown_ml"]["SNFH"] > 0.0
+                                        and r["shown_ml"]["SNFH"] > 10.0 * r["shown_ml"]["TC"]) for r in rows)
     assert all(r["predicted_class"] in (r["class_head"], "no_tumour", "glioma") for r in rows)
     for r in rows:
         if r["predicted_class"] == "glioma" != r["class_head"]:
@@ -175,6 +180,7 @@ def test_report_on_a_tiny_folder(tmp_path):
     assert len(dare["unshown_alarm"]["candidates"]) == 10 and "unshown_alarm" not in base
     assert "## Unshown tumour: the alarm at each candidate" in text
     assert "## The class doubt at each candidate" in text and "| darefuse | 0.9* |" in text
+    assert "## The oedema doubt at each candidate" in text and "| darefuse | 10* |" in text
     # Parts removed as outside the brain: none in BraTS-style cases (no front-end brain mask).
     assert all(row["outside_brain_ml"] == 0.0 for r in (dare, base) for row in r["per_case"])
     # Lesion-wise detection for every model, from each case's lesions.

@@ -37,6 +37,8 @@ NETC, SNFH, ET = 1, 2, 3
 ENHANCING_CLASSES = ("meningioma", "metastasis")
 #: The contrast enhancement is seen on: without it, no ET in the map says nothing about enhancement.
 ENHANCEMENT_CONTRAST = "t1ce"
+#: The class the oedema doubt questions, and the class its disproportionate oedema suggests.
+OEDEMA_DOUBTED_CLASS, OEDEMA_SUGGESTED_CLASS = "glioma", "metastasis"
 
 
 @dataclass
@@ -50,6 +52,7 @@ class PostprocessConfig:
     empty_means_no_tumour: bool = False  # report no_tumour when the post-processed map holds no tumour
     non_enhancing_glioma_ml: Optional[float] = None  # the enhancement rule: see reported_class; None: off
     class_doubt_below: Optional[float] = None  # the class doubt: see class_in_doubt; None: off
+    oedema_doubt_above: Optional[float] = None  # the oedema doubt: see oedema_in_doubt; None: off
 
     def as_dict(self) -> Dict[str, float]:
         return asdict(self)
@@ -121,6 +124,22 @@ def class_in_doubt(config: PostprocessConfig, class_probabilities: Sequence[floa
     """Whether the class head is too unsure for its answer to stand unflagged: its top probability is below
     `class_doubt_below` (chosen on development sets: training/class_doubt_eval.py). Off when None."""
     return config.class_doubt_below is not None and float(np.max(class_probabilities)) < config.class_doubt_below
+
+
+def oedema_ratio(volumes: Dict[str, float]) -> Optional[float]:
+    """Oedema (SNFH) over tumour core (TC) in the map, in mL; inf for oedema around no core, None for no oedema."""
+    if volumes["SNFH"] <= 0.0:
+        return None
+    return volumes["SNFH"] / volumes["TC"] if volumes["TC"] > 0.0 else math.inf
+
+
+def oedema_in_doubt(config: PostprocessConfig, reported: str, volumes: Dict[str, float]) -> bool:
+    """Whether a glioma call stands against its own map: oedema more than `oedema_doubt_above` times the tumour
+    core, disproportionate as around metastases (chosen on development sets: training/class_doubt_eval.py; the
+    metastases called glioma there, at up to 1.00, all had it). Off when None."""
+    ratio = oedema_ratio(volumes)
+    return (config.oedema_doubt_above is not None and reported == OEDEMA_DOUBTED_CLASS and ratio is not None
+            and ratio > config.oedema_doubt_above)
 
 
 def postprocess(label: np.ndarray, voxel_ml: float, config: PostprocessConfig = PostprocessConfig(),

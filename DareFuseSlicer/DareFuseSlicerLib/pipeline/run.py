@@ -20,8 +20,9 @@ from ..constants import CLASSES, CONTRASTS, OUTPUTS, contrast_name, display_cont
 from ..progress import CancelFn, ProgressFn, check_cancel
 from . import frontend, preprocess, unshown
 from .inference import WindowPlan, WindowPredictor, infer, resolve_device
-from .postprocess import (ENHANCING_CLASSES, PostprocessConfig, class_in_doubt, config_for_card, gate_closes,
-                          postprocess, removed_parts, reported_class, shown_enhancement_ml, volumes_ml)
+from .postprocess import (ENHANCING_CLASSES, OEDEMA_SUGGESTED_CLASS, PostprocessConfig, class_in_doubt,
+                          config_for_card, gate_closes, oedema_in_doubt, postprocess, removed_parts, reported_class,
+                          shown_enhancement_ml, volumes_ml)
 from .review import ReviewConfig, ReviewResult, find_regions, index_to_ras, ras_places, top_two_margin
 from .review import config_for_card as review_config_for_card
 from .validate import brain_plausibility, check_images, check_outputs
@@ -309,11 +310,12 @@ def low_confidence_warnings(grid: Grid, prep: preprocess.Prepared, mean_uncertai
 
 def result_doubts(segmentation: Segmentation, network: NetworkPass, settings: RunSettings,
                   reference: sitk.Image) -> List[str]:
-    """The model's own outputs in doubt: class and segmentation disagreeing, the class head unsure, and the
-    unshown-tumour alarm."""
+    """The model's own outputs in doubt: class and segmentation disagreeing, the class head unsure, a glioma call
+    against its map's oedema, and the unshown-tumour alarm."""
     return (class_disagreement(segmentation, network.class_probabilities)
             + enhancement_doubt(segmentation, network, settings.postprocess)
             + class_doubt(network.class_probabilities, settings.postprocess)
+            + oedema_doubt(segmentation, settings.postprocess)
             + unshown.alarm(segmentation.unshown, settings.unshown, reference))
 
 
@@ -338,6 +340,17 @@ def class_doubt(class_probabilities: np.ndarray, config: PostprocessConfig) -> L
     return [f"the class head is unsure: {CLASSES[first]} {class_probabilities[first]:.0%}, {CLASSES[second]} "
             f"{class_probabilities[second]:.0%} (below {config.class_doubt_below:.0%}, the model card's class "
             "doubt); review the class"]
+
+
+def oedema_doubt(segmentation: Segmentation, config: PostprocessConfig) -> List[str]:
+    """A glioma call whose map shows oedema out of proportion to its core (postprocess.oedema_in_doubt): as around
+    metastases, which the class head confused with gliomas at up to 1.00 on the development sets."""
+    reported, volumes = CLASSES[segmentation.predicted_index], segmentation.volumes_ml
+    if not oedema_in_doubt(config, reported, volumes):
+        return []
+    return [f"{reported} is reported, but the map shows {volumes['SNFH']:.1f} mL of oedema around "
+            f"{volumes['TC']:.1f} mL of tumour core (more than {config.oedema_doubt_above:g} times, the model card's "
+            f"oedema doubt), out of proportion as around a {OEDEMA_SUGGESTED_CLASS}; review the class"]
 
 
 def class_disagreement(segmentation: Segmentation, class_probabilities: np.ndarray) -> List[str]:

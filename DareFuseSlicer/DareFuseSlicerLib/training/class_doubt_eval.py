@@ -1,21 +1,25 @@
-"""Choosing and scoring the class doubt (postprocess.class_in_doubt: a run is low confidence when the class head's
-top probability is below a threshold) from `darefuse evaluate`'s per-case rows, which hold the truth class, the
-reported class and the class head's probabilities: no network is run again.
+"""Choosing and scoring the doubts on the reported class from `darefuse evaluate`'s per-case rows, which hold the
+truth class, the reported class, the class head's probabilities and the map's volumes: no network is run again.
+- the class doubt (postprocess.class_in_doubt): the class head's top probability below a threshold;
+- the oedema doubt (postprocess.oedema_in_doubt): a glioma call whose map shows more than a threshold times as
+  much oedema as tumour core.
 
-A wrong class the doubt flags is no longer a confident wrong answer; a right class it flags is a false alarm, a
-study a reader looks at again for nothing. The choice trades the two with a cap on false alarms fixed in advance.
+A wrong class a doubt flags is no longer a confident wrong answer; a right class it flags is a false alarm, a
+study a reader looks at again for nothing. Each choice trades the two with a cap on false alarms fixed in advance.
 """
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
 
 from ..constants import CLASSES
-from ..pipeline.postprocess import PostprocessConfig, class_in_doubt
+from ..pipeline.postprocess import OEDEMA_DOUBTED_CLASS, PostprocessConfig, class_in_doubt, oedema_in_doubt
 
 #: The thresholds scored (the class head's top probability below which a run is in doubt).
 CANDIDATES = (0.6, 0.7, 0.8, 0.9, 0.95)
 #: At most this share of right classes flagged: about one study in ten looked at again for its class.
 MAX_RIGHT_FLAGGED = 0.10
+#: The oedema doubt's thresholds scored (oedema over tumour core above which a glioma call is in doubt).
+OEDEMA_CANDIDATES = (6.0, 8.0, 10.0, 12.0, 15.0, 20.0)
 
 
 def in_doubt(row: dict, below: Optional[float]) -> bool:
@@ -48,6 +52,37 @@ def choose(table: Sequence[dict]) -> Dict[str, Optional[float]]:
                                             f"{best['right_flagged']} of {best['right']} right ones"}
 
 
+def oedema_flagged(row: dict, above: Optional[float]) -> bool:
+    return oedema_in_doubt(PostprocessConfig(oedema_doubt_above=above), row["predicted_class"], row["shown_ml"])
+
+
+def oedema_candidate_row(rows: Sequence[dict], above: float) -> dict:
+    """How many wrong and right glioma calls (the only calls the oedema doubt questions) it flags at `above`;
+    rows without the map's volumes (reports before session 14) are left out."""
+    calls = [row for row in rows if row["predicted_class"] == OEDEMA_DOUBTED_CLASS and "shown_ml" in row]
+    wrong = [row for row in calls if row["class"] != OEDEMA_DOUBTED_CLASS]
+    right = [row for row in calls if row["class"] == OEDEMA_DOUBTED_CLASS]
+    return {"above": above, "wrong": len(wrong), "wrong_flagged": sum(oedema_flagged(row, above) for row in wrong),
+            "right": len(right), "right_flagged": sum(oedema_flagged(row, above) for row in right)}
+
+
+def oedema_candidate_table(rows: Sequence[dict], candidates: Sequence[float] = OEDEMA_CANDIDATES) -> List[dict]:
+    return [oedema_candidate_row(rows, above) for above in candidates]
+
+
+def choose_oedema(table: Sequence[dict]) -> Dict[str, Optional[float]]:
+    """The lowest threshold that flags at most MAX_RIGHT_FLAGGED of the right glioma calls and at least one wrong
+    one; None (the doubt stays off) when none does."""
+    eligible = [c for c in table if c["right"] and c["right_flagged"] <= MAX_RIGHT_FLAGGED * c["right"]
+                and c["wrong_flagged"] > 0]
+    if not eligible:
+        return {"chosen": None, "why": f"no candidate flags a wrong glioma call while flagging at most "
+                                       f"{MAX_RIGHT_FLAGGED:.0%} of the right ones"}
+    best = min(eligible, key=lambda c: c["above"])
+    return {"chosen": best["above"], "why": f"flags {best['wrong_flagged']} of {best['wrong']} wrong glioma calls "
+                                            f"and {best['right_flagged']} of {best['right']} right ones"}
+
+
 def markdown_lines(models: Dict[str, dict]) -> List[str]:
     """`darefuse evaluate`'s section: each model's candidates on these cases, the card's marked *."""
     tables = {name: candidate_table(r["per_case"]) for name, r in models.items()
@@ -64,4 +99,21 @@ def markdown_lines(models: Dict[str, dict]) -> List[str]:
             lines.append(f"| {name} | {c['below']:g}{mark} | {c['wrong_flagged']} of {c['wrong']} | "
                          f"{c['right_flagged']} of {c['right']} |")
     return lines + ["", "A flagged run is low confidence, naming the class head's two likeliest classes: a wrong "
-                    "class it does not flag is a confident wrong answer.", ""]
+                    "class it does not flag is a confident wrong answer.", ""] + oedema_markdown_lines(models)
+
+
+def oedema_markdown_lines(models: Dict[str, dict]) -> List[str]:
+    """The oedema doubt's section: each model's candidates on these cases, the card's marked *."""
+    tables = {name: oedema_candidate_table(r["per_case"]) for name, r in models.items()
+              if r.get("per_case") and "class_probabilities" in r["per_case"][0]}
+    lines = ["## The oedema doubt at each candidate", "",
+             "| model | oedema over tumour core above | wrong glioma calls flagged | right glioma calls flagged |",
+             "|---|---|---|---|"]
+    for name, table in tables.items():
+        card = models[name]["postprocess"]["config"].get("oedema_doubt_above")
+        for c in table:
+            mark = "*" if c["above"] == card else ""
+            lines.append(f"| {name} | {c['above']:g}{mark} | {c['wrong_flagged']} of {c['wrong']} | "
+                         f"{c['right_flagged']} of {c['right']} |")
+    return lines + ["", "A glioma call whose map shows more oedema (SNFH) than this many times its tumour core (TC) "
+                    "is low confidence, naming metastasis; the class is unchanged.", ""]

@@ -31,7 +31,7 @@ from ..errors import InputError, OptionError
 from ..metrics import region_dice
 from ..pipeline import frontend, preprocess
 from ..pipeline.postprocess import (CARD_KEY, PostprocessConfig, class_in_doubt, config_for_card, gate_closes,
-                                    postprocess, reported_class, shown_enhancement_ml, volumes_ml)
+                                    oedema_in_doubt, postprocess, reported_class, shown_enhancement_ml, volumes_ml)
 from ..pipeline import review
 from . import class_doubt_eval, class_gate_eval, frontend_eval, lesions, review_efficiency, unshown_eval
 from .dataset import read_rows
@@ -392,6 +392,7 @@ class ModelScores:
             row["class_head"] = CLASSES[self.head_class[-1]]
             row["class_probabilities"] = {c: round(float(p), 4) for c, p in zip(CLASSES, prediction.class_probabilities)}
             row["class_in_doubt"] = class_in_doubt(config, prediction.class_probabilities)
+            row["oedema_in_doubt"] = oedema_in_doubt(config, row["predicted_class"], row["shown_ml"])
         row["class_gate_closed"] = gate_closes(config, no_tumour)
         ungated = replace(config, no_tumour_gate=None)
         kept = processed
@@ -568,11 +569,11 @@ def choose_postprocessing(loaded: List[LoadedModel], tune: Optional[str], contra
     configs = {}
     for name, _, model in loaded:
         config, score = tune_postprocessing(raw[name])
-        # The enhancement rule and the class doubt are chosen on development sets (benchmarks/class_enhancement.py,
+        # The enhancement rule and the doubts are chosen on development sets (benchmarks/class_enhancement.py,
         # benchmarks/class_doubt.py), not here: kept.
         card = config_for_card(model.card)[0]
         config = replace(config, non_enhancing_glioma_ml=card.non_enhancing_glioma_ml,
-                         class_doubt_below=card.class_doubt_below)
+                         class_doubt_below=card.class_doubt_below, oedema_doubt_above=card.oedema_doubt_above)
         configs[name] = (tune_class_rule(config, classed[name]), score, str(tune))
     return configs, crops
 
@@ -719,7 +720,9 @@ def markdown_report(summary: dict) -> str:
               "reported when post-processing leaves no tumour; non_enhancing_glioma_ml: the enhancement rule, "
               "glioma is reported when the class head says meningioma or metastasis and the map shows tumour with at "
               "most this much ET, None: off; class_doubt_below: the class doubt, low confidence when the class "
-              "head's top probability is below it, None: off; accuracy and macro-F1 are of the reported class, "
+              "head's top probability is below it, None: off; oedema_doubt_above: the oedema doubt, low confidence "
+              "when glioma is reported and the map's oedema is more than this many times its tumour core, None: "
+              "off; accuracy and macro-F1 are of the reported class, "
               "AUROC of the class head's probabilities):", ""]
     for name, r in summary["models"].items():
         p = r["postprocess"]
