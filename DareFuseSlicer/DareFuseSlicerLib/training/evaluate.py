@@ -69,6 +69,7 @@ class Case:
     prep: preprocess.Prepared
     truth_low: np.ndarray
     front: object = None  # pipeline.frontend.FrontEnd: what the front end did (brain mask, registrations)
+    brainmask_model: object = None  # the front end's brain-mask network (None: the bundled one)
 
 
 def parse_contrasts(text) -> Tuple[str, ...]:
@@ -115,7 +116,7 @@ def load_case(folder: Path, row: dict, contrasts: Sequence[str] = CONTRASTS, bra
     return Case(
         case_id=row["case_id"], tumour_class=row["tumour_class"], images=images,
         truth=sitk.GetArrayFromImage(seg).astype(np.uint8), spacing=tuple(seg.GetSpacing()[::-1]), prep=prep,
-        truth_low=preprocess.resample_label_to_grid(seg, prep), front=front,
+        truth_low=preprocess.resample_label_to_grid(seg, prep), front=front, brainmask_model=brainmask_model,
     )
 
 
@@ -154,7 +155,7 @@ def predict_pipeline(model, case: Case) -> Prediction:
 
     started = time.perf_counter()
     result = run(case.images, model, outputs=("segmentation", "uncertainty"), postprocess_config=NO_POSTPROCESS,
-                 keep_margin=True)
+                 keep_margin=True, brainmask_model=case.brainmask_model)
     seconds = time.perf_counter() - started
     probabilities = np.array([result.class_probabilities[c] for c in CLASSES])
     confidence, correct = _low_res_calibration(model, case)
