@@ -16,34 +16,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_choice import one_model  # noqa: E402
 from DareFuseSlicerLib.network.store import read_card, record_metrics  # noqa: E402
-from DareFuseSlicerLib.training import class_doubt_eval as ev  # noqa: E402
-
-class Doubt(NamedTuple):
-    setting: str  # its key in the card's postprocess.config
-    heading: str  # the table's first column
-    calls: str  # what it judges
-    key: str  # the candidates' threshold in a table row
-    table: Callable
-    choose: Callable
-    rule: str
-
-
-DOUBTS = {
-    "class": Doubt("class_doubt_below", "class head's top probability below", "classes", "below",
-                   ev.candidate_table, ev.choose,
-                   f"the highest of {list(ev.CANDIDATES)} flagging at most {ev.MAX_RIGHT_FLAGGED:.0%} of the right "
-                   "classes and at least one wrong one"),
-    "oedema": Doubt("oedema_doubt_above", "oedema over tumour core above", "glioma calls", "above",
-                    ev.oedema_candidate_table, ev.choose_oedema,
-                    f"the lowest of {list(ev.OEDEMA_CANDIDATES)} flagging at most {ev.MAX_RIGHT_FLAGGED:.0%} of the "
-                    "right glioma calls and at least one wrong one"),
-}
-
+from DareFuseSlicerLib.pipeline.postprocess import oedema_ratio  # noqa: E402
+from DareFuseSlicerLib.training.class_doubt_eval import DOUBTS, Doubt  # noqa: E402
 
 def report_rows(paths) -> dict:
     """case id -> its per-case row (with `report`, the file it came from), from each report's one model."""
@@ -63,9 +41,24 @@ def print_table(doubt: Doubt, rows: list, table: list) -> None:
         if row["predicted_class"] != row["class"]:
             top = max(row["class_probabilities"].values())
             shown = row.get("shown_ml")
-            oedema = f", oedema {shown['SNFH']:.1f} mL, core {shown['TC']:.1f} mL" if shown else ""
+            oedema = f", oedema {shown['SNFH']:.1f} mL, core {shown['TC']:.1f} mL ({_ratio(shown)})" if shown else ""
             print(f"  {row['case_id']} truth {row['class']}, reported {row['predicted_class']}, class head "
                   f"{row['class_head']} {top:.3f}{oedema}")
+
+
+def _ratio(shown: dict) -> str:
+    ratio = oedema_ratio(shown)
+    return "no oedema" if ratio is None else f"{ratio:.1f} times"
+
+
+def print_right_glioma_ratios(rows: list) -> None:
+    """The highest oedema-to-core ratio of a right glioma call: how close the oedema doubt comes to a false alarm."""
+    right = [row for row in rows if row["class"] == row["predicted_class"] == "glioma" and "shown_ml" in row
+             and oedema_ratio(row["shown_ml"]) is not None]
+    if right:
+        top = max(right, key=lambda row: oedema_ratio(row["shown_ml"]))
+        print(f"  right glioma calls: the highest oedema over core {_ratio(top['shown_ml'])} ({top['case_id']}), "
+              f"of {len(right)}")
 
 
 def record(model: str, name: str, table: list, choice: dict, rows: list) -> None:
@@ -90,6 +83,8 @@ def main(argv=None) -> None:
     table = doubt.table(rows)
     print(f"{len(rows)} cases from {len(args.reports)} reports")
     print_table(doubt, rows, table)
+    if args.doubt == "oedema":
+        print_right_glioma_ratios(rows)
     choice = doubt.choose(table)
     print(json.dumps(choice))
     if args.record and choice["chosen"] is not None:

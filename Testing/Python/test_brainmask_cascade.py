@@ -121,6 +121,16 @@ def test_a_missed_tumour_voxel_costs_tumour_weight_times_more():
     assert torch.isclose(loss_fn(logits, brain, 5.0), loss_fn(logits, target, 1.0))
 
 
+def test_a_brain_mask_card_is_named_for_its_run_folder():
+    """A run's card takes its version from its folder, as `darefuse train` does: two runs never share a name."""
+    from DareFuseSlicerLib.training.brainmask import BrainMaskTrainOptions, _card
+
+    options = BrainMaskTrainOptions(data=[], val=None, out="/runs/brainmask-v9", seed=3, command="darefuse x")
+    card = _card(options, [], 0, 0, {"coarse": {"steps": 1, "losses": [1.0]}}, {})
+    assert card["version"] == "brainmask-v9" and card["seed"] == 3
+    assert card["training"]["coarse"] == {"steps": 1}  # the losses go to train_log.json, not the card
+
+
 def test_a_one_stage_model_uses_the_coarse_grid(head):
     """brainmask-v1's layout (a card's "channels") loads as one stage; its share lies on the 4 mm grid whose
     voxels are the centres of the fine cube's 2x2x2 blocks."""

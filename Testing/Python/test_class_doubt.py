@@ -99,7 +99,10 @@ def test_the_benchmark_records_the_oedema_doubt(tmp_path):
     record_metrics(model, "held_out", {}, postprocess={"config": {"class_doubt_below": 0.9}, "tuned_on": "val"})
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "class_doubt.py"), str(path), "--doubt", "oedema",
                           "--record", str(model)], capture_output=True, text=True, check=True).stdout
-    assert "| 10 | 2 of 2 | 0 of 10 (0.000) |" in out and "w1 truth metastasis, reported glioma" in out
+    assert "| 10 | 2 of 2 | 0 of 10 (0.000) |" in out
+    assert ("w1 truth metastasis, reported glioma, class head glioma 0.990, oedema 140.0 mL, core 10.0 mL "
+            "(14.0 times)") in out
+    assert "right glioma calls: the highest oedema over core 9.0 times (r0), of 10" in out
     card = read_card(model)
     assert card["postprocess"]["config"] == {"class_doubt_below": 0.9, "oedema_doubt_above": 6.0}
     assert card["metrics"]["oedema_doubt_choice"]["chosen"] == 6.0

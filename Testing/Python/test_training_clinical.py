@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +30,7 @@ from DareFuseSlicerLib.training import dataset, frontend_eval
 from DareFuseSlicerLib.training.dataset import ContrastDropoutd, MixedSampler, TrainDataset, build_cache, load_cases
 from DareFuseSlicerLib.training.train import Runtime, TrainOptions, cache_dir_for, make_batches, train
 
+REPO = Path(__file__).resolve().parents[2]
 CASE_ID = "Tiny-clinical-000"
 #: Motion of each moved contrast: (rotation about x, y, z in degrees, shift in mm). FLAIR's is beyond head
 #: motion, so the front end leaves it out and the cache must mark it missing.
@@ -185,14 +187,34 @@ def test_the_bundled_raw_model_was_trained_on_the_bundled_brain_masks_region(mon
     from DareFuseSlicerLib.network import store
 
     recorded = store.read_card(logic.MODELS_DIR / logic.BUNDLED_RAW_MODEL_NAME)["data_recipe"]["clinical"]["brain_mask"]
-    assert recorded == dataset.brainmask_recipe()
+    assert recorded["mask_settings"] == dataset.brainmask_recipe()["mask_settings"]
     card = store.read_card(frontend.BRAINMASK_MODEL)
     other = dict(card, mask_settings=dict(card["mask_settings"], tumour_margin_mm=0.5, given_threshold=0.9))
     monkeypatch.setattr(store, "read_card", lambda path: other)
-    assert dataset.brainmask_recipe() == recorded
+    assert dataset.brainmask_recipe()["mask_settings"] == recorded["mask_settings"]
     moved = dict(card, mask_settings=dict(card["mask_settings"], threshold=0.9))
     monkeypatch.setattr(store, "read_card", lambda path: moved)
-    assert dataset.brainmask_recipe() != recorded
+    assert dataset.brainmask_recipe()["mask_settings"] != recorded["mask_settings"]
+
+
+def test_a_brain_mask_the_raw_model_was_not_trained_on_was_judged_with_it():
+    """A newer brain-mask network may be bundled under a raw model trained on an older one's masks only when
+    the pair was measured with the segmentation in the loop: its card names the raw model's weights, and the
+    reports it cites were run with these very two networks."""
+    from DareFuseSlicerLib import logic
+    from DareFuseSlicerLib.network import store
+
+    raw = store.read_card(logic.MODELS_DIR / logic.BUNDLED_RAW_MODEL_NAME)
+    card = store.read_card(frontend.BRAINMASK_MODEL)
+    if raw["data_recipe"]["clinical"]["brain_mask"]["sha256"] == card["sha256"]:
+        return  # trained on the bundled masks themselves
+    adoption = card["adoption"]
+    assert adoption["bundled_with"]["sha256"] == raw["sha256"]
+    for name in adoption["reports"] + [adoption["held_out_report"]]:
+        report = json.loads((REPO / name).read_text())
+        assert report["brainmask"]["sha256"] == card["sha256"], name
+        assert [m["model"]["sha256"] for m in report["models"].values()] == [raw["sha256"]], name
+        assert "clinical" in report["data"]["grids"], name
 
 
 def test_contrast_dropout_keeps_only_contrasts_a_case_has():
@@ -456,7 +478,7 @@ def _candidate_brainmask(folder, version: str, **card_changes):
     return path
 
 
-def test_evaluate_judges_a_candidate_brain_mask_network(clinical_folder, tmp_path):
+def test_evaluate_judges_a_candidate_brain_mask_network(clinical_folder, tmp_path, monkeypatch):
     """`darefuse evaluate --brainmask` feeds whole-head cases through the candidate's front end (its card's mask
     settings), checks the held-out seeds against its card too, and is never recorded in a card."""
     from DareFuseSlicerLib.training.evaluate import _brainmask_lines, load_case, read_rows, run_evaluation
@@ -465,7 +487,18 @@ def test_evaluate_judges_a_candidate_brain_mask_network(clinical_folder, tmp_pat
     candidate = load_model(_candidate_brainmask(tmp_path, "brainmask-test", mask_settings=settings))
     row = read_rows(clinical_folder)[0]
     assert load_case(clinical_folder, row).front.margin_mm == 6.0  # the bundled card's
-    assert load_case(clinical_folder, row, CONTRASTS, candidate).front.margin_mm == 2.0
+    case = load_case(clinical_folder, row, CONTRASTS, candidate)
+    assert case.front.margin_mm == 2.0
+    # The segmentation is run through the candidate too, never through the bundled network (session 17's
+    # judgement of brainmask-v3 segmented through the bundled one: the model's inputs were not the candidate's).
+    from DareFuseSlicerLib.training.evaluate import predict_pipeline
+
+    raw_model = load_model(frontend.BRAINMASK_MODEL.parent / "darefuse-raw.safetensors")
+    bundled = frontend.load_brainmask_model
+    monkeypatch.setattr(frontend, "load_brainmask_model",
+                        lambda path=None: bundled(path) if path else pytest.fail("the bundled brain mask was used"))
+    assert predict_pipeline(raw_model, case).label.shape == case.truth.shape
+    monkeypatch.undo()
     (tmp_path / "seen").mkdir()
     trained_on_it = _candidate_brainmask(tmp_path / "seen", "bm-seen", data_recipe={"train_seeds": [77, 77]})
     raw = str(frontend.BRAINMASK_MODEL.parent / "darefuse-raw.safetensors")

@@ -377,7 +377,8 @@ def _card(options: BrainMaskTrainOptions, folders: List[Path], cases: int, sampl
     seeds = sorted(int(row["seed"]) for folder in folders for row in clinical_rows(folder))
     val_seeds = sorted(int(row["seed"]) for row in clinical_rows(Path(options.val))) if options.val else []
     return {
-        "name": "DareFuse brain mask", "version": "brainmask-v2", "training_command": options.command,
+        # The run's folder names the version, as `darefuse train` does (brainmask-v3 was stamped v2 before).
+        "name": "DareFuse brain mask", "version": Path(options.out).name, "training_command": options.command,
         "seed": options.seed,
         "data_recipe": {"generator": "DareFuseSlicerLib.phantoms.generate, --acquisition clinical",
                         "cases": cases, "samples": samples, "train_seeds": seeds, "validation_seeds": val_seeds,

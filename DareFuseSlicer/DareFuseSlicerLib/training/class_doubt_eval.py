@@ -9,7 +9,7 @@ study a reader looks at again for nothing. Each choice trades the two with a cap
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 from ..constants import CLASSES
 from ..pipeline.postprocess import OEDEMA_DOUBTED_CLASS, PostprocessConfig, class_in_doubt, oedema_in_doubt
@@ -42,14 +42,20 @@ def candidate_table(rows: Sequence[dict], candidates: Sequence[float] = CANDIDAT
 def choose(table: Sequence[dict]) -> Dict[str, Optional[float]]:
     """The highest threshold that flags at most MAX_RIGHT_FLAGGED of the right classes and at least one wrong one;
     None (the doubt stays off) when none does."""
+    return _most_sensitive(table, "below", max, "classes")
+
+
+def _most_sensitive(table: Sequence[dict], key: str, pick: Callable, calls: str) -> Dict[str, Optional[float]]:
+    """Of the candidates flagging at least one wrong call and at most MAX_RIGHT_FLAGGED of the right ones, the one
+    `pick` (max or min) takes by threshold."""
     eligible = [c for c in table if c["right"] and c["right_flagged"] <= MAX_RIGHT_FLAGGED * c["right"]
                 and c["wrong_flagged"] > 0]
     if not eligible:
-        return {"chosen": None, "why": f"no candidate flags a wrong class while flagging at most "
+        return {"chosen": None, "why": f"no candidate flags any wrong {calls} while flagging at most "
                                        f"{MAX_RIGHT_FLAGGED:.0%} of the right ones"}
-    best = max(eligible, key=lambda c: c["below"])
-    return {"chosen": best["below"], "why": f"flags {best['wrong_flagged']} of {best['wrong']} wrong classes and "
-                                            f"{best['right_flagged']} of {best['right']} right ones"}
+    best = pick(eligible, key=lambda c: c[key])
+    return {"chosen": best[key], "why": f"flags {best['wrong_flagged']} of {best['wrong']} wrong {calls} and "
+                                        f"{best['right_flagged']} of {best['right']} right ones"}
 
 
 def oedema_flagged(row: dict, above: Optional[float]) -> bool:
@@ -73,47 +79,49 @@ def oedema_candidate_table(rows: Sequence[dict], candidates: Sequence[float] = O
 def choose_oedema(table: Sequence[dict]) -> Dict[str, Optional[float]]:
     """The lowest threshold that flags at most MAX_RIGHT_FLAGGED of the right glioma calls and at least one wrong
     one; None (the doubt stays off) when none does."""
-    eligible = [c for c in table if c["right"] and c["right_flagged"] <= MAX_RIGHT_FLAGGED * c["right"]
-                and c["wrong_flagged"] > 0]
-    if not eligible:
-        return {"chosen": None, "why": f"no candidate flags a wrong glioma call while flagging at most "
-                                       f"{MAX_RIGHT_FLAGGED:.0%} of the right ones"}
-    best = min(eligible, key=lambda c: c["above"])
-    return {"chosen": best["above"], "why": f"flags {best['wrong_flagged']} of {best['wrong']} wrong glioma calls "
-                                            f"and {best['right_flagged']} of {best['right']} right ones"}
+    return _most_sensitive(table, "above", min, "glioma calls")
+
+
+class Doubt(NamedTuple):
+    """What a report, the benchmark and a card need of one doubt."""
+    setting: str  # its key in the card's postprocess.config
+    heading: str  # its tables' threshold column
+    calls: str  # what it judges
+    key: str  # the threshold's key in a candidate row
+    table: Callable[[Sequence[dict]], List[dict]]
+    choose: Callable[[Sequence[dict]], Dict[str, Optional[float]]]
+    rule: str
+    note: str  # under its table in a report
+
+
+DOUBTS = {
+    "class": Doubt("class_doubt_below", "class head's top probability below", "classes", "below", candidate_table,
+                   choose, f"the highest of {list(CANDIDATES)} flagging at most {MAX_RIGHT_FLAGGED:.0%} of the right "
+                   "classes and at least one wrong one",
+                   "A flagged run is low confidence, naming the class head's two likeliest classes: a wrong class it "
+                   "does not flag is a confident wrong answer."),
+    "oedema": Doubt("oedema_doubt_above", "oedema over tumour core above", "glioma calls", "above",
+                    oedema_candidate_table, choose_oedema, f"the lowest of {list(OEDEMA_CANDIDATES)} flagging at most "
+                    f"{MAX_RIGHT_FLAGGED:.0%} of the right glioma calls and at least one wrong one",
+                    "A glioma call whose map shows more oedema (SNFH) than this many times its tumour core (TC) is low "
+                    "confidence, naming metastasis; the class is unchanged."),
+}
 
 
 def markdown_lines(models: Dict[str, dict]) -> List[str]:
-    """`darefuse evaluate`'s section: each model's candidates on these cases, the card's marked *."""
-    tables = {name: candidate_table(r["per_case"]) for name, r in models.items()
-              if r.get("per_case") and "class_probabilities" in r["per_case"][0]}
-    if not tables:
-        return []
-    lines = ["## The class doubt at each candidate", "",
-             "| model | class head's top probability below | wrong classes flagged | right classes flagged |",
-             "|---|---|---|---|"]
-    for name, table in tables.items():
-        card = models[name]["postprocess"]["config"].get("class_doubt_below")
-        for c in table:
-            mark = "*" if c["below"] == card else ""
-            lines.append(f"| {name} | {c['below']:g}{mark} | {c['wrong_flagged']} of {c['wrong']} | "
-                         f"{c['right_flagged']} of {c['right']} |")
-    return lines + ["", "A flagged run is low confidence, naming the class head's two likeliest classes: a wrong "
-                    "class it does not flag is a confident wrong answer.", ""] + oedema_markdown_lines(models)
+    """`darefuse evaluate`'s sections, one per doubt: each model's candidates on these cases, the card's marked *."""
+    classed = {name: r for name, r in models.items() if r.get("per_case") and "class_probabilities" in r["per_case"][0]}
+    return [line for name, doubt in DOUBTS.items() if classed for line in _section(classed, name, doubt)]
 
 
-def oedema_markdown_lines(models: Dict[str, dict]) -> List[str]:
-    """The oedema doubt's section: each model's candidates on these cases, the card's marked *."""
-    tables = {name: oedema_candidate_table(r["per_case"]) for name, r in models.items()
-              if r.get("per_case") and "class_probabilities" in r["per_case"][0]}
-    lines = ["## The oedema doubt at each candidate", "",
-             "| model | oedema over tumour core above | wrong glioma calls flagged | right glioma calls flagged |",
+def _section(models: Dict[str, dict], name: str, doubt: Doubt) -> List[str]:
+    lines = [f"## The {name} doubt at each candidate", "",
+             f"| model | {doubt.heading} | wrong {doubt.calls} flagged | right {doubt.calls} flagged |",
              "|---|---|---|---|"]
-    for name, table in tables.items():
-        card = models[name]["postprocess"]["config"].get("oedema_doubt_above")
-        for c in table:
-            mark = "*" if c["above"] == card else ""
-            lines.append(f"| {name} | {c['above']:g}{mark} | {c['wrong_flagged']} of {c['wrong']} | "
+    for model, r in models.items():
+        card = r["postprocess"]["config"].get(doubt.setting)
+        for c in doubt.table(r["per_case"]):
+            mark = "*" if c[doubt.key] == card else ""
+            lines.append(f"| {model} | {c[doubt.key]:g}{mark} | {c['wrong_flagged']} of {c['wrong']} | "
                          f"{c['right_flagged']} of {c['right']} |")
-    return lines + ["", "A glioma call whose map shows more oedema (SNFH) than this many times its tumour core (TC) "
-                    "is low confidence, naming metastasis; the class is unchanged.", ""]
+    return lines + ["", doubt.note, ""]
