@@ -51,14 +51,14 @@ def _ratio(shown: dict) -> str:
     return "no oedema" if ratio is None else f"{ratio:.1f} times"
 
 
-def print_right_glioma_ratios(rows: list) -> None:
-    """The highest oedema-to-core ratio of a right glioma call: how close the oedema doubt comes to a false alarm."""
+def print_right_glioma_ratios(rows: list, lowest: float) -> None:
+    """The right glioma calls whose oedema over core exceeds the lowest candidate: the oedema doubt's false alarms."""
     right = [row for row in rows if row["class"] == row["predicted_class"] == "glioma" and "shown_ml" in row
              and oedema_ratio(row["shown_ml"]) is not None]
-    if right:
-        top = max(right, key=lambda row: oedema_ratio(row["shown_ml"]))
-        print(f"  right glioma calls: the highest oedema over core {_ratio(top['shown_ml'])} ({top['case_id']}), "
-              f"of {len(right)}")
+    above = sorted((row for row in right if oedema_ratio(row["shown_ml"]) > lowest),
+                   key=lambda row: -oedema_ratio(row["shown_ml"]))
+    print(f"  right glioma calls above {lowest:g} times: {len(above)} of {len(right)}"
+          + "".join(f"; {row['case_id']} {_ratio(row['shown_ml'])}" for row in above))
 
 
 def record(model: str, name: str, table: list, choice: dict, rows: list) -> None:
@@ -84,7 +84,7 @@ def main(argv=None) -> None:
     print(f"{len(rows)} cases from {len(args.reports)} reports")
     print_table(doubt, rows, table)
     if args.doubt == "oedema":
-        print_right_glioma_ratios(rows)
+        print_right_glioma_ratios(rows, min(c["above"] for c in table))
     choice = doubt.choose(table)
     print(json.dumps(choice))
     if args.record and choice["chosen"] is not None:

@@ -102,7 +102,7 @@ def test_the_benchmark_records_the_oedema_doubt(tmp_path):
     assert "| 10 | 2 of 2 | 0 of 10 (0.000) |" in out
     assert ("w1 truth metastasis, reported glioma, class head glioma 0.990, oedema 140.0 mL, core 10.0 mL "
             "(14.0 times)") in out
-    assert "right glioma calls: the highest oedema over core 9.0 times (r0), of 10" in out
+    assert "right glioma calls above 6 times: 1 of 10; r0 9.0 times" in out
     card = read_card(model)
     assert card["postprocess"]["config"] == {"class_doubt_below": 0.9, "oedema_doubt_above": 6.0}
     assert card["metrics"]["oedema_doubt_choice"]["chosen"] == 6.0
