@@ -135,8 +135,9 @@ def oedema_ratio(volumes: Dict[str, float]) -> Optional[float]:
 
 def oedema_in_doubt(config: PostprocessConfig, reported: str, volumes: Dict[str, float]) -> bool:
     """Whether a glioma call stands against its own map: oedema more than `oedema_doubt_above` times the tumour
-    core, disproportionate as around metastases (chosen on development sets: training/class_doubt_eval.py; the
-    metastases called glioma there, at up to 1.00, all had it). Off when None."""
+    core, disproportionate as around metastases (chosen on development sets, where every metastasis called glioma
+    had it, at up to 1.00: training/class_doubt_eval.py; the held-out set after did not confirm it,
+    docs/oedema-doubt-dev.md). Off when None."""
     ratio = oedema_ratio(volumes)
     return (config.oedema_doubt_above is not None and reported == OEDEMA_DOUBTED_CLASS and ratio is not None
             and ratio > config.oedema_doubt_above)

@@ -111,7 +111,9 @@ DOUBTS = {
 def markdown_lines(models: Dict[str, dict]) -> List[str]:
     """`darefuse evaluate`'s sections, one per doubt: each model's candidates on these cases, the card's marked *."""
     classed = {name: r for name, r in models.items() if r.get("per_case") and "class_probabilities" in r["per_case"][0]}
-    return [line for name, doubt in DOUBTS.items() if classed for line in _section(classed, name, doubt)]
+    if not classed:
+        return []
+    return [line for name, doubt in DOUBTS.items() for line in _section(classed, name, doubt)]
 
 
 def _section(models: Dict[str, dict], name: str, doubt: Doubt) -> List[str]:
