@@ -7,7 +7,10 @@ Per case: the front end (brain mask of the reference, rigid registration of the 
 registered contrast where the brain-mask card says so) and what the network is fed, then the same scores
 `darefuse evaluate` reports (training/frontend_eval.py): registration error in mm against the manifest's
 motion, brain-mask Dice against the engine's mask, tumour voxels outside the mask; how the mask errs (mL beyond
-the engine's mask, mL of it missed); and the stage times (wall and CPU). Prints a markdown table and the summary.
+the engine's mask, mL of it missed); and the stage times (wall and CPU). Prints a markdown table and the summary;
+with --registrations also one row per registration: its error beside what the front end itself sees of it (the
+Mattes metric before and after, its relative gain, the rotation and shift), to look for a check that could tell a
+registration that converged off from one that did not.
 The mask scored is the front end's, before the segmented tumour is added to it (no network runs here): `darefuse
 evaluate` scores the mask a run gives out.
 """
@@ -41,6 +44,24 @@ def mask_errors_ml(mask: sitk.Image, engine: sitk.Image) -> tuple:
     return np.count_nonzero(given & ~truth) * voxel_ml, np.count_nonzero(truth & ~given) * voxel_ml
 
 
+def registration_rows(case_id: str, front, case: dict) -> list:
+    """Each registration's error (mm, against the engine's motion) beside the front end's own view of it."""
+    return [{"case": case_id, "contrast": name, "error_mm": case["registration_error_mm"].get(name),
+             "initial": r.initial_metric, "final": r.final_metric, "gain": r.final_metric / r.initial_metric - 1.0,
+             "rotation_deg": r.rotation_deg, "shift_mm": r.shift_mm, "accepted": r.accepted}
+            for name, r in front.registrations.items()]
+
+
+def print_registrations(rows: list) -> None:
+    """Worst error first."""
+    print("\n| case | contrast | error (mm) | metric before | after | relative gain | rotation (deg) | shift (mm) | "
+          "accepted |\n|---|---|---|---|---|---|---|---|---|")
+    for r in sorted(rows, key=lambda r: -(r["error_mm"] or 0.0)):
+        error = "n/a" if r["error_mm"] is None else f"{r['error_mm']:.2f}"
+        print(f"| {r['case']} | {r['contrast']} | {error} | {r['initial']:.4f} | {r['final']:.4f} | "
+              f"{r['gain']:.3f} | {r['rotation_deg']:.1f} | {r['shift_mm']:.1f} | {r['accepted']} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
@@ -49,6 +70,7 @@ def main() -> int:
     parser.add_argument("--contrasts", help="comma-separated subset (default: all four)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--registrations", action="store_true", help="also a row per registration")
     args = parser.parse_args()
     import torch
 
@@ -58,7 +80,7 @@ def main() -> int:
     folder = Path(args.data)
     model = frontend.load_brainmask_model()
     rows = [r for r in clinical_rows(folder) if not args.cases or r["case_id"] in args.cases][: args.max_cases or None]
-    scores, times = [], []
+    scores, times, registrations = [], [], []
 
     def stage_timer(record):
         @contextmanager
@@ -81,6 +103,7 @@ def main() -> int:
         beyond, missed = mask_errors_ml(front.brain_mask, sitk.ReadImage(str(folder / row["brainmask"])))
         scores.append(case)
         times.append(record)
+        registrations += registration_rows(row["case_id"], front, case)
         errors = ", ".join(f"{c} {e:.2f}" for c, e in case["registration_error_mm"].items())
         print(f"| {row['case_id']} | {row['tumour_class']} | {case['brain_mask_dice']:.4f} | {beyond:.1f} / "
               f"{missed:.1f} | {errors} | "
@@ -88,6 +111,8 @@ def main() -> int:
               f"{record['brain_mask'][0]}/{record['brain_mask'][1]} | "
               f"{record['registration'][0]}/{record['registration'][1]} | "
               f"{record['brain_mask_fusion'][0]}/{record['brain_mask_fusion'][1]} |", flush=True)
+    if args.registrations:
+        print_registrations(registrations)
     summary = frontend_eval.summary(scores)
     summary["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0)
     summary["contrasts"] = list(contrasts)

@@ -456,7 +456,8 @@ def test_the_front_end_benchmark_scores_a_case_and_says_how_its_mask_errs(clinic
 
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "frontend_clinical.py"
     out = subprocess.run([sys.executable, str(script), "--data", str(clinical_folder), "--cases", CASE_ID,
-                          "--json", str(tmp_path / "front.json")], capture_output=True, text=True, check=True).stdout
+                          "--json", str(tmp_path / "front.json"), "--registrations"],
+                         capture_output=True, text=True, check=True).stdout
     cells = [c.strip() for c in next(line for line in out.splitlines() if line.startswith(f"| {CASE_ID}")).split("|")]
     dice, (beyond, missed) = float(cells[3]), (float(v) for v in cells[4].split("/"))
     engine = sitk.ReadImage(str(clinical_folder / file_names(CASE_ID)["brainmask"]))
@@ -464,6 +465,14 @@ def test_the_front_end_benchmark_scores_a_case_and_says_how_its_mask_errs(clinic
     assert beyond + missed > 0 and dice == pytest.approx(2 * (truth_ml - missed) / (2 * truth_ml - missed + beyond),
                                                          abs=2e-3)
     assert json.loads((tmp_path / "front.json").read_text())["summary"]["cases"] == 1
+    # --registrations: a row per registration, its error beside the metric's relative gain; FLAIR's motion is
+    # beyond head motion, so it is not accepted.
+    errors = dict(e.split() for e in cells[5].split(", "))
+    rows = {r[2]: r for r in ([c.strip() for c in line.split("|")] for line in out.splitlines()[1:])
+            if len(r) == 11 and r[1] == CASE_ID}
+    assert set(rows) == set(MOTIONS) and all(rows[c][3] == errors[c] for c in MOTIONS)
+    assert rows["flair"][9] == "False" and rows["t1ce"][9] == "True"
+    assert all(float(r[6]) == pytest.approx(float(r[5]) / float(r[4]) - 1.0, abs=2e-3) for r in rows.values())
 
 
 def _candidate_brainmask(folder, version: str, **card_changes):
