@@ -20,8 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_choice import one_model  # noqa: E402
 from DareFuseSlicerLib.network.store import read_card, record_metrics  # noqa: E402
-from DareFuseSlicerLib.pipeline.postprocess import oedema_ratio  # noqa: E402
+from DareFuseSlicerLib.pipeline.postprocess import OEDEMA_DOUBTED_CLASS, oedema_ratio  # noqa: E402
 from DareFuseSlicerLib.training.class_doubt_eval import DOUBTS, Doubt  # noqa: E402
+
 
 def report_rows(paths) -> dict:
     """case id -> its per-case row (with `report`, the file it came from), from each report's one model."""
@@ -53,12 +54,12 @@ def _ratio(shown: dict) -> str:
 
 def print_right_glioma_ratios(rows: list, lowest: float) -> None:
     """The right glioma calls whose oedema over core exceeds the lowest candidate: the oedema doubt's false alarms."""
-    right = [row for row in rows if row["class"] == row["predicted_class"] == "glioma" and "shown_ml" in row
-             and oedema_ratio(row["shown_ml"]) is not None]
-    above = sorted((row for row in right if oedema_ratio(row["shown_ml"]) > lowest),
-                   key=lambda row: -oedema_ratio(row["shown_ml"]))
-    print(f"  right glioma calls above {lowest:g} times: {len(above)} of {len(right)}"
-          + "".join(f"; {row['case_id']} {_ratio(row['shown_ml'])}" for row in above))
+    ratios = {row["case_id"]: oedema_ratio(row["shown_ml"]) for row in rows if "shown_ml" in row
+              and row["class"] == row["predicted_class"] == OEDEMA_DOUBTED_CLASS}
+    right = {case: ratio for case, ratio in ratios.items() if ratio is not None}
+    above = sorted(((case, ratio) for case, ratio in right.items() if ratio > lowest), key=lambda item: -item[1])
+    print(f"  right {OEDEMA_DOUBTED_CLASS} calls above {lowest:g} times: {len(above)} of {len(right)}"
+          + "".join(f"; {case} {ratio:.1f} times" for case, ratio in above))
 
 
 def record(model: str, name: str, table: list, choice: dict, rows: list) -> None:
