@@ -9,8 +9,8 @@ registered contrast where the brain-mask card says so) and what the network is f
 motion, brain-mask Dice against the engine's mask, tumour voxels outside the mask; how the mask errs (mL beyond
 the engine's mask, mL of it missed); and the stage times (wall and CPU). Prints a markdown table and the summary;
 with --registrations also one row per registration: its error beside what the front end itself sees of it (the
-Mattes metric before and after, its relative gain, the rotation and shift), to look for a check that could tell a
-registration that converged off from one that did not.
+Mattes metric before and after, its relative gain, the rotation and shift, which of register.py's two searches
+was kept), to look for a check that could tell a registration that converged off from one that did not.
 The mask scored is the front end's, before the segmented tumour is added to it (no network runs here): `darefuse
 evaluate` scores the mask a run gives out.
 """
@@ -48,18 +48,19 @@ def registration_rows(case_id: str, front, case: dict) -> list:
     """Each registration's error (mm, against the engine's motion) beside the front end's own view of it."""
     return [{"case": case_id, "contrast": name, "error_mm": case["registration_error_mm"].get(name),
              "initial": r.initial_metric, "final": r.final_metric, "gain": r.final_metric / r.initial_metric - 1.0,
-             "rotation_deg": r.rotation_deg, "shift_mm": r.shift_mm, "accepted": r.accepted}
+             "rotation_deg": r.rotation_deg, "shift_mm": r.shift_mm, "accepted": r.accepted, "kept": r.kept}
             for name, r in front.registrations.items()]
 
 
 def print_registrations(rows: list) -> None:
     """Worst error first."""
     print("\n| case | contrast | error (mm) | metric before | after | relative gain | rotation (deg) | shift (mm) | "
-          "accepted |\n|---|---|---|---|---|---|---|---|---|")
+          "accepted | search kept |\n|---|---|---|---|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: -(r["error_mm"] or 0.0)):
         error = "n/a" if r["error_mm"] is None else f"{r['error_mm']:.2f}"
         print(f"| {r['case']} | {r['contrast']} | {error} | {r['initial']:.4f} | {r['final']:.4f} | "
-              f"{r['gain']:.3f} | {r['rotation_deg']:.1f} | {r['shift_mm']:.1f} | {r['accepted']} |")
+              f"{r['gain']:.3f} | {r['rotation_deg']:.1f} | {r['shift_mm']:.1f} | {r['accepted']} | "
+              f"{r['kept'] or '-'} |")
 
 
 def main() -> int:

@@ -50,6 +50,26 @@ def test_registration_recovers_known_motion_of_a_thick_slice_t2(brains, mask):
     assert np.array(report["matrix_lps"]).shape == (4, 4) and report["accepted"]
 
 
+def test_the_search_that_ends_with_the_better_metric_is_kept(brains, mask, monkeypatch):
+    """742012's T2: the pyramid ended 6.2 mm off with a metric no better than at the start. Here the pyramid is made
+    to end 8 mm off; the second search (Powell's, from the same start) recovers the motion and is kept, and
+    report.json says which search was kept and what each ended at."""
+    heads, motion = _moved_study(brains, mask, (3.0, -2.0, 2.5), (2.0, -3.0, 1.5))
+    pyramid = register._pyramid
+
+    def off(*args, **kwargs):
+        found, iterations, stop = pyramid(*args, **kwargs)
+        found.SetTranslation((np.array(found.GetTranslation()) + [8.0, 0.0, 0.0]).tolist())
+        return found, iterations, stop
+
+    monkeypatch.setattr(register, "_pyramid", off)
+    result = register.register(heads["t1"], heads["t2"], register.brain_region(mask), "t2")
+    error = register.mean_displacement_mm(result.transform, motion.GetInverse(), register.mask_points(mask))
+    assert result.kept == "powell" and error < 1.0, (result.searches, error)
+    assert result.final_metric == result.searches["powell"] < result.searches["pyramid"]
+    assert result.as_dict()["kept"] == "powell" and set(result.as_dict()["searches"]) == {"pyramid", "powell"}
+
+
 def test_a_rotation_beyond_head_motion_is_not_believed(brains, mask):
     heads, _ = _moved_study(brains, mask, (0.0, 0.0, 35.0), (0.0, 0.0, 0.0))
     result = register.register(heads["t1"], heads["t2"], register.brain_region(mask), "t2")

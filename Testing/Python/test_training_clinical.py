@@ -468,10 +468,13 @@ def test_the_front_end_benchmark_scores_a_case_and_says_how_its_mask_errs(clinic
     # --registrations: a row per registration, its error beside the metric's relative gain; FLAIR's motion is
     # beyond head motion, so it is not accepted.
     errors = dict(e.split() for e in cells[5].split(", "))
-    rows = {r[2]: r for r in ([c.strip() for c in line.split("|")] for line in out.splitlines()[1:])
-            if len(r) == 11 and r[1] == CASE_ID}
+    lines = out.splitlines()
+    below = lines[next(i for i, line in enumerate(lines) if line.startswith("| case | contrast |")):]
+    rows = {r[2]: r for r in ([c.strip() for c in line.split("|")] for line in below)
+            if len(r) == 12 and r[1] == CASE_ID}
     assert set(rows) == set(MOTIONS) and all(rows[c][3] == errors[c] for c in MOTIONS)
     assert rows["flair"][9] == "False" and rows["t1ce"][9] == "True"
+    assert all(r[10] in ("pyramid", "powell") for r in rows.values())
     assert all(float(r[6]) == pytest.approx(float(r[5]) / float(r[4]) - 1.0, abs=2e-3) for r in rows.values())
 
 
@@ -498,16 +501,18 @@ def test_evaluate_judges_a_candidate_brain_mask_network(clinical_folder, tmp_pat
     assert load_case(clinical_folder, row).front.margin_mm == 6.0  # the bundled card's
     case = load_case(clinical_folder, row, CONTRASTS, candidate)
     assert case.front.margin_mm == 2.0
-    # The segmentation is run through the candidate too, never through the bundled network (session 17's
+    # The segmentation is run on the case's own front end (the candidate's), never on another one (session 17's
     # judgement of brainmask-v3 segmented through the bundled one: the model's inputs were not the candidate's).
     from DareFuseSlicerLib.training.evaluate import predict_pipeline
 
     raw_model = load_model(frontend.BRAINMASK_MODEL.parent / "darefuse-raw.safetensors")
-    bundled = frontend.load_brainmask_model
-    monkeypatch.setattr(frontend, "load_brainmask_model",
-                        lambda path=None: bundled(path) if path else pytest.fail("the bundled brain mask was used"))
-    assert predict_pipeline(raw_model, case).label.shape == case.truth.shape
+    monkeypatch.setattr(frontend, "load_brainmask_model", lambda path=None: pytest.fail("a brain mask was loaded"))
+    monkeypatch.setattr(frontend, "run_front_end", lambda *a, **k: pytest.fail("the front end ran twice"))
+    prediction = predict_pipeline(raw_model, case)
+    assert prediction.label.shape == case.truth.shape
     monkeypatch.undo()
+    with pytest.raises(ValueError, match="front end given was run on a preprocessed study"):
+        run.run(case.images, raw_model, outputs=("segmentation",), front_end=frontend.FrontEnd("preprocessed", {}))
     (tmp_path / "seen").mkdir()
     trained_on_it = _candidate_brainmask(tmp_path / "seen", "bm-seen", data_recipe={"train_seeds": [77, 77]})
     raw = str(frontend.BRAINMASK_MODEL.parent / "darefuse-raw.safetensors")

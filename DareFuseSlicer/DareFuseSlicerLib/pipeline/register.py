@@ -1,10 +1,19 @@
 """Rigid co-registration of a contrast to the reference with SimpleITK's registration framework.
 
-Mattes mutual information (works across contrasts), a versor rigid 3-D transform, three resolution levels,
-the metric sampled inside the reference's brain region only (the neck and jaw move on their own). The
-transform starts as the identity centred on the brain: contrasts of one study share the scanner's
-coordinates, so what is left is the patient's motion between sequences (a few mm and degrees); a
-moments-based initialisation would move the image by the difference of the two fields of view.
+Mattes mutual information (works across contrasts), a versor rigid 3-D transform, the metric sampled inside
+the reference's brain region only (the neck and jaw move on their own). The transform starts as the identity
+centred on the brain: contrasts of one study share the scanner's coordinates, so what is left is the patient's
+motion between sequences (a few mm and degrees); a moments-based initialisation would move the image by the
+difference of the two fields of view.
+
+A two-level pyramid with gradient steps searches from that start (a wide capture range). For a contrast whose
+voxels are coarser than the reference's (a 2-D stack of thick slices), Powell's direction-set search at the
+working resolution alone runs from the same start too, and the one whose metric ends better is kept: the
+pyramid's coarse level sees a 5 mm stack as 10 mm slices and can prefer a pose several mm off (742012's T2
+ended 6.2 mm off, its metric at the working resolution no better than at the start, where the true pose's was
+clearly better); gradient steps at that resolution stop in the metric's ripples, Powell's line searches reached
+1.2 mm there. On 3-D contrasts the pyramid alone erred by at most 0.45 mm on the development cases
+(docs/registration-two-searches.md).
 
 A registration is checked before it is used: a motion too large to be head motion, a metric that did not
 improve, or too little overlap of the two images over the brain make it "failed", and the caller leaves that
@@ -14,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -41,6 +50,16 @@ SMOOTHING_MM = (2.0, 0.0)
 #: Share of the brain region's voxels sampled by the metric at each level: the cost is set by the samples.
 SAMPLING = (0.5, 0.2)
 ITERATIONS = 100
+#: The second search (Powell): at most this many sweeps, each a line search along every parameter of at
+#: most POWELL_LINE_STEPS steps, stopping when a sweep moves less than POWELL_STEP_TOLERANCE (scaled units,
+#: about voxels) or gains less than POWELL_VALUE_TOLERANCE; its metric sampled at POWELL_SAMPLING. Chosen among
+#: four settings on the development cases and the test heads (docs/registration-two-searches.md): sampling 5 %
+#: of the region lost a test head's motion.
+POWELL_SWEEPS = 100
+POWELL_LINE_STEPS = 10
+POWELL_STEP_TOLERANCE = 0.01
+POWELL_VALUE_TOLERANCE = 1e-4
+POWELL_SAMPLING = 0.1
 HISTOGRAM_BINS = 32
 #: Fixed seed of the metric's random sampling, so a run repeats exactly.
 SAMPLING_SEED = 20261205
@@ -61,6 +80,9 @@ class Registration:
     stop: str
     seconds: float = 0.0
     problems: List[str] = field(default_factory=list)  # empty when the registration is accepted
+    searches: Dict[str, float] = field(default_factory=dict)  # each search's final metric
+    kept: str = ""  # the search whose transform this is
+    found: Dict[str, sitk.Transform] = field(default_factory=dict)  # each search's transform, as `transform`
 
     @property
     def accepted(self) -> bool:
@@ -79,6 +101,8 @@ class Registration:
             "overlap": round(self.overlap, 4),
             "iterations": self.iterations,
             "stop": self.stop,
+            "searches": {name: round(value, 5) for name, value in self.searches.items()},
+            "kept": self.kept,
             "seconds": round(self.seconds, 3),
         }
 
@@ -206,26 +230,63 @@ def _coarse_copy(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     return sitk.Resample(smooth, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
 
 
-def _optimise(sampled: sitk.Image, interpolated: sitk.Image, sampled_mask: sitk.Image, centre: np.ndarray,
-              iterations: int, cancel: Optional[Callable[[], bool]]) -> Tuple[sitk.VersorRigid3DTransform, int, str]:
-    """The rigid transform taking `sampled` points to `interpolated` points that maximises their MI."""
+def _with_cancel(method: sitk.ImageRegistrationMethod, event, cancel: Optional[Callable[[], bool]]) -> None:
+    if cancel is None:
+        return
+    from ..errors import Cancelled
+
+    def check() -> None:
+        if cancel():
+            method.StopRegistration()
+            raise Cancelled()
+    method.AddCommand(event, check)
+
+
+def _execute(method: sitk.ImageRegistrationMethod, sampled: sitk.Image, interpolated: sitk.Image,
+             centre: np.ndarray) -> sitk.VersorRigid3DTransform:
     initial = sitk.VersorRigid3DTransform()
     initial.SetCenter(centre.tolist())
-    method = _method(sampled_mask, iterations)
     method.SetInitialTransform(initial, inPlace=False)
-    if cancel is not None:
-        from ..errors import Cancelled
-
-        def check() -> None:
-            if cancel():
-                method.StopRegistration()
-                raise Cancelled()
-        method.AddCommand(sitk.sitkMultiResolutionIterationEvent, check)
     found = method.Execute(sampled, interpolated)
     if isinstance(found, sitk.CompositeTransform):
         found = found.GetNthTransform(0)
-    return (sitk.VersorRigid3DTransform(found), method.GetOptimizerIteration(),
-            method.GetOptimizerStopConditionDescription())
+    return sitk.VersorRigid3DTransform(found)
+
+
+def _pyramid(sampled: sitk.Image, interpolated: sitk.Image, sampled_mask: sitk.Image, centre: np.ndarray,
+             iterations: int, cancel: Optional[Callable[[], bool]]) -> Tuple[sitk.VersorRigid3DTransform, int, str]:
+    """The first search: gradient steps over two resolution levels."""
+    method = _method(sampled_mask, iterations)
+    _with_cancel(method, sitk.sitkMultiResolutionIterationEvent, cancel)
+    found = _execute(method, sampled, interpolated, centre)
+    return found, method.GetOptimizerIteration(), method.GetOptimizerStopConditionDescription()
+
+
+def _powell(sampled: sitk.Image, interpolated: sitk.Image, sampled_mask: sitk.Image, centre: np.ndarray,
+            cancel: Optional[Callable[[], bool]]) -> Tuple[sitk.VersorRigid3DTransform, int, str]:
+    """The second search: Powell's line searches at the working resolution alone."""
+    method = _method(sampled_mask, ITERATIONS)
+    method.SetOptimizerAsPowell(POWELL_SWEEPS, POWELL_LINE_STEPS, 0.1, POWELL_STEP_TOLERANCE, POWELL_VALUE_TOLERANCE)
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel([1])
+    method.SetSmoothingSigmasPerLevel([0.0])
+    method.SetMetricSamplingPercentagePerLevel([POWELL_SAMPLING], SAMPLING_SEED)
+    _with_cancel(method, sitk.sitkIterationEvent, cancel)
+    found = _execute(method, sampled, interpolated, centre)
+    return found, method.GetOptimizerIteration(), method.GetOptimizerStopConditionDescription()
+
+
+def _optimise(sampled: sitk.Image, interpolated: sitk.Image, sampled_mask: sitk.Image, centre: np.ndarray,
+              iterations: int, cancel: Optional[Callable[[], bool]], stack: bool
+              ) -> Tuple[Dict[str, tuple], Dict[str, float], str]:
+    """The rigid transform taking `sampled` points to `interpolated` points that maximises their MI: each
+    search's result (transform, iterations, stop), the metric each ended at, and which of them ends better.
+    stack: `sampled` is a contrast's thick slices, where the second search runs too (the module docstring)."""
+    results = {"pyramid": _pyramid(sampled, interpolated, sampled_mask, centre, iterations, cancel)}
+    if stack:
+        results["powell"] = _powell(sampled, interpolated, sampled_mask, centre, cancel)
+    metrics = {name: _metric_at(sampled_mask, sampled, interpolated, found[0]) for name, found in results.items()}
+    return results, metrics, min(metrics, key=metrics.get)
 
 
 def register(fixed: sitk.Image, moving: sitk.Image, region: sitk.Image, contrast: str = "moving",
@@ -265,14 +326,16 @@ def register(fixed: sitk.Image, moving: sitk.Image, region: sitk.Image, contrast
                             "not run", time.perf_counter() - started,
                             [f"it covers only {start_overlap:.0%} of the reference's brain region: the two images "
                              "do not overlap"])
-    found, iterations_done, stop = _optimise(sampled, interpolated, sampled_mask, centre, iterations, cancel)
-    final_metric = _metric_at(sampled_mask, sampled, interpolated, found)
-    transform = sitk.VersorRigid3DTransform(found.GetInverse()) if moving_coarser else found
+    results, searches, kept = _optimise(sampled, interpolated, sampled_mask, centre, iterations, cancel,
+                                        stack=moving_coarser)
+    found = {name: sitk.VersorRigid3DTransform(r[0].GetInverse()) if moving_coarser else r[0]
+             for name, r in results.items()}  # each search's, reference -> contrast
+    transform, (_, iterations_done, stop), final_metric = found[kept], results[kept], searches[kept]
     rotation = _rotation_deg(transform)
     shift = float(np.linalg.norm(np.array(transform.TransformPoint(centre.tolist())) - centre))
     result = Registration(contrast, transform, initial_metric, final_metric, rotation, shift,
                           overlap_fraction(transform, points, moving), iterations_done, stop,
-                          time.perf_counter() - started)
+                          time.perf_counter() - started, searches=searches, kept=kept, found=found)
     result.problems = registration_problems(result)
     return result
 

@@ -215,7 +215,8 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
         spacing_mm: float = 2.0, postprocess_config: Optional[PostprocessConfig] = None,
         plan: Optional[WindowPlan] = None, labels: Optional[Dict[str, str]] = None,
         class_gate: bool = True, brainmask_model: Optional[torch.nn.Module] = None,
-        review_config: Optional[ReviewConfig] = None, keep_margin: bool = False) -> PipelineResult:
+        review_config: Optional[ReviewConfig] = None, keep_margin: bool = False,
+        front_end: Optional[frontend.FrontEnd] = None) -> PipelineResult:
     """Segment, measure and explain one case.
 
     images: contrast name -> image or None (any non-empty subset of constants.CONTRASTS, any grids).
@@ -228,6 +229,8 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
     brainmask_model: the brain-mask network for whole-head studies (default: the bundled one, loaded when needed).
     review_config: the review regions' settings; None takes the card's (pipeline/review.py). keep_margin: also
     return the top-two margin and the tumour probability maps (for `darefuse evaluate`'s own review scores).
+    front_end: the front end already run on these very images (`darefuse evaluate` scores it, then segments with
+    it): not run again.
     Raises InputError for unusable inputs (validate.py lists them), Cancelled when cancelled.
 
     The stages, each a function from one value to the next: settings -> checked images -> (whole-head studies:
@@ -244,10 +247,7 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
     with stages.stage("validate", "checking the inputs"):
         checked, warnings = check_images(images, labels)
         kind = frontend.study_kind(checked, _labels(checked, labels))
-    if kind == "raw":
-        stages.add(["brain_mask", "registration", "brain_mask_fusion"])
-    front = frontend.run_front_end(checked, _labels(checked, labels), brainmask_model, stage=stages.stage,
-                                   cancel=cancel, kind=kind)
+    front = front_end_stages(stages, checked, labels, kind, brainmask_model, cancel, front_end)
     warnings += front.warnings
     with stages.stage("preprocess", "resampling and normalising"):
         prep = preprocess.prepare(front.images, spacing_mm=spacing_mm, brain_mask=front.network_mask,
@@ -290,6 +290,21 @@ def run(images: Dict[str, Optional[sitk.Image]], model: torch.nn.Module, outputs
         tumour_probability=segmentation.tumour_probability if keep_margin else None,
         unshown=[part.as_dict(prep.reference) for part in segmentation.unshown[:unshown.REPORTED]],
     )
+
+
+def front_end_stages(stages: _Stages, checked: Dict[str, sitk.Image], labels: Optional[Dict[str, str]], kind: str,
+                     brainmask_model, cancel: Optional[CancelFn], given: Optional[frontend.FrontEnd] = None
+                     ) -> frontend.FrontEnd:
+    """The front end (pipeline/frontend.py), its stages timed and reported; `given`, one already run on these
+    images, is taken as it is."""
+    if given is not None:
+        if given.kind != kind:
+            raise ValueError(f"the front end given was run on a {given.kind} study, these images are a {kind} one")
+        return given
+    if kind == "raw":
+        stages.add(["brain_mask", "registration", "brain_mask_fusion"])
+    return frontend.run_front_end(checked, _labels(checked, labels), brainmask_model, stage=stages.stage,
+                                  cancel=cancel, kind=kind)
 
 
 def low_confidence_warnings(grid: Grid, prep: preprocess.Prepared, mean_uncertainty: float, front: frontend.FrontEnd,

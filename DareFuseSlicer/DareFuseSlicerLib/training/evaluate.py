@@ -69,7 +69,6 @@ class Case:
     prep: preprocess.Prepared
     truth_low: np.ndarray
     front: object = None  # pipeline.frontend.FrontEnd: what the front end did (brain mask, registrations)
-    brainmask_model: object = None  # the front end's brain-mask network (None: the bundled one)
 
 
 def parse_contrasts(text) -> Tuple[str, ...]:
@@ -116,7 +115,7 @@ def load_case(folder: Path, row: dict, contrasts: Sequence[str] = CONTRASTS, bra
     return Case(
         case_id=row["case_id"], tumour_class=row["tumour_class"], images=images,
         truth=sitk.GetArrayFromImage(seg).astype(np.uint8), spacing=tuple(seg.GetSpacing()[::-1]), prep=prep,
-        truth_low=preprocess.resample_label_to_grid(seg, prep), front=front, brainmask_model=brainmask_model,
+        truth_low=preprocess.resample_label_to_grid(seg, prep), front=front,
     )
 
 
@@ -150,12 +149,13 @@ def _low_res_calibration(model, case: Case) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def predict_pipeline(model, case: Case) -> Prediction:
-    """DareFuseNet through pipeline.run (post-processing off), plus the 2 mm calibration pass."""
+    """DareFuseNet through pipeline.run (post-processing off) on the case's own front end (scored as it is, and
+    not run twice), plus the 2 mm calibration pass."""
     from ..pipeline.run import run
 
     started = time.perf_counter()
     result = run(case.images, model, outputs=("segmentation", "uncertainty"), postprocess_config=NO_POSTPROCESS,
-                 keep_margin=True, brainmask_model=case.brainmask_model)
+                 keep_margin=True, front_end=case.front)
     seconds = time.perf_counter() - started
     probabilities = np.array([result.class_probabilities[c] for c in CLASSES])
     confidence, correct = _low_res_calibration(model, case)

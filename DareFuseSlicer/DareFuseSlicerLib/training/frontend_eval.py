@@ -110,6 +110,12 @@ def true_transform(row: dict, contrast: str) -> sitk.AffineTransform:
     return transform
 
 
+def registration_error(row: dict, contrast: str, transform: sitk.Transform, points: np.ndarray) -> float:
+    """A registration's error in mm: the mean distance between where it and the engine's motion take the
+    engine's brain (`points`: register.mask_points of the engine's brain mask)."""
+    return register.mean_displacement_mm(transform, true_transform(row, contrast), points)
+
+
 def truth_on(image: sitk.Image, truth_ref: sitk.Image, row: dict, contrast: str) -> np.ndarray:
     """An engine truth on the reference grid (brain mask or label) brought onto this contrast's grid through the
     known motion (nearest neighbour), as an array (Z, Y, X): how a mask made on that contrast is scored."""
@@ -127,7 +133,7 @@ def case_scores(folder: Path, row: dict, front, truth: np.ndarray, label: np.nda
     engine_image = sitk.ReadImage(str(Path(folder) / row["brainmask"]))
     engine_mask = sitk.GetArrayViewFromImage(engine_image)
     points = register.mask_points(engine_image, step=4)
-    errors = {name: round(register.mean_displacement_mm(result.transform, true_transform(row, name), points), 4)
+    errors = {name: round(registration_error(row, name, result.transform, points), 4)
               for name, result in front.registrations.items()}
     margins = sorted({float(front.tumour_margin_mm), *TUMOUR_MARGINS_MM})
     given = brainmask.with_tumour_margins(front.brain_mask, label, front.region, margins)
