@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/registration_searches.py --data DIR [DIR ...] [--powell NAME ...] [--max-cases N]
 
 Per case, the front end's brain mask of the reference, then every other contrast registered as the front end
-registers it (frontend.registration_stage). For each registration: the error in mm (the mean distance between
+registers it (register.register over the mask's region, as frontend.registration_stage calls it, without
+resampling the contrast afterwards). For each registration: the error in mm (the mean distance between
 where the registration and the engine's motion take the engine's brain) of each search's transform and of the
 one kept, and the seconds it took. A contrast registered on its own thick slices gets both searches (the
 pyramid and Powell's); a 3-D one the pyramid alone. With --powell, the second search's settings are set in turn
@@ -54,13 +55,13 @@ def case_rows(folder: Path, row: dict, model, candidates: list) -> list:
     reference = reference_contrast(images)
     mask, _, _ = frontend.brain_mask_stage(images[reference], contrast_name(reference), model)
     points = register.mask_points(sitk.ReadImage(str(folder / row["brainmask"])), step=4)
-    labels = {c: contrast_name(c) for c in images}
+    region = register.brain_region(mask)
     out = []
     for candidate in candidates:
         if candidate in CANDIDATES:
             use_candidate(candidate)
-        _, results, _ = frontend.registration_stage(images, reference, mask, labels)
-        for name, result in results.items():
+        for name in (c for c in CONTRASTS if c != reference):
+            result = register.register(images[reference], images[name], region, contrast=name)
             errors = {search: registration_error(row, name, t, points) for search, t in result.found.items()}
             out.append({"case": row["case_id"], "contrast": name, "candidate": candidate,
                         "stack": "powell" in result.found, "errors": errors, "kept": result.kept,

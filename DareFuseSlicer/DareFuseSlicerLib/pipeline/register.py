@@ -175,18 +175,17 @@ def crop_to_points(image: sitk.Image, points: np.ndarray, margin_mm: float) -> s
     return sitk.RegionOfInterest(image, [int(v) for v in hi - lo + 1], [int(v) for v in lo])
 
 
-def _method(mask: sitk.Image, iterations: int) -> sitk.ImageRegistrationMethod:
+def _method(mask: sitk.Image, shrink: Tuple[int, ...], smoothing_mm: Tuple[float, ...],
+            sampling: Tuple[float, ...]) -> sitk.ImageRegistrationMethod:
+    """The metric and the resolution levels both searches share; each search sets its own optimiser."""
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=HISTOGRAM_BINS)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentagePerLevel(list(SAMPLING), SAMPLING_SEED)
+    method.SetMetricSamplingPercentagePerLevel(list(sampling), SAMPLING_SEED)
     method.SetMetricFixedMask(mask)
     method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=0.01, numberOfIterations=iterations,
-                                                    relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
-    method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel(list(SHRINK_FACTORS))
-    method.SetSmoothingSigmasPerLevel(list(SMOOTHING_MM))
+    method.SetShrinkFactorsPerLevel(list(shrink))
+    method.SetSmoothingSigmasPerLevel(list(smoothing_mm))
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     return method
 
@@ -256,7 +255,10 @@ def _execute(method: sitk.ImageRegistrationMethod, sampled: sitk.Image, interpol
 def _pyramid(sampled: sitk.Image, interpolated: sitk.Image, sampled_mask: sitk.Image, centre: np.ndarray,
              iterations: int, cancel: Optional[Callable[[], bool]]) -> Tuple[sitk.VersorRigid3DTransform, int, str]:
     """The first search: gradient steps over two resolution levels."""
-    method = _method(sampled_mask, iterations)
+    method = _method(sampled_mask, SHRINK_FACTORS, SMOOTHING_MM, SAMPLING)
+    method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=0.01, numberOfIterations=iterations,
+                                                    relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
+    method.SetOptimizerScalesFromPhysicalShift()
     _with_cancel(method, sitk.sitkMultiResolutionIterationEvent, cancel)
     found = _execute(method, sampled, interpolated, centre)
     return found, method.GetOptimizerIteration(), method.GetOptimizerStopConditionDescription()
@@ -265,12 +267,9 @@ def _pyramid(sampled: sitk.Image, interpolated: sitk.Image, sampled_mask: sitk.I
 def _powell(sampled: sitk.Image, interpolated: sitk.Image, sampled_mask: sitk.Image, centre: np.ndarray,
             cancel: Optional[Callable[[], bool]]) -> Tuple[sitk.VersorRigid3DTransform, int, str]:
     """The second search: Powell's line searches at the working resolution alone."""
-    method = _method(sampled_mask, ITERATIONS)
+    method = _method(sampled_mask, (1,), (0.0,), (POWELL_SAMPLING,))
     method.SetOptimizerAsPowell(POWELL_SWEEPS, POWELL_LINE_STEPS, 0.1, POWELL_STEP_TOLERANCE, POWELL_VALUE_TOLERANCE)
     method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel([1])
-    method.SetSmoothingSigmasPerLevel([0.0])
-    method.SetMetricSamplingPercentagePerLevel([POWELL_SAMPLING], SAMPLING_SEED)
     _with_cancel(method, sitk.sitkIterationEvent, cancel)
     found = _execute(method, sampled, interpolated, centre)
     return found, method.GetOptimizerIteration(), method.GetOptimizerStopConditionDescription()
