@@ -5,12 +5,13 @@ number of optimiser steps (a wall-clock budget would depend on what else the mac
 
     .venv/bin/python benchmarks/label_curve.py run --pool POOL --held-out HELD_OUT --out RUNS \
         [--labelled 5 10 20 50] [--steps 150] [--jobs 2]
-    .venv/bin/python benchmarks/label_curve.py report --out RUNS [--figure docs/images/label_curve.png]
+    .venv/bin/python benchmarks/label_curve.py report --out RUNS [--figure docs/images/label_curve.png] [--json F]
 
 `run` makes the splits (`darefuse site-split`), runs every arm (`darefuse adapt`, one thread each, `--jobs`
 at a time, one shared `--cache`) and evaluates each model (`darefuse evaluate`, no tuning: the adapted models
 keep --init's post-processing). Arms already evaluated are skipped, so an interrupted run can go on.
-`report` prints the table (BraTS-convention means and tumour-case-only means) and draws the plot.
+`report` prints the table (BraTS-convention means and tumour-case-only means), then each arm's mean and range
+over its seeds with a semi-supervised arm's gap to the all-labelled reference, and draws the plot.
 """
 from __future__ import annotations
 
@@ -138,9 +139,52 @@ def command_report(args: argparse.Namespace) -> None:
               + " | ".join(f"{row[r]:.3f}" for r in REGIONS) + " | "
               + " | ".join(f"{row[r + '_tumour']:.3f}" for r in REGIONS) + f" | {row['accuracy']:.3f} | {row['fp_ml']:.2f} |")
     print(f"\n{rows[0]['cases']} held-out cases ({rows[0]['tumour_cases']} with tumour), `{out}`")
+    print_seed_summary(arm_summary(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "arms": arm_summary(rows)}, indent=1) + "\n")
+        print(f"json: {args.json}")
     if args.figure:
         plot(rows, Path(args.figure))
         print(f"figure: {args.figure}")
+
+
+KEYS = REGIONS + tuple(f"{r}_tumour" for r in REGIONS) + ("accuracy",)
+
+
+def arm_summary(rows: List[dict]) -> dict:
+    """Per arm (its name without -seedN): the seeds run, and the mean, lowest and highest of each figure over
+    them; for a semi-supervised arm also its gap to the all-labelled reference (mean minus mean), which is
+    what issue 20's goals bound (within 0.03)."""
+    arms_found: dict = {}
+    for row in rows:
+        if row["name"] != "bundled":
+            arms_found.setdefault(row["name"].split("-seed")[0], []).append(row)
+    reference = max(arms_found, key=lambda a: (a.startswith("labelled"), int(a.split("-")[1])), default=None)
+    found = {}
+    for arm, members in arms_found.items():
+        found[arm] = {"seeds": sorted(int(_seed(m["name"])) for m in members)}
+        for key in KEYS:
+            values = [m[key] for m in members]
+            found[arm][key] = {"mean": sum(values) / len(values), "min": min(values), "max": max(values)}
+    for arm, figures in found.items():
+        if arm.startswith("semi") and reference:
+            figures["gap_to_reference"] = {key: figures[key]["mean"] - found[reference][key]["mean"] for key in KEYS}
+            figures["reference"] = reference
+    return found
+
+
+def print_seed_summary(summary: dict) -> None:
+    print("\n| arm | seeds | Dice WT | Dice TC | Dice ET | tumour cases: WT | TC | ET | class accuracy | "
+          "gap to the reference: WT / TC / ET | tumour cases: WT / TC / ET |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for arm in sorted(summary, key=lambda a: (a.startswith("labelled"), int(a.split("-")[1]))):
+        figures = summary[arm]
+        cells = [f"{figures[k]['mean']:.3f} ({figures[k]['min']:.3f}-{figures[k]['max']:.3f})" for k in KEYS]
+        gap = figures.get("gap_to_reference")
+        gaps = ["-", "-"] if gap is None else [" / ".join(f"{gap[r]:+.3f}" for r in REGIONS),
+                                              " / ".join(f"{gap[r + '_tumour']:+.3f}" for r in REGIONS)]
+        print(f"| {arm} | {', '.join(map(str, figures['seeds']))} | " + " | ".join(cells + gaps) + " |")
+    print("\nmean over seeds (lowest-highest); gaps: a semi-supervised arm's mean minus the all-labelled arm's mean")
 
 
 def _labelled(name: str) -> str:
@@ -157,42 +201,45 @@ def _order(row: dict):
 
 
 def plot(rows: List[dict], path: Path) -> None:
+    """Dice WT/TC/ET and class accuracy against the labelled cases: each arm's mean over its seeds, with bars
+    from the lowest to the highest seed; the all-labelled reference as a line over a band of its seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
+    summary = arm_summary(rows)
     bundled = next((r for r in rows if r["name"] == "bundled"), None)
-    ks = sorted({int(_labelled(r["name"])) for r in rows if r["name"] != "bundled"})
-    reference = max(ks) if ks else None
+    ks = sorted({int(a.split("-")[1]) for a in summary})
+    reference = f"labelled-{max(ks)}" if ks else None
     fig, axes = plt.subplots(1, 4, figsize=(15, 4.0), sharex=True)
     for ax, key in zip(axes, REGIONS + ("accuracy",)):
-        for prefix, style in (("semi", "o-"), ("labelled", "s--")):
-            arm = [r for r in rows if r["name"].startswith(prefix) and int(_labelled(r["name"])) != reference]
-            pts = sorted((int(_labelled(r["name"])), r[key]) for r in arm if _seed(r["name"]) == "0")
-            if pts:
-                line, = ax.plot(*zip(*pts), style,
-                                label={"semi": "labelled + unlabelled", "labelled": "labelled alone"}[prefix])
-                repeats = [(int(_labelled(r["name"])), r[key]) for r in arm if _seed(r["name"]) != "0"]
-                if repeats:
-                    ax.plot(*zip(*repeats), style[0], mfc="none", color=line.get_color(), label=f"{prefix}: other seed")
-        ref = next((r for r in rows if r["name"] == f"labelled-{reference}"), None)
-        if ref is not None:
-            ax.axhline(ref[key], color="k", lw=1, label=f"all {reference} labelled")
-        for other in (r for r in rows if r["name"].startswith(f"labelled-{reference}-seed")):
-            ax.axhline(other[key], color="k", lw=0.8, ls="-.", label=f"all {reference} labelled: other seed")
+        for prefix, style, shift in (("semi", "o-", 1.03), ("labelled", "s--", 1 / 1.03)):
+            arm = sorted((int(a.split("-")[1]), f[key], len(f["seeds"])) for a, f in summary.items()
+                         if a.startswith(prefix) and a != reference)
+            if arm:
+                x = [k * shift for k, _, _ in arm]
+                mean = [f["mean"] for _, f, _ in arm]
+                bars = [[f["mean"] - f["min"] for _, f, _ in arm], [f["max"] - f["mean"] for _, f, _ in arm]]
+                ax.errorbar(x, mean, yerr=bars, fmt=style, capsize=3,
+                            label={"semi": "labelled + unlabelled", "labelled": "labelled alone"}[prefix])
+        if reference in summary:
+            ref = summary[reference][key]
+            ax.axhline(ref["mean"], color="k", lw=1, label=f"all {max(ks)} labelled")
+            ax.axhspan(ref["min"], ref["max"], color="k", alpha=0.08)
         if bundled is not None:
             ax.axhline(bundled[key], color="grey", ls=":", label="bundled, not adapted")
         ax.set_xscale("log")
-        ax.set_xticks([k for k in ks if k != reference])
+        ax.set_xticks([k for k in ks if f"labelled-{k}" != reference])
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title("class accuracy" if key == "accuracy" else f"Dice {key}")
         ax.set_xlabel("labelled cases")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.suptitle("mean over seeds; bars and the grey band: lowest to highest seed", fontsize=9)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
 
@@ -212,6 +259,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     report = sub.add_parser("report")
     report.add_argument("--out", required=True)
     report.add_argument("--figure")
+    report.add_argument("--json", help="write every row and the per-arm summary here")
     args = parser.parse_args(argv)
     command_run(args) if args.command == "run" else command_report(args)
 
