@@ -4,7 +4,7 @@ cases alone, and fine-tuned on labelled and unlabelled cases (`darefuse adapt`),
 number of optimiser steps (a wall-clock budget would depend on what else the machine runs); the reference is the model fine-tuned on every pool case labelled.
 
     .venv/bin/python benchmarks/label_curve.py run --pool POOL --held-out HELD_OUT --out RUNS \
-        [--labelled 5 10 20 50] [--steps 150] [--jobs 2]
+        [--labelled 5 10 20 50] [--steps 150] [--jobs 2] [--seed 0] [--only ARM ...]
     .venv/bin/python benchmarks/label_curve.py report --out RUNS [--figure docs/images/label_curve.png] [--json F]
 
 `run` makes the splits (`darefuse site-split`), runs every arm (`darefuse adapt`, one thread each, `--jobs`
@@ -90,6 +90,8 @@ def command_run(args: argparse.Namespace) -> None:
     jobs = arms(args.labelled, pool_size, args.seed)
     if args.no_reference:
         jobs = jobs[1:]
+    if args.only:
+        jobs = [arm for arm in jobs if arm["name"] in args.only]
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(run_arm, arm, args) for arm in jobs]
@@ -256,6 +258,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     run.add_argument("--jobs", type=int, default=2)
     run.add_argument("--seed", type=int, default=0, help="adapt's seed (crops, order); not 0: repeated arms")
     run.add_argument("--no-reference", action="store_true", help="leave out the all-labelled reference arm")
+    run.add_argument("--only", nargs="+", help="run only these arms (names as in the report, e.g. semi-10)")
     report = sub.add_parser("report")
     report.add_argument("--out", required=True)
     report.add_argument("--figure")
