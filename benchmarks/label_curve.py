@@ -141,12 +141,13 @@ def command_report(args: argparse.Namespace) -> None:
               + " | ".join(f"{row[r]:.3f}" for r in REGIONS) + " | "
               + " | ".join(f"{row[r + '_tumour']:.3f}" for r in REGIONS) + f" | {row['accuracy']:.3f} | {row['fp_ml']:.2f} |")
     print(f"\n{rows[0]['cases']} held-out cases ({rows[0]['tumour_cases']} with tumour), `{out}`")
-    print_seed_summary(arm_summary(rows))
+    per_arm = arm_summary(rows)
+    print_seed_summary(per_arm)
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "arms": arm_summary(rows)}, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps({"rows": rows, "arms": per_arm}, indent=1) + "\n")
         print(f"json: {args.json}")
     if args.figure:
-        plot(rows, Path(args.figure))
+        plot(per_arm, next((r for r in rows if r["name"] == "bundled"), None), Path(args.figure))
         print(f"figure: {args.figure}")
 
 
@@ -161,7 +162,7 @@ def arm_summary(rows: List[dict]) -> dict:
     for row in rows:
         if row["name"] != "bundled":
             arms_found.setdefault(row["name"].split("-seed")[0], []).append(row)
-    reference = max(arms_found, key=lambda a: (a.startswith("labelled"), int(a.split("-")[1])), default=None)
+    reference = _reference(arms_found)
     found = {}
     for arm, members in arms_found.items():
         found[arm] = {"seeds": sorted(int(_seed(m["name"])) for m in members)}
@@ -179,7 +180,7 @@ def print_seed_summary(summary: dict) -> None:
     print("\n| arm | seeds | Dice WT | Dice TC | Dice ET | tumour cases: WT | TC | ET | class accuracy | "
           "gap to the reference: WT / TC / ET | tumour cases: WT / TC / ET |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for arm in sorted(summary, key=lambda a: (a.startswith("labelled"), int(a.split("-")[1]))):
+    for arm in sorted(summary, key=lambda a: (a.startswith("labelled"), int(_labelled(a)))):
         figures = summary[arm]
         cells = [f"{figures[k]['mean']:.3f} ({figures[k]['min']:.3f}-{figures[k]['max']:.3f})" for k in KEYS]
         gap = figures.get("gap_to_reference")
@@ -187,6 +188,11 @@ def print_seed_summary(summary: dict) -> None:
                                               " / ".join(f"{gap[r + '_tumour']:+.3f}" for r in REGIONS)]
         print(f"| {arm} | {', '.join(map(str, figures['seeds']))} | " + " | ".join(cells + gaps) + " |")
     print("\nmean over seeds (lowest-highest); gaps: a semi-supervised arm's mean minus the all-labelled arm's mean")
+
+
+def _reference(arm_names) -> Optional[str]:
+    """The all-labelled reference: the labelled-only arm with the most labelled cases."""
+    return max((a for a in arm_names if a.startswith("labelled")), key=lambda a: int(_labelled(a)), default=None)
 
 
 def _labelled(name: str) -> str:
@@ -202,7 +208,7 @@ def _order(row: dict):
     return (0, 0, "") if name == "bundled" else (1 if name.startswith("semi") else 2, int(_labelled(name)), _seed(name))
 
 
-def plot(rows: List[dict], path: Path) -> None:
+def plot(summary: dict, bundled: Optional[dict], path: Path) -> None:
     """Dice WT/TC/ET and class accuracy against the labelled cases: each arm's mean over its seeds, with bars
     from the lowest to the highest seed; the all-labelled reference as a line over a band of its seeds."""
     import matplotlib
@@ -211,24 +217,22 @@ def plot(rows: List[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    summary = arm_summary(rows)
-    bundled = next((r for r in rows if r["name"] == "bundled"), None)
-    ks = sorted({int(a.split("-")[1]) for a in summary})
-    reference = f"labelled-{max(ks)}" if ks else None
+    ks = sorted({int(_labelled(a)) for a in summary})
+    reference = _reference(summary)
     fig, axes = plt.subplots(1, 4, figsize=(15, 4.0), sharex=True)
     for ax, key in zip(axes, REGIONS + ("accuracy",)):
         for prefix, style, shift in (("semi", "o-", 1.03), ("labelled", "s--", 1 / 1.03)):
-            arm = sorted((int(a.split("-")[1]), f[key], len(f["seeds"])) for a, f in summary.items()
+            arm = sorted((int(_labelled(a)), f[key]) for a, f in summary.items()
                          if a.startswith(prefix) and a != reference)
             if arm:
-                x = [k * shift for k, _, _ in arm]
-                mean = [f["mean"] for _, f, _ in arm]
-                bars = [[f["mean"] - f["min"] for _, f, _ in arm], [f["max"] - f["mean"] for _, f, _ in arm]]
+                x = [k * shift for k, _ in arm]
+                mean = [f["mean"] for _, f in arm]
+                bars = [[f["mean"] - f["min"] for _, f in arm], [f["max"] - f["mean"] for _, f in arm]]
                 ax.errorbar(x, mean, yerr=bars, fmt=style, capsize=3,
                             label={"semi": "labelled + unlabelled", "labelled": "labelled alone"}[prefix])
         if reference in summary:
             ref = summary[reference][key]
-            ax.axhline(ref["mean"], color="k", lw=1, label=f"all {max(ks)} labelled")
+            ax.axhline(ref["mean"], color="k", lw=1, label=f"all {_labelled(reference)} labelled")
             ax.axhspan(ref["min"], ref["max"], color="k", alpha=0.08)
         if bundled is not None:
             ax.axhline(bundled[key], color="grey", ls=":", label="bundled, not adapted")
