@@ -180,7 +180,7 @@ def print_seed_summary(summary: dict) -> None:
     print("\n| arm | seeds | Dice WT | Dice TC | Dice ET | tumour cases: WT | TC | ET | class accuracy | "
           "gap to the reference: WT / TC / ET | tumour cases: WT / TC / ET |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for arm in sorted(summary, key=lambda a: (a.startswith("labelled"), int(_labelled(a)))):
+    for arm in sorted(summary, key=lambda a: _order({"name": a})):
         figures = summary[arm]
         cells = [f"{figures[k]['mean']:.3f} ({figures[k]['min']:.3f}-{figures[k]['max']:.3f})" for k in KEYS]
         gap = figures.get("gap_to_reference")
