@@ -211,4 +211,4 @@ def test_ablation_refuses_the_generators_training_cases(engine, trained, init_mo
 
     variants = prior_ablation.load_variants(str(init_model), str(trained))
     with pytest.raises(Refused, match="not held out"):
-        prior_ablation.ablate_folder(engine, {"twin-free": variants["twin-free"]}, log=lambda line: None)
+        prior_ablation.ablate_folder(engine, {"inpainting": variants["inpainting"]}, log=lambda line: None)

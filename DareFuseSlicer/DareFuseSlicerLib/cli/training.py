@@ -56,9 +56,8 @@ def register(subparsers) -> None:
     train.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     train.set_defaults(handler=_train)
 
-    _register_adapt(subparsers)
-    _register_prior(subparsers)
-    _register_brainmask(subparsers)
+    for add in (_register_adapt, _register_prior, _register_kle, _register_brainmask):
+        add(subparsers)
 
     evaluate = subparsers.add_parser(
         "evaluate",
@@ -211,6 +210,42 @@ def _train_prior(args: argparse.Namespace) -> int:
     try:
         with terminate_as_interrupt():  # SIGTERM stops it as Ctrl-C does: nothing written
             path = train_prior(options, progress=bar, log=lambda line: print(line, flush=True))
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"model: {path}")
+    return 0
+
+
+def _register_kle(subparsers) -> None:
+    kle = subparsers.add_parser(
+        "fit-kle",
+        help="fit seed 001's KLE residual prior on a site's studies (no twins, no labels, nothing trained)",
+        description="PCA of the studies' whole-brain windows (each cropped to its brain and resized to SIZE^3 per "
+        "contrast); writes OUT/darefuse.safetensors: the --init model with this expansion as its lesion-removal "
+        "prior, and its card (the studies by count and SHA256).",
+    )
+    kle.add_argument("--init", required=True, metavar="MODEL.safetensors", help="the network around the prior")
+    kle.add_argument("--data", required=True, action="append", metavar="DIR",
+                     help="studies in the BraTS naming, all four contrasts each (repeatable; -seg files are not read)")
+    kle.add_argument("--out", required=True, help="run folder for the model and its card")
+    kle.add_argument("--components", type=int, default=32, help="terms of the expansion (default 32, as seed 001)")
+    kle.add_argument("--size", type=int, default=48, help="side of the expansion's grid (default 48, as seed 001)")
+    kle.add_argument("--max-cases", type=int, help="use only the first N studies")
+    kle.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    kle.set_defaults(handler=_fit_kle)
+
+
+def _fit_kle(args: argparse.Namespace) -> int:
+    from ..training.kle_prior import KLEOptions, fit_kle_prior
+    from . import terminate_as_interrupt
+
+    options = KLEOptions(init=args.init, data=list(args.data), out=args.out, components=args.components,
+                         size=args.size, max_cases=args.max_cases)
+    bar = None if args.no_progress else _TqdmProgress()
+    try:
+        with terminate_as_interrupt():  # SIGTERM stops it as Ctrl-C does: nothing written
+            path = fit_kle_prior(options, progress=bar, log=lambda line: print(line, flush=True))
     finally:
         if bar is not None:
             bar.close()

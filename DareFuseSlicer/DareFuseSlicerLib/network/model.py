@@ -33,6 +33,10 @@ from .blocks import (
     USegDecoder,
     inpaint_healthy,
 )
+from .kle import KLEPrior
+
+#: How the tumour-free image is made (NetConfig.prior_mode).
+PRIOR_MODES = ("twin", "inpaint", "kle")
 
 #: Channels of each encoder branch (indices into constants.CONTRASTS): T1/T1ce and T2/FLAIR.
 BRANCHES = ((0, 1), (2, 3))
@@ -57,9 +61,12 @@ class NetConfig:
     detach_prior: bool = True
     # How the generator makes the tumour-free image: "twin" (one pass; trained against the data engine's
     # tumour-free twins) or "inpaint" (blocks.inpaint_healthy: two checkerboard passes with cubes of
-    # `inpaint_block` voxels; trained on hidden healthy tissue, no twins: training/prior.py).
+    # `inpaint_block` voxels; trained on hidden healthy tissue, no twins: training/prior.py) or "kle" (the
+    # generator is kept, unused: kle.KLEPrior, `kle_components` terms at `kle_size`^3, fitted by training/kle_prior.py).
     prior_mode: str = "twin"
     inpaint_block: int = 12
+    kle_size: int = 48
+    kle_components: int = 32
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,11 +94,15 @@ class DareFuseNet(nn.Module):
     def __init__(self, config: NetConfig = None):
         super().__init__()
         self.config = config = config or NetConfig()
-        if config.prior_mode not in ("twin", "inpaint") or config.inpaint_block < 1:
-            raise ValueError(f"prior_mode must be twin or inpaint and inpaint_block positive, got "
+        if config.prior_mode not in PRIOR_MODES or config.inpaint_block < 1:
+            raise ValueError(f"prior_mode must be one of {', '.join(PRIOR_MODES)} and inpaint_block positive, got "
                              f"{config.prior_mode!r}, {config.inpaint_block}")
         channels = config.encoder_channels
         self.generator = LesionRemovalGenerator(config.n_contrasts, config.generator_channels)
+        # Only a "kle" model has the expansion's buffers, so the other modes' weight files are unchanged.
+        self.kle = None
+        if config.prior_mode == "kle":
+            self.kle = KLEPrior(config.n_contrasts, config.kle_size, config.kle_components)
         # Per branch: 2 images + 2 differences + 2 availability flags.
         self.encoder_a = Encoder(6, channels)
         self.encoder_b = Encoder(6, channels)
@@ -161,6 +172,8 @@ class DareFuseNet(nn.Module):
         """The generator's tumour-free image of a padded input, as its prior mode says."""
         if self.config.prior_mode == "inpaint":
             return inpaint_healthy(self.generator, x, present, self.config.inpaint_block)
+        if self.config.prior_mode == "kle":
+            return self.kle(x, present)
         return self.generator(x, present)
 
     # -- helpers on the output dict (also valid on sliding-window-stitched outputs) -----------------------

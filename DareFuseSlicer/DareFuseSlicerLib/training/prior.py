@@ -233,7 +233,7 @@ def run_prior_steps(options: PriorOptions, dataset: SiteDataset, state: PriorSta
             return
 
 
-def _class_counts(cases: List[SiteCase], folders: Sequence[str]) -> Tuple[dict, List[int]]:
+def cases_for_card(cases: List[SiteCase], folders: Sequence[str]) -> Tuple[dict, List[int]]:
     """Classes (from manifest.csv where a folder has one) and engine seeds of the cases, for the card."""
     rows = {}
     for folder in folders:
@@ -247,7 +247,7 @@ def _class_counts(cases: List[SiteCase], folders: Sequence[str]) -> Tuple[dict, 
 
 def prior_card(options: PriorOptions, cases: List[SiteCase], state: PriorState, origin: dict) -> dict:
     init_card = read_card(options.init)
-    classes, seeds = _class_counts(cases, options.data)
+    classes, seeds = cases_for_card(cases, options.data)
     card = {
         "name": "DARE-FUSE", "version": Path(options.out).name, "training_command": options.command_line(),
         "seed": options.seed, "initialised_from": origin, "weights": PRIOR_NOTE,

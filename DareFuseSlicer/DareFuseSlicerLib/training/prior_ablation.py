@@ -1,7 +1,8 @@
-"""The lesion-removal prior's ablation (issue 20 §1): one network, three priors, scored on held-out cases.
+"""The lesion-removal prior's ablation (issue 20 §1): one network, several priors, scored on held-out cases.
 
 Variants: "twin-trained" (a model as trained by `darefuse train`, its generator fitted to the engine's
-tumour-free twins), "twin-free" (the same network with the generator of `darefuse train-prior`) and "zero
+tumour-free twins), "inpainting" (the same network with the generator of `darefuse train-prior`), any number of
+KLE residual priors (the same network with an expansion of `darefuse fit-kle`, named by the caller) and "zero
 prior" (the twin-trained model fed a zero prior, evaluate.WithoutPrior). Per folder and variant: the
 false-positive volume (mL) on tumour-free brains, and Dice WT/TC/ET as BraTS-convention means over all cases
 (an empty truth and an empty prediction score 1) and over the tumour cases only.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -30,14 +31,23 @@ from .dataset import read_rows
 from .evaluate import Case, WithoutPrior, direct_pass, load_case
 from .frontend_eval import check_held_out
 
-VARIANTS = ("twin-trained", "twin-free", "zero prior")
+#: The variants of load_variants(twin_trained, inpainting) in table order (KLE priors go before "zero prior").
+VARIANTS = ("twin-trained", "inpainting", "zero prior")
 
 
-def load_variants(twin_trained: str, twin_free: str) -> Dict[str, torch.nn.Module]:
-    """The three variants (each checked against its card's SHA256 by load_model)."""
+def load_variants(twin_trained: str, inpainting: Optional[str] = None,
+                  kle: Sequence[Tuple[str, str]] = ()) -> Dict[str, torch.nn.Module]:
+    """The variants (each checked against its card's SHA256 by load_model); kle: (name, model path) pairs."""
     twin = load_model(twin_trained)
-    free = load_model(twin_free)
-    return {"twin-trained": twin, "twin-free": free, "zero prior": WithoutPrior(twin)}
+    variants = {"twin-trained": twin}
+    if inpainting:
+        variants["inpainting"] = load_model(inpainting)
+    for name, path in kle:
+        if name in variants or name == "zero prior":
+            raise ValueError(f"variant name {name!r} is taken")
+        variants[name] = load_model(path)
+    variants["zero prior"] = WithoutPrior(twin)
+    return variants
 
 
 def score_case(model: torch.nn.Module, case: Case) -> dict:
