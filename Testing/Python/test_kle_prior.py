@@ -10,13 +10,14 @@ import SimpleITK as sitk
 import torch
 
 from DareFuseSlicerLib.cli import main
-from DareFuseSlicerLib.errors import Cancelled, InputError
+from DareFuseSlicerLib.errors import Cancelled, InputError, OptionError
 from DareFuseSlicerLib.network.kle import fit_kle
 from DareFuseSlicerLib.network.model import DareFuseNet, NetConfig
 from DareFuseSlicerLib.network.store import load_model, read_card, save_model
 from DareFuseSlicerLib.training import prior_ablation
 from DareFuseSlicerLib.training.kle_prior import KLEOptions, fit_kle_prior
-from DareFuseSlicerLib.training.prior import MODEL_FILE
+from DareFuseSlicerLib.training.adapt import AdaptOptions, adapt
+from DareFuseSlicerLib.training.prior import MODEL_FILE, PriorOptions, train_prior
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_training_dataset import make_folder  # noqa: E402
@@ -144,3 +145,19 @@ def test_fit_kle_refusals_and_cancel_write_nothing(studies_folder, init_model, t
     with pytest.raises(InputError, match="lacks a contrast"):
         fit_kle_prior(KLEOptions(init=str(init_model), data=[str(lacking)], out=str(tmp_path / "r"), components=3))
     assert not (tmp_path / "r").exists()
+
+
+def test_a_kle_model_is_neither_trained_nor_refitted(studies_folder, init_model, tmp_path):
+    """Its expansion is of whole brains: training crops (adapt, train-prior, train) would feed it part of one."""
+    path = fit_kle_prior(KLEOptions(init=str(init_model), data=[str(studies_folder)], out=str(tmp_path / "kle"),
+                                    components=3, size=8))
+    refusals = [
+        lambda: fit_kle_prior(KLEOptions(init=str(path), data=[str(studies_folder)], out=str(tmp_path / "again"),
+                                         components=3, size=8)),
+        lambda: train_prior(PriorOptions(init=str(path), data=[str(studies_folder)], out=str(tmp_path / "p"), steps=1)),
+        lambda: adapt(AdaptOptions(init=str(path), labelled=str(studies_folder), unlabelled=None, out=str(tmp_path / "a"), steps=1)),
+    ]
+    for refused in refusals:
+        with pytest.raises(OptionError, match="carries a KLE prior.*Start from the model it was fitted from"):
+            refused()
+    assert not [p.name for p in tmp_path.iterdir() if p.name != "kle"]

@@ -223,6 +223,12 @@ def stored_start(arch: str, init: str) -> Tuple[torch.nn.Module, dict]:
     if not isinstance(model, expected):
         raise OptionError(f"{{init}} {init} is a {type(model).__name__}, not a {expected.__name__} ({{arch}} {arch}).",
                           "init", "arch")
+    if getattr(getattr(model, "config", None), "prior_mode", None) == "kle":
+        # Training crops hold part of a brain, which the whole-brain expansion was not fitted on.
+        raise OptionError(f"{{init}} {init} carries a KLE prior (`darefuse fit-kle`), which is computed on whole brains: "
+                          "it can be neither trained on crops nor fitted again. Start from the model it was fitted "
+                          f"from ({model.card.get('initialised_from', {}).get('weights', 'its card: initialised_from')}), "
+                          "then run fit-kle on the result.", "init")
     card = model.card
     del model.card
     seen = card_seeds(card)  # its own seeds and those of the models it came from: evaluate refuses them all
