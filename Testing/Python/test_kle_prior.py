@@ -13,14 +13,14 @@ from DareFuseSlicerLib.cli import main
 from DareFuseSlicerLib.errors import Cancelled, InputError, OptionError
 from DareFuseSlicerLib.network.kle import fit_kle
 from DareFuseSlicerLib.network.model import DareFuseNet, NetConfig
-from DareFuseSlicerLib.network.store import load_model, read_card, save_model
+from DareFuseSlicerLib.network.store import load_model, read_card
 from DareFuseSlicerLib.training import prior_ablation
 from DareFuseSlicerLib.training.kle_prior import KLEOptions, fit_kle_prior
 from DareFuseSlicerLib.training.adapt import AdaptOptions, adapt
 from DareFuseSlicerLib.training.prior import MODEL_FILE, PriorOptions, train_prior
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_training_dataset import make_folder  # noqa: E402
+from test_training_dataset import make_folder, save_fresh_model  # noqa: E402
 
 SEED = 760910  # SEEDS.md: prior tests 760900-760999; fit-kle 760910-760914
 
@@ -95,11 +95,8 @@ def studies_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def init_model(tmp_path_factory):
-    torch.manual_seed(SEED)
-    path = tmp_path_factory.mktemp("kle-init") / "darefuse.safetensors"
-    save_model(DareFuseNet(), path, {"training_command": "test: a freshly initialised DareFuseNet", "seed": SEED,
-                                     "data_recipe": {"seeds": [1000, 1003]}})
-    return path
+    return save_fresh_model(tmp_path_factory.mktemp("kle-init") / "darefuse.safetensors", SEED,
+                            data_recipe={"seeds": [1000, 1003]})
 
 
 def test_fit_kle_reads_only_images_and_its_card_says_so(studies_folder, init_model, tmp_path, monkeypatch):

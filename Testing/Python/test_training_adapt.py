@@ -12,8 +12,7 @@ import torch
 from DareFuseSlicerLib.cli import main
 from DareFuseSlicerLib.constants import CLASSES
 from DareFuseSlicerLib.errors import Cancelled, InputError
-from DareFuseSlicerLib.network.model import DareFuseNet
-from DareFuseSlicerLib.network.store import card_path, load_model, read_card, save_model, sha256_of
+from DareFuseSlicerLib.network.store import card_path, load_model, read_card, sha256_of
 from DareFuseSlicerLib.training.adapt import (
     MODEL_FILE,
     AdaptOptions,
@@ -27,7 +26,7 @@ from DareFuseSlicerLib.training.adapt import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_training_dataset import make_folder  # noqa: E402
+from test_training_dataset import make_folder, save_fresh_model  # noqa: E402
 
 SEED = 740000  # SEEDS.md: adapt tests 740000-740099
 
@@ -59,11 +58,8 @@ def site(engine, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def init_model(tmp_path_factory):
-    torch.manual_seed(SEED)
-    path = tmp_path_factory.mktemp("adapt-init") / "darefuse.safetensors"
-    save_model(DareFuseNet(), path, {"training_command": "test: a freshly initialised DareFuseNet", "seed": SEED,
-                                     "postprocess": {"min_component_ml": 0.5}})
-    return path
+    return save_fresh_model(tmp_path_factory.mktemp("adapt-init") / "darefuse.safetensors", SEED,
+                            postprocess={"min_component_ml": 0.5})
 
 
 def _options(site, init_model, out, **kw):

@@ -1,7 +1,8 @@
 """Training data: the pre-processing cache, augmentation, contrast dropout, labelled subsets.
 
 `make_folder` writes a tiny engine-style folder (BraTS names, manifest.csv, tumour-free pairs) in well
-under a second, so the training tests need not run the data engine.
+under a second, so the training tests need not run the data engine; `save_fresh_model` the --init model they
+start from.
 """
 import csv
 import os
@@ -14,6 +15,8 @@ import torch
 
 from DareFuseSlicerLib.constants import BRATS_SUFFIX, CLASSES, CONTRASTS
 from DareFuseSlicerLib.errors import InputError
+from DareFuseSlicerLib.network.model import DareFuseNet
+from DareFuseSlicerLib.network.store import save_model
 from DareFuseSlicerLib.phantoms import MANIFEST_COLUMNS, file_names
 from DareFuseSlicerLib.training.dataset import (
     IGNORE_CLASS,
@@ -26,6 +29,15 @@ from DareFuseSlicerLib.training.dataset import (
 )
 
 SHAPE = (36, 44, 36)  # (z, y, x) at 2 mm: a small "head"
+
+
+def save_fresh_model(path: Path, seed: int, **card) -> Path:
+    """A freshly initialised DareFuseNet (torch seeded with `seed`) and a minimal card, written to `path`."""
+    torch.manual_seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_model(DareFuseNet(), path, {"training_command": "test: a freshly initialised DareFuseNet", "seed": seed,
+                                     **card})
+    return path
 
 
 def _image(array, spacing=2.0):

@@ -14,14 +14,14 @@ from DareFuseSlicerLib.constants import REGIONS
 from DareFuseSlicerLib.errors import Cancelled, OptionError
 from DareFuseSlicerLib.network.blocks import checkerboard, inpaint_healthy
 from DareFuseSlicerLib.network.model import DareFuseNet, NetConfig
-from DareFuseSlicerLib.network.store import load_model, read_card, save_model
+from DareFuseSlicerLib.network.store import load_model, read_card
 from DareFuseSlicerLib.training import prior_ablation
 from DareFuseSlicerLib.training.evaluate import WithoutPrior
 from DareFuseSlicerLib.training.frontend_eval import card_seeds
 from DareFuseSlicerLib.training.prior import MODEL_FILE, PriorOptions, inpainting_loss, train_prior
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_training_dataset import make_folder  # noqa: E402
+from test_training_dataset import make_folder, save_fresh_model  # noqa: E402
 
 SEED = 760900  # SEEDS.md: prior tests 760900-760999 (the prior's block is 760000-762999)
 
@@ -37,11 +37,8 @@ def engine(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def init_model(tmp_path_factory):
-    torch.manual_seed(SEED)
-    path = tmp_path_factory.mktemp("prior-init") / "darefuse.safetensors"
-    save_model(DareFuseNet(), path, {"training_command": "test: a freshly initialised DareFuseNet", "seed": SEED,
-                                     "data_recipe": {"seeds": [1000, 1003]}})
-    return path
+    return save_fresh_model(tmp_path_factory.mktemp("prior-init") / "darefuse.safetensors", SEED,
+                            data_recipe={"seeds": [1000, 1003]})
 
 
 def _options(engine, init_model, out, **kw):

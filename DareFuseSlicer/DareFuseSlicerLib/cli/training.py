@@ -138,12 +138,18 @@ def _adapt(args: argparse.Namespace) -> int:
         pseudo_weight=args.pseudo_weight, ema_decay=args.ema_decay, contrast_dropout=args.contrast_dropout,
         prior_dropout=args.prior_dropout, cache=args.cache,
     )
+    return _run_model_job(lambda progress, log: adapt(options, progress=progress), args)
+
+
+def _run_model_job(job, args: argparse.Namespace) -> int:
+    """job(progress, log) -> the saved model's path, under a progress bar (log lines with --no-progress);
+    SIGTERM stops it as Ctrl-C does, so no model is written."""
     from . import terminate_as_interrupt
 
     bar = None if args.no_progress else _TqdmProgress()
     try:
-        with terminate_as_interrupt():  # SIGTERM stops it as Ctrl-C does: no model written
-            path = adapt(options, progress=bar)
+        with terminate_as_interrupt():
+            path = job(bar, lambda line: print(line, flush=True))
     finally:
         if bar is not None:
             bar.close()
@@ -177,9 +183,7 @@ def _register_prior(subparsers) -> None:
         "from scratch; every other weight is --init's, frozen. Writes OUT/darefuse.safetensors and its card; "
         "Ctrl-C writes nothing.",
     )
-    prior.add_argument("--init", required=True, metavar="MODEL.safetensors", help="the network around the prior")
-    prior.add_argument("--data", required=True, action="append", metavar="DIR", help="labelled cases (repeatable)")
-    prior.add_argument("--out", required=True, help="run folder for the model and its card")
+    _add_prior_run_arguments(prior, "labelled cases (repeatable)")
     prior.add_argument("--minutes", type=float, help="wall-clock budget for the steps")
     prior.add_argument("--steps", type=int, help="training steps (whichever of --steps and --minutes ends first)")
     prior.add_argument("--seed", type=int, default=0)
@@ -198,7 +202,6 @@ def _register_prior(subparsers) -> None:
 
 def _train_prior(args: argparse.Namespace) -> int:
     from ..training.prior import PriorOptions, train_prior
-    from . import terminate_as_interrupt
 
     options = PriorOptions(
         init=args.init, data=list(args.data), out=args.out, minutes=args.minutes, steps=args.steps, seed=args.seed,
@@ -206,15 +209,14 @@ def _train_prior(args: argparse.Namespace) -> int:
         lr=args.lr, contrast_dropout=args.contrast_dropout, max_cases=args.max_cases, threads=args.threads,
         device=args.device,
     )
-    bar = None if args.no_progress else _TqdmProgress()
-    try:
-        with terminate_as_interrupt():  # SIGTERM stops it as Ctrl-C does: nothing written
-            path = train_prior(options, progress=bar, log=lambda line: print(line, flush=True))
-    finally:
-        if bar is not None:
-            bar.close()
-    print(f"model: {path}")
-    return 0
+    return _run_model_job(lambda progress, log: train_prior(options, progress=progress, log=log), args)
+
+
+def _add_prior_run_arguments(parser, data_help: str) -> None:
+    """--init, --data and --out, as train-prior and fit-kle take them."""
+    parser.add_argument("--init", required=True, metavar="MODEL.safetensors", help="the network around the prior")
+    parser.add_argument("--data", required=True, action="append", metavar="DIR", help=data_help)
+    parser.add_argument("--out", required=True, help="run folder for the model and its card")
 
 
 def _register_kle(subparsers) -> None:
@@ -225,10 +227,8 @@ def _register_kle(subparsers) -> None:
         "contrast); writes OUT/darefuse.safetensors: the --init model with this expansion as its lesion-removal "
         "prior, and its card (the studies by count and SHA256).",
     )
-    kle.add_argument("--init", required=True, metavar="MODEL.safetensors", help="the network around the prior")
-    kle.add_argument("--data", required=True, action="append", metavar="DIR",
-                     help="studies in the BraTS naming, all four contrasts each (repeatable; -seg files are not read)")
-    kle.add_argument("--out", required=True, help="run folder for the model and its card")
+    _add_prior_run_arguments(kle, "studies in the BraTS naming, all four contrasts each (repeatable; -seg files "
+                                  "are not read)")
     kle.add_argument("--components", type=int, default=32, help="terms of the expansion (default 32, as seed 001)")
     kle.add_argument("--size", type=int, default=48, help="side of the expansion's grid (default 48, as seed 001)")
     kle.add_argument("--max-cases", type=int, help="use only the first N studies")
@@ -238,19 +238,10 @@ def _register_kle(subparsers) -> None:
 
 def _fit_kle(args: argparse.Namespace) -> int:
     from ..training.kle_prior import KLEOptions, fit_kle_prior
-    from . import terminate_as_interrupt
 
     options = KLEOptions(init=args.init, data=list(args.data), out=args.out, components=args.components,
                          size=args.size, max_cases=args.max_cases)
-    bar = None if args.no_progress else _TqdmProgress()
-    try:
-        with terminate_as_interrupt():  # SIGTERM stops it as Ctrl-C does: nothing written
-            path = fit_kle_prior(options, progress=bar, log=lambda line: print(line, flush=True))
-    finally:
-        if bar is not None:
-            bar.close()
-    print(f"model: {path}")
-    return 0
+    return _run_model_job(lambda progress, log: fit_kle_prior(options, progress=progress, log=log), args)
 
 
 def _register_brainmask(subparsers) -> None:

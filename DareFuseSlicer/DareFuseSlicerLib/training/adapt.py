@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -135,6 +135,18 @@ def scan_site(folder, labelled: bool) -> List[SiteCase]:
             raise InputError(f"Labelled folder {folder}: case {case_id} has no segmentation {case_id}-seg.nii.gz.")
         cases.append(SiteCase(case_id, images, kinds.get("seg") if labelled else None,
                               classes.get(case_id, IGNORE_CLASS)))
+    return cases
+
+
+def scan_folders(folders: Sequence, labelled: bool) -> List[SiteCase]:
+    """scan_site over several folders; InputError when one case is in more than one of them."""
+    cases: List[SiteCase] = []
+    for folder in folders:
+        cases += scan_site(folder, labelled)
+    ids = [case.case_id for case in cases]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise InputError(f"Case {repeated[0]} is in more than one --data folder.")
     return cases
 
 

@@ -24,7 +24,7 @@ from ..network.model import DareFuseNet, count_parameters
 from ..network.store import read_card, save_model_staged
 from ..pipeline.preprocess import prepare
 from ..progress import CancelFn, ProgressFn, check_cancel
-from .adapt import SiteCase, scan_site, site_checksums
+from .adapt import SiteCase, scan_folders, site_checksums
 from .dataset import SPACING_MM
 from .prior import MODEL_FILE, cases_for_card
 from .run_options import check_run_folder
@@ -86,14 +86,7 @@ def check_kle_options(options: KLEOptions) -> None:
 
 def scan_studies(options: KLEOptions) -> List[SiteCase]:
     """Every study of the folders (the first max_cases); more studies than components, each with all four."""
-    cases: List[SiteCase] = []
-    for folder in options.data:
-        cases += scan_site(folder, labelled=False)
-    cases = cases[: options.max_cases or None]
-    ids = [case.case_id for case in cases]
-    repeated = sorted({i for i in ids if ids.count(i) > 1})
-    if repeated:
-        raise InputError(f"Case {repeated[0]} is in more than one --data folder.")
+    cases = scan_folders(options.data, labelled=False)[: options.max_cases or None]
     lacking = [case.case_id for case in cases if len(case.images) < 4]
     if lacking:
         raise InputError(f"Case {lacking[0]} lacks a contrast: the expansion is fitted on studies with all four "

@@ -37,7 +37,7 @@ from ..network.model import DareFuseNet, count_parameters
 from ..network.store import read_card, save_model_staged
 from ..phantoms import read_manifest
 from ..progress import CancelFn, ProgressFn, check_cancel, format_time_left
-from .adapt import SiteCase, SiteDataset, prepare_site_case, scan_site, site_checksums
+from .adapt import SiteCase, SiteDataset, prepare_site_case, scan_folders, site_checksums
 from .dataset import seed_for
 from .recorded_command import differing_flags
 from .run_options import check_budget, check_device, check_run_folder
@@ -122,14 +122,7 @@ def check_options(options: PriorOptions) -> None:
 
 def scan_cases(options: PriorOptions) -> List[SiteCase]:
     """Every labelled case of the folders (the first max_cases); a case without -seg is an InputError."""
-    cases: List[SiteCase] = []
-    for folder in options.data:
-        cases += scan_site(folder, labelled=True)
-    ids = [case.case_id for case in cases]
-    repeated = sorted({i for i in ids if ids.count(i) > 1})
-    if repeated:
-        raise InputError(f"Case {repeated[0]} is in more than one --data folder.")
-    return cases[: options.max_cases or None]
+    return scan_folders(options.data, labelled=True)[: options.max_cases or None]
 
 
 def twin_free_network(init_model: DareFuseNet, block: int, seed: int) -> DareFuseNet:
