@@ -67,6 +67,21 @@ def test_the_expansion_keeps_shared_anatomy_and_leaves_a_lesion(smooth):
     assert not difference[:, ~BRAIN].any() and not out["tumour_free"][0][:, ~BRAIN].any()  # zero outside the brain
 
 
+def test_a_fit_is_reproducible_and_its_signs_do_not_matter(smooth):
+    rng, modes = smooth
+    studies = _studies(12, rng, modes)
+    (mean, basis, _), (mean2, basis2, _) = fit_kle(studies, 16, 3), fit_kle(studies, 16, 3)
+    assert np.array_equal(mean, mean2) and np.array_equal(basis, basis2)
+    flat = basis.reshape(3, -1)
+    assert (flat[np.arange(3), np.abs(flat).argmax(1)] > 0).all()  # each component's largest entry is positive
+    net, flipped = _kle_net(studies), _kle_net(studies)
+    flipped.kle.basis[1] *= -1
+    x = torch.from_numpy(_studies(1, rng, modes)[0])[None]
+    with torch.no_grad():
+        assert torch.allclose(net(x, torch.ones(1, 4))["tumour_free"], flipped(x, torch.ones(1, 4))["tumour_free"],
+                              atol=1e-5)
+
+
 def test_a_missing_contrast_is_neither_fitted_nor_expanded(smooth):
     rng, modes = smooth
     net = _kle_net(_studies(12, rng, modes))

@@ -96,6 +96,9 @@ def fit_kle(images: Iterable[np.ndarray], size: int = 48, components: int = 32) 
     data = torch.stack(rows)
     mean = data.mean(0)
     _, singular, vh = torch.linalg.svd(data - mean, full_matrices=False)
+    # A component's sign is arbitrary (LAPACK's differs between runs): fix it, largest entry positive, so that one
+    # fit gives the same file every time. The expansion itself does not depend on the signs.
+    vh = vh * torch.sign(vh.gather(1, vh.abs().argmax(1, keepdim=True)))
     variance = singular.double() ** 2
     explained = float(variance[:components].sum() / variance.sum())
     grid = (data.shape[1] // size ** 3,) + (size,) * 3

@@ -2,7 +2,8 @@
 
 No tumour-free twin and no label is read: the expansion (network/kle.py) is a PCA of the studies' prepared
 whole-brain windows, so any folder of studies in the BraTS naming will do, the unlabelled ones of a site
-included. Nothing is trained: every weight is --init's, and the saved model is --init with prior_mode "kle" and
+included, raw whole-head ones too (each study goes through the pipeline's front end, as at inference). Nothing
+is trained: every weight is --init's, and the saved model is --init with prior_mode "kle" and
 the expansion stored beside its weights. A case lacking a contrast is refused (the expansion is of all four).
 Cancelling (cancel(), Ctrl-C) writes nothing: the model is saved through a hidden staging folder.
 """
@@ -22,7 +23,7 @@ from ..errors import InputError, OptionError
 from ..network.kle import fit_kle
 from ..network.model import DareFuseNet, count_parameters
 from ..network.store import read_card, save_model_staged
-from ..pipeline.preprocess import prepare
+from ..pipeline.frontend import prepare_study
 from ..progress import CancelFn, ProgressFn, check_cancel
 from .adapt import SiteCase, scan_folders, site_checksums
 from .dataset import SPACING_MM
@@ -98,12 +99,14 @@ def scan_studies(options: KLEOptions) -> List[SiteCase]:
 
 
 def prepared_windows(cases: List[SiteCase], progress: Optional[ProgressFn], cancel: Optional[CancelFn]):
-    """Each study's whole-brain window as the network sees it (pipeline.preprocess.prepare at 2 mm), one at a time."""
+    """Each study's whole-brain window as the network sees it at inference, one at a time: the pipeline's own
+    path (frontend.prepare_study), so raw whole-head studies get their brain mask and registration first."""
     for i, case in enumerate(cases):
         check_cancel(cancel)
         if progress is not None:
             progress(i / len(cases), f"preparing {case.case_id} ({i + 1}/{len(cases)})")
-        yield prepare({c: sitk.ReadImage(str(p)) for c, p in case.images.items()}, spacing_mm=SPACING_MM).array
+        images = {c: sitk.ReadImage(str(p)) for c, p in case.images.items()}
+        yield prepare_study(images, spacing_mm=SPACING_MM, cancel=cancel)[0].array
 
 
 def kle_network(init_model: DareFuseNet, options: KLEOptions, mean: np.ndarray, basis: np.ndarray) -> DareFuseNet:
