@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT / "DareFuseSlicer"))
 
 from DareFuseSlicerLib.constants import CONTRASTS  # noqa: E402
 from DareFuseSlicerLib.network.store import load_model  # noqa: E402
+from DareFuseSlicerLib.pipeline.preprocess import _image_on_grid  # noqa: E402
 from DareFuseSlicerLib.training.dataset import read_rows  # noqa: E402
 from DareFuseSlicerLib.training.evaluate import load_case  # noqa: E402
 from make_phantom_figure import _lps, _slice_index  # noqa: E402  (docs/ is this script's folder)
@@ -35,9 +36,7 @@ LIMIT = 3.0  # z-units at the colour scale's ends
 
 def on_grid(array: np.ndarray, grid: sitk.Image) -> np.ndarray:
     """A (Z, Y, X) array on the 2 mm grid, in LPS order."""
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
-    image.CopyInformation(grid)
-    return _lps(image)
+    return _lps(_image_on_grid(array, grid))
 
 
 def case_panels(folder: Path, row: dict, models: dict) -> tuple:

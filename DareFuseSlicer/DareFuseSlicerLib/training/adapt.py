@@ -168,6 +168,12 @@ def _manifest_classes(folder: Path) -> Dict[str, int]:
             if r.get("tumour_class") in CLASSES}
 
 
+def inherited_settings(init_card: dict) -> Dict[str, dict]:
+    """The --init card's post-processing and review settings, which a model made from it carries over (they
+    were tuned for --init, not for the new model)."""
+    return {key: init_card[key] for key in ("postprocess", "review") if key in init_card}
+
+
 def site_checksums(cases: List[SiteCase]) -> Dict[str, Dict[str, str]]:
     """case_id -> {file name: SHA256} over the files each case was trained from."""
     return {case.case_id: case.checksums for case in cases}
@@ -471,7 +477,5 @@ def save_adapted(options: AdaptOptions, data: SiteData, state: AdaptState, origi
         "metrics": {},
         "parameters": count_parameters(state.model),
     }
-    for key in ("postprocess", "review"):
-        if key in init_card:
-            card[key] = init_card[key]
+    card.update(inherited_settings(init_card))
     return save_model_staged(state.teacher, out_dir / MODEL_FILE, card)

@@ -25,7 +25,7 @@ from ..network.model import DareFuseNet, count_parameters
 from ..network.store import read_card, save_model_staged
 from ..pipeline.frontend import prepare_study
 from ..progress import CancelFn, ProgressFn, check_cancel
-from .adapt import SiteCase, scan_folders, site_checksums
+from .adapt import SiteCase, inherited_settings, scan_folders, site_checksums
 from .dataset import SPACING_MM
 from .prior import MODEL_FILE, cases_for_card
 from .run_options import check_run_folder
@@ -63,8 +63,7 @@ def fit_kle_prior(options: KLEOptions, progress: Optional[ProgressFn] = None, ca
     cases = scan_studies(options)
     log(f"fit-kle: {len(cases)} studies; command: {options.command_line()}")
     started = time.perf_counter()
-    windows = prepared_windows(cases, progress, cancel)
-    check_cancel(cancel)
+    windows = prepared_windows(cases, progress, cancel)  # lazy: read, and cancel checked, one study at a time
     mean, basis, explained = fit_kle(windows, options.size, options.components)
     model = kle_network(init_model, options, mean, basis)
     card = kle_card(options, cases, origin, explained, time.perf_counter() - started, model)
@@ -143,7 +142,5 @@ def kle_card(options: KLEOptions, cases: List[SiteCase], origin: dict, explained
         "training": {"seconds": round(seconds, 1), "threads": torch.get_num_threads()},
         "metrics": {}, "parameters": count_parameters(model),
     }
-    for key in ("postprocess", "review"):
-        if key in init_card:
-            card[key] = init_card[key]
+    card.update(inherited_settings(init_card))
     return card

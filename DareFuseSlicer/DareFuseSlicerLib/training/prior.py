@@ -37,7 +37,7 @@ from ..network.model import DareFuseNet, count_parameters
 from ..network.store import read_card, save_model_staged
 from ..phantoms import read_manifest
 from ..progress import CancelFn, ProgressFn, check_cancel, format_time_left
-from .adapt import SiteCase, SiteDataset, prepare_site_case, scan_folders, site_checksums
+from .adapt import SiteCase, SiteDataset, inherited_settings, prepare_site_case, scan_folders, site_checksums
 from .dataset import seed_for
 from .recorded_command import differing_flags
 from .run_options import check_budget, check_device, check_run_folder
@@ -265,9 +265,7 @@ def prior_card(options: PriorOptions, cases: List[SiteCase], state: PriorState, 
         },
         "metrics": {}, "parameters": count_parameters(state.model),
     }
-    for key in ("postprocess", "review"):
-        if key in init_card:
-            card[key] = init_card[key]
+    card.update(inherited_settings(init_card))
     return card
 
 
