@@ -45,13 +45,15 @@ def darefuse(*args: str, log: Path) -> None:
         raise RuntimeError(f"darefuse {args[0]} failed (exit {result.returncode}); see {log}")
 
 
-def arms(labelled: List[int], pool_size: int, seed: int = 0) -> List[dict]:
+def arms(labelled: List[int], pool_size: int, seed: int = 0, calibrated: bool = False) -> List[dict]:
     """name, split, whether the unlabelled folder is used, seed; the all-labelled reference first. A seed other
-    than 0 repeats the arms (names end in -seedN) to show how much a run's own randomness moves the figures."""
+    than 0 repeats the arms (names end in -seedN) to show how much a run's own randomness moves the figures.
+    Semi-supervised arms with per-class calibrated pseudo-label thresholds are named semi-K-calibrated."""
     suffix = f"-seed{seed}" if seed else ""
+    semi = "-calibrated" if calibrated else ""
     found = [{"name": f"labelled-{pool_size}{suffix}", "k": pool_size, "semi": False, "seed": seed}]
     for k in labelled:
-        found += [{"name": f"semi-{k}{suffix}", "k": k, "semi": True, "seed": seed},
+        found += [{"name": f"semi-{k}{semi}{suffix}", "k": k, "semi": True, "seed": seed},
                   {"name": f"labelled-{k}{suffix}", "k": k, "semi": False, "seed": seed}]
     return found
 
@@ -68,6 +70,8 @@ def run_arm(arm: dict, args: argparse.Namespace) -> str:
              "--steps", str(args.steps), "--minutes", "600", "--seed", str(arm["seed"]), "--threads", "1", "--cache", str(out / "cache"), "--no-progress"]
     if arm["semi"]:
         adapt[5:5] = ["--unlabelled", str(split / "unlabelled")]
+        if args.pseudo_precision is not None:
+            adapt += ["--pseudo-precision", str(args.pseudo_precision)]
     if not (run / "darefuse.safetensors").is_file():
         darefuse(*adapt, log=log)
     evaluate(arm["name"], run / "darefuse.safetensors", args, log)
@@ -87,7 +91,7 @@ def command_run(args: argparse.Namespace) -> None:
         if not (out / "splits" / f"split-{k}").is_dir():
             darefuse("site-split", "--pool", str(args.pool), "--labelled", str(k),
                      "--out", str(out / "splits" / f"split-{k}"), log=out / "splits.log")
-    jobs = arms(args.labelled, pool_size, args.seed)
+    jobs = arms(args.labelled, pool_size, args.seed, calibrated=args.pseudo_precision is not None)
     if args.no_reference:
         jobs = jobs[1:]
     if args.only:
@@ -208,6 +212,15 @@ def _order(row: dict):
     return (0, 0, "") if name == "bundled" else (1 if name.startswith("semi") else 2, int(_labelled(name)), _seed(name))
 
 
+SERIES = (("semi", "o-", 1.03, "labelled + unlabelled"),
+          ("calibrated", "D-", 1.07, "labelled + unlabelled, calibrated pseudo-labels"),
+          ("labelled", "s--", 1 / 1.03, "labelled alone"))
+
+
+def _series(name: str) -> str:
+    return "calibrated" if "-calibrated" in name else name.split("-")[0]
+
+
 def plot(summary: dict, bundled: Optional[dict], path: Path) -> None:
     """Dice WT/TC/ET and class accuracy against the labelled cases: each arm's mean over its seeds, with bars
     from the lowest to the highest seed; the all-labelled reference as a line over a band of its seeds."""
@@ -221,15 +234,14 @@ def plot(summary: dict, bundled: Optional[dict], path: Path) -> None:
     reference = _reference(summary)
     fig, axes = plt.subplots(1, 4, figsize=(15, 4.0), sharex=True)
     for ax, key in zip(axes, REGIONS + ("accuracy",)):
-        for prefix, style, shift in (("semi", "o-", 1.03), ("labelled", "s--", 1 / 1.03)):
+        for series, style, shift, label in SERIES:
             arm = sorted((int(_labelled(a)), f[key]) for a, f in summary.items()
-                         if a.startswith(prefix) and a != reference)
+                         if _series(a) == series and a != reference)
             if arm:
                 x = [k * shift for k, _ in arm]
                 mean = [f["mean"] for _, f in arm]
                 bars = [[f["mean"] - f["min"] for _, f in arm], [f["max"] - f["mean"] for _, f in arm]]
-                ax.errorbar(x, mean, yerr=bars, fmt=style, capsize=3,
-                            label={"semi": "labelled + unlabelled", "labelled": "labelled alone"}[prefix])
+                ax.errorbar(x, mean, yerr=bars, fmt=style, capsize=3, label=label)
         if reference in summary:
             ref = summary[reference][key]
             ax.axhline(ref["mean"], color="k", lw=1, label=f"all {_labelled(reference)} labelled")
@@ -263,6 +275,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     run.add_argument("--seed", type=int, default=0, help="adapt's seed (crops, order); not 0: repeated arms")
     run.add_argument("--no-reference", action="store_true", help="leave out the all-labelled reference arm")
     run.add_argument("--only", nargs="+", help="run only these arms (names as in the report, e.g. semi-10)")
+    run.add_argument("--pseudo-precision", type=float, metavar="P",
+                     help="semi-supervised arms with adapt's per-class calibrated thresholds (named semi-K-calibrated)")
     report = sub.add_parser("report")
     report.add_argument("--out", required=True)
     report.add_argument("--figure")

@@ -25,12 +25,14 @@ def test_seeds_are_pooled_per_arm_and_the_gap_is_mean_minus_reference_mean(tmp_p
     _evaluation(tmp_path, "semi-10", 0.6, 1.0)
     _evaluation(tmp_path, "semi-10-seed1", 0.8, 0.0)
     _evaluation(tmp_path, "labelled-10", 0.6, 1.0)
+    _evaluation(tmp_path, "semi-10-calibrated", 0.75, 1.0)
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "label_curve.py"), "report", "--out",
                           str(tmp_path), "--json", str(tmp_path / "curve.json"), "--figure", str(tmp_path / "curve.png")],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     arms = json.loads((tmp_path / "curve.json").read_text())["arms"]
-    assert set(arms) == {"labelled-200", "semi-10", "labelled-10"}
+    assert set(arms) == {"labelled-200", "semi-10", "labelled-10", "semi-10-calibrated"}
+    assert abs(arms["semi-10-calibrated"]["gap_to_reference"]["WT_tumour"] - (0.75 - 0.8)) < 1e-9
     assert arms["labelled-200"]["seeds"] == [0, 1]
     assert abs(arms["labelled-200"]["WT_tumour"]["mean"] - 0.8) < 1e-9
     # semi-10: tumour cases 0.6 and 0.8; all cases (0.6 + 1) / 2 = 0.8 and (0.8 + 0) / 2 = 0.4
@@ -42,3 +44,16 @@ def test_seeds_are_pooled_per_arm_and_the_gap_is_mean_minus_reference_mean(tmp_p
     assert "gap_to_reference" not in arms["labelled-10"]
     assert "| semi-10 | 0, 1 | 0.600 (0.400-0.800) |" in out.stdout
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_calibrated_arms_are_named_apart_and_pass_the_flag():
+    """--pseudo-precision: the semi-supervised arms become semi-K-calibrated (their own series and gap); the
+    labelled-only arms and the reference keep their names."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("label_curve", REPO / "benchmarks" / "label_curve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    names = [arm["name"] for arm in module.arms([10], 200, seed=1, calibrated=True)]
+    assert names == ["labelled-200-seed1", "semi-10-calibrated-seed1", "labelled-10-seed1"]
+    assert module._series("semi-10-calibrated-seed1") == "calibrated" and module._series("semi-10") == "semi"

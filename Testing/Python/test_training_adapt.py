@@ -5,6 +5,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
@@ -19,10 +20,15 @@ from DareFuseSlicerLib.training.adapt import (
     adapt,
     cached_site_case,
     prepare_site_case,
-    pseudo_label_loss,
-    pseudo_labels,
     scan_site,
     unlabelled_only,
+)
+from DareFuseSlicerLib.training.pseudo_labels import (
+    Calibration,
+    calibrate,
+    class_threshold,
+    pseudo_label_loss,
+    pseudo_labels,
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -169,6 +175,8 @@ def test_pseudo_labels_keep_only_low_uncertainty_voxels():
     assert labels[0, :, 0, 0].tolist() == [1, 0, 3]
     assert keep[0, :, 0, 0].tolist() == [True, False, False]
     assert pseudo_labels(evidence, 0.21)[1][0, :, 0, 0].tolist() == [True, False, True]
+    # one threshold per class: label 0 (u 0.5) kept below 0.6, label 1 (u 0.1) dropped at 0.05, label 3 at 0.21
+    assert pseudo_labels(evidence, [0.6, 0.05, 0.2, 0.21])[1][0, :, 0, 0].tolist() == [False, True, True]
 
     logits = torch.zeros(1, 4, 3, 1, 1, requires_grad=True)
     loss = pseudo_label_loss(logits, labels, keep)
@@ -177,6 +185,85 @@ def test_pseudo_labels_keep_only_low_uncertainty_voxels():
     assert logits.grad[0, :, 1:].abs().sum() == 0 and logits.grad[0, :, 0].abs().sum() > 0  # dropped: no gradient
     none = pseudo_label_loss(logits, labels, torch.zeros_like(keep))
     assert none.item() == 0.0 and none.requires_grad
+
+
+def test_a_class_threshold_is_the_top_of_the_last_bin_precise_enough():
+    """Bins of 0.05 walked up from 0: sparse ones before the first full bin are passed over; then a bin below the
+    precision, or a sparse one, ends the walk."""
+    def bins(*spec):  # (bin low edge, voxels, of which right)
+        u = np.concatenate([np.full(n, low + 0.01) for low, n, _ in spec])
+        right = np.concatenate([np.arange(n) < r for _, n, r in spec])
+        return u, right
+
+    u, right = bins((0.05, 3, 0), (0.25, 100, 100), (0.30, 100, 96), (0.35, 100, 90), (0.40, 100, 100))
+    assert class_threshold(u, right, 0.95) == pytest.approx(0.35)  # 0.05's 3 wrong labels say too little
+    assert class_threshold(u, right, 0.90) == pytest.approx(0.45)
+    assert class_threshold(u, right, 0.97) == pytest.approx(0.30)
+    u, right = bins((0.25, 100, 100), (0.30, 20, 0), (0.35, 100, 100))
+    assert class_threshold(u, right, 0.95) == pytest.approx(0.30)  # a sparse bin after a full one ends the walk
+    u, right = bins((0.10, 100, 50), (0.15, 100, 100))
+    assert class_threshold(u, right, 0.95) == 0.0  # the first full bin falls short: never kept
+    assert class_threshold(np.zeros(0), np.zeros(0, bool), 0.95) == 0.0  # a class the model never predicts
+
+
+class _FixedTeacher(torch.nn.Module):
+    """Evidence set by the crop's image: class argmax = channel 0 of the image, evidence strength = channel 1."""
+
+    def forward(self, image, present, use_prior=True):
+        label = image[:, 0].long()
+        evidence = torch.nn.functional.one_hot(label, 4).movedim(-1, 1).float() * image[:, 1:2]
+        return {"evidence": evidence}
+
+
+def test_calibration_keeps_a_class_only_as_far_up_as_its_labels_were_right():
+    """Two crops: the teacher calls every voxel class 3 with uncertainty 4/(4+36) = 0.1 where it is right and
+    0.5 (evidence 4) where the truth is background; class 1 is called with u 0.1 and always wrong."""
+    crops = []
+    for _ in range(2):
+        image = torch.zeros(2, 10, 10, 10)
+        label = torch.zeros(10, 10, 10, dtype=torch.long)
+        image[0, :5], image[1, :5], label[:5] = 3, 36, 3  # right, confident
+        image[0, 5:8], image[1, 5:8] = 3, 4  # wrong (truth 0), u = 0.5
+        image[0, 8:], image[1, 8:], label[8:] = 1, 36, 2  # class 1 called on class 2: wrong, confident
+        crops.append({"image": image, "present": torch.ones(4), "label": label})
+    calibration = calibrate(_FixedTeacher(), crops, 0.95, torch.device("cpu"))
+    assert isinstance(calibration, Calibration) and calibration.voxels == [0, 400, 0, 1600]
+    assert calibration.thresholds == [0.0, 0.0, 0.0, pytest.approx(0.15)]
+    assert calibration.as_card()["target_precision"] == 0.95
+    checked = []
+    calibrate(_FixedTeacher(), crops, 0.95, torch.device("cpu"), check=lambda: checked.append(1))
+    assert len(checked) == 2
+
+
+@pytest.mark.parametrize("thresholds, kept", [([1.01] * 4, 1.0), ([0.0] * 4, 0.0)])
+def test_calibrated_thresholds_decide_what_the_student_is_trained_towards(site, init_model, tmp_path, monkeypatch,
+                                                                         thresholds, kept):
+    """--pseudo-precision: the thresholds the calibration returns are the ones the steps apply; the card and
+    the recorded command say which rule ran, and the log lists the thresholds."""
+    import DareFuseSlicerLib.training.adapt as adapt_module
+
+    seen = []
+    monkeypatch.setattr(adapt_module, "calibrate", lambda teacher, crops, precision, device, check: seen.append(
+        len(list(crops))) or Calibration(thresholds, precision, [1, 2, 3, 4]))
+    path = adapt(_options(site, init_model, tmp_path / "run", pseudo_precision=0.9))
+    card = load_model(path).card
+    assert seen == [8]  # 4 crops of each of the 2 labelled cases
+    adaptation = card["adaptation"]
+    assert adaptation["pseudo_label_kept_fraction"] == kept
+    assert adaptation["pseudo_label_max_uncertainty"] is None
+    assert adaptation["pseudo_label_calibration"]["thresholds"] == thresholds
+    assert "calibrated threshold" in adaptation["method"]
+    assert "--pseudo-precision 0.9" in card["training_command"] and "--max-uncertainty" not in card["training_command"]
+    assert "pseudo-label thresholds per class" in (tmp_path / "run" / "adapt.log").read_text()
+
+
+def test_the_real_calibration_runs_inside_adapt(site, init_model, tmp_path):
+    """No stand-in: the init model calibrates on the labelled crops; one threshold per class, in [0, 1]."""
+    card = load_model(adapt(_options(site, init_model, tmp_path / "run", pseudo_precision=0.9))).card
+    calibration = card["adaptation"]["pseudo_label_calibration"]
+    assert len(calibration["thresholds"]) == len(calibration["calibration_voxels"]) == 4
+    assert all(0.0 <= t <= 1.0 for t in calibration["thresholds"])
+    assert sum(calibration["calibration_voxels"]) == 8 * 24 ** 3
 
 
 def test_site_folders_with_a_manifest_and_partial_cases(engine, site):
@@ -220,6 +307,7 @@ def test_bad_inputs_are_refused_in_one_line_before_anything_is_written(engine, s
         (dict(init=str(tmp_path / "missing.safetensors")), "missing.safetensors does not exist"),
         (dict(init=str(tampered)), "does not match its card"),
         (dict(steps=0), "steps must be at least 1, got 0"),
+        (dict(pseudo_precision=1.5), "pseudo_precision must be in (0, 1], got 1.5"),
     ]
     for change, message in cases:
         with pytest.raises(InputError) as error:
@@ -231,6 +319,11 @@ def test_bad_inputs_are_refused_in_one_line_before_anything_is_written(engine, s
                  str(site / "unlabelled"), "--out", str(tmp_path / "out"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "has no segmentation" in err[0]
+
+    with pytest.raises(SystemExit) as exit_:  # one threshold rule or the other, not both
+        main(["adapt", "--init", str(init_model), "--labelled", str(site / "labelled"), "--out", str(tmp_path / "o"),
+              "--max-uncertainty", "0.3", "--pseudo-precision", "0.9"])
+    assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("how", ["cancel", "interrupt"])

@@ -110,9 +110,13 @@ def _register_adapt(subparsers) -> None:
                                                    "(whichever of --epochs and --minutes ends first)")
     adapt.add_argument("--steps", type=int, help="optimiser steps (a budget independent of the machine's load)")
     adapt.add_argument("--seed", type=int, default=0)
-    adapt.add_argument("--max-uncertainty", type=float, default=PSEUDO_LABEL_MAX_UNCERTAINTY,
-                       help="keep a pseudo-label where the teacher's uncertainty K/sum(alpha) is below this "
-                            f"(default {PSEUDO_LABEL_MAX_UNCERTAINTY}, not tuned)")
+    thresholds = adapt.add_mutually_exclusive_group()
+    thresholds.add_argument("--max-uncertainty", type=float, default=PSEUDO_LABEL_MAX_UNCERTAINTY,
+                            help="keep a pseudo-label where the teacher's uncertainty K/sum(alpha) is below this, "
+                                 f"for every class (default {PSEUDO_LABEL_MAX_UNCERTAINTY}, not tuned)")
+    thresholds.add_argument("--pseudo-precision", type=float, metavar="P",
+                            help="instead, one threshold per class, calibrated on the labelled cases so that the "
+                                 "starting model's kept labels of that class were right at least P of the time")
     adapt.add_argument("--pseudo-weight", type=float, default=1.0, help="weight of the pseudo-label loss")
     adapt.add_argument("--roi", type=int, nargs=3, default=(64, 80, 64), metavar=("Z", "Y", "X"))
     adapt.add_argument("--batch-size", type=int, default=1, help="labelled crops per step, and as many unlabelled")
@@ -133,7 +137,8 @@ def _adapt(args: argparse.Namespace) -> int:
 
     options = AdaptOptions(
         init=args.init, labelled=args.labelled, unlabelled=args.unlabelled, out=args.out, minutes=args.minutes,
-        epochs=args.epochs, steps=args.steps, seed=args.seed, max_uncertainty=args.max_uncertainty, roi=tuple(args.roi),
+        epochs=args.epochs, steps=args.steps, seed=args.seed, max_uncertainty=args.max_uncertainty,
+        pseudo_precision=args.pseudo_precision, roi=tuple(args.roi),
         batch_size=args.batch_size, lr=args.lr, threads=args.threads, device=args.device,
         pseudo_weight=args.pseudo_weight, ema_decay=args.ema_decay, contrast_dropout=args.contrast_dropout,
         prior_dropout=args.prior_dropout, cache=args.cache,

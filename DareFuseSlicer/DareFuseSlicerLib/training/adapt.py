@@ -7,7 +7,8 @@ A manifest.csv beside them is read only for the tumour class (without one the cl
 - Start: the --init model's weights (its SHA256 checked against its card, as `train --init`).
 - Labelled cases: the supervised segmentation losses of `train` (Dice, cross-entropy, evidential).
 - Unlabelled cases: pseudo-labels from the mean teacher (the EMA of the student, which starts as the --init
-  model), kept only where the teacher's one-pass uncertainty K / sum(alpha) is below PSEUDO_LABEL_MAX_UNCERTAINTY.
+  model), kept only where the teacher's one-pass uncertainty K / sum(alpha) is below PSEUDO_LABEL_MAX_UNCERTAINTY,
+  or below per-class thresholds calibrated on the labelled cases (`--pseudo-precision`, pseudo_labels.py).
   Without an unlabelled folder it fine-tunes on the labelled cases alone (the label curve's supervised arm).
 - The lesion-removal generator stays frozen at the --init weights: without twins it has no target.
 - Each step: `batch_size` labelled crops (cycled) and `batch_size` unlabelled crops; an epoch is one pass
@@ -31,7 +32,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
 
 from ..constants import BRATS_SUFFIX, CLASSES, PSEUDO_LABEL_MAX_UNCERTAINTY
 from ..errors import InputError, OptionError
@@ -43,6 +43,7 @@ from ..pipeline.preprocess import prepare, resample_label_to_grid
 from ..progress import CancelFn, ProgressFn, check_cancel, format_time_left
 from ..sampledata import sha256
 from .dataset import CACHE_VERSION, IGNORE_CLASS, SPACING_MM, CachedCase, TrainDataset, save_npz_atomic, seed_for
+from .pseudo_labels import CALIBRATION_CROPS_PER_CASE, Calibration, calibrate, pseudo_label_loss, pseudo_labels
 from .recorded_command import differing_flags
 from .run_options import check_budget, check_device, check_run_folder
 from .train import ARCH_FILES, seed_everything, stored_start, update_ema
@@ -65,7 +66,8 @@ class AdaptOptions:
     epochs: Optional[int] = None
     steps: Optional[int] = None  # a budget that does not depend on how busy the machine is
     seed: int = 0
-    max_uncertainty: float = PSEUDO_LABEL_MAX_UNCERTAINTY
+    max_uncertainty: float = PSEUDO_LABEL_MAX_UNCERTAINTY  # one threshold for all classes
+    pseudo_precision: Optional[float] = None  # instead: per-class thresholds calibrated to this precision
     pseudo_weight: float = 1.0
     roi: Tuple[int, int, int] = (64, 80, 64)
     batch_size: int = 1  # labelled crops per step, and as many unlabelled ones
@@ -82,7 +84,9 @@ class AdaptOptions:
         and every option that differs from its default."""
         parts = ["darefuse", "adapt", "--init", self.init, "--labelled", self.labelled]
         parts += ["--unlabelled", self.unlabelled] if self.unlabelled is not None else []
-        parts += ["--out", self.out, "--seed", str(self.seed), "--max-uncertainty", str(self.max_uncertainty)]
+        parts += ["--out", self.out, "--seed", str(self.seed)]
+        parts += ["--max-uncertainty", str(self.max_uncertainty)] if self.pseudo_precision is None else \
+            ["--pseudo-precision", str(self.pseudo_precision)]
         defaults = AdaptOptions(init="", labelled="", unlabelled="", out="")
         parts += differing_flags(self, defaults, ("minutes", "epochs", "steps", "pseudo_weight", "roi", "batch_size",
                                                   "lr", "ema_decay", "contrast_dropout", "prior_dropout", "threads",
@@ -234,23 +238,6 @@ class SiteDataset(TrainDataset):
         return item
 
 
-# -- the pseudo-labels ----------------------------------------------------------------------------------
-def pseudo_labels(evidence: torch.Tensor, max_uncertainty: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The teacher's labels (B, ...) and where they are kept (B, ...): its one-pass uncertainty
-    K / sum(alpha) below max_uncertainty. evidence (B, K, ...) >= 0."""
-    alpha = evidence + 1.0
-    uncertainty = alpha.shape[1] / alpha.sum(1)
-    return alpha.argmax(1), uncertainty < max_uncertainty
-
-
-def pseudo_label_loss(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the student's logits against the kept pseudo-labels (0 with a gradient when none is kept)."""
-    per_voxel = F.cross_entropy(logits, labels, reduction="none")
-    if not keep.any():
-        return per_voxel.sum() * 0.0
-    return per_voxel[keep].mean()
-
-
 # -- the run --------------------------------------------------------------------------------------------
 @dataclass
 class SiteData:
@@ -277,6 +264,9 @@ class AdaptState:
     started: float = field(default_factory=time.perf_counter)
     step_times: List[float] = field(default_factory=list)
     kept: List[float] = field(default_factory=list)  # fraction of unlabelled voxels kept, per step
+    kept_tumour: List[float] = field(default_factory=list)  # kept voxels labelled tumour, per unlabelled crop
+    thresholds: object = PSEUDO_LABEL_MAX_UNCERTAINTY  # one for all classes, or one per class
+    calibration: Optional[Calibration] = None
     losses: List[float] = field(default_factory=list)
 
 
@@ -297,6 +287,7 @@ def adapt(options: AdaptOptions, progress: Optional[ProgressFn] = None, cancel: 
     state = build_adapt_state(options, model)
     try:
         data = load_site(options, labelled, unlabelled, progress, cancel)
+        set_thresholds(options, data, state, progress, cancel, log)
         run_steps(options, data, state, progress, cancel, log)
         result = save_adapted(options, data, state, origin, out_dir)
     except BaseException as error:  # Cancelled, Ctrl-C, SIGTERM, a failure: no model is written
@@ -314,6 +305,8 @@ def check_options(options: AdaptOptions) -> None:
         raise OptionError(f"{{epochs}} must be at least 1, got {options.epochs}.", "epochs")
     if not 0.0 < options.max_uncertainty <= 1.0:
         raise OptionError(f"{{max_uncertainty}} must be in (0, 1], got {options.max_uncertainty}.", "max_uncertainty")
+    if options.pseudo_precision is not None and not 0.0 < options.pseudo_precision <= 1.0:
+        raise OptionError(f"{{pseudo_precision}} must be in (0, 1], got {options.pseudo_precision}.", "pseudo_precision")
     if options.batch_size < 1:
         raise OptionError(f"{{batch_size}} must be at least 1, got {options.batch_size}.", "batch_size")
     check_device(options.device)
@@ -349,6 +342,30 @@ def load_site(options: AdaptOptions, labelled: List[SiteCase], unlabelled: List[
         sets.append(SiteDataset(prepared, presents, options.roi, options.seed, options.contrast_dropout)
                     if prepared else None)
     return SiteData(labelled, unlabelled, sets[0], sets[1])
+
+
+def set_thresholds(options: AdaptOptions, data: SiteData, state: AdaptState, progress: Optional[ProgressFn],
+                   cancel: Optional[CancelFn], log) -> None:
+    """The pseudo-labels' thresholds: --max-uncertainty for every class, or with --pseudo-precision one per
+    class, calibrated on crops of the labelled cases by the starting model (the teacher before any step)."""
+    state.thresholds = options.max_uncertainty
+    if options.pseudo_precision is None or data.unlabelled_set is None:
+        return
+    if progress is not None:
+        progress(0.0, f"calibrating the pseudo-labels on {len(data.labelled)} labelled cases")
+    crops = (labelled_crop(data.labelled_set, k) for k in range(CALIBRATION_CROPS_PER_CASE * len(data.labelled)))
+    state.calibration = calibrate(state.teacher, crops, options.pseudo_precision, state.device,
+                                  check=lambda: check_cancel(cancel))
+    state.thresholds = state.calibration.thresholds
+    log(f"pseudo-label thresholds per class {state.thresholds} (precision {options.pseudo_precision}, "
+        f"calibrated on {state.calibration.voxels} labels)")
+
+
+def labelled_crop(dataset: SiteDataset, k: int) -> dict:
+    """The k-th labelled crop: case k % n in the augmentation of pass k // n."""
+    cycle, index = divmod(k, len(dataset))
+    dataset.set_epoch(cycle)
+    return dataset[index]
 
 
 def build_adapt_state(options: AdaptOptions, model: torch.nn.Module) -> AdaptState:
@@ -430,9 +447,10 @@ def adapt_step(options: AdaptOptions, state: AdaptState, batch: dict) -> None:
     if unlabelled.any():
         with torch.no_grad():
             teacher_out = state.teacher(x[unlabelled], present[unlabelled], use_prior=use_prior)
-        labels, keep = pseudo_labels(teacher_out["evidence"], options.max_uncertainty)
+        labels, keep = pseudo_labels(teacher_out["evidence"], state.thresholds)
         total = total + options.pseudo_weight * pseudo_label_loss(out["evidence_logits"][unlabelled], labels, keep)
         state.kept.append(float(keep.float().mean()))
+        state.kept_tumour.append(float((keep & (labels > 0)).sum()) / len(labels))
     state.optimizer.zero_grad(set_to_none=True)
     total.backward()
     torch.nn.utils.clip_grad_norm_([p for p in state.model.parameters() if p.requires_grad], 12.0)
@@ -453,9 +471,14 @@ def save_adapted(options: AdaptOptions, data: SiteData, state: AdaptState, origi
         "adaptation": {
             "method": "supervised losses on the labelled cases" + (
                 "; on the unlabelled cases, cross-entropy against the mean teacher's pseudo-labels where its one-pass "
-                "uncertainty K/sum(alpha) < max_uncertainty" if data.unlabelled else " alone (no unlabelled folder)"),
-            "pseudo_label_max_uncertainty": options.max_uncertainty, "pseudo_weight": options.pseudo_weight,
+                "uncertainty K/sum(alpha) is below " + ("max_uncertainty" if state.calibration is None else
+                                                         "its class's calibrated threshold")
+                if data.unlabelled else " alone (no unlabelled folder)"),
+            "pseudo_label_max_uncertainty": options.max_uncertainty if state.calibration is None else None,
+            "pseudo_label_calibration": state.calibration.as_card() if state.calibration is not None else None,
+            "pseudo_weight": options.pseudo_weight,
             "pseudo_label_kept_fraction": round(float(np.mean(state.kept)), 4) if state.kept else None,
+            "pseudo_label_tumour_voxels_per_crop": round(float(np.mean(state.kept_tumour)), 1) if state.kept else None,
             "generator": GENERATOR_NOTE,
             "postprocess_and_review": "copied from the initial model's card (tuned for it, not for this site)",
         },

@@ -1,0 +1,101 @@
+"""The mean teacher's pseudo-labels for `darefuse adapt`: which voxels of an unlabelled crop the student is
+trained towards, and how.
+
+A voxel's label is kept where the teacher's one-pass uncertainty K / sum(alpha) is below a threshold. One
+threshold for every class (`--max-uncertainty`, 0.2) keeps almost no tumour voxel: the network's tumour
+evidence is far lower than its background evidence. On the simulated site it kept 0.1 % of the voxels the
+bundled model called enhancing tumour and none of those it called necrosis or oedema, though the ones with
+uncertainty 0.3-0.4 were right 98-100 % of the time (docs/pseudo-labels.md). The unlabelled cases then taught
+background only.
+
+With `--pseudo-precision P` each class gets its own threshold, calibrated before the first step on the
+site's labelled cases, which the starting model has not seen: walking up the uncertainty in bins, a class's
+threshold is the top of the last bin in which the starting model's labels of that class were right at least
+P of the time. A class whose labels never reach P (say necrosis at a site) gets no pseudo-labels at all.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+BIN_WIDTH = 0.05
+MIN_BIN_VOXELS = 50  # a bin with fewer labels says too little about its precision
+CALIBRATION_CROPS_PER_CASE = 4
+
+
+def uncertainty(evidence: torch.Tensor) -> torch.Tensor:
+    """The one-pass uncertainty K / sum(alpha), alpha = evidence + 1; evidence (B, K, ...) -> (B, ...)."""
+    return evidence.shape[1] / (evidence + 1.0).sum(1)
+
+
+def pseudo_labels(evidence: torch.Tensor, thresholds) -> tuple:
+    """The teacher's labels (B, ...) and where they are kept (B, ...): uncertainty below the threshold, one
+    for all classes (a float) or one per class (a sequence of K). evidence (B, K, ...) >= 0."""
+    labels = evidence.argmax(1)
+    limit = torch.as_tensor(thresholds, dtype=evidence.dtype, device=evidence.device)
+    return labels, uncertainty(evidence) < (limit[labels] if limit.ndim else limit)
+
+
+def pseudo_label_loss(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the student's logits against the kept pseudo-labels (0 with a gradient when none is kept)."""
+    per_voxel = F.cross_entropy(logits, labels, reduction="none")
+    if not keep.any():
+        return per_voxel.sum() * 0.0
+    return per_voxel[keep].mean()
+
+
+@dataclass
+class Calibration:
+    thresholds: List[float]  # per class; 0: never kept
+    precision: float
+    voxels: List[int]  # labels of each class seen on the labelled crops
+
+    def as_card(self) -> dict:
+        return {"target_precision": self.precision, "thresholds": [round(t, 3) for t in self.thresholds],
+                "calibration_voxels": self.voxels, "bin_width": BIN_WIDTH, "min_bin_voxels": MIN_BIN_VOXELS}
+
+
+def class_threshold(u: np.ndarray, right: np.ndarray, precision: float) -> float:
+    """The top of the last uncertainty bin, walking up from 0, in which a class's labels were right at least
+    `precision` of the time. Sparse bins before the first full one are passed over; after it, a sparse bin or
+    one below `precision` ends the walk. 0.0 when the first full bin already falls short (or none is full)."""
+    threshold = 0.0
+    for low in np.arange(0.0, 1.0, BIN_WIDTH):
+        in_bin = (u >= low) & (u < low + BIN_WIDTH)
+        n = int(in_bin.sum())
+        if n < MIN_BIN_VOXELS:
+            if threshold > 0.0:
+                break
+            continue
+        if right[in_bin].mean() < precision:
+            break
+        threshold = float(low + BIN_WIDTH)
+    return round(threshold, 6)
+
+
+def calibrate(teacher: torch.nn.Module, crops: Sequence[dict], precision: float, device: torch.device,
+              check: Optional[Callable[[], None]] = None) -> Calibration:
+    """Per-class thresholds from the teacher's labels on labelled crops (each {"image", "present", "label"}):
+    see class_threshold. `check` runs before each crop (cancellation)."""
+    us, predicted, truth = [], [], []
+    teacher.eval()
+    for crop in crops:
+        if check is not None:
+            check()
+        with torch.no_grad():
+            out = teacher(crop["image"][None].to(device), crop["present"][None].to(device), use_prior=True)
+        us.append(uncertainty(out["evidence"])[0].cpu().numpy().ravel())
+        predicted.append(out["evidence"][0].argmax(0).cpu().numpy().ravel())
+        truth.append(crop["label"].numpy().ravel())
+    u, labels, true = (np.concatenate(v) for v in (us, predicted, truth))
+    n_classes = int(out["evidence"].shape[1])
+    thresholds, voxels = [], []
+    for c in range(n_classes):
+        mine = labels == c
+        voxels.append(int(mine.sum()))
+        thresholds.append(class_threshold(u[mine], true[mine] == c, precision))
+    return Calibration(thresholds, precision, voxels)

@@ -1,0 +1,83 @@
+"""Issue 20 §2: which of a model's labels `darefuse adapt` would keep as pseudo-labels, and how often they are
+right. On labelled site cases (each with -seg), crops drawn as adapt draws them; per class: the voxels the model
+labels so, the share kept by one threshold for all classes (--max-uncertainty), the precision in each
+uncertainty bin, and the threshold `--pseudo-precision P` would calibrate.
+
+    .venv/bin/python benchmarks/pseudo_labels.py --model MODEL.safetensors --labelled DIR \
+        [--cases 40] [--max-uncertainty 0.2] [--precision 0.95] [--cache DIR] > docs/pseudo-labels.md
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "DareFuseSlicer"))
+from DareFuseSlicerLib.constants import PSEUDO_LABEL_MAX_UNCERTAINTY  # noqa: E402
+from DareFuseSlicerLib.training.adapt import AdaptOptions, labelled_crop, load_site, scan_site  # noqa: E402
+from DareFuseSlicerLib.training.pseudo_labels import BIN_WIDTH, class_threshold, uncertainty  # noqa: E402
+from DareFuseSlicerLib.training.train import stored_start  # noqa: E402
+
+CLASS_NAMES = ("background", "NETC", "SNFH", "ET")  # BraTS 2023 labels 0-3
+BINS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 1.01)
+
+
+def teacher_labels(model_path: str, folder: str, n_cases: int, crops_per_case: int, cache: Optional[str]):
+    """Uncertainty, label and truth of every voxel of the crops, flattened."""
+    options = AdaptOptions(init=model_path, labelled=folder, unlabelled=None, out="-", cache=cache)
+    cases = scan_site(folder, labelled=True)[:n_cases]
+    data = load_site(options, cases, [], None, None)
+    model, _ = stored_start("darefuse", model_path)
+    model.eval()
+    us, labels, truth = [], [], []
+    for k in range(crops_per_case * len(cases)):
+        crop = labelled_crop(data.labelled_set, k)
+        with torch.no_grad():
+            evidence = model(crop["image"][None], crop["present"][None], use_prior=True)["evidence"]
+        us.append(uncertainty(evidence)[0].numpy().ravel())
+        labels.append(evidence[0].argmax(0).numpy().ravel())
+        truth.append(crop["label"].numpy().ravel())
+    return len(cases), (np.concatenate(v) for v in (us, labels, truth))
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--labelled", required=True, help="site cases with -seg files")
+    parser.add_argument("--cases", type=int, default=40, help="the folder's first N cases")
+    parser.add_argument("--crops-per-case", type=int, default=1)
+    parser.add_argument("--max-uncertainty", type=float, default=PSEUDO_LABEL_MAX_UNCERTAINTY)
+    parser.add_argument("--precision", type=float, default=0.95)
+    parser.add_argument("--cache")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    n, (u, labels, truth) = teacher_labels(args.model, args.labelled, args.cases, args.crops_per_case, args.cache)
+    print(f"`{args.model}` on {args.crops_per_case} crop(s) of each of {n} labelled cases of `{args.labelled}`\n")
+    bins = [f"u {lo:.1f}-{min(hi, 1.0):.1f}" for lo, hi in zip(BINS, BINS[1:])]
+    print(f"| class | labelled so | kept at u < {args.max_uncertainty} | precision of the kept | "
+          + " | ".join(bins) + f" | threshold for precision {args.precision} |")
+    print("|---|---|---|---|" + "---|" * len(bins) + "---|")
+    for c, name in enumerate(CLASS_NAMES):
+        mine = labels == c
+        kept = mine & (u < args.max_uncertainty)
+        right = truth == c
+        cells = []
+        for lo, hi in zip(BINS, BINS[1:]):
+            in_bin = mine & (u >= lo) & (u < hi)
+            cells.append(f"{right[in_bin].mean():.3f} ({in_bin.sum()})" if in_bin.any() else "- (0)")
+        share = kept.sum() / max(mine.sum(), 1)
+        precision = f"{right[kept].mean():.3f}" if kept.any() else "-"
+        threshold = class_threshold(u[mine], right[mine], args.precision)
+        print(f"| {name} | {mine.sum()} | {share:.3f} | {precision} | " + " | ".join(cells) + f" | {threshold:.2f} |")
+    print(f"\nprecision in each uncertainty bin (voxels in brackets); the threshold walks bins of {BIN_WIDTH} "
+          "(training/pseudo_labels.py)")
+
+
+if __name__ == "__main__":
+    main()
