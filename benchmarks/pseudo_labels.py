@@ -13,17 +13,16 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "DareFuseSlicer"))
-from DareFuseSlicerLib.constants import PSEUDO_LABEL_MAX_UNCERTAINTY  # noqa: E402
+from DareFuseSlicerLib.constants import LABELS, PSEUDO_LABEL_MAX_UNCERTAINTY  # noqa: E402
 from DareFuseSlicerLib.training.adapt import AdaptOptions, labelled_crop, load_site, scan_site  # noqa: E402
-from DareFuseSlicerLib.training.pseudo_labels import BIN_WIDTH, class_threshold, uncertainty  # noqa: E402
+from DareFuseSlicerLib.training.pseudo_labels import BIN_WIDTH, class_threshold, teacher_voxels  # noqa: E402
 from DareFuseSlicerLib.training.train import stored_start  # noqa: E402
 
-CLASS_NAMES = ("background", "NETC", "SNFH", "ET")  # BraTS 2023 labels 0-3
+CLASS_NAMES = ("background",) + tuple(LABELS[k] for k in sorted(LABELS))  # BraTS 2023 labels 0-3
 BINS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 1.01)
 
 
@@ -33,16 +32,9 @@ def teacher_labels(model_path: str, folder: str, n_cases: int, crops_per_case: i
     cases = scan_site(folder, labelled=True)[:n_cases]
     data = load_site(options, cases, [], None, None)
     model, _ = stored_start("darefuse", model_path)
-    model.eval()
-    us, labels, truth = [], [], []
-    for k in range(crops_per_case * len(cases)):
-        crop = labelled_crop(data.labelled_set, k)
-        with torch.no_grad():
-            evidence = model(crop["image"][None], crop["present"][None], use_prior=True)["evidence"]
-        us.append(uncertainty(evidence)[0].numpy().ravel())
-        labels.append(evidence[0].argmax(0).numpy().ravel())
-        truth.append(crop["label"].numpy().ravel())
-    return len(cases), (np.concatenate(v) for v in (us, labels, truth))
+    crops = (labelled_crop(data.labelled_set, k) for k in range(crops_per_case * len(cases)))
+    u, labels, truth, _ = teacher_voxels(model, crops, torch.device("cpu"))
+    return len(cases), (u, labels, truth)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

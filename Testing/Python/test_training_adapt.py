@@ -410,3 +410,21 @@ def test_sigterm_on_the_command_line_writes_no_model(site, init_model, tmp_path)
     assert err.strip().splitlines()[-1] == "darefuse: terminated; nothing was written." and "Traceback" not in err
     assert sorted(p.name for p in run.iterdir()) == ["adapt.log"]
     assert "stopped by Terminated" in (run / "adapt.log").read_text()
+
+
+def test_the_pseudo_label_benchmark_prints_a_row_per_class(site, init_model):
+    """benchmarks/pseudo_labels.py (docs/pseudo-labels.md): on labelled cases, a row per class with its labels
+    (all the crops' voxels between them) and the share one threshold keeps."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "pseudo_labels.py"), "--model", str(init_model),
+                          "--labelled", str(site / "labelled"), "--cases", "2", "--max-uncertainty", "1.0"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split("|")[1:-1] for line in out.stdout.splitlines() if line.startswith("| ") and "class |" not in line]
+    assert [r[0].strip() for r in rows] == ["background", "NETC", "SNFH", "ET"]
+    labelled = [int(r[1]) for r in rows]
+    assert sum(labelled) == 2 * 64 * 80 * 64  # one default-size crop of each case
+    kept = [float(r[2]) for r in rows]
+    assert all(k == 1.0 for k, n in zip(kept, labelled) if n)  # threshold 1.0: all kept (u < 1 with evidence > 0)

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -265,7 +265,7 @@ class AdaptState:
     step_times: List[float] = field(default_factory=list)
     kept: List[float] = field(default_factory=list)  # fraction of unlabelled voxels kept, per step
     kept_tumour: List[float] = field(default_factory=list)  # kept voxels labelled tumour, per unlabelled crop
-    thresholds: object = PSEUDO_LABEL_MAX_UNCERTAINTY  # one for all classes, or one per class
+    thresholds: Union[float, List[float]] = PSEUDO_LABEL_MAX_UNCERTAINTY  # one for all classes, or one per class
     calibration: Optional[Calibration] = None
     losses: List[float] = field(default_factory=list)
 

@@ -16,7 +16,7 @@ P of the time. A class whose labels never reach P (say necrosis at a site) gets 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -77,25 +77,31 @@ def class_threshold(u: np.ndarray, right: np.ndarray, precision: float) -> float
     return round(threshold, 6)
 
 
-def calibrate(teacher: torch.nn.Module, crops: Sequence[dict], precision: float, device: torch.device,
-              check: Optional[Callable[[], None]] = None) -> Calibration:
-    """Per-class thresholds from the teacher's labels on labelled crops (each {"image", "present", "label"}):
-    see class_threshold. `check` runs before each crop (cancellation)."""
+def teacher_voxels(teacher: torch.nn.Module, crops: Iterable[dict], device: torch.device,
+                   check: Optional[Callable[[], None]] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The teacher's uncertainty and label, and the truth, of every voxel of labelled crops (each {"image",
+    "present", "label"}), flattened; and the number of classes. `check` runs before each crop (cancellation)."""
     us, predicted, truth = [], [], []
     teacher.eval()
     for crop in crops:
         if check is not None:
             check()
         with torch.no_grad():
-            out = teacher(crop["image"][None].to(device), crop["present"][None].to(device), use_prior=True)
-        us.append(uncertainty(out["evidence"])[0].cpu().numpy().ravel())
-        predicted.append(out["evidence"][0].argmax(0).cpu().numpy().ravel())
+            evidence = teacher(crop["image"][None].to(device), crop["present"][None].to(device),
+                               use_prior=True)["evidence"]
+        us.append(uncertainty(evidence)[0].cpu().numpy().ravel())
+        predicted.append(evidence[0].argmax(0).cpu().numpy().ravel())
         truth.append(crop["label"].numpy().ravel())
-    u, labels, true = (np.concatenate(v) for v in (us, predicted, truth))
-    n_classes = int(out["evidence"].shape[1])
+    return np.concatenate(us), np.concatenate(predicted), np.concatenate(truth), int(evidence.shape[1])
+
+
+def calibrate(teacher: torch.nn.Module, crops: Iterable[dict], precision: float, device: torch.device,
+              check: Optional[Callable[[], None]] = None) -> Calibration:
+    """Per-class thresholds from the teacher's labels on labelled crops: see class_threshold."""
+    u, labels, truth, n_classes = teacher_voxels(teacher, crops, device, check)
     thresholds, voxels = [], []
     for c in range(n_classes):
         mine = labels == c
         voxels.append(int(mine.sum()))
-        thresholds.append(class_threshold(u[mine], true[mine] == c, precision))
+        thresholds.append(class_threshold(u[mine], truth[mine] == c, precision))
     return Calibration(thresholds, precision, voxels)
