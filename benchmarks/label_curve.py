@@ -95,7 +95,7 @@ def command_run(args: argparse.Namespace) -> None:
     if args.no_reference:
         jobs = jobs[1:]
     if args.only:
-        jobs = [arm for arm in jobs if arm["name"] in args.only]
+        jobs = [arm for arm in jobs if arm["name"] in args.only or arm["name"].split("-seed")[0] in args.only]
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(run_arm, arm, args) for arm in jobs]
@@ -274,7 +274,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     run.add_argument("--jobs", type=int, default=2)
     run.add_argument("--seed", type=int, default=0, help="adapt's seed (crops, order); not 0: repeated arms")
     run.add_argument("--no-reference", action="store_true", help="leave out the all-labelled reference arm")
-    run.add_argument("--only", nargs="+", help="run only these arms (names as in the report, e.g. semi-10)")
+    run.add_argument("--only", nargs="+", help="run only these arms (names as in the report, e.g. semi-10; "
+                     "without -seedN: that arm of --seed)")
     run.add_argument("--pseudo-precision", type=float, metavar="P",
                      help="semi-supervised arms with adapt's per-class calibrated thresholds (named semi-K-calibrated)")
     report = sub.add_parser("report")
