@@ -45,12 +45,13 @@ def darefuse(*args: str, log: Path) -> None:
         raise RuntimeError(f"darefuse {args[0]} failed (exit {result.returncode}); see {log}")
 
 
-def arms(labelled: List[int], pool_size: int, seed: int = 0, calibrated: bool = False) -> List[dict]:
+def arms(labelled: List[int], pool_size: int, seed: int = 0, calibrated: bool = False, ramp_up: int = 0) -> List[dict]:
     """name, split, whether the unlabelled folder is used, seed; the all-labelled reference first. A seed other
     than 0 repeats the arms (names end in -seedN) to show how much a run's own randomness moves the figures.
-    Semi-supervised arms with per-class calibrated pseudo-label thresholds are named semi-K-calibrated."""
+    Semi-supervised arms with per-class calibrated pseudo-label thresholds are named semi-K-calibrated, with a
+    ramp-up of the pseudo-label weight semi-K[-calibrated]-rampN."""
     suffix = f"-seed{seed}" if seed else ""
-    semi = "-calibrated" if calibrated else ""
+    semi = ("-calibrated" if calibrated else "") + (f"-ramp{ramp_up}" if ramp_up else "")
     found = [{"name": f"labelled-{pool_size}{suffix}", "k": pool_size, "semi": False, "seed": seed}]
     for k in labelled:
         found += [{"name": f"semi-{k}{semi}{suffix}", "k": k, "semi": True, "seed": seed},
@@ -72,6 +73,8 @@ def run_arm(arm: dict, args: argparse.Namespace) -> str:
         adapt[5:5] = ["--unlabelled", str(split / "unlabelled")]
         if args.pseudo_precision is not None:
             adapt += ["--pseudo-precision", str(args.pseudo_precision)]
+        if args.ramp_up:
+            adapt += ["--ramp-up", str(args.ramp_up)]
     if not (run / "darefuse.safetensors").is_file():
         darefuse(*adapt, log=log)
     evaluate(arm["name"], run / "darefuse.safetensors", args, log)
@@ -91,7 +94,7 @@ def command_run(args: argparse.Namespace) -> None:
         if not (out / "splits" / f"split-{k}").is_dir():
             darefuse("site-split", "--pool", str(args.pool), "--labelled", str(k),
                      "--out", str(out / "splits" / f"split-{k}"), log=out / "splits.log")
-    jobs = arms(args.labelled, pool_size, args.seed, calibrated=args.pseudo_precision is not None)
+    jobs = arms(args.labelled, pool_size, args.seed, calibrated=args.pseudo_precision is not None, ramp_up=args.ramp_up)
     if args.no_reference:
         jobs = jobs[1:]
     if args.only:
@@ -213,12 +216,16 @@ def _order(row: dict):
 
 
 SERIES = (("semi", "o-", 1.03, "labelled + unlabelled"),
-          ("calibrated", "D-", 1.07, "labelled + unlabelled, calibrated pseudo-labels"),
+          ("semi-ramp", "^-", 1.05, "labelled + unlabelled, weight ramped up"),
+          ("semi-calibrated", "D-", 1.07, "labelled + unlabelled, calibrated pseudo-labels"),
+          ("semi-calibrated-ramp", "v-", 1.11, "labelled + unlabelled, calibrated, weight ramped up"),
           ("labelled", "s--", 1 / 1.03, "labelled alone"))
 
 
 def _series(name: str) -> str:
-    return "calibrated" if "-calibrated" in name else name.split("-")[0]
+    """labelled, or semi with its variants: -calibrated, -ramp."""
+    base = name.split("-seed")[0]
+    return "-".join([base.split("-")[0]] + [v for v in ("calibrated", "ramp") if f"-{v}" in base])
 
 
 def plot(summary: dict, bundled: Optional[dict], path: Path) -> None:
@@ -278,6 +285,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                      "without -seedN: that arm of --seed)")
     run.add_argument("--pseudo-precision", type=float, metavar="P",
                      help="semi-supervised arms with adapt's per-class calibrated thresholds (named semi-K-calibrated)")
+    run.add_argument("--ramp-up", type=int, default=0, metavar="STEPS",
+                     help="semi-supervised arms with adapt's --ramp-up STEPS (names end in -rampSTEPS)")
     report = sub.add_parser("report")
     report.add_argument("--out", required=True)
     report.add_argument("--figure")

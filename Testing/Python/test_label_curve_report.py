@@ -56,4 +56,8 @@ def test_calibrated_arms_are_named_apart_and_pass_the_flag():
     spec.loader.exec_module(module)
     names = [arm["name"] for arm in module.arms([10], 200, seed=1, calibrated=True)]
     assert names == ["labelled-200-seed1", "semi-10-calibrated-seed1", "labelled-10-seed1"]
-    assert module._series("semi-10-calibrated-seed1") == "calibrated" and module._series("semi-10") == "semi"
+    assert module._series("semi-10-calibrated-seed1") == "semi-calibrated" and module._series("semi-10") == "semi"
+    assert module._series("labelled-200-seed1") == "labelled"
+    names = [arm["name"] for arm in module.arms([10], 200, calibrated=True, ramp_up=100)]
+    assert names == ["labelled-200", "semi-10-calibrated-ramp100", "labelled-10"]
+    assert module._series("semi-10-calibrated-ramp100-seed1") == "semi-calibrated-ramp"

@@ -428,3 +428,27 @@ def test_the_pseudo_label_benchmark_prints_a_row_per_class(site, init_model):
     assert sum(labelled) == 2 * 64 * 80 * 64  # one default-size crop of each case
     kept = [float(r[2]) for r in rows]
     assert all(k == 1.0 for k, n in zip(kept, labelled) if n)  # threshold 1.0: all kept (u < 1 with evidence > 0)
+
+
+def test_the_pseudo_label_weight_ramps_up_to_its_full_value():
+    """--ramp-up N: exp(-5 (1 - t/N)^2) for steps t < N (exp(-5) at the first step), then 1; 0 means 1 throughout."""
+    from DareFuseSlicerLib.training.pseudo_labels import ramp_weight
+
+    assert ramp_weight(0, 0) == 1.0 and ramp_weight(7, 0) == 1.0
+    assert ramp_weight(0, 100) == pytest.approx(np.exp(-5.0))
+    assert ramp_weight(50, 100) == pytest.approx(np.exp(-1.25))
+    weights = [ramp_weight(t, 100) for t in range(0, 101)]
+    assert all(a < b for a, b in zip(weights[:100], weights[1:])) and weights[100] == 1.0
+
+
+def test_a_ramped_run_weighs_each_step_by_the_ramp_and_records_it(site, init_model, tmp_path, monkeypatch):
+    import DareFuseSlicerLib.training.adapt as adapt_module
+    from DareFuseSlicerLib.training.pseudo_labels import ramp_weight
+
+    calls = []
+    monkeypatch.setattr(adapt_module, "ramp_weight", lambda step, ramp: calls.append((step, ramp)) or ramp_weight(step, ramp))
+    card = load_model(adapt(_options(site, init_model, tmp_path / "run", ramp_up=10))).card
+    assert calls == [(0, 10), (1, 10)]  # one epoch: 2 steps, each with its unlabelled crop
+    assert card["adaptation"]["pseudo_weight_ramp_up_steps"] == 10 and "--ramp-up 10" in card["training_command"]
+    with pytest.raises(InputError, match="ramp_up must be at least 0, got -1"):
+        adapt(_options(site, init_model, tmp_path / "bad", ramp_up=-1))

@@ -118,6 +118,9 @@ def _register_adapt(subparsers) -> None:
                             help="instead, one threshold per class, calibrated on the labelled cases so that the "
                                  "starting model's kept labels of that class were right at least P of the time")
     adapt.add_argument("--pseudo-weight", type=float, default=1.0, help="weight of the pseudo-label loss")
+    adapt.add_argument("--ramp-up", type=int, default=0, metavar="STEPS",
+                       help="raise the pseudo-label weight to --pseudo-weight over the first STEPS steps "
+                            "(default 0: full weight from the first step)")
     adapt.add_argument("--roi", type=int, nargs=3, default=(64, 80, 64), metavar=("Z", "Y", "X"))
     adapt.add_argument("--batch-size", type=int, default=1, help="labelled crops per step, and as many unlabelled")
     adapt.add_argument("--lr", type=float, default=5e-4)
@@ -140,7 +143,7 @@ def _adapt(args: argparse.Namespace) -> int:
         epochs=args.epochs, steps=args.steps, seed=args.seed, max_uncertainty=args.max_uncertainty,
         pseudo_precision=args.pseudo_precision, roi=tuple(args.roi),
         batch_size=args.batch_size, lr=args.lr, threads=args.threads, device=args.device,
-        pseudo_weight=args.pseudo_weight, ema_decay=args.ema_decay, contrast_dropout=args.contrast_dropout,
+        pseudo_weight=args.pseudo_weight, ramp_up=args.ramp_up, ema_decay=args.ema_decay, contrast_dropout=args.contrast_dropout,
         prior_dropout=args.prior_dropout, cache=args.cache,
     )
     return _run_model_job(lambda progress, log: adapt(options, progress=progress), args)

@@ -43,7 +43,8 @@ from ..pipeline.preprocess import prepare, resample_label_to_grid
 from ..progress import CancelFn, ProgressFn, check_cancel, format_time_left
 from ..sampledata import sha256
 from .dataset import CACHE_VERSION, IGNORE_CLASS, SPACING_MM, CachedCase, TrainDataset, save_npz_atomic, seed_for
-from .pseudo_labels import CALIBRATION_CROPS_PER_CASE, Calibration, calibrate, pseudo_label_loss, pseudo_labels
+from .pseudo_labels import (CALIBRATION_CROPS_PER_CASE, Calibration, calibrate, pseudo_label_loss, pseudo_labels,
+                            ramp_weight)
 from .recorded_command import differing_flags
 from .run_options import check_budget, check_device, check_run_folder
 from .train import ARCH_FILES, seed_everything, stored_start, update_ema
@@ -69,6 +70,7 @@ class AdaptOptions:
     max_uncertainty: float = PSEUDO_LABEL_MAX_UNCERTAINTY  # one threshold for all classes
     pseudo_precision: Optional[float] = None  # instead: per-class thresholds calibrated to this precision
     pseudo_weight: float = 1.0
+    ramp_up: int = 0  # steps over which the pseudo-label weight rises to pseudo_weight (0: full from the start)
     roi: Tuple[int, int, int] = (64, 80, 64)
     batch_size: int = 1  # labelled crops per step, and as many unlabelled ones
     lr: float = 5e-4  # a quarter of train's: the start is a trained model
@@ -88,7 +90,7 @@ class AdaptOptions:
         parts += ["--max-uncertainty", str(self.max_uncertainty)] if self.pseudo_precision is None else \
             ["--pseudo-precision", str(self.pseudo_precision)]
         defaults = AdaptOptions(init="", labelled="", unlabelled="", out="")
-        parts += differing_flags(self, defaults, ("minutes", "epochs", "steps", "pseudo_weight", "roi", "batch_size",
+        parts += differing_flags(self, defaults, ("minutes", "epochs", "steps", "pseudo_weight", "ramp_up", "roi", "batch_size",
                                                   "lr", "ema_decay", "contrast_dropout", "prior_dropout", "threads",
                                                   "device", "cache"))
         return " ".join(shlex.quote(p) for p in parts)
@@ -307,6 +309,8 @@ def check_options(options: AdaptOptions) -> None:
         raise OptionError(f"{{max_uncertainty}} must be in (0, 1], got {options.max_uncertainty}.", "max_uncertainty")
     if options.pseudo_precision is not None and not 0.0 < options.pseudo_precision <= 1.0:
         raise OptionError(f"{{pseudo_precision}} must be in (0, 1], got {options.pseudo_precision}.", "pseudo_precision")
+    if options.ramp_up < 0:
+        raise OptionError(f"{{ramp_up}} must be at least 0, got {options.ramp_up}.", "ramp_up")
     if options.batch_size < 1:
         raise OptionError(f"{{batch_size}} must be at least 1, got {options.batch_size}.", "batch_size")
     check_device(options.device)
@@ -448,7 +452,8 @@ def adapt_step(options: AdaptOptions, state: AdaptState, batch: dict) -> None:
         with torch.no_grad():
             teacher_out = state.teacher(x[unlabelled], present[unlabelled], use_prior=use_prior)
         labels, keep = pseudo_labels(teacher_out["evidence"], state.thresholds)
-        total = total + options.pseudo_weight * pseudo_label_loss(out["evidence_logits"][unlabelled], labels, keep)
+        weight = options.pseudo_weight * ramp_weight(state.step, options.ramp_up)
+        total = total + weight * pseudo_label_loss(out["evidence_logits"][unlabelled], labels, keep)
         state.kept.append(float(keep.float().mean()))
         state.kept_tumour.append(float((keep & (labels > 0)).sum()) / len(labels))
     state.optimizer.zero_grad(set_to_none=True)
@@ -476,7 +481,7 @@ def save_adapted(options: AdaptOptions, data: SiteData, state: AdaptState, origi
                 if data.unlabelled else " alone (no unlabelled folder)"),
             "pseudo_label_max_uncertainty": options.max_uncertainty if state.calibration is None else None,
             "pseudo_label_calibration": state.calibration.as_card() if state.calibration is not None else None,
-            "pseudo_weight": options.pseudo_weight,
+            "pseudo_weight": options.pseudo_weight, "pseudo_weight_ramp_up_steps": options.ramp_up,
             "pseudo_label_kept_fraction": round(float(np.mean(state.kept)), 4) if state.kept else None,
             "pseudo_label_tumour_voxels_per_crop": round(float(np.mean(state.kept_tumour)), 1) if state.kept else None,
             "generator": GENERATOR_NOTE,

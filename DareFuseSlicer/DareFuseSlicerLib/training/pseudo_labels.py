@@ -40,6 +40,14 @@ def pseudo_labels(evidence: torch.Tensor, thresholds) -> tuple:
     return labels, uncertainty(evidence) < (limit[labels] if limit.ndim else limit)
 
 
+def ramp_weight(step: int, ramp_up: int) -> float:
+    """The pseudo-label loss's share at a step: exp(-5 (1 - step/ramp_up)^2) until ramp_up, then 1 (the
+    mean teacher's sigmoid ramp-up, Laine & Aila 2017): early on the teacher is still the starting model."""
+    if ramp_up <= 0 or step >= ramp_up:
+        return 1.0
+    return float(np.exp(-5.0 * (1.0 - step / ramp_up) ** 2))
+
+
 def pseudo_label_loss(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the student's logits against the kept pseudo-labels (0 with a gradient when none is kept)."""
     per_voxel = F.cross_entropy(logits, labels, reduction="none")
