@@ -4,7 +4,8 @@ cases alone, and fine-tuned on labelled and unlabelled cases (`darefuse adapt`),
 number of optimiser steps (a wall-clock budget would depend on what else the machine runs); the reference is the model fine-tuned on every pool case labelled.
 
     .venv/bin/python benchmarks/label_curve.py run --pool POOL --held-out HELD_OUT --out RUNS \
-        [--labelled 5 10 20 50] [--steps 150] [--jobs 2] [--seed 0] [--only ARM ...]
+        [--labelled 5 10 20 50] [--steps 150] [--jobs 2] [--seed 0] [--only ARM ...] [--pseudo-precision P]
+        [--ramp-up STEPS]
     .venv/bin/python benchmarks/label_curve.py report --out RUNS [--figure docs/images/label_curve.png] [--json F]
 
 `run` makes the splits (`darefuse site-split`), runs every arm (`darefuse adapt`, one thread each, `--jobs`
