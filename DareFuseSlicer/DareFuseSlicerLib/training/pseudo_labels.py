@@ -22,14 +22,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..network.model import DareFuseNet
+
 BIN_WIDTH = 0.05
 MIN_BIN_VOXELS = 50  # a bin with fewer labels says too little about its precision
 CALIBRATION_CROPS_PER_CASE = 4
 
 
 def uncertainty(evidence: torch.Tensor) -> torch.Tensor:
-    """The one-pass uncertainty K / sum(alpha), alpha = evidence + 1; evidence (B, K, ...) -> (B, ...)."""
-    return evidence.shape[1] / (evidence + 1.0).sum(1)
+    """The network's one-pass uncertainty K / sum(alpha) of evidence (B, K, ...), as (B, ...)."""
+    return DareFuseNet.uncertainty({"evidence": evidence})[:, 0]
 
 
 def pseudo_labels(evidence: torch.Tensor, thresholds) -> tuple:

@@ -281,7 +281,7 @@ def validate(model: torch.nn.Module, cases, device: torch.device) -> Dict[str, f
         for name, value in zip(REGIONS, region_dice(pred, truth, empty=None)):
             if value is not None:  # a region absent from both is left out of the mean
                 dice[name].append(value)
-        u = (alpha.shape[1] / alpha.sum(1))[0].cpu().numpy()
+        u = DareFuseNet.uncertainty(out)[0, 0].cpu().numpy()
         wrong = pred != truth
         if wrong.any():
             uncertainty_wrong.append(float(u[wrong].mean()))
