@@ -16,7 +16,7 @@ P of the time. A class whose labels never reach P (say necrosis at a site) gets 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, List, Optional, Tuple
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -34,7 +34,8 @@ def uncertainty(evidence: torch.Tensor) -> torch.Tensor:
     return DareFuseNet.uncertainty({"evidence": evidence})[:, 0]
 
 
-def pseudo_labels(evidence: torch.Tensor, thresholds) -> tuple:
+def pseudo_labels(evidence: torch.Tensor,
+                  thresholds: Union[float, Sequence[float]]) -> Tuple[torch.Tensor, torch.Tensor]:
     """The teacher's labels (B, ...) and where they are kept (B, ...): uncertainty below the threshold, one
     for all classes (a float) or one per class (a sequence of K). evidence (B, K, ...) >= 0."""
     labels = evidence.argmax(1)
