@@ -5,7 +5,7 @@ number of optimiser steps (a wall-clock budget would depend on what else the mac
 
     .venv/bin/python benchmarks/label_curve.py run --pool POOL --held-out HELD_OUT --out RUNS \
         [--labelled 5 10 20 50] [--steps 150] [--jobs 2] [--seed 0] [--only ARM ...] [--pseudo-precision P]
-        [--ramp-up STEPS]
+        [--ramp-up STEPS] [--perturb-student] [--pseudo-class-gate P]
     .venv/bin/python benchmarks/label_curve.py report --out RUNS [--figure docs/images/label_curve.png] [--json F]
 
 `run` makes the splits (`darefuse site-split`), runs every arm (`darefuse adapt`, one thread each, `--jobs`
@@ -46,13 +46,16 @@ def darefuse(*args: str, log: Path) -> None:
         raise RuntimeError(f"darefuse {args[0]} failed (exit {result.returncode}); see {log}")
 
 
-def arms(labelled: List[int], pool_size: int, seed: int = 0, calibrated: bool = False, ramp_up: int = 0) -> List[dict]:
+def arms(labelled: List[int], pool_size: int, seed: int = 0, calibrated: bool = False, ramp_up: int = 0,
+         perturbed: bool = False, gated: bool = False) -> List[dict]:
     """name, split, whether the unlabelled folder is used, seed; the all-labelled reference first. A seed other
     than 0 repeats the arms (names end in -seedN) to show how much a run's own randomness moves the figures.
     Semi-supervised arms with per-class calibrated pseudo-label thresholds are named semi-K-calibrated, with a
-    ramp-up of the pseudo-label weight semi-K[-calibrated]-rampN."""
+    ramp-up of the pseudo-label weight semi-K[-calibrated]-rampN, with adapt's --perturb-student
+    semi-K[-calibrated][-rampN]-perturbed, with --pseudo-class-gate ...-gated."""
     suffix = f"-seed{seed}" if seed else ""
-    semi = ("-calibrated" if calibrated else "") + (f"-ramp{ramp_up}" if ramp_up else "")
+    semi = ("-calibrated" if calibrated else "") + (f"-ramp{ramp_up}" if ramp_up else "") + \
+        ("-perturbed" if perturbed else "") + ("-gated" if gated else "")
     found = [{"name": f"labelled-{pool_size}{suffix}", "k": pool_size, "semi": False, "seed": seed}]
     for k in labelled:
         found += [{"name": f"semi-{k}{semi}{suffix}", "k": k, "semi": True, "seed": seed},
@@ -76,6 +79,10 @@ def run_arm(arm: dict, args: argparse.Namespace) -> str:
             adapt += ["--pseudo-precision", str(args.pseudo_precision)]
         if args.ramp_up:
             adapt += ["--ramp-up", str(args.ramp_up)]
+        if args.perturb_student:
+            adapt += ["--perturb-student"]
+        if args.pseudo_class_gate is not None:
+            adapt += ["--pseudo-class-gate", str(args.pseudo_class_gate)]
     if not (run / "darefuse.safetensors").is_file():
         darefuse(*adapt, log=log)
     evaluate(arm["name"], run / "darefuse.safetensors", args, log)
@@ -95,7 +102,8 @@ def command_run(args: argparse.Namespace) -> None:
         if not (out / "splits" / f"split-{k}").is_dir():
             darefuse("site-split", "--pool", str(args.pool), "--labelled", str(k),
                      "--out", str(out / "splits" / f"split-{k}"), log=out / "splits.log")
-    jobs = arms(args.labelled, pool_size, args.seed, calibrated=args.pseudo_precision is not None, ramp_up=args.ramp_up)
+    jobs = arms(args.labelled, pool_size, args.seed, calibrated=args.pseudo_precision is not None, ramp_up=args.ramp_up,
+                perturbed=args.perturb_student, gated=args.pseudo_class_gate is not None)
     if args.no_reference:
         jobs = jobs[1:]
     if args.only:
@@ -220,13 +228,16 @@ SERIES = (("semi", "o-", 1.03, "labelled + unlabelled"),
           ("semi-ramp", "^-", 1.05, "labelled + unlabelled, weight ramped up"),
           ("semi-calibrated", "D-", 1.07, "labelled + unlabelled, calibrated pseudo-labels"),
           ("semi-calibrated-ramp", "v-", 1.11, "labelled + unlabelled, calibrated, weight ramped up"),
+          ("semi-calibrated-perturbed", "P-", 1.15, "labelled + unlabelled, calibrated, student perturbed"),
+          ("semi-calibrated-gated", "X-", 1.19, "labelled + unlabelled, calibrated, class-gated"),
+          ("semi-calibrated-perturbed-gated", "*-", 1.23, "labelled + unlabelled, calibrated, perturbed, class-gated"),
           ("labelled", "s--", 1 / 1.03, "labelled alone"))
 
 
 def _series(name: str) -> str:
-    """labelled, or semi with its variants: -calibrated, -ramp."""
+    """labelled, or semi with its variants: -calibrated, -ramp, -perturbed, -gated."""
     base = name.split("-seed")[0]
-    return "-".join([base.split("-")[0]] + [v for v in ("calibrated", "ramp") if f"-{v}" in base])
+    return "-".join([base.split("-")[0]] + [v for v in ("calibrated", "ramp", "perturbed", "gated") if f"-{v}" in base])
 
 
 def plot(summary: dict, bundled: Optional[dict], path: Path) -> None:
@@ -288,6 +299,10 @@ def main(argv: Optional[List[str]] = None) -> None:
                      help="semi-supervised arms with adapt's per-class calibrated thresholds (named semi-K-calibrated)")
     run.add_argument("--ramp-up", type=int, default=0, metavar="STEPS",
                      help="semi-supervised arms with adapt's --ramp-up STEPS (names end in -rampSTEPS)")
+    run.add_argument("--perturb-student", action="store_true",
+                     help="semi-supervised arms with adapt's --perturb-student (names end in -perturbed)")
+    run.add_argument("--pseudo-class-gate", type=float, metavar="P",
+                     help="semi-supervised arms with adapt's --pseudo-class-gate P (names end in -gated)")
     report = sub.add_parser("report")
     report.add_argument("--out", required=True)
     report.add_argument("--figure")

@@ -1,10 +1,13 @@
 """Issue 20 §2: which of a model's labels `darefuse adapt` would keep as pseudo-labels, and how often they are
 right. On labelled site cases (each with -seg), crops drawn as adapt draws them; per class: the voxels the model
 labels so, the share kept by one threshold for all classes (--max-uncertainty), the precision in each
-uncertainty bin, and the threshold `--pseudo-precision P` would calibrate.
+uncertainty bin, and the threshold `--pseudo-precision P` would calibrate. With `--class-gate P ...`, per
+candidate `--pseudo-class-gate`: the crops it would label background throughout, the true tumour on them, and
+the share of the model's false tumour (on crops without tumour) they hold.
 
     .venv/bin/python benchmarks/pseudo_labels.py --model MODEL.safetensors --labelled DIR \
-        [--cases 40] [--max-uncertainty 0.2] [--precision 0.95] [--cache DIR] > docs/pseudo-labels.md
+        [--cases 40] [--max-uncertainty 0.2] [--precision 0.95] [--cache DIR] [--class-gate P ...] \
+        > docs/pseudo-labels.md
 """
 from __future__ import annotations
 
@@ -13,12 +16,14 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "DareFuseSlicer"))
 from DareFuseSlicerLib.constants import LABELS, PSEUDO_LABEL_MAX_UNCERTAINTY  # noqa: E402
 from DareFuseSlicerLib.training.adapt import AdaptOptions, labelled_crop, load_site, scan_site  # noqa: E402
+from DareFuseSlicerLib.network.model import DareFuseNet  # noqa: E402
 from DareFuseSlicerLib.training.pseudo_labels import BIN_WIDTH, class_threshold, teacher_voxels  # noqa: E402
 from DareFuseSlicerLib.training.train import stored_start  # noqa: E402
 
@@ -26,15 +31,40 @@ CLASS_NAMES = ("background",) + tuple(LABELS[k] for k in sorted(LABELS))  # BraT
 BINS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 1.01)
 
 
-def teacher_labels(model_path: str, folder: str, n_cases: int, crops_per_case: int, cache: Optional[str]):
-    """Uncertainty, label and truth of every voxel of the crops, flattened."""
+def site_crops(model_path: str, folder: str, n_cases: int, crops_per_case: int, cache: Optional[str]):
+    """The number of cases, the model, and a function giving the crops again (as adapt draws them)."""
     options = AdaptOptions(init=model_path, labelled=folder, unlabelled=None, out="-", cache=cache)
     cases = scan_site(folder, labelled=True)[:n_cases]
     data = load_site(options, cases, [], None, None)
     model, _ = stored_start("darefuse", model_path)
-    crops = (labelled_crop(data.labelled_set, k) for k in range(crops_per_case * len(cases)))
-    u, labels, truth, _ = teacher_voxels(model, crops, torch.device("cpu"))
-    return len(cases), (u, labels, truth)
+    return len(cases), model, lambda: (labelled_crop(data.labelled_set, k) for k in range(crops_per_case * len(cases)))
+
+
+def crop_tumour(model: torch.nn.Module, crops) -> np.ndarray:
+    """Per crop: the model's P(no tumour), its tumour voxels and the true tumour voxels, (crops, 3)."""
+    rows = []
+    model.eval()
+    for crop in crops:
+        with torch.no_grad():
+            out = model(crop["image"][None], crop["present"][None], use_prior=True)
+        rows.append((float(DareFuseNet.class_probabilities(out)[0, 0]), int((out["evidence"][0].argmax(0) > 0).sum()),
+                     int((crop["label"] > 0).sum())))
+    return np.array(rows)
+
+
+def print_gates(rows: np.ndarray, gates: List[float]) -> None:
+    p, predicted, truth = rows.T
+    false_tumour = predicted[truth == 0].sum()
+    print(f"\n| --pseudo-class-gate | crops gated (of {len(rows)}) | gated crops with true tumour | true tumour voxels "
+          f"on them (of {int(truth.sum())}) | false tumour voxels on gated crops (of {int(false_tumour)} on crops "
+          "without tumour) |")
+    print("|---|---|---|---|---|")
+    for gate in gates:
+        gated = p >= gate
+        print(f"| {gate} | {int(gated.sum())} | {int((gated & (truth > 0)).sum())} | {int(truth[gated].sum())} | "
+              f"{int(predicted[gated & (truth == 0)].sum())} |")
+    print("\nfalse tumour: voxels the model labels tumour on crops whose truth holds none (training/pseudo_labels.py "
+          "gate_by_class)")
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -46,10 +76,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--max-uncertainty", type=float, default=PSEUDO_LABEL_MAX_UNCERTAINTY)
     parser.add_argument("--precision", type=float, default=0.95)
     parser.add_argument("--cache")
+    parser.add_argument("--class-gate", type=float, nargs="+", metavar="P", help="candidate --pseudo-class-gate values")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    n, (u, labels, truth) = teacher_labels(args.model, args.labelled, args.cases, args.crops_per_case, args.cache)
+    n, model, crops = site_crops(args.model, args.labelled, args.cases, args.crops_per_case, args.cache)
+    u, labels, truth, _ = teacher_voxels(model, crops(), torch.device("cpu"))
     print(f"`{args.model}` on {args.crops_per_case} crop(s) of each of {n} labelled cases of `{args.labelled}`\n")
     bins = [f"u {lo:.1f}-{min(hi, 1.0):.1f}" for lo, hi in zip(BINS, BINS[1:])]
     print(f"| class | labelled so | kept at u < {args.max_uncertainty} | precision of the kept | "
@@ -69,6 +101,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(f"| {name} | {mine.sum()} | {share:.3f} | {precision} | " + " | ".join(cells) + f" | {threshold:.2f} |")
     print(f"\nprecision in each uncertainty bin (voxels in brackets); the threshold walks bins of {BIN_WIDTH} "
           "(training/pseudo_labels.py)")
+    if args.class_gate:
+        print_gates(crop_tumour(model, crops()), args.class_gate)
 
 
 if __name__ == "__main__":

@@ -61,3 +61,11 @@ def test_calibrated_arms_are_named_apart_and_pass_the_flag():
     names = [arm["name"] for arm in module.arms([10], 200, calibrated=True, ramp_up=100)]
     assert names == ["labelled-200", "semi-10-calibrated-ramp100", "labelled-10"]
     assert module._series("semi-10-calibrated-ramp100-seed1") == "semi-calibrated-ramp"
+    names = [arm["name"] for arm in module.arms([10], 200, seed=1, calibrated=True, perturbed=True)]
+    assert names == ["labelled-200-seed1", "semi-10-calibrated-perturbed-seed1", "labelled-10-seed1"]
+    assert module._series("semi-10-calibrated-perturbed-seed1") == "semi-calibrated-perturbed"
+    assert {module._series(n) for n in names} <= {series[0] for series in module.SERIES}  # each has its plot style
+    names = [arm["name"] for arm in module.arms([10], 200, calibrated=True, gated=True)]
+    assert names == ["labelled-200", "semi-10-calibrated-gated", "labelled-10"]
+    assert module._series("semi-10-calibrated-perturbed-gated-seed1") == "semi-calibrated-perturbed-gated"
+    assert {module._series(n) for n in names} <= {series[0] for series in module.SERIES}

@@ -27,6 +27,7 @@ from DareFuseSlicerLib.training.pseudo_labels import (
     Calibration,
     calibrate,
     class_threshold,
+    perturb_student,
     pseudo_label_loss,
     pseudo_labels,
 )
@@ -419,11 +420,15 @@ def test_the_pseudo_label_benchmark_prints_a_row_per_class(site, init_model):
 
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, str(root / "benchmarks" / "pseudo_labels.py"), "--model", str(init_model),
-                          "--labelled", str(site / "labelled"), "--cases", "2", "--max-uncertainty", "1.0"],
+                          "--labelled", str(site / "labelled"), "--cases", "2", "--max-uncertainty", "1.0",
+                          "--class-gate", "1e-9", "1.0"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    rows = [line.split("|")[1:-1] for line in out.stdout.splitlines() if line.startswith("| ") and "class |" not in line]
+    table, gates = out.stdout.split("\n| --pseudo-class-gate |")
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ") and "class |" not in line]
     assert [r[0].strip() for r in rows] == ["background", "NETC", "SNFH", "ET"]
+    gate_rows = [line.split("|")[1:-1] for line in gates.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [int(r[1]) for r in gate_rows] == [2, 0]  # a gate at ~0 takes both crops, at 1.0 neither
     labelled = [int(r[1]) for r in rows]
     assert sum(labelled) == 2 * 64 * 80 * 64  # one default-size crop of each case
     kept = [float(r[2]) for r in rows]
@@ -452,3 +457,92 @@ def test_a_ramped_run_weighs_each_step_by_the_ramp_and_records_it(site, init_mod
     assert card["adaptation"]["pseudo_weight_ramp_up_steps"] == 10 and "--ramp-up 10" in card["training_command"]
     with pytest.raises(InputError, match="ramp_up must be at least 0, got -1"):
         adapt(_options(site, init_model, tmp_path / "bad", ramp_up=-1))
+
+
+def _smooth_crops(seed: int):
+    """Two brain-like crops (B=2, 4 contrasts): smooth intensity inside a box, zero outside; the second lacks T2."""
+    z, y, x = torch.meshgrid(*(torch.linspace(-1, 1, 24),) * 3, indexing="ij")
+    image = torch.stack([torch.sin(3 * z + c) + torch.cos(2 * y - c) + x for c in range(4)])
+    foreground = torch.zeros(2, 1, 24, 24, 24)
+    foreground[:, :, 4:20, 3:21, 5:19] = 1
+    present = torch.tensor([[1.0, 1, 1, 1], [1, 1, 0, 1]])
+    return image[None].repeat(2, 1, 1, 1, 1) * foreground * present[:, :, None, None, None], foreground, present
+
+
+def test_the_students_view_is_the_crop_perturbed_in_intensity_inside_the_brain():
+    """--perturb-student's view: zero outside the brain and in a missing contrast, as inputs are; its own
+    seeded draw; intensity-only, so each voxel still shows its own anatomy (a strong correlation with the crop)."""
+    x, foreground, present = _smooth_crops(SEED)
+    view = perturb_student(x, foreground, present, seed=3)
+    assert torch.equal(view, perturb_student(x, foreground, present, seed=3))
+    assert not torch.equal(view, perturb_student(x, foreground, present, seed=4))
+    assert bool((view * (1 - foreground) == 0).all()) and bool((view[1, 2] == 0).all())
+    inside = foreground[:, 0].bool()
+    for b in range(2):
+        for c in range(4):
+            if present[b, c]:
+                original, seen = x[b, c][inside[b]], view[b, c][inside[b]]
+                assert (seen - original).abs().mean() > 0.05  # perturbed ...
+                assert torch.corrcoef(torch.stack([original, seen]))[0, 1] > 0.8  # ... in place (a flip would fail)
+
+
+def test_a_perturbed_run_shows_the_student_the_perturbed_crop_and_the_teacher_the_crop(site, init_model, tmp_path,
+                                                                                       monkeypatch):
+    import DareFuseSlicerLib.training.adapt as adapt_module
+    from DareFuseSlicerLib.network.model import DareFuseNet
+
+    views, inputs = [], []
+    real_perturb, real_forward = adapt_module.perturb_student, DareFuseNet.forward
+    monkeypatch.setattr(adapt_module, "perturb_student", lambda x, *a: views.append(
+        (x.clone(), real_perturb(x, *a))) or views[-1][1])
+    monkeypatch.setattr(DareFuseNet, "forward", lambda self, x, present, use_prior=True: inputs.append(
+        (self.training, x.clone())) or real_forward(self, x, present, use_prior))
+    card = load_model(adapt(_options(site, init_model, tmp_path / "run", perturb_student=True))).card
+    assert len(views) == 2  # one epoch: 2 steps, each with one unlabelled crop
+    students = [x for training, x in inputs if training]
+    teachers = [x for training, x in inputs if not training]
+    assert len(students) == len(teachers) == 2
+    for (crop, view), student, teacher in zip(views, students, teachers):
+        assert torch.equal(teacher, crop) and torch.equal(student[1:], view)  # batch: labelled row, then unlabelled
+        assert not torch.equal(student[1:], crop)
+    assert card["adaptation"]["student_perturbation"]["noise_std"] > 0
+    assert card["training_command"].split().count("--perturb-student") == 1  # a bare switch, no "True"
+
+    views.clear()
+    card = load_model(adapt(_options(site, init_model, tmp_path / "plain"))).card
+    assert views == [] and card["adaptation"]["student_perturbation"] is None
+    assert "--perturb-student" not in card["training_command"]
+
+
+def test_the_class_gate_labels_a_no_tumour_crop_background_throughout():
+    from DareFuseSlicerLib.training.pseudo_labels import gate_by_class
+
+    labels = torch.tensor([[[1, 2], [3, 0]], [[2, 2], [0, 1]]])
+    keep = torch.tensor([[[True, False], [False, True]], [[False, True], [True, False]]])
+    p_no_tumour = torch.tensor([0.97, 0.60])
+    gated_labels, gated_keep, gated = gate_by_class(labels, keep, p_no_tumour, 0.95)
+    assert gated.tolist() == [True, False]
+    assert bool((gated_labels[0] == 0).all()) and bool(gated_keep[0].all())
+    assert torch.equal(gated_labels[1], labels[1]) and torch.equal(gated_keep[1], keep[1])
+    same_labels, same_keep, none = gate_by_class(labels, keep, p_no_tumour, None)
+    assert torch.equal(same_labels, labels) and torch.equal(same_keep, keep) and not bool(none.any())
+
+
+@pytest.mark.parametrize("gate, share", [(1e-6, 1.0), (1.0, 0.0)])
+def test_a_gated_run_trains_gated_crops_towards_background_and_records_it(site, init_model, tmp_path, monkeypatch,
+                                                                         gate, share):
+    import DareFuseSlicerLib.training.adapt as adapt_module
+
+    targets = []
+    real_loss = adapt_module.pseudo_label_loss
+    monkeypatch.setattr(adapt_module, "pseudo_label_loss", lambda logits, labels, keep: targets.append(
+        (labels.clone(), keep.clone())) or real_loss(logits, labels, keep))
+    card = load_model(adapt(_options(site, init_model, tmp_path / "run", pseudo_class_gate=gate))).card
+    assert len(targets) == 2
+    if share:  # every crop gated: all background, all kept
+        assert all(bool((labels == 0).all()) and bool(keep.all()) for labels, keep in targets)
+    assert card["adaptation"]["pseudo_label_class_gate"] == gate
+    assert card["adaptation"]["pseudo_label_gated_crops"] == share
+    assert f"--pseudo-class-gate {gate}" in card["training_command"]
+    with pytest.raises(InputError, match="pseudo_class_gate must be in"):
+        adapt(_options(site, init_model, tmp_path / "bad", pseudo_class_gate=0.0))

@@ -122,6 +122,12 @@ def _register_adapt(subparsers) -> None:
     adapt.add_argument("--ramp-up", type=int, default=0, metavar="STEPS",
                        help="raise the pseudo-label weight to --pseudo-weight over the first STEPS steps "
                             "(default 0: full weight from the first step)")
+    adapt.add_argument("--perturb-student", action="store_true",
+                       help="the student sees a strongly perturbed copy (intensity, bias field, blur, noise) of each "
+                            "unlabelled crop, the teacher the crop itself")
+    adapt.add_argument("--pseudo-class-gate", type=float, metavar="P",
+                       help="pseudo-label an unlabelled crop background throughout where the teacher's class head "
+                            "gives P(no tumour) >= P (default: no gate)")
     adapt.add_argument("--roi", type=int, nargs=3, default=(64, 80, 64), metavar=("Z", "Y", "X"))
     adapt.add_argument("--batch-size", type=int, default=1, help="labelled crops per step, and as many unlabelled")
     adapt.add_argument("--lr", type=float, default=5e-4)
@@ -144,7 +150,9 @@ def _adapt(args: argparse.Namespace) -> int:
         epochs=args.epochs, steps=args.steps, seed=args.seed, max_uncertainty=args.max_uncertainty,
         pseudo_precision=args.pseudo_precision, roi=tuple(args.roi),
         batch_size=args.batch_size, lr=args.lr, threads=args.threads, device=args.device,
-        pseudo_weight=args.pseudo_weight, ramp_up=args.ramp_up, ema_decay=args.ema_decay, contrast_dropout=args.contrast_dropout,
+        pseudo_weight=args.pseudo_weight, ramp_up=args.ramp_up, perturb_student=args.perturb_student,
+        pseudo_class_gate=args.pseudo_class_gate,
+        ema_decay=args.ema_decay, contrast_dropout=args.contrast_dropout,
         prior_dropout=args.prior_dropout, cache=args.cache,
     )
     return _run_model_job(lambda progress, log: adapt(options, progress=progress), args)

@@ -8,7 +8,9 @@ A manifest.csv beside them is read only for the tumour class (without one the cl
 - Labelled cases: the supervised segmentation losses of `train` (Dice, cross-entropy, evidential).
 - Unlabelled cases: pseudo-labels from the mean teacher (the EMA of the student, which starts as the --init
   model), kept only where the teacher's one-pass uncertainty K / sum(alpha) is below PSEUDO_LABEL_MAX_UNCERTAINTY,
-  or below per-class thresholds calibrated on the labelled cases (`--pseudo-precision`, pseudo_labels.py).
+  or below per-class thresholds calibrated on the labelled cases (`--pseudo-precision`, pseudo_labels.py);
+  optionally the student sees a perturbed copy of the crop (`--perturb-student`) and crops whose teacher says
+  "no tumour" are labelled background throughout (`--pseudo-class-gate`).
   Without an unlabelled folder it fine-tunes on the labelled cases alone (the label curve's supervised arm).
 - The lesion-removal generator stays frozen at the --init weights: without twins it has no target.
 - Each step: `batch_size` labelled crops (cycled) and `batch_size` unlabelled crops; an epoch is one pass
@@ -36,15 +38,15 @@ import torch
 from ..constants import BRATS_SUFFIX, CLASSES, PSEUDO_LABEL_MAX_UNCERTAINTY
 from ..errors import InputError, OptionError
 from ..network.losses import DareFuseLoss, LossWeights
-from ..network.model import count_parameters
+from ..network.model import DareFuseNet, count_parameters
 from ..network.store import read_card, save_model_staged
 from ..phantoms import read_manifest
 from ..pipeline.preprocess import prepare, resample_label_to_grid
 from ..progress import CancelFn, ProgressFn, check_cancel, format_time_left
 from ..sampledata import sha256
 from .dataset import CACHE_VERSION, IGNORE_CLASS, SPACING_MM, CachedCase, TrainDataset, save_npz_atomic, seed_for
-from .pseudo_labels import (CALIBRATION_CROPS_PER_CASE, Calibration, calibrate, pseudo_label_loss, pseudo_labels,
-                            ramp_weight)
+from .pseudo_labels import (CALIBRATION_CROPS_PER_CASE, STUDENT_PERTURBATION, Calibration, calibrate, gate_by_class,
+                            perturb_student, pseudo_label_loss, pseudo_labels, ramp_weight)
 from .recorded_command import differing_flags
 from .run_options import check_budget, check_device, check_run_folder
 from .train import ARCH_FILES, seed_everything, stored_start, update_ema
@@ -71,6 +73,8 @@ class AdaptOptions:
     pseudo_precision: Optional[float] = None  # instead: per-class thresholds calibrated to this precision
     pseudo_weight: float = 1.0
     ramp_up: int = 0  # steps over which the pseudo-label weight rises to pseudo_weight (0: full from the start)
+    perturb_student: bool = False  # the student sees a perturbed copy of each unlabelled crop (pseudo_labels.py)
+    pseudo_class_gate: Optional[float] = None  # P(no tumour) from which a crop is pseudo-labelled background
     roi: Tuple[int, int, int] = (64, 80, 64)
     batch_size: int = 1  # labelled crops per step, and as many unlabelled ones
     lr: float = 5e-4  # a quarter of train's: the start is a trained model
@@ -90,7 +94,7 @@ class AdaptOptions:
         parts += ["--max-uncertainty", str(self.max_uncertainty)] if self.pseudo_precision is None else \
             ["--pseudo-precision", str(self.pseudo_precision)]
         defaults = AdaptOptions(init="", labelled="", unlabelled="", out="")
-        parts += differing_flags(self, defaults, ("minutes", "epochs", "steps", "pseudo_weight", "ramp_up", "roi", "batch_size",
+        parts += differing_flags(self, defaults, ("minutes", "epochs", "steps", "pseudo_weight", "ramp_up", "perturb_student", "pseudo_class_gate", "roi", "batch_size",
                                                   "lr", "ema_decay", "contrast_dropout", "prior_dropout", "threads",
                                                   "device", "cache"))
         return " ".join(shlex.quote(p) for p in parts)
@@ -267,6 +271,7 @@ class AdaptState:
     step_times: List[float] = field(default_factory=list)
     kept: List[float] = field(default_factory=list)  # fraction of unlabelled voxels kept, per step
     kept_tumour: List[float] = field(default_factory=list)  # kept voxels labelled tumour, per unlabelled crop
+    gated: List[float] = field(default_factory=list)  # share of a step's unlabelled crops the class gate labelled background
     thresholds: Union[float, List[float]] = PSEUDO_LABEL_MAX_UNCERTAINTY  # one for all classes, or one per class
     calibration: Optional[Calibration] = None
     losses: List[float] = field(default_factory=list)
@@ -309,6 +314,8 @@ def check_options(options: AdaptOptions) -> None:
         raise OptionError(f"{{max_uncertainty}} must be in (0, 1], got {options.max_uncertainty}.", "max_uncertainty")
     if options.pseudo_precision is not None and not 0.0 < options.pseudo_precision <= 1.0:
         raise OptionError(f"{{pseudo_precision}} must be in (0, 1], got {options.pseudo_precision}.", "pseudo_precision")
+    if options.pseudo_class_gate is not None and not 0.0 < options.pseudo_class_gate <= 1.0:
+        raise OptionError(f"{{pseudo_class_gate}} must be in (0, 1], got {options.pseudo_class_gate}.", "pseudo_class_gate")
     if options.ramp_up < 0:
         raise OptionError(f"{{ramp_up}} must be at least 0, got {options.ramp_up}.", "ramp_up")
     if options.batch_size < 1:
@@ -444,14 +451,22 @@ def adapt_step(options: AdaptOptions, state: AdaptState, batch: dict) -> None:
     use_prior = bool(np.random.RandomState(seed_for(options.seed, state.step, 1)).rand() >= options.prior_dropout)
     state.model.train()
     state.model.generator.eval()  # frozen: its normalisation too
-    out = state.model(x, present, use_prior=use_prior)
+    unlabelled = ~labelled
+    student_x = x
+    if options.perturb_student and unlabelled.any():
+        student_x = x.clone()
+        student_x[unlabelled] = perturb_student(x[unlabelled], batch["foreground"][unlabelled], present[unlabelled],
+                                                seed_for(options.seed, state.step, 2))
+    out = state.model(student_x, present, use_prior=use_prior)
     terms = state.loss_fn(out, x, present, batch["label"], batch["tumour_free"], batch["class_index"], labelled, 1.0)
     total = terms["total"]
-    unlabelled = ~labelled
     if unlabelled.any():
         with torch.no_grad():
             teacher_out = state.teacher(x[unlabelled], present[unlabelled], use_prior=use_prior)
         labels, keep = pseudo_labels(teacher_out["evidence"], state.thresholds)
+        labels, keep, gated = gate_by_class(labels, keep, DareFuseNet.class_probabilities(teacher_out)[:, 0],
+                                            options.pseudo_class_gate)
+        state.gated.append(float(gated.float().mean()))
         weight = options.pseudo_weight * ramp_weight(state.step, options.ramp_up)
         total = total + weight * pseudo_label_loss(out["evidence_logits"][unlabelled], labels, keep)
         state.kept.append(float(keep.float().mean()))
@@ -482,6 +497,10 @@ def save_adapted(options: AdaptOptions, data: SiteData, state: AdaptState, origi
             "pseudo_label_max_uncertainty": options.max_uncertainty if state.calibration is None else None,
             "pseudo_label_calibration": state.calibration.as_card() if state.calibration is not None else None,
             "pseudo_weight": options.pseudo_weight, "pseudo_weight_ramp_up_steps": options.ramp_up,
+            "student_perturbation": dict(STUDENT_PERTURBATION) if options.perturb_student and data.unlabelled else None,
+            "pseudo_label_class_gate": options.pseudo_class_gate if data.unlabelled else None,
+            "pseudo_label_gated_crops": round(float(np.mean(state.gated)), 4)
+            if state.gated and options.pseudo_class_gate is not None else None,
             "pseudo_label_kept_fraction": round(float(np.mean(state.kept)), 4) if state.kept else None,
             "pseudo_label_tumour_voxels_per_crop": round(float(np.mean(state.kept_tumour)), 1) if state.kept else None,
             "generator": GENERATOR_NOTE,

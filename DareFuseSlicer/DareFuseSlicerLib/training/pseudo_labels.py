@@ -12,6 +12,15 @@ With `--pseudo-precision P` each class gets its own threshold, calibrated before
 site's labelled cases, which the starting model has not seen: walking up the uncertainty in bins, a class's
 threshold is the top of the last bin in which the starting model's labels of that class were right at least
 P of the time. A class whose labels never reach P (say necrosis at a site) gets no pseudo-labels at all.
+
+With `--perturb-student` the student sees a strongly perturbed copy of each unlabelled crop and the teacher the
+crop itself (the mean teacher's different noise for each; FixMatch's weak/strong pair): otherwise both see the
+same input and the pseudo-label loss only sharpens what the student already says. The perturbation is
+intensity-only, so the teacher's labels stay aligned with the student's voxels.
+
+With `--pseudo-class-gate P`, an unlabelled crop on which the teacher's class head gives "no tumour" at least P
+is labelled background throughout, every voxel kept. Without it the pseudo-labels keep the false tumour the
+starting model puts on tumour-free brains, where its class head already says no tumour (issue 20, note 22).
 """
 from __future__ import annotations
 
@@ -22,11 +31,51 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from monai.data import get_track_meta, set_track_meta
+from monai.transforms import (Compose, RandBiasField, RandGaussianNoise, RandGaussianSmooth, RandScaleIntensity,
+                              RandShiftIntensity)
+
 from ..network.model import DareFuseNet
 
 BIN_WIDTH = 0.05
 MIN_BIN_VOXELS = 50  # a bin with fewer labels says too little about its precision
 CALIBRATION_CROPS_PER_CASE = 4
+
+
+# Fixed before any run with them (docs/label-curve-perturb-rule.txt), not tuned. Inputs are z-scored in the brain;
+# the train augmentation's scale and shift are +-0.1. The first spatial axis is the slice axis: thick slices blur it.
+STUDENT_PERTURBATION = {"scale": 0.25, "shift": 0.25, "bias_field_coeff": (0.0, 0.2), "bias_field_prob": 0.5,
+                        "blur_sigma_slice": (0.5, 1.5), "blur_sigma_in_plane": (0.25, 0.75), "blur_prob": 0.5,
+                        "noise_std": 0.1}
+
+
+def _student_transforms() -> Compose:
+    p = STUDENT_PERTURBATION
+    return Compose([
+        RandScaleIntensity(factors=p["scale"], prob=1.0, channel_wise=True),
+        RandShiftIntensity(offsets=p["shift"], prob=1.0, channel_wise=True),
+        RandBiasField(coeff_range=p["bias_field_coeff"], prob=p["bias_field_prob"]),
+        RandGaussianSmooth(sigma_x=p["blur_sigma_slice"], sigma_y=p["blur_sigma_in_plane"],
+                           sigma_z=p["blur_sigma_in_plane"], prob=p["blur_prob"]),
+        RandGaussianNoise(prob=1.0, std=p["noise_std"]),
+    ])
+
+
+def perturb_student(x: torch.Tensor, foreground: torch.Tensor, present: torch.Tensor, seed: int) -> torch.Tensor:
+    """The student's view of crops x (B, C, ...): each perturbed by its own seeded draw of STUDENT_PERTURBATION,
+    then zero outside the brain (foreground (B, 1, ...)) and in missing contrasts (present (B, C)), as inputs are."""
+    transforms = _student_transforms()
+    tracking = get_track_meta()
+    set_track_meta(False)
+    try:
+        views = []
+        for b in range(x.shape[0]):
+            transforms.set_random_state(seed=(seed + b) % 2 ** 32)
+            views.append(torch.as_tensor(transforms(x[b].detach().cpu())).float())
+    finally:
+        set_track_meta(tracking)
+    view = torch.stack(views).to(x.device)
+    return view * foreground * present[(...,) + (None,) * (x.ndim - 2)]
 
 
 def uncertainty(evidence: torch.Tensor) -> torch.Tensor:
@@ -41,6 +90,15 @@ def pseudo_labels(evidence: torch.Tensor,
     labels = evidence.argmax(1)
     limit = torch.as_tensor(thresholds, dtype=evidence.dtype, device=evidence.device)
     return labels, uncertainty(evidence) < (limit[labels] if limit.ndim else limit)
+
+
+def gate_by_class(labels: torch.Tensor, keep: torch.Tensor, p_no_tumour: torch.Tensor,
+                  gate: Optional[float]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """labels and keep (B, ...) with every crop whose P(no tumour) (B,) is at least `gate` set to background and
+    kept throughout; and which crops were gated (B,). `gate` None: unchanged, none gated."""
+    gated = torch.zeros_like(p_no_tumour, dtype=torch.bool) if gate is None else p_no_tumour >= gate
+    where = gated[(...,) + (None,) * (labels.ndim - 1)]
+    return labels.masked_fill(where, 0), keep | where, gated
 
 
 def ramp_weight(step: int, ramp_up: int) -> float:
