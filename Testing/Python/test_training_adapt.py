@@ -459,7 +459,7 @@ def test_a_ramped_run_weighs_each_step_by_the_ramp_and_records_it(site, init_mod
         adapt(_options(site, init_model, tmp_path / "bad", ramp_up=-1))
 
 
-def _smooth_crops(seed: int):
+def _smooth_crops():
     """Two brain-like crops (B=2, 4 contrasts): smooth intensity inside a box, zero outside; the second lacks T2."""
     z, y, x = torch.meshgrid(*(torch.linspace(-1, 1, 24),) * 3, indexing="ij")
     image = torch.stack([torch.sin(3 * z + c) + torch.cos(2 * y - c) + x for c in range(4)])
@@ -472,7 +472,7 @@ def _smooth_crops(seed: int):
 def test_the_students_view_is_the_crop_perturbed_in_intensity_inside_the_brain():
     """--perturb-student's view: zero outside the brain and in a missing contrast, as inputs are; its own
     seeded draw; intensity-only, so each voxel still shows its own anatomy (a strong correlation with the crop)."""
-    x, foreground, present = _smooth_crops(SEED)
+    x, foreground, present = _smooth_crops()
     view = perturb_student(x, foreground, present, seed=3)
     assert torch.equal(view, perturb_student(x, foreground, present, seed=3))
     assert not torch.equal(view, perturb_student(x, foreground, present, seed=4))

@@ -94,9 +94,10 @@ class AdaptOptions:
         parts += ["--max-uncertainty", str(self.max_uncertainty)] if self.pseudo_precision is None else \
             ["--pseudo-precision", str(self.pseudo_precision)]
         defaults = AdaptOptions(init="", labelled="", unlabelled="", out="")
-        parts += differing_flags(self, defaults, ("minutes", "epochs", "steps", "pseudo_weight", "ramp_up", "perturb_student", "pseudo_class_gate", "roi", "batch_size",
-                                                  "lr", "ema_decay", "contrast_dropout", "prior_dropout", "threads",
-                                                  "device", "cache"))
+        parts += differing_flags(self, defaults, ("minutes", "epochs", "steps", "pseudo_weight", "ramp_up",
+                                                  "perturb_student", "pseudo_class_gate", "roi", "batch_size", "lr",
+                                                  "ema_decay", "contrast_dropout", "prior_dropout", "threads", "device",
+                                                  "cache"))
         return " ".join(shlex.quote(p) for p in parts)
 
 
