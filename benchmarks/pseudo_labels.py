@@ -1,7 +1,8 @@
 """Issue 20 §2: which of a model's labels `darefuse adapt` would keep as pseudo-labels, and how often they are
 right. On labelled site cases (each with -seg), crops drawn as adapt draws them; per class: the voxels the model
 labels so, the share kept by one threshold for all classes (--max-uncertainty), the precision in each
-uncertainty bin, and the threshold `--pseudo-precision P` would calibrate. With `--class-gate P ...`, per
+uncertainty bin, and the threshold `--pseudo-precision P` would calibrate; then where each true class's voxels
+go under those thresholds (kept as which class, or not kept). With `--class-gate P ...`, per
 candidate `--pseudo-class-gate`: the crops it would label background throughout, the true tumour on them, and
 the share of the model's false tumour (on crops without tumour) they hold.
 
@@ -21,7 +22,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "DareFuseSlicer"))
-from DareFuseSlicerLib.constants import LABELS, PSEUDO_LABEL_MAX_UNCERTAINTY  # noqa: E402
+from DareFuseSlicerLib.constants import LABELS, PSEUDO_LABEL_MAX_UNCERTAINTY, REGIONS  # noqa: E402
 from DareFuseSlicerLib.training.adapt import AdaptOptions, labelled_crop, load_site, scan_site  # noqa: E402
 from DareFuseSlicerLib.network.model import DareFuseNet  # noqa: E402
 from DareFuseSlicerLib.training.pseudo_labels import BIN_WIDTH, class_threshold, teacher_voxels  # noqa: E402
@@ -50,6 +51,22 @@ def crop_tumour(model: torch.nn.Module, crops) -> np.ndarray:
         rows.append((float(DareFuseNet.class_probabilities(out)[0, 0]), int((out["evidence"][0].argmax(0) > 0).sum()),
                      int((crop["label"] > 0).sum())))
     return np.array(rows)
+
+
+def print_truth_fates(u: np.ndarray, labels: np.ndarray, truth: np.ndarray, thresholds: List[float],
+                      precision: float) -> None:
+    """Where each true class's voxels go under the per-class thresholds: kept as each class, or not kept."""
+    keep = u < np.asarray(thresholds)[labels]
+    print("\n| truth | voxels | " + " | ".join(f"kept as {name}" for name in CLASS_NAMES) + " | not kept |")
+    print("|---|---|" + "---|" * (len(CLASS_NAMES) + 1))
+    core = np.isin(truth, REGIONS["TC"])
+    for name, mine in [(name, truth == c) for c, name in enumerate(CLASS_NAMES)] + [("tumour core (TC)", core)]:
+        n = max(int(mine.sum()), 1)
+        shares = [((labels == c) & keep & mine).sum() / n for c in range(len(CLASS_NAMES))]
+        print(f"| {name} | {int(mine.sum())} | " + " | ".join(f"{x:.3f}" for x in shares)
+              + f" | {(mine & ~keep).sum() / n:.3f} |")
+    print(f"\nshare of each true class's voxels under the thresholds for precision {precision} above (what "
+          "`--pseudo-precision` would keep on these crops)")
 
 
 def print_gates(rows: np.ndarray, gates: List[float]) -> None:
@@ -87,6 +104,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     print(f"| class | labelled so | kept at u < {args.max_uncertainty} | precision of the kept | "
           + " | ".join(bins) + f" | threshold for precision {args.precision} |")
     print("|---|---|---|---|" + "---|" * len(bins) + "---|")
+    thresholds = []
     for c, name in enumerate(CLASS_NAMES):
         mine = labels == c
         kept = mine & (u < args.max_uncertainty)
@@ -98,9 +116,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         share = kept.sum() / max(mine.sum(), 1)
         precision = f"{right[kept].mean():.3f}" if kept.any() else "-"
         threshold = class_threshold(u[mine], right[mine], args.precision)
+        thresholds.append(threshold)
         print(f"| {name} | {mine.sum()} | {share:.3f} | {precision} | " + " | ".join(cells) + f" | {threshold:.2f} |")
     print(f"\nprecision in each uncertainty bin (voxels in brackets); the threshold walks bins of {BIN_WIDTH} "
           "(training/pseudo_labels.py)")
+    print_truth_fates(u, labels, truth, thresholds, args.precision)
     if args.class_gate:
         print_gates(crop_tumour(model, crops()), args.class_gate)
 

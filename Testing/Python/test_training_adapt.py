@@ -424,8 +424,13 @@ def test_the_pseudo_label_benchmark_prints_a_row_per_class(site, init_model):
                           "--class-gate", "1e-9", "1.0"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    table, gates = out.stdout.split("\n| --pseudo-class-gate |")
+    table, rest = out.stdout.split("\n| truth |")
+    fates, gates = rest.split("\n| --pseudo-class-gate |")
     rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ") and "class |" not in line]
+    fate_rows = [line.split("|")[1:-1] for line in fates.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [r[0].strip() for r in fate_rows] == ["background", "NETC", "SNFH", "ET", "tumour core (TC)"]
+    for r in fate_rows:  # each true voxel is kept as one class or not kept
+        assert int(r[1]) == 0 or abs(sum(float(x) for x in r[2:]) - 1.0) < 1e-3
     assert [r[0].strip() for r in rows] == ["background", "NETC", "SNFH", "ET"]
     gate_rows = [line.split("|")[1:-1] for line in gates.splitlines() if line.startswith("| ") and "---" not in line]
     assert [int(r[1]) for r in gate_rows] == [2, 0]  # a gate at ~0 takes both crops, at 1.0 neither
