@@ -5,7 +5,7 @@ number of optimiser steps (a wall-clock budget would depend on what else the mac
 
     .venv/bin/python benchmarks/label_curve.py run --pool POOL --held-out HELD_OUT --out RUNS \
         [--labelled 5 10 20 50] [--steps 150] [--jobs 2] [--seed 0] [--only ARM ...] [--pseudo-precision P]
-        [--ramp-up STEPS] [--perturb-student] [--pseudo-class-gate P]
+        [--ramp-up STEPS] [--perturb-student] [--pseudo-class-gate P] [--background-precision P0]
     .venv/bin/python benchmarks/label_curve.py report --out RUNS [--figure docs/images/label_curve.png] [--json F]
 
 `run` makes the splits (`darefuse site-split`), runs every arm (`darefuse adapt`, one thread each, `--jobs`
@@ -47,14 +47,16 @@ def darefuse(*args: str, log: Path) -> None:
 
 
 def arms(labelled: List[int], pool_size: int, seed: int = 0, calibrated: bool = False, ramp_up: int = 0,
-         perturbed: bool = False, gated: bool = False) -> List[dict]:
+         perturbed: bool = False, gated: bool = False, background: Optional[float] = None) -> List[dict]:
     """name, split, whether the unlabelled folder is used, seed; the all-labelled reference first. A seed other
     than 0 repeats the arms (names end in -seedN) to show how much a run's own randomness moves the figures.
     Semi-supervised arms with per-class calibrated pseudo-label thresholds are named semi-K-calibrated, with a
     ramp-up of the pseudo-label weight semi-K[-calibrated]-rampN, with adapt's --perturb-student
-    semi-K[-calibrated][-rampN]-perturbed, with --pseudo-class-gate ...-gated."""
+    semi-K[-calibrated][-rampN]-perturbed, with --pseudo-class-gate ...-gated; --background-precision 0.99 adds
+    -bg99 after -calibrated."""
     suffix = f"-seed{seed}" if seed else ""
-    semi = ("-calibrated" if calibrated else "") + (f"-ramp{ramp_up}" if ramp_up else "") + \
+    semi = ("-calibrated" if calibrated else "") + (f"-bg{round(100 * background)}" if background else "") + \
+        (f"-ramp{ramp_up}" if ramp_up else "") + \
         ("-perturbed" if perturbed else "") + ("-gated" if gated else "")
     found = [{"name": f"labelled-{pool_size}{suffix}", "k": pool_size, "semi": False, "seed": seed}]
     for k in labelled:
@@ -83,6 +85,8 @@ def run_arm(arm: dict, args: argparse.Namespace) -> str:
             adapt += ["--perturb-student"]
         if args.pseudo_class_gate is not None:
             adapt += ["--pseudo-class-gate", str(args.pseudo_class_gate)]
+        if args.background_precision is not None:
+            adapt += ["--background-precision", str(args.background_precision)]
     if not (run / "darefuse.safetensors").is_file():
         darefuse(*adapt, log=log)
     evaluate(arm["name"], run / "darefuse.safetensors", args, log)
@@ -103,7 +107,8 @@ def command_run(args: argparse.Namespace) -> None:
             darefuse("site-split", "--pool", str(args.pool), "--labelled", str(k),
                      "--out", str(out / "splits" / f"split-{k}"), log=out / "splits.log")
     jobs = arms(args.labelled, pool_size, args.seed, calibrated=args.pseudo_precision is not None, ramp_up=args.ramp_up,
-                perturbed=args.perturb_student, gated=args.pseudo_class_gate is not None)
+                perturbed=args.perturb_student, gated=args.pseudo_class_gate is not None,
+                background=args.background_precision)
     if args.no_reference:
         jobs = jobs[1:]
     if args.only:
@@ -231,13 +236,15 @@ SERIES = (("semi", "o-", 1.03, "labelled + unlabelled"),
           ("semi-calibrated-perturbed", "P-", 1.15, "labelled + unlabelled, calibrated, student perturbed"),
           ("semi-calibrated-gated", "X-", 1.19, "labelled + unlabelled, calibrated, class-gated"),
           ("semi-calibrated-perturbed-gated", "*-", 1.23, "labelled + unlabelled, calibrated, perturbed, class-gated"),
+          ("semi-calibrated-bg-perturbed-gated", "h-", 1.27,
+           "labelled + unlabelled, calibrated (background stricter), perturbed, class-gated"),
           ("labelled", "s--", 1 / 1.03, "labelled alone"))
 
 
 def _series(name: str) -> str:
-    """labelled, or semi with its variants: -calibrated, -ramp, -perturbed, -gated."""
+    """labelled, or semi with its variants: -calibrated, -bgN, -rampN, -perturbed, -gated."""
     base = name.split("-seed")[0]
-    return "-".join([base.split("-")[0]] + [v for v in ("calibrated", "ramp", "perturbed", "gated") if f"-{v}" in base])
+    return "-".join([base.split("-")[0]] + [v for v in ("calibrated", "bg", "ramp", "perturbed", "gated") if f"-{v}" in base])
 
 
 def plot(summary: dict, bundled: Optional[dict], path: Path) -> None:
@@ -303,6 +310,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                      help="semi-supervised arms with adapt's --perturb-student (names end in -perturbed)")
     run.add_argument("--pseudo-class-gate", type=float, metavar="P",
                      help="semi-supervised arms with adapt's --pseudo-class-gate P (names end in -gated)")
+    run.add_argument("--background-precision", type=float, metavar="P0",
+                     help="with --pseudo-precision: adapt's --background-precision P0 (names get -bgN, N = 100 P0)")
     report = sub.add_parser("report")
     report.add_argument("--out", required=True)
     report.add_argument("--figure")

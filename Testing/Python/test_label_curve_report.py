@@ -69,3 +69,7 @@ def test_calibrated_arms_are_named_apart_and_pass_the_flag():
     assert names == ["labelled-200", "semi-10-calibrated-gated", "labelled-10"]
     assert module._series("semi-10-calibrated-perturbed-gated-seed1") == "semi-calibrated-perturbed-gated"
     assert {module._series(n) for n in names} <= {series[0] for series in module.SERIES}
+    names = [arm["name"] for arm in module.arms([10], 200, calibrated=True, perturbed=True, gated=True, background=0.99)]
+    assert names == ["labelled-200", "semi-10-calibrated-bg99-perturbed-gated", "labelled-10"]
+    assert module._series(names[1]) == "semi-calibrated-bg-perturbed-gated"
+    assert {module._series(n) for n in names} <= {series[0] for series in module.SERIES}

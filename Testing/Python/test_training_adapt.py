@@ -244,7 +244,7 @@ def test_calibrated_thresholds_decide_what_the_student_is_trained_towards(site, 
     import DareFuseSlicerLib.training.adapt as adapt_module
 
     seen = []
-    monkeypatch.setattr(adapt_module, "calibrate", lambda teacher, crops, precision, device, check: seen.append(
+    monkeypatch.setattr(adapt_module, "calibrate", lambda teacher, crops, precision, device, check, background_precision: seen.append(
         len(list(crops))) or Calibration(thresholds, precision, [1, 2, 3, 4]))
     path = adapt(_options(site, init_model, tmp_path / "run", pseudo_precision=0.9))
     card = load_model(path).card
@@ -551,3 +551,30 @@ def test_a_gated_run_trains_gated_crops_towards_background_and_records_it(site, 
     assert f"--pseudo-class-gate {gate}" in card["training_command"]
     with pytest.raises(InputError, match="pseudo_class_gate must be in"):
         adapt(_options(site, init_model, tmp_path / "bad", pseudo_class_gate=0.0))
+
+
+def test_background_can_be_held_to_its_own_stricter_precision(site, init_model, tmp_path):
+    """--background-precision: background's threshold walks to its own target, the tumour classes' to
+    --pseudo-precision. Here background is called with u 0.1 and right 97 % of the time, ET right always."""
+    crops = []
+    for _ in range(2):
+        image = torch.zeros(2, 10, 10, 10)
+        label = torch.zeros(10, 10, 10, dtype=torch.long)
+        image[1] = 36  # u = 4 / (4 + 36) = 0.1 everywhere
+        image[0, 5:], label[5:] = 3, 3
+        label[0, 0, :10], label[0, 1, :5] = 1, 1  # 15 of the 500 background calls are tumour: 97 % right
+        crops.append({"image": image, "present": torch.ones(4), "label": label})
+    loose = calibrate(_FixedTeacher(), crops, 0.95, torch.device("cpu"))
+    strict = calibrate(_FixedTeacher(), crops, 0.95, torch.device("cpu"), background_precision=0.99)
+    assert loose.thresholds[0] == pytest.approx(0.15) and strict.thresholds[0] == 0.0
+    assert loose.thresholds[3] == strict.thresholds[3] == pytest.approx(0.15)
+    assert strict.as_card()["background_precision"] == 0.99 and loose.as_card()["background_precision"] is None
+
+    card = load_model(adapt(_options(site, init_model, tmp_path / "run", pseudo_precision=0.9,
+                                     background_precision=0.99))).card
+    assert card["adaptation"]["pseudo_label_calibration"]["background_precision"] == 0.99
+    assert "--pseudo-precision 0.9 --background-precision 0.99" in card["training_command"]
+    with pytest.raises(InputError, match="background_precision needs pseudo_precision"):
+        adapt(_options(site, init_model, tmp_path / "bad", background_precision=0.99))
+    with pytest.raises(InputError, match="background_precision must be in"):
+        adapt(_options(site, init_model, tmp_path / "bad", pseudo_precision=0.9, background_precision=1.5))

@@ -118,6 +118,9 @@ def _register_adapt(subparsers) -> None:
     thresholds.add_argument("--pseudo-precision", type=float, metavar="P",
                             help="instead, one threshold per class, calibrated on the labelled cases so that the "
                                  "starting model's kept labels of that class were right at least P of the time")
+    adapt.add_argument("--background-precision", type=float, metavar="P0",
+                       help="with --pseudo-precision: calibrate background's threshold to this precision instead "
+                            "(a wrong background label is always tumour)")
     adapt.add_argument("--pseudo-weight", type=float, default=1.0, help="weight of the pseudo-label loss")
     adapt.add_argument("--ramp-up", type=int, default=0, metavar="STEPS",
                        help="raise the pseudo-label weight to --pseudo-weight over the first STEPS steps "
@@ -148,7 +151,7 @@ def _adapt(args: argparse.Namespace) -> int:
     options = AdaptOptions(
         init=args.init, labelled=args.labelled, unlabelled=args.unlabelled, out=args.out, minutes=args.minutes,
         epochs=args.epochs, steps=args.steps, seed=args.seed, max_uncertainty=args.max_uncertainty,
-        pseudo_precision=args.pseudo_precision, roi=tuple(args.roi),
+        pseudo_precision=args.pseudo_precision, background_precision=args.background_precision, roi=tuple(args.roi),
         batch_size=args.batch_size, lr=args.lr, threads=args.threads, device=args.device,
         pseudo_weight=args.pseudo_weight, ramp_up=args.ramp_up, perturb_student=args.perturb_student,
         pseudo_class_gate=args.pseudo_class_gate,

@@ -71,6 +71,7 @@ class AdaptOptions:
     seed: int = 0
     max_uncertainty: float = PSEUDO_LABEL_MAX_UNCERTAINTY  # one threshold for all classes
     pseudo_precision: Optional[float] = None  # instead: per-class thresholds calibrated to this precision
+    background_precision: Optional[float] = None  # with pseudo_precision: background's own, stricter target
     pseudo_weight: float = 1.0
     ramp_up: int = 0  # steps over which the pseudo-label weight rises to pseudo_weight (0: full from the start)
     perturb_student: bool = False  # the student sees a perturbed copy of each unlabelled crop (pseudo_labels.py)
@@ -93,6 +94,7 @@ class AdaptOptions:
         parts += ["--out", self.out, "--seed", str(self.seed)]
         parts += ["--max-uncertainty", str(self.max_uncertainty)] if self.pseudo_precision is None else \
             ["--pseudo-precision", str(self.pseudo_precision)]
+        parts += [] if self.background_precision is None else ["--background-precision", str(self.background_precision)]
         defaults = AdaptOptions(init="", labelled="", unlabelled="", out="")
         parts += differing_flags(self, defaults, ("minutes", "epochs", "steps", "pseudo_weight", "ramp_up",
                                                   "perturb_student", "pseudo_class_gate", "roi", "batch_size", "lr",
@@ -315,6 +317,13 @@ def check_options(options: AdaptOptions) -> None:
         raise OptionError(f"{{max_uncertainty}} must be in (0, 1], got {options.max_uncertainty}.", "max_uncertainty")
     if options.pseudo_precision is not None and not 0.0 < options.pseudo_precision <= 1.0:
         raise OptionError(f"{{pseudo_precision}} must be in (0, 1], got {options.pseudo_precision}.", "pseudo_precision")
+    if options.background_precision is not None:
+        if options.pseudo_precision is None:
+            raise OptionError("{background_precision} needs {pseudo_precision}: it sets background's own target "
+                              "in that calibration.", "background_precision", "pseudo_precision")
+        if not 0.0 < options.background_precision <= 1.0:
+            raise OptionError(f"{{background_precision}} must be in (0, 1], got {options.background_precision}.",
+                              "background_precision")
     if options.pseudo_class_gate is not None and not 0.0 < options.pseudo_class_gate <= 1.0:
         raise OptionError(f"{{pseudo_class_gate}} must be in (0, 1], got {options.pseudo_class_gate}.", "pseudo_class_gate")
     if options.ramp_up < 0:
@@ -367,9 +376,10 @@ def set_thresholds(options: AdaptOptions, data: SiteData, state: AdaptState, pro
         progress(0.0, f"calibrating the pseudo-labels on {len(data.labelled)} labelled cases")
     crops = (labelled_crop(data.labelled_set, k) for k in range(CALIBRATION_CROPS_PER_CASE * len(data.labelled)))
     state.calibration = calibrate(state.teacher, crops, options.pseudo_precision, state.device,
-                                  check=lambda: check_cancel(cancel))
+                                  check=lambda: check_cancel(cancel), background_precision=options.background_precision)
     state.thresholds = state.calibration.thresholds
-    log(f"pseudo-label thresholds per class {state.thresholds} (precision {options.pseudo_precision}, "
+    background = "" if options.background_precision is None else f", background {options.background_precision}"
+    log(f"pseudo-label thresholds per class {state.thresholds} (precision {options.pseudo_precision}{background}, "
         f"calibrated on {state.calibration.voxels} labels)")
 
 

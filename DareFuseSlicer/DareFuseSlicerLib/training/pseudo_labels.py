@@ -12,6 +12,8 @@ With `--pseudo-precision P` each class gets its own threshold, calibrated before
 site's labelled cases, which the starting model has not seen: walking up the uncertainty in bins, a class's
 threshold is the top of the last bin in which the starting model's labels of that class were right at least
 P of the time. A class whose labels never reach P (say necrosis at a site) gets no pseudo-labels at all.
+`--background-precision P0` asks more of background alone: a wrong background label is always tumour, and with
+millions of background labels even a few per cent wrong cover much of the tumour (docs/pseudo-labels.md).
 
 With `--perturb-student` the student sees a strongly perturbed copy of each unlabelled crop and the teacher the
 crop itself (the mean teacher's different noise for each; FixMatch's weak/strong pair): otherwise both see the
@@ -122,9 +124,11 @@ class Calibration:
     thresholds: List[float]  # per class; 0: never kept
     precision: float
     voxels: List[int]  # labels of each class seen on the labelled crops
+    background_precision: Optional[float] = None  # background's own target (None: `precision`)
 
     def as_card(self) -> dict:
-        return {"target_precision": self.precision, "thresholds": [round(t, 3) for t in self.thresholds],
+        return {"target_precision": self.precision, "background_precision": self.background_precision,
+                "thresholds": [round(t, 3) for t in self.thresholds],
                 "calibration_voxels": self.voxels, "bin_width": BIN_WIDTH, "min_bin_voxels": MIN_BIN_VOXELS}
 
 
@@ -165,12 +169,14 @@ def teacher_voxels(teacher: torch.nn.Module, crops: Iterable[dict], device: torc
 
 
 def calibrate(teacher: torch.nn.Module, crops: Iterable[dict], precision: float, device: torch.device,
-              check: Optional[Callable[[], None]] = None) -> Calibration:
-    """Per-class thresholds from the teacher's labels on labelled crops: see class_threshold."""
+              check: Optional[Callable[[], None]] = None, background_precision: Optional[float] = None) -> Calibration:
+    """Per-class thresholds from the teacher's labels on labelled crops: see class_threshold. Background (class
+    0) is held to `background_precision` where given."""
     u, labels, truth, n_classes = teacher_voxels(teacher, crops, device, check)
     thresholds, voxels = [], []
     for c in range(n_classes):
         mine = labels == c
         voxels.append(int(mine.sum()))
-        thresholds.append(class_threshold(u[mine], truth[mine] == c, precision))
-    return Calibration(thresholds, precision, voxels)
+        target = background_precision if c == 0 and background_precision is not None else precision
+        thresholds.append(class_threshold(u[mine], truth[mine] == c, target))
+    return Calibration(thresholds, precision, voxels, background_precision)
