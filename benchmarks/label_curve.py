@@ -29,10 +29,14 @@ from typing import List, Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "DareFuseSlicer"))
 from DareFuseSlicerLib.network.store import read_card  # noqa: E402
+from DareFuseSlicerLib.training.adapt import AdaptOptions  # noqa: E402
+from DareFuseSlicerLib.training.recorded_command import differing_flags  # noqa: E402
 
 BUNDLED = ROOT / "DareFuseSlicer" / "Resources" / "Models" / "darefuse.safetensors"
 REGIONS = ("WT", "TC", "ET")
 NO_TUMOUR = "no_tumour"
+# adapt's options a semi-supervised arm passes on where given (run's flags of the same names)
+SEMI_OPTIONS = ("pseudo_precision", "background_precision", "ramp_up", "perturb_student", "pseudo_class_gate")
 
 
 def darefuse(*args: str, log: Path) -> None:
@@ -65,6 +69,11 @@ def arms(labelled: List[int], pool_size: int, seed: int = 0, calibrated: bool = 
     return found
 
 
+def semi_flags(args: argparse.Namespace) -> List[str]:
+    """adapt's flags for the SEMI_OPTIONS run was given (those that differ from adapt's defaults)."""
+    return differing_flags(args, AdaptOptions(init="", labelled="", unlabelled="", out=""), SEMI_OPTIONS)
+
+
 def run_arm(arm: dict, args: argparse.Namespace) -> str:
     out = Path(args.out)
     report = out / f"eval-{arm['name']}.json"
@@ -77,16 +86,7 @@ def run_arm(arm: dict, args: argparse.Namespace) -> str:
              "--steps", str(args.steps), "--minutes", "600", "--seed", str(arm["seed"]), "--threads", "1", "--cache", str(out / "cache"), "--no-progress"]
     if arm["semi"]:
         adapt[5:5] = ["--unlabelled", str(split / "unlabelled")]
-        if args.pseudo_precision is not None:
-            adapt += ["--pseudo-precision", str(args.pseudo_precision)]
-        if args.ramp_up:
-            adapt += ["--ramp-up", str(args.ramp_up)]
-        if args.perturb_student:
-            adapt += ["--perturb-student"]
-        if args.pseudo_class_gate is not None:
-            adapt += ["--pseudo-class-gate", str(args.pseudo_class_gate)]
-        if args.background_precision is not None:
-            adapt += ["--background-precision", str(args.background_precision)]
+        adapt += semi_flags(args)
     if not (run / "darefuse.safetensors").is_file():
         darefuse(*adapt, log=log)
     evaluate(arm["name"], run / "darefuse.safetensors", args, log)

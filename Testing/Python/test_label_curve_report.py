@@ -1,5 +1,6 @@
 """The label curve's report (benchmarks/label_curve.py report): repeated seeds pooled per arm, and the gap of a
 semi-supervised arm to the all-labelled reference, which issue 20's goals bound."""
+import argparse
 import json
 import subprocess
 import sys
@@ -73,3 +74,9 @@ def test_calibrated_arms_are_named_apart_and_pass_the_flag():
     assert names == ["labelled-200", "semi-10-calibrated-bg99-perturbed-gated", "labelled-10"]
     assert module._series(names[1]) == "semi-calibrated-bg-perturbed-gated"
     assert {module._series(n) for n in names} <= {series[0] for series in module.SERIES}
+    given = argparse.Namespace(pseudo_precision=0.95, background_precision=0.99, ramp_up=0, perturb_student=True,
+                               pseudo_class_gate=0.95)
+    assert module.semi_flags(given) == ["--pseudo-precision", "0.95", "--background-precision", "0.99",
+                                        "--perturb-student", "--pseudo-class-gate", "0.95"]
+    assert module.semi_flags(argparse.Namespace(pseudo_precision=None, background_precision=None, ramp_up=100,
+                                                perturb_student=False, pseudo_class_gate=None)) == ["--ramp-up", "100"]

@@ -94,12 +94,11 @@ class AdaptOptions:
         parts += ["--out", self.out, "--seed", str(self.seed)]
         parts += ["--max-uncertainty", str(self.max_uncertainty)] if self.pseudo_precision is None else \
             ["--pseudo-precision", str(self.pseudo_precision)]
-        parts += [] if self.background_precision is None else ["--background-precision", str(self.background_precision)]
         defaults = AdaptOptions(init="", labelled="", unlabelled="", out="")
-        parts += differing_flags(self, defaults, ("minutes", "epochs", "steps", "pseudo_weight", "ramp_up",
-                                                  "perturb_student", "pseudo_class_gate", "roi", "batch_size", "lr",
-                                                  "ema_decay", "contrast_dropout", "prior_dropout", "threads", "device",
-                                                  "cache"))
+        parts += differing_flags(self, defaults, ("background_precision", "minutes", "epochs", "steps", "pseudo_weight",
+                                                  "ramp_up", "perturb_student", "pseudo_class_gate", "roi",
+                                                  "batch_size", "lr", "ema_decay", "contrast_dropout", "prior_dropout",
+                                                  "threads", "device", "cache"))
         return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -274,7 +273,7 @@ class AdaptState:
     step_times: List[float] = field(default_factory=list)
     kept: List[float] = field(default_factory=list)  # fraction of unlabelled voxels kept, per step
     kept_tumour: List[float] = field(default_factory=list)  # kept voxels labelled tumour, per unlabelled crop
-    gated: List[float] = field(default_factory=list)  # share of a step's unlabelled crops the class gate labelled background
+    gated: List[float] = field(default_factory=list)  # with a class gate: share of a step's unlabelled crops it took
     thresholds: Union[float, List[float]] = PSEUDO_LABEL_MAX_UNCERTAINTY  # one for all classes, or one per class
     calibration: Optional[Calibration] = None
     losses: List[float] = field(default_factory=list)
@@ -477,7 +476,8 @@ def adapt_step(options: AdaptOptions, state: AdaptState, batch: dict) -> None:
         labels, keep = pseudo_labels(teacher_out["evidence"], state.thresholds)
         labels, keep, gated = gate_by_class(labels, keep, DareFuseNet.class_probabilities(teacher_out)[:, 0],
                                             options.pseudo_class_gate)
-        state.gated.append(float(gated.float().mean()))
+        if options.pseudo_class_gate is not None:
+            state.gated.append(float(gated.float().mean()))
         weight = options.pseudo_weight * ramp_weight(state.step, options.ramp_up)
         total = total + weight * pseudo_label_loss(out["evidence_logits"][unlabelled], labels, keep)
         state.kept.append(float(keep.float().mean()))
@@ -510,8 +510,7 @@ def save_adapted(options: AdaptOptions, data: SiteData, state: AdaptState, origi
             "pseudo_weight": options.pseudo_weight, "pseudo_weight_ramp_up_steps": options.ramp_up,
             "student_perturbation": dict(STUDENT_PERTURBATION) if options.perturb_student and data.unlabelled else None,
             "pseudo_label_class_gate": options.pseudo_class_gate if data.unlabelled else None,
-            "pseudo_label_gated_crops": round(float(np.mean(state.gated)), 4)
-            if state.gated and options.pseudo_class_gate is not None else None,
+            "pseudo_label_gated_crops": round(float(np.mean(state.gated)), 4) if state.gated else None,
             "pseudo_label_kept_fraction": round(float(np.mean(state.kept)), 4) if state.kept else None,
             "pseudo_label_tumour_voxels_per_crop": round(float(np.mean(state.kept_tumour)), 1) if state.kept else None,
             "generator": GENERATOR_NOTE,
