@@ -6,6 +6,7 @@ number of optimiser steps (a wall-clock budget would depend on what else the mac
     .venv/bin/python benchmarks/label_curve.py run --pool POOL --held-out HELD_OUT --out RUNS \
         [--labelled 5 10 20 50] [--steps 150] [--jobs 2] [--seed 0] [--only ARM ...] [--pseudo-precision P]
         [--ramp-up STEPS] [--perturb-student] [--pseudo-class-gate P] [--background-precision P0]
+        [--background-margin MM] [--balance-pseudo-classes]
     .venv/bin/python benchmarks/label_curve.py report --out RUNS [--figure docs/images/label_curve.png] [--json F]
 
 `run` makes the splits (`darefuse site-split`), runs every arm (`darefuse adapt`, one thread each, `--jobs`
@@ -36,7 +37,8 @@ BUNDLED = ROOT / "DareFuseSlicer" / "Resources" / "Models" / "darefuse.safetenso
 REGIONS = ("WT", "TC", "ET")
 NO_TUMOUR = "no_tumour"
 # adapt's options a semi-supervised arm passes on where given (run's flags of the same names)
-SEMI_OPTIONS = ("pseudo_precision", "background_precision", "ramp_up", "perturb_student", "pseudo_class_gate")
+SEMI_OPTIONS = ("pseudo_precision", "background_precision", "ramp_up", "perturb_student", "pseudo_class_gate",
+                "background_margin", "balance_pseudo_classes")
 
 
 def darefuse(*args: str, log: Path) -> None:
@@ -51,17 +53,20 @@ def darefuse(*args: str, log: Path) -> None:
 
 
 def arms(labelled: List[int], pool_size: int, seed: int = 0, calibrated: bool = False, ramp_up: int = 0,
-         perturbed: bool = False, gated: bool = False, background: Optional[float] = None) -> List[dict]:
+         perturbed: bool = False, gated: bool = False, background: Optional[float] = None,
+         margin: float = 0.0, balanced: bool = False) -> List[dict]:
     """name, split, whether the unlabelled folder is used, seed; the all-labelled reference first. A seed other
     than 0 repeats the arms (names end in -seedN) to show how much a run's own randomness moves the figures.
     Semi-supervised arms with per-class calibrated pseudo-label thresholds are named semi-K-calibrated, with a
     ramp-up of the pseudo-label weight semi-K[-calibrated]-rampN, with adapt's --perturb-student
     semi-K[-calibrated][-rampN]-perturbed, with --pseudo-class-gate ...-gated; --background-precision 0.99 adds
-    -bg99 after -calibrated."""
+    -bg99 after -calibrated, --background-margin 4 -margin4 after that; --balance-pseudo-classes ends in
+    -balanced."""
     suffix = f"-seed{seed}" if seed else ""
     semi = ("-calibrated" if calibrated else "") + (f"-bg{round(100 * background)}" if background else "") + \
+        (f"-margin{margin:g}" if margin else "") + \
         (f"-ramp{ramp_up}" if ramp_up else "") + \
-        ("-perturbed" if perturbed else "") + ("-gated" if gated else "")
+        ("-perturbed" if perturbed else "") + ("-gated" if gated else "") + ("-balanced" if balanced else "")
     found = [{"name": f"labelled-{pool_size}{suffix}", "k": pool_size, "semi": False, "seed": seed}]
     for k in labelled:
         found += [{"name": f"semi-{k}{semi}{suffix}", "k": k, "semi": True, "seed": seed},
@@ -108,7 +113,8 @@ def command_run(args: argparse.Namespace) -> None:
                      "--out", str(out / "splits" / f"split-{k}"), log=out / "splits.log")
     jobs = arms(args.labelled, pool_size, args.seed, calibrated=args.pseudo_precision is not None, ramp_up=args.ramp_up,
                 perturbed=args.perturb_student, gated=args.pseudo_class_gate is not None,
-                background=args.background_precision)
+                background=args.background_precision, margin=args.background_margin,
+                balanced=args.balance_pseudo_classes)
     if args.no_reference:
         jobs = jobs[1:]
     if args.only:
@@ -238,13 +244,18 @@ SERIES = (("semi", "o-", 1.03, "labelled + unlabelled"),
           ("semi-calibrated-perturbed-gated", "*-", 1.23, "labelled + unlabelled, calibrated, perturbed, class-gated"),
           ("semi-calibrated-bg-perturbed-gated", "h-", 1.27,
            "labelled + unlabelled, calibrated (background stricter), perturbed, class-gated"),
+          ("semi-calibrated-bg-margin-perturbed-gated", "p-", 1.31,
+           "labelled + unlabelled, calibrated (background stricter, margin), perturbed, class-gated"),
+          ("semi-calibrated-perturbed-gated-balanced", "8-", 1.35,
+           "labelled + unlabelled, calibrated, perturbed, class-gated, classes balanced"),
           ("labelled", "s--", 1 / 1.03, "labelled alone"))
 
 
 def _series(name: str) -> str:
-    """labelled, or semi with its variants: -calibrated, -bgN, -rampN, -perturbed, -gated."""
+    """labelled, or semi with its variants: -calibrated, -bgN, -marginN, -rampN, -perturbed, -gated, -balanced."""
     base = name.split("-seed")[0]
-    return "-".join([base.split("-")[0]] + [v for v in ("calibrated", "bg", "ramp", "perturbed", "gated") if f"-{v}" in base])
+    variants = ("calibrated", "bg", "margin", "ramp", "perturbed", "gated", "balanced")
+    return "-".join([base.split("-")[0]] + [v for v in variants if f"-{v}" in base])
 
 
 def plot(summary: dict, bundled: Optional[dict], path: Path) -> None:
@@ -312,6 +323,10 @@ def main(argv: Optional[List[str]] = None) -> None:
                      help="semi-supervised arms with adapt's --pseudo-class-gate P (names end in -gated)")
     run.add_argument("--background-precision", type=float, metavar="P0",
                      help="with --pseudo-precision: adapt's --background-precision P0 (names get -bgN, N = 100 P0)")
+    run.add_argument("--background-margin", type=float, default=0.0, metavar="MM",
+                     help="semi-supervised arms with adapt's --background-margin MM (names get -marginMM)")
+    run.add_argument("--balance-pseudo-classes", action="store_true",
+                     help="semi-supervised arms with adapt's --balance-pseudo-classes (names end in -balanced)")
     report = sub.add_parser("report")
     report.add_argument("--out", required=True)
     report.add_argument("--figure")

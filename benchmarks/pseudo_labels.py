@@ -4,11 +4,13 @@ labels so, the share kept by one threshold for all classes (--max-uncertainty), 
 uncertainty bin, and the threshold `--pseudo-precision P` would calibrate; then where each true class's voxels
 go under those thresholds (kept as which class, or not kept). With `--class-gate P ...`, per
 candidate `--pseudo-class-gate`: the crops it would label background throughout, the true tumour on them, and
-the share of the model's false tumour (on crops without tumour) they hold.
+the share of the model's false tumour (on crops without tumour) they hold. With `--background-margin MM ...`,
+per candidate adapt `--background-margin`: the thresholds calibrated without the labels it holds back, and
+where each true class's voxels then go.
 
     .venv/bin/python benchmarks/pseudo_labels.py --model MODEL.safetensors --labelled DIR \
         [--cases 40] [--max-uncertainty 0.2] [--precision 0.95] [--cache DIR] [--class-gate P ...] \
-        > docs/pseudo-labels.md
+        [--background-margin MM ...] [--background-precision P0] > docs/pseudo-labels.md
 """
 from __future__ import annotations
 
@@ -25,7 +27,9 @@ sys.path.insert(0, str(ROOT / "DareFuseSlicer"))
 from DareFuseSlicerLib.constants import LABELS, PSEUDO_LABEL_MAX_UNCERTAINTY, REGIONS  # noqa: E402
 from DareFuseSlicerLib.training.adapt import AdaptOptions, labelled_crop, load_site, scan_site  # noqa: E402
 from DareFuseSlicerLib.network.model import DareFuseNet  # noqa: E402
-from DareFuseSlicerLib.training.pseudo_labels import BIN_WIDTH, class_threshold, teacher_voxels  # noqa: E402
+from DareFuseSlicerLib.training.dataset import SPACING_MM  # noqa: E402
+from DareFuseSlicerLib.training.pseudo_labels import (BIN_WIDTH, TeacherVoxels, calibrate_voxels, class_threshold,  # noqa: E402
+                                                      margin_voxels, teacher_voxels)
 from DareFuseSlicerLib.training.train import stored_start  # noqa: E402
 
 CLASS_NAMES = ("background",) + tuple(LABELS[k] for k in sorted(LABELS))  # BraTS 2023 labels 0-3
@@ -53,20 +57,34 @@ def crop_tumour(model: torch.nn.Module, crops) -> np.ndarray:
     return np.array(rows)
 
 
-def print_truth_fates(u: np.ndarray, labels: np.ndarray, truth: np.ndarray, thresholds: List[float],
-                      precision: float) -> None:
-    """Where each true class's voxels go under the per-class thresholds: kept as each class, or not kept."""
-    keep = u < np.asarray(thresholds)[labels]
+def print_truth_fates(v: TeacherVoxels, thresholds: List[float], precision: float) -> None:
+    """Where each true class's voxels go under the per-class thresholds: kept as each class, or not kept (above
+    its threshold, or held back by a background margin)."""
+    keep = (v.u < np.asarray(thresholds)[v.labels]) & ~v.held_back
     print("\n| truth | voxels | " + " | ".join(f"kept as {name}" for name in CLASS_NAMES) + " | not kept |")
     print("|---|---|" + "---|" * (len(CLASS_NAMES) + 1))
-    core = np.isin(truth, REGIONS["TC"])
-    for name, mine in [(name, truth == c) for c, name in enumerate(CLASS_NAMES)] + [("tumour core (TC)", core)]:
+    core = np.isin(v.truth, REGIONS["TC"])
+    for name, mine in [(name, v.truth == c) for c, name in enumerate(CLASS_NAMES)] + [("tumour core (TC)", core)]:
         n = max(int(mine.sum()), 1)
-        shares = [((labels == c) & keep & mine).sum() / n for c in range(len(CLASS_NAMES))]
+        shares = [((v.labels == c) & keep & mine).sum() / n for c in range(len(CLASS_NAMES))]
         print(f"| {name} | {int(mine.sum())} | " + " | ".join(f"{x:.3f}" for x in shares)
               + f" | {(mine & ~keep).sum() / n:.3f} |")
     print(f"\nshare of each true class's voxels under the thresholds for precision {precision} above (what "
           "`--pseudo-precision` would keep on these crops)")
+
+
+def print_margins(model: torch.nn.Module, crops, margins: List[float], precision: float,
+                  background_precision: Optional[float]) -> None:
+    """Per candidate --background-margin: the calibrated thresholds and where each true class's voxels go."""
+    for mm in margins:
+        v = teacher_voxels(model, crops(), torch.device("cpu"), margin=margin_voxels(mm, SPACING_MM))
+        calibration = calibrate_voxels(v, precision, background_precision)
+        print(f"\n### --background-margin {mm} ({margin_voxels(mm, SPACING_MM)} voxels of {SPACING_MM} mm), "
+              f"--pseudo-precision {precision}"
+              + ("" if background_precision is None else f", --background-precision {background_precision}"))
+        print(f"\nthresholds per class {calibration.thresholds}; background labels held back: "
+              f"{int((v.held_back & (v.labels == 0)).sum())} of {int((v.labels == 0).sum())}")
+        print_truth_fates(v, calibration.thresholds, precision)
 
 
 def print_gates(rows: np.ndarray, gates: List[float]) -> None:
@@ -94,11 +112,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--precision", type=float, default=0.95)
     parser.add_argument("--cache")
     parser.add_argument("--class-gate", type=float, nargs="+", metavar="P", help="candidate --pseudo-class-gate values")
+    parser.add_argument("--background-margin", type=float, nargs="+", metavar="MM",
+                        help="candidate adapt --background-margin values, in mm")
+    parser.add_argument("--background-precision", type=float, metavar="P0", help="with --background-margin")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     n, model, crops = site_crops(args.model, args.labelled, args.cases, args.crops_per_case, args.cache)
-    u, labels, truth, _ = teacher_voxels(model, crops(), torch.device("cpu"))
+    v = teacher_voxels(model, crops(), torch.device("cpu"))
+    u, labels, truth = v.u, v.labels, v.truth
     print(f"`{args.model}` on {args.crops_per_case} crop(s) of each of {n} labelled cases of `{args.labelled}`\n")
     bins = [f"u {lo:.1f}-{min(hi, 1.0):.1f}" for lo, hi in zip(BINS, BINS[1:])]
     print(f"| class | labelled so | kept at u < {args.max_uncertainty} | precision of the kept | "
@@ -120,9 +142,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(f"| {name} | {mine.sum()} | {share:.3f} | {precision} | " + " | ".join(cells) + f" | {threshold:.2f} |")
     print(f"\nprecision in each uncertainty bin (voxels in brackets); the threshold walks bins of {BIN_WIDTH} "
           "(training/pseudo_labels.py)")
-    print_truth_fates(u, labels, truth, thresholds, args.precision)
+    print_truth_fates(v, thresholds, args.precision)
     if args.class_gate:
         print_gates(crop_tumour(model, crops()), args.class_gate)
+    if args.background_margin:
+        print_margins(model, crops, args.background_margin, args.precision, args.background_precision)
 
 
 if __name__ == "__main__":

@@ -74,9 +74,20 @@ def test_calibrated_arms_are_named_apart_and_pass_the_flag():
     assert names == ["labelled-200", "semi-10-calibrated-bg99-perturbed-gated", "labelled-10"]
     assert module._series(names[1]) == "semi-calibrated-bg-perturbed-gated"
     assert {module._series(n) for n in names} <= {series[0] for series in module.SERIES}
+    names = [arm["name"] for arm in module.arms([10], 200, calibrated=True, perturbed=True, gated=True, background=0.99,
+                                                margin=4.0)]
+    assert names == ["labelled-200", "semi-10-calibrated-bg99-margin4-perturbed-gated", "labelled-10"]
+    assert module._series(names[1]) == "semi-calibrated-bg-margin-perturbed-gated"
+    assert {module._series(n) for n in names} <= {series[0] for series in module.SERIES}
+    names = [arm["name"] for arm in module.arms([10], 200, calibrated=True, perturbed=True, gated=True, balanced=True)]
+    assert names == ["labelled-200", "semi-10-calibrated-perturbed-gated-balanced", "labelled-10"]
+    assert module._series(names[1]) == "semi-calibrated-perturbed-gated-balanced"
+    assert {module._series(n) for n in names} <= {series[0] for series in module.SERIES}
     given = argparse.Namespace(pseudo_precision=0.95, background_precision=0.99, ramp_up=0, perturb_student=True,
-                               pseudo_class_gate=0.95)
+                               pseudo_class_gate=0.95, background_margin=4.0, balance_pseudo_classes=True)
     assert module.semi_flags(given) == ["--pseudo-precision", "0.95", "--background-precision", "0.99",
-                                        "--perturb-student", "--pseudo-class-gate", "0.95"]
+                                        "--perturb-student", "--pseudo-class-gate", "0.95", "--background-margin", "4.0",
+                                        "--balance-pseudo-classes"]
     assert module.semi_flags(argparse.Namespace(pseudo_precision=None, background_precision=None, ramp_up=100,
-                                                perturb_student=False, pseudo_class_gate=None)) == ["--ramp-up", "100"]
+                                                perturb_student=False, pseudo_class_gate=None, background_margin=0.0,
+                                                balance_pseudo_classes=False)) == ["--ramp-up", "100"]

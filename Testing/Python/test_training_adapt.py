@@ -27,6 +27,8 @@ from DareFuseSlicerLib.training.pseudo_labels import (
     Calibration,
     calibrate,
     class_threshold,
+    hold_back_background,
+    margin_voxels,
     perturb_student,
     pseudo_label_loss,
     pseudo_labels,
@@ -244,7 +246,7 @@ def test_calibrated_thresholds_decide_what_the_student_is_trained_towards(site, 
     import DareFuseSlicerLib.training.adapt as adapt_module
 
     seen = []
-    monkeypatch.setattr(adapt_module, "calibrate", lambda teacher, crops, precision, device, check, background_precision: seen.append(
+    monkeypatch.setattr(adapt_module, "calibrate", lambda teacher, crops, precision, device, check, **kw: seen.append(
         len(list(crops))) or Calibration(thresholds, precision, [1, 2, 3, 4]))
     path = adapt(_options(site, init_model, tmp_path / "run", pseudo_precision=0.9))
     card = load_model(path).card
@@ -309,6 +311,7 @@ def test_bad_inputs_are_refused_in_one_line_before_anything_is_written(engine, s
         (dict(init=str(tampered)), "does not match its card"),
         (dict(steps=0), "steps must be at least 1, got 0"),
         (dict(pseudo_precision=1.5), "pseudo_precision must be in (0, 1], got 1.5"),
+        (dict(background_margin=-1.0), "background_margin must be at least 0 mm, got -1.0"),
     ]
     for change, message in cases:
         with pytest.raises(InputError) as error:
@@ -320,6 +323,10 @@ def test_bad_inputs_are_refused_in_one_line_before_anything_is_written(engine, s
                  str(site / "unlabelled"), "--out", str(tmp_path / "out"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "has no segmentation" in err[0]
+    code = main(["adapt", "--init", str(init_model), "--labelled", str(site / "labelled"), "--out", str(tmp_path / "out"),
+                 "--background-margin", "-2", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--background-margin must be at least 0 mm, got -2.0" in err[0]
 
     with pytest.raises(SystemExit) as exit_:  # one threshold rule or the other, not both
         main(["adapt", "--init", str(init_model), "--labelled", str(site / "labelled"), "--out", str(tmp_path / "o"),
@@ -421,11 +428,15 @@ def test_the_pseudo_label_benchmark_prints_a_row_per_class(site, init_model):
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, str(root / "benchmarks" / "pseudo_labels.py"), "--model", str(init_model),
                           "--labelled", str(site / "labelled"), "--cases", "2", "--max-uncertainty", "1.0",
-                          "--class-gate", "1e-9", "1.0"],
+                          "--class-gate", "1e-9", "1.0", "--background-margin", "0", "6"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
+    out.stdout, *margins = out.stdout.split("\n### --background-margin ")
     table, rest = out.stdout.split("\n| truth |")
     fates, gates = rest.split("\n| --pseudo-class-gate |")
+    assert [m.split(" ")[0] for m in margins] == ["0.0", "6.0"]
+    held = [int(m.split("background labels held back: ")[1].split(" ")[0]) for m in margins]
+    assert held[0] == 0 and held[1] >= held[0]
     rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ") and "class |" not in line]
     fate_rows = [line.split("|")[1:-1] for line in fates.splitlines() if line.startswith("| ") and "---" not in line]
     assert [r[0].strip() for r in fate_rows] == ["background", "NETC", "SNFH", "ET", "tumour core (TC)"]
@@ -540,8 +551,8 @@ def test_a_gated_run_trains_gated_crops_towards_background_and_records_it(site, 
 
     targets = []
     real_loss = adapt_module.pseudo_label_loss
-    monkeypatch.setattr(adapt_module, "pseudo_label_loss", lambda logits, labels, keep: targets.append(
-        (labels.clone(), keep.clone())) or real_loss(logits, labels, keep))
+    monkeypatch.setattr(adapt_module, "pseudo_label_loss", lambda logits, labels, keep, balanced: targets.append(
+        (labels.clone(), keep.clone())) or real_loss(logits, labels, keep, balanced))
     card = load_model(adapt(_options(site, init_model, tmp_path / "run", pseudo_class_gate=gate))).card
     assert len(targets) == 2
     if share:  # every crop gated: all background, all kept
@@ -578,3 +589,93 @@ def test_background_can_be_held_to_its_own_stricter_precision(site, init_model, 
         adapt(_options(site, init_model, tmp_path / "bad", background_precision=0.99))
     with pytest.raises(InputError, match="background_precision must be in"):
         adapt(_options(site, init_model, tmp_path / "bad", pseudo_precision=0.9, background_precision=1.5))
+
+
+def test_a_margin_holds_back_the_background_labels_next_to_the_teachers_tumour():
+    """--background-margin: background labels within the margin (a cube) of a tumour label are not kept; tumour
+    labels and far background keep their keep; margin 0 changes nothing. 4 mm is 2 voxels of 2 mm."""
+    labels = torch.zeros(1, 9, 9, 9, dtype=torch.long)
+    labels[0, 4, 4, 4] = 2
+    keep = torch.ones_like(labels, dtype=torch.bool)
+    held = ~hold_back_background(labels, keep, 1)
+    assert int(held.sum()) == 26 and bool(held[0, 3:6, 3:6, 3:6].sum() == 26) and not bool(held[0, 4, 4, 4])
+    assert int((~hold_back_background(labels, keep, 2)).sum()) == 5 ** 3 - 1
+    assert torch.equal(hold_back_background(labels, keep, 0), keep)
+    assert not bool(hold_back_background(torch.zeros_like(labels), keep, 2).logical_not().any())  # no tumour
+    assert (margin_voxels(4.0, 2.0), margin_voxels(1.0, 2.0), margin_voxels(0.0, 2.0)) == (2, 1, 0)
+
+
+def test_calibration_leaves_out_the_background_labels_a_margin_holds_back():
+    """Background is called with u 0.1 everywhere; its only wrong calls (truth NETC) are in the slab next to the
+    teacher's ET. Counted, they pull background below 0.95; held back by a 1-voxel margin, background is right."""
+    crops = []
+    for _ in range(2):
+        image = torch.zeros(2, 10, 10, 10)
+        label = torch.zeros(10, 10, 10, dtype=torch.long)
+        image[1] = 36  # u = 0.1
+        image[0, 5:], label[5:] = 3, 3
+        label[4] = 1  # the teacher's rim: background called on tumour
+        crops.append({"image": image, "present": torch.ones(4), "label": label})
+    counted = calibrate(_FixedTeacher(), crops, 0.95, torch.device("cpu"))
+    held_back = calibrate(_FixedTeacher(), crops, 0.95, torch.device("cpu"), margin=1)
+    assert counted.thresholds[0] == 0.0 and counted.voxels[0] == 1000
+    assert held_back.thresholds[0] == pytest.approx(0.15) and held_back.voxels[0] == 800
+    assert held_back.thresholds[3] == counted.thresholds[3] == pytest.approx(0.15)
+
+
+def test_a_margin_run_trains_no_background_next_to_the_teachers_tumour_and_records_it(site, init_model, tmp_path,
+                                                                                    monkeypatch):
+    """Inside adapt: the teacher's labels (here one tumour voxel in the middle of each crop, everything kept) reach
+    the loss without the background around that voxel; the card and the command record the margin."""
+    import DareFuseSlicerLib.training.adapt as adapt_module
+
+    def one_tumour_voxel(evidence, thresholds):
+        labels = torch.zeros(evidence.shape[:1] + evidence.shape[2:], dtype=torch.long)
+        labels[:, 12, 12, 12] = 1
+        return labels, torch.ones_like(labels, dtype=torch.bool)
+
+    targets = []
+    real_loss = adapt_module.pseudo_label_loss
+    monkeypatch.setattr(adapt_module, "pseudo_labels", one_tumour_voxel)
+    monkeypatch.setattr(adapt_module, "pseudo_label_loss", lambda logits, labels, keep, balanced: targets.append(
+        keep.clone()) or real_loss(logits, labels, keep, balanced))
+    card = load_model(adapt(_options(site, init_model, tmp_path / "run", background_margin=4.0))).card
+    assert len(targets) == 2
+    for keep in targets:  # 4 mm: 2 voxels each way
+        assert int((~keep).sum()) == 5 ** 3 - 1 and not bool(keep[0, 10:15, 10:15, 10:15].any() ^ keep[0, 12, 12, 12])
+    assert card["adaptation"]["pseudo_label_background_margin_mm"] == 4.0
+    assert "--background-margin 4.0" in card["training_command"]
+
+
+def test_a_balanced_pseudo_label_loss_weighs_each_kept_class_the_same():
+    """Nine kept background voxels the student gets right and one kept ET voxel it gets wrong: per voxel the ET
+    error is a tenth of the loss, balanced half of it. Classes absent from the kept labels take no share."""
+    labels = torch.zeros(1, 10, 1, 1, dtype=torch.long)
+    labels[0, 9] = 3
+    keep = torch.ones_like(labels, dtype=torch.bool)
+    logits = torch.zeros(1, 4, 10, 1, 1)
+    logits[0, 0] = 10.0  # background everywhere: right on 9, wrong on the ET voxel
+    right = torch.nn.functional.cross_entropy(logits[:, :, :1], labels[:, :1]).item()
+    wrong = torch.nn.functional.cross_entropy(logits[:, :, 9:], labels[:, 9:]).item()
+    assert pseudo_label_loss(logits, labels, keep).item() == pytest.approx((9 * right + wrong) / 10)
+    assert pseudo_label_loss(logits, labels, keep, balanced=True).item() == pytest.approx((right + wrong) / 2)
+    keep[0, 9] = False  # background alone: the same either way
+    assert pseudo_label_loss(logits, labels, keep, balanced=True).item() == pytest.approx(right)
+    none = pseudo_label_loss(logits.requires_grad_(), labels, torch.zeros_like(keep), balanced=True)
+    assert none.item() == 0.0 and none.requires_grad
+
+
+def test_a_balanced_run_passes_the_balance_to_the_loss_and_records_it(site, init_model, tmp_path, monkeypatch):
+    import DareFuseSlicerLib.training.adapt as adapt_module
+
+    seen = []
+    real_loss = adapt_module.pseudo_label_loss
+    monkeypatch.setattr(adapt_module, "pseudo_label_loss", lambda logits, labels, keep, balanced: seen.append(
+        balanced) or real_loss(logits, labels, keep, balanced))
+    card = load_model(adapt(_options(site, init_model, tmp_path / "run", balance_pseudo_classes=True))).card
+    assert seen == [True, True]
+    assert card["adaptation"]["pseudo_label_loss"].startswith("mean over the kept labels' classes")
+    assert "--balance-pseudo-classes" in card["training_command"]
+    seen.clear()
+    card = load_model(adapt(_options(site, init_model, tmp_path / "plain"))).card
+    assert seen == [False, False] and card["adaptation"]["pseudo_label_loss"] == "mean cross-entropy over the kept labels"

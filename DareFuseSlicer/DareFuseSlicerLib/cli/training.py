@@ -131,6 +131,11 @@ def _register_adapt(subparsers) -> None:
     adapt.add_argument("--pseudo-class-gate", type=float, metavar="P",
                        help="pseudo-label an unlabelled crop background throughout where the teacher's class head "
                             "gives P(no tumour) >= P (default: no gate)")
+    adapt.add_argument("--background-margin", type=float, default=0.0, metavar="MM",
+                       help="keep no background pseudo-label within MM of the teacher's tumour (default 0: none "
+                            "held back)")
+    adapt.add_argument("--balance-pseudo-classes", action="store_true",
+                       help="weigh each class of the kept pseudo-labels the same in their loss (default: each voxel)")
     adapt.add_argument("--roi", type=int, nargs=3, default=(64, 80, 64), metavar=("Z", "Y", "X"))
     adapt.add_argument("--batch-size", type=int, default=1, help="labelled crops per step, and as many unlabelled")
     adapt.add_argument("--lr", type=float, default=5e-4)
@@ -154,7 +159,8 @@ def _adapt(args: argparse.Namespace) -> int:
         pseudo_precision=args.pseudo_precision, background_precision=args.background_precision, roi=tuple(args.roi),
         batch_size=args.batch_size, lr=args.lr, threads=args.threads, device=args.device,
         pseudo_weight=args.pseudo_weight, ramp_up=args.ramp_up, perturb_student=args.perturb_student,
-        pseudo_class_gate=args.pseudo_class_gate,
+        pseudo_class_gate=args.pseudo_class_gate, background_margin=args.background_margin,
+        balance_pseudo_classes=args.balance_pseudo_classes,
         ema_decay=args.ema_decay, contrast_dropout=args.contrast_dropout,
         prior_dropout=args.prior_dropout, cache=args.cache,
     )

@@ -9,8 +9,10 @@ A manifest.csv beside them is read only for the tumour class (without one the cl
 - Unlabelled cases: pseudo-labels from the mean teacher (the EMA of the student, which starts as the --init
   model), kept only where the teacher's one-pass uncertainty K / sum(alpha) is below PSEUDO_LABEL_MAX_UNCERTAINTY,
   or below per-class thresholds calibrated on the labelled cases (`--pseudo-precision`, pseudo_labels.py);
-  optionally the student sees a perturbed copy of the crop (`--perturb-student`) and crops whose teacher says
-  "no tumour" are labelled background throughout (`--pseudo-class-gate`).
+  optionally the student sees a perturbed copy of the crop (`--perturb-student`), crops whose teacher says
+  "no tumour" are labelled background throughout (`--pseudo-class-gate`), and no background label is kept near
+  the teacher's tumour (`--background-margin`); `--balance-pseudo-classes` weighs each class of the kept labels
+  the same.
   Without an unlabelled folder it fine-tunes on the labelled cases alone (the label curve's supervised arm).
 - The lesion-removal generator stays frozen at the --init weights: without twins it has no target.
 - Each step: `batch_size` labelled crops (cycled) and `batch_size` unlabelled crops; an epoch is one pass
@@ -46,7 +48,8 @@ from ..progress import CancelFn, ProgressFn, check_cancel, format_time_left
 from ..sampledata import sha256
 from .dataset import CACHE_VERSION, IGNORE_CLASS, SPACING_MM, CachedCase, TrainDataset, save_npz_atomic, seed_for
 from .pseudo_labels import (CALIBRATION_CROPS_PER_CASE, STUDENT_PERTURBATION, Calibration, calibrate, gate_by_class,
-                            perturb_student, pseudo_label_loss, pseudo_labels, ramp_weight)
+                            hold_back_background, margin_voxels, perturb_student, pseudo_label_loss, pseudo_labels,
+                            ramp_weight)
 from .recorded_command import differing_flags
 from .run_options import check_budget, check_device, check_run_folder
 from .train import ARCH_FILES, seed_everything, stored_start, update_ema
@@ -76,6 +79,8 @@ class AdaptOptions:
     ramp_up: int = 0  # steps over which the pseudo-label weight rises to pseudo_weight (0: full from the start)
     perturb_student: bool = False  # the student sees a perturbed copy of each unlabelled crop (pseudo_labels.py)
     pseudo_class_gate: Optional[float] = None  # P(no tumour) from which a crop is pseudo-labelled background
+    background_margin: float = 0.0  # mm around the teacher's tumour in which no background label is kept
+    balance_pseudo_classes: bool = False  # each class of the kept pseudo-labels weighs the same in the loss
     roi: Tuple[int, int, int] = (64, 80, 64)
     batch_size: int = 1  # labelled crops per step, and as many unlabelled ones
     lr: float = 5e-4  # a quarter of train's: the start is a trained model
@@ -96,7 +101,8 @@ class AdaptOptions:
             ["--pseudo-precision", str(self.pseudo_precision)]
         defaults = AdaptOptions(init="", labelled="", unlabelled="", out="")
         parts += differing_flags(self, defaults, ("background_precision", "minutes", "epochs", "steps", "pseudo_weight",
-                                                  "ramp_up", "perturb_student", "pseudo_class_gate", "roi",
+                                                  "ramp_up", "perturb_student", "pseudo_class_gate",
+                                                  "background_margin", "balance_pseudo_classes", "roi",
                                                   "batch_size", "lr", "ema_decay", "contrast_dropout", "prior_dropout",
                                                   "threads", "device", "cache"))
         return " ".join(shlex.quote(p) for p in parts)
@@ -325,6 +331,9 @@ def check_options(options: AdaptOptions) -> None:
                               "background_precision")
     if options.pseudo_class_gate is not None and not 0.0 < options.pseudo_class_gate <= 1.0:
         raise OptionError(f"{{pseudo_class_gate}} must be in (0, 1], got {options.pseudo_class_gate}.", "pseudo_class_gate")
+    if options.background_margin < 0:
+        raise OptionError(f"{{background_margin}} must be at least 0 mm, got {options.background_margin}.",
+                          "background_margin")
     if options.ramp_up < 0:
         raise OptionError(f"{{ramp_up}} must be at least 0, got {options.ramp_up}.", "ramp_up")
     if options.batch_size < 1:
@@ -375,9 +384,11 @@ def set_thresholds(options: AdaptOptions, data: SiteData, state: AdaptState, pro
         progress(0.0, f"calibrating the pseudo-labels on {len(data.labelled)} labelled cases")
     crops = (labelled_crop(data.labelled_set, k) for k in range(CALIBRATION_CROPS_PER_CASE * len(data.labelled)))
     state.calibration = calibrate(state.teacher, crops, options.pseudo_precision, state.device,
-                                  check=lambda: check_cancel(cancel), background_precision=options.background_precision)
+                                  check=lambda: check_cancel(cancel), background_precision=options.background_precision,
+                                  margin=margin_voxels(options.background_margin, SPACING_MM))
     state.thresholds = state.calibration.thresholds
     background = "" if options.background_precision is None else f", background {options.background_precision}"
+    background += f", background margin {options.background_margin} mm" if options.background_margin else ""
     log(f"pseudo-label thresholds per class {state.thresholds} (precision {options.pseudo_precision}{background}, "
         f"calibrated on {state.calibration.voxels} labels)")
 
@@ -474,12 +485,14 @@ def adapt_step(options: AdaptOptions, state: AdaptState, batch: dict) -> None:
         with torch.no_grad():
             teacher_out = state.teacher(x[unlabelled], present[unlabelled], use_prior=use_prior)
         labels, keep = pseudo_labels(teacher_out["evidence"], state.thresholds)
+        keep = hold_back_background(labels, keep, margin_voxels(options.background_margin, SPACING_MM))
         labels, keep, gated = gate_by_class(labels, keep, DareFuseNet.class_probabilities(teacher_out)[:, 0],
                                             options.pseudo_class_gate)
         if options.pseudo_class_gate is not None:
             state.gated.append(float(gated.float().mean()))
         weight = options.pseudo_weight * ramp_weight(state.step, options.ramp_up)
-        total = total + weight * pseudo_label_loss(out["evidence_logits"][unlabelled], labels, keep)
+        total = total + weight * pseudo_label_loss(out["evidence_logits"][unlabelled], labels, keep,
+                                                   balanced=options.balance_pseudo_classes)
         state.kept.append(float(keep.float().mean()))
         state.kept_tumour.append(float((keep & (labels > 0)).sum()) / len(labels))
     state.optimizer.zero_grad(set_to_none=True)
@@ -510,6 +523,10 @@ def save_adapted(options: AdaptOptions, data: SiteData, state: AdaptState, origi
             "pseudo_weight": options.pseudo_weight, "pseudo_weight_ramp_up_steps": options.ramp_up,
             "student_perturbation": dict(STUDENT_PERTURBATION) if options.perturb_student and data.unlabelled else None,
             "pseudo_label_class_gate": options.pseudo_class_gate if data.unlabelled else None,
+            "pseudo_label_background_margin_mm": options.background_margin if data.unlabelled else None,
+            "pseudo_label_loss": ("mean over the kept labels' classes of each class's mean cross-entropy"
+                                  if options.balance_pseudo_classes else "mean cross-entropy over the kept labels")
+            if data.unlabelled else None,
             "pseudo_label_gated_crops": round(float(np.mean(state.gated)), 4) if state.gated else None,
             "pseudo_label_kept_fraction": round(float(np.mean(state.kept)), 4) if state.kept else None,
             "pseudo_label_tumour_voxels_per_crop": round(float(np.mean(state.kept_tumour)), 1) if state.kept else None,

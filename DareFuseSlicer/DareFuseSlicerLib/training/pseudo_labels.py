@@ -23,6 +23,13 @@ intensity-only, so the teacher's labels stay aligned with the student's voxels.
 With `--pseudo-class-gate P`, an unlabelled crop on which the teacher's class head gives "no tumour" at least P
 is labelled background throughout, every voxel kept. Without it the pseudo-labels keep the false tumour the
 starting model puts on tumour-free brains, where its class head already says no tumour (issue 20, note 22).
+
+With `--background-margin MM`, no background pseudo-label is kept within MM of a voxel the teacher labels tumour:
+the tumour a teacher misses is mostly at the rim of what it finds, and a background label there trains the
+student to shrink the tumour (docs/pseudo-labels.md). Calibration then counts only the labels that can be kept.
+
+With `--balance-pseudo-classes`, each class present among a step's kept labels weighs the same in the loss:
+background is about 99 % of them, so otherwise the unlabelled loss mostly says "background".
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ import torch.nn.functional as F
 from monai.data import get_track_meta, set_track_meta
 from monai.transforms import (Compose, RandBiasField, RandGaussianNoise, RandGaussianSmooth, RandScaleIntensity,
                               RandShiftIntensity)
+from monai.transforms.utils_morphological_ops import dilate
 
 from ..network.model import DareFuseNet
 
@@ -94,6 +102,25 @@ def pseudo_labels(evidence: torch.Tensor,
     return labels, uncertainty(evidence) < (limit[labels] if limit.ndim else limit)
 
 
+def margin_voxels(margin_mm: float, spacing_mm: float) -> int:
+    """A margin in mm as whole voxels of the training grid (rounded; at least one voxel for any margin > 0)."""
+    return max(1, round(margin_mm / spacing_mm)) if margin_mm > 0 else 0
+
+
+def background_near_tumour(labels: torch.Tensor, margin: int) -> torch.Tensor:
+    """Where labels (B, ...) say background within `margin` voxels (a cube: MONAI's square structuring element)
+    of a voxel labelled tumour; none where margin is 0."""
+    if margin <= 0:
+        return torch.zeros_like(labels, dtype=torch.bool)
+    near = dilate((labels > 0).float()[:, None], filter_size=2 * margin + 1)[:, 0] > 0
+    return near & (labels == 0)
+
+
+def hold_back_background(labels: torch.Tensor, keep: torch.Tensor, margin: int) -> torch.Tensor:
+    """keep (B, ...) without the background labels within `margin` voxels of the teacher's tumour."""
+    return keep & ~background_near_tumour(labels, margin)
+
+
 def gate_by_class(labels: torch.Tensor, keep: torch.Tensor, p_no_tumour: torch.Tensor,
                   gate: Optional[float]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """labels and keep (B, ...) with every crop whose P(no tumour) (B,) is at least `gate` set to background and
@@ -111,12 +138,17 @@ def ramp_weight(step: int, ramp_up: int) -> float:
     return float(np.exp(-5.0 * (1.0 - step / ramp_up) ** 2))
 
 
-def pseudo_label_loss(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the student's logits against the kept pseudo-labels (0 with a gradient when none is kept)."""
+def pseudo_label_loss(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor,
+                      balanced: bool = False) -> torch.Tensor:
+    """Cross-entropy of the student's logits against the kept pseudo-labels (0 with a gradient when none is kept):
+    the mean over kept voxels, or `balanced`, the mean over the classes present among them of each one's mean."""
     per_voxel = F.cross_entropy(logits, labels, reduction="none")
     if not keep.any():
         return per_voxel.sum() * 0.0
-    return per_voxel[keep].mean()
+    if not balanced:
+        return per_voxel[keep].mean()
+    kept, classes = per_voxel[keep], labels[keep]
+    return torch.stack([kept[classes == c].mean() for c in classes.unique()]).mean()
 
 
 @dataclass
@@ -150,11 +182,22 @@ def class_threshold(u: np.ndarray, right: np.ndarray, precision: float) -> float
     return round(threshold, 6)
 
 
+@dataclass
+class TeacherVoxels:
+    """The teacher's uncertainty and label, the truth, and whether --background-margin holds the label back, of
+    every voxel of labelled crops, flattened; and the number of classes."""
+    u: np.ndarray
+    labels: np.ndarray
+    truth: np.ndarray
+    held_back: np.ndarray
+    n_classes: int
+
+
 def teacher_voxels(teacher: torch.nn.Module, crops: Iterable[dict], device: torch.device,
-                   check: Optional[Callable[[], None]] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """The teacher's uncertainty and label, and the truth, of every voxel of labelled crops (each {"image",
-    "present", "label"}), flattened; and the number of classes. `check` runs before each crop (cancellation)."""
-    us, predicted, truth = [], [], []
+                   check: Optional[Callable[[], None]] = None, margin: int = 0) -> TeacherVoxels:
+    """The teacher on labelled crops (each {"image", "present", "label"}); `margin` in voxels as in
+    background_near_tumour. `check` runs before each crop (cancellation)."""
+    us, predicted, truth, held_back = [], [], [], []
     teacher.eval()
     for crop in crops:
         if check is not None:
@@ -162,21 +205,29 @@ def teacher_voxels(teacher: torch.nn.Module, crops: Iterable[dict], device: torc
         with torch.no_grad():
             evidence = teacher(crop["image"][None].to(device), crop["present"][None].to(device),
                                use_prior=True)["evidence"]
+        labels = evidence.argmax(1)
         us.append(uncertainty(evidence)[0].cpu().numpy().ravel())
-        predicted.append(evidence[0].argmax(0).cpu().numpy().ravel())
+        predicted.append(labels[0].cpu().numpy().ravel())
         truth.append(crop["label"].numpy().ravel())
-    return np.concatenate(us), np.concatenate(predicted), np.concatenate(truth), int(evidence.shape[1])
+        held_back.append(background_near_tumour(labels, margin)[0].cpu().numpy().ravel())
+    return TeacherVoxels(np.concatenate(us), np.concatenate(predicted), np.concatenate(truth),
+                         np.concatenate(held_back), int(evidence.shape[1]))
 
 
 def calibrate(teacher: torch.nn.Module, crops: Iterable[dict], precision: float, device: torch.device,
-              check: Optional[Callable[[], None]] = None, background_precision: Optional[float] = None) -> Calibration:
-    """Per-class thresholds from the teacher's labels on labelled crops: see class_threshold. Background (class
-    0) is held to `background_precision` where given."""
-    u, labels, truth, n_classes = teacher_voxels(teacher, crops, device, check)
+              check: Optional[Callable[[], None]] = None, background_precision: Optional[float] = None,
+              margin: int = 0) -> Calibration:
+    """Per-class thresholds from the teacher's labels on labelled crops: see calibrate_voxels."""
+    return calibrate_voxels(teacher_voxels(teacher, crops, device, check, margin), precision, background_precision)
+
+
+def calibrate_voxels(v: TeacherVoxels, precision: float, background_precision: Optional[float] = None) -> Calibration:
+    """Per-class thresholds (class_threshold) from the teacher's voxels. Background (class 0) is held to
+    `background_precision` where given; labels the margin holds back are not counted."""
     thresholds, voxels = [], []
-    for c in range(n_classes):
-        mine = labels == c
+    for c in range(v.n_classes):
+        mine = (v.labels == c) & ~v.held_back
         voxels.append(int(mine.sum()))
         target = background_precision if c == 0 and background_precision is not None else precision
-        thresholds.append(class_threshold(u[mine], truth[mine] == c, target))
+        thresholds.append(class_threshold(v.u[mine], v.truth[mine] == c, target))
     return Calibration(thresholds, precision, voxels, background_precision)
