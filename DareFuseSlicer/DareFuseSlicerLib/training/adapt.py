@@ -91,6 +91,11 @@ class AdaptOptions:
     device: Optional[str] = None  # default: cuda when available, else cpu
     cache: Optional[str] = None  # prepared cases kept between runs (several runs on one site's studies)
 
+    @property
+    def background_margin_voxels(self) -> int:
+        """--background-margin on the training grid: what both the calibration and the steps hold back."""
+        return margin_voxels(self.background_margin, SPACING_MM)
+
     def command_line(self) -> str:
         """The equivalent `darefuse adapt` command (recorded in the card): the folders, the seed, the threshold
         and every option that differs from its default."""
@@ -385,7 +390,7 @@ def set_thresholds(options: AdaptOptions, data: SiteData, state: AdaptState, pro
     crops = (labelled_crop(data.labelled_set, k) for k in range(CALIBRATION_CROPS_PER_CASE * len(data.labelled)))
     state.calibration = calibrate(state.teacher, crops, options.pseudo_precision, state.device,
                                   check=lambda: check_cancel(cancel), background_precision=options.background_precision,
-                                  margin=margin_voxels(options.background_margin, SPACING_MM))
+                                  margin=options.background_margin_voxels)
     state.thresholds = state.calibration.thresholds
     background = "" if options.background_precision is None else f", background {options.background_precision}"
     background += f", background margin {options.background_margin} mm" if options.background_margin else ""
@@ -485,7 +490,7 @@ def adapt_step(options: AdaptOptions, state: AdaptState, batch: dict) -> None:
         with torch.no_grad():
             teacher_out = state.teacher(x[unlabelled], present[unlabelled], use_prior=use_prior)
         labels, keep = pseudo_labels(teacher_out["evidence"], state.thresholds)
-        keep = hold_back_background(labels, keep, margin_voxels(options.background_margin, SPACING_MM))
+        keep = hold_back_background(labels, keep, options.background_margin_voxels)
         labels, keep, gated = gate_by_class(labels, keep, DareFuseNet.class_probabilities(teacher_out)[:, 0],
                                             options.pseudo_class_gate)
         if options.pseudo_class_gate is not None:
